@@ -1,0 +1,13 @@
+"""namsg: ARSG (adaptive remote stochastic gradient) and its relatives for MXNet 1.x.
+
+Importing the package registers its optimizers with MXNet, so ``'arsg'`` and ``'rsg'`` work
+wherever MXNet takes an optimizer name (``gluon.Trainer``, ``mx.optimizer.create``,
+``Module.fit``).
+"""
+
+from .arsg import ARSG, Arsg, PRECONDITIONERS
+from .rsg import RSG
+
+__version__ = '0.1.0'
+
+__all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', '__version__']

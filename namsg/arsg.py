@@ -1,0 +1,193 @@
+"""ARSG: adaptive remote stochastic gradient (Algorithm 1 of the paper), as an MXNet optimizer."""
+
+import numpy
+
+from mxnet import ndarray as nd
+from mxnet.ndarray import NDArray
+from mxnet.optimizer import Optimizer, register
+
+from ._checks import (check_bounds, check_choice, check_learning_rate, check_positive,
+                      check_unit_interval)
+
+__all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
+
+#: The preconditioners of eq. (7) that ARSG offers, see the class docstring.
+PRECONDITIONERS = ('amsgrad', 'adam', 'none')
+
+
+@register
+class ARSG(Optimizer):
+    r"""The ARSG optimizer (adaptive remote stochastic gradient; NAMSG was its earlier name).
+
+    Algorithm 1 of the paper, with MXNet's gradient conventions. At step t of a parameter
+    (t counts that parameter's own updates, from ``begin_num_update`` + 1)::
+
+        g     = clip(rescale_grad * grad + wd * w, clip_gradient)
+        m     = beta1 * m + (1 - beta1) * g
+        v     = beta2 * v + (1 - beta2) * g**2
+        vhat  = max(vhat, v)                         # vhat starts at epsilon, not 0
+        w     = w - lr * ((1 - mu) * m + mu * g) / sqrt(vhat)
+        w     = clip(w, lower_bound, upper_bound)     # only if a bound is given
+
+    No epsilon is added in the denominator: epsilon only seeds ``vhat`` (paper, Sec. 2).
+    epsilon = 1e-8 is the paper's "fast mode"; epsilon = 1e-3 is its "fine mode", which
+    generalizes better because it damps the adaptive step while ``v`` is small.
+
+    ``mu`` is the observation factor: mu = 0 is heavy ball with the preconditioner, mu = 1 - beta1
+    is Nesterov's momentum. It may be changed between steps (``opt.mu = ...`` or
+    ``set_obs_fac_mu``), as the observation-boost policy does.
+
+    The generalized form, eq. (7), replaces the preconditioner ``sqrt(vhat)``:
+
+    * ``preconditioner='amsgrad'`` (default): as above.
+    * ``preconditioner='adam'``: ``sqrt(v / (1 - beta2**t)) + epsilon`` (ADAM's bias-corrected
+      second moment; epsilon is added here because v starts at 0).
+    * ``preconditioner='none'``: 1, which is RSG, eq. (3) (see :class:`namsg.RSG`).
+
+    The projection of Algorithm 1 onto F, weighted by diag(sqrt(vhat)), is for a box of
+    elementwise bounds simply elementwise clipping, whatever the weighting.
+
+    Parameters
+    ----------
+    learning_rate : float, default 0.001
+        The step size alpha, >= 0 (or None to take it from ``lr_scheduler``).
+    beta1 : float, default 0.999
+        Decay rate of the momentum m, in [0, 1).
+    beta2 : float, default 0.99
+        Decay rate of the second-moment estimate v, in [0, 1).
+    epsilon : float, default 1e-8
+        Initial value of vhat ('amsgrad'), or the denominator's offset ('adam'); > 0.
+    mu : float, default 0.1
+        Observation factor, in [0, 1).
+    preconditioner : {'amsgrad', 'adam', 'none'}, default 'amsgrad'
+        The preconditioner of eq. (7).
+    lower_bound, upper_bound : float or None, default None
+        Bounds of the feasible box F; None means unbounded on that side.
+    lazy_update : bool, default True
+        For ``row_sparse`` gradients: update only the rows present in the gradient (their m, v,
+        vhat and weights), like MXNet's ``adam(lazy_update=True)``. If False, the gradient is
+        made dense and every row is updated.
+
+    Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
+    ``rescale_grad``, ``clip_gradient``, ``lr_scheduler``, lr/wd multipliers,
+    ``begin_num_update`` and ``multi_precision`` (float32 master weights for float16).
+    float16 weights without ``multi_precision`` keep their state in float32 and are updated in
+    float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by zero.
+
+    State, per parameter, a tuple of NDArrays on the weight's context (float32 for float16
+    weights, otherwise the weight's dtype): ``(m, v, vhat)`` for 'amsgrad', ``(m, v)`` for
+    'adam', ``(m,)`` for 'none'. With ``multi_precision`` the base class wraps it as
+    ``(float32 master weight, state)``.
+    """
+
+    def __init__(self, learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1,
+                 preconditioner='amsgrad', lower_bound=None, upper_bound=None,
+                 lazy_update=True, **kwargs):
+        learning_rate = check_learning_rate(learning_rate)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_unit_interval('beta1', beta1)
+        self.beta2 = check_unit_interval('beta2', beta2)
+        self.epsilon = check_positive('epsilon', epsilon)
+        self.mu = mu
+        self.preconditioner = check_choice('preconditioner', preconditioner, PRECONDITIONERS)
+        self.lower_bound, self.upper_bound = check_bounds(lower_bound, upper_bound)
+        self.lazy_update = bool(lazy_update)
+
+    @property
+    def mu(self):
+        """The observation factor, in [0, 1); may be set between steps."""
+        return self._mu
+
+    @mu.setter
+    def mu(self, value):
+        self._mu = check_unit_interval('mu', value)
+
+    def set_obs_fac_mu(self, mu):
+        """Set the observation factor (the name used by the paper's own MXNet class)."""
+        self.mu = mu
+
+    def set_learning_rate(self, lr):
+        check_learning_rate(lr)
+        super().set_learning_rate(lr)
+
+    def create_state(self, index, weight):
+        # float16 state cannot hold epsilon = 1e-8 (it underflows to 0): keep it in float32.
+        dtype = numpy.float32 if weight.dtype == numpy.float16 else weight.dtype
+        zeros = lambda: nd.zeros(weight.shape, weight.context, dtype=dtype)  # noqa: E731
+        if self.preconditioner == 'amsgrad':
+            vhat = nd.full(weight.shape, self.epsilon, weight.context, dtype=dtype)
+            return (zeros(), zeros(), vhat)
+        if self.preconditioner == 'adam':
+            return (zeros(), zeros())
+        return (zeros(),)
+
+    def update(self, index, weight, grad, state):
+        assert isinstance(weight, NDArray) and isinstance(grad, NDArray)
+        self._update_count(index)
+        lr = self._get_lr(index)
+        wd = self._get_wd(index)
+        t = self._index_update_count[index]
+
+        if weight.dtype == numpy.float16:
+            # Plain float16 (no multi_precision): compute in float32 against the float32 state.
+            weight32 = weight.astype(numpy.float32)
+            self._update_dense_or_lazy(weight32, grad.astype(numpy.float32), state, lr, wd, t)
+            nd.cast(weight32, dtype=numpy.float16, out=weight)
+        else:
+            self._update_dense_or_lazy(weight, grad, state, lr, wd, t)
+
+    def _update_dense_or_lazy(self, weight, grad, state, lr, wd, t):
+        if grad.stype == 'row_sparse' and self.lazy_update:
+            rows = grad.indices
+            if rows.shape[0] == 0:
+                return
+            weight_rows = nd.take(weight, rows)
+            state_rows = tuple(nd.take(s, rows) for s in state)
+            self._step(weight_rows, grad.data, state_rows, lr, wd, t)
+            weight[rows] = weight_rows
+            for s, s_rows in zip(state, state_rows):
+                s[rows] = s_rows
+        else:
+            if grad.stype != 'default':
+                grad = grad.tostype('default')
+            self._step(weight, grad, state, lr, wd, t)
+
+    def _step(self, weight, grad, state, lr, wd, t):
+        """One step of Algorithm 1 on dense arrays; updates weight and state in place."""
+        g = grad * self.rescale_grad
+        if wd:
+            g += wd * weight
+        if self.clip_gradient:
+            nd.clip(g, -self.clip_gradient, self.clip_gradient, out=g)
+
+        m = state[0]
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        if self.preconditioner != 'none':
+            v = state[1]
+            v *= self.beta2
+            v += (1.0 - self.beta2) * nd.square(g)
+            if self.preconditioner == 'amsgrad':
+                vhat = state[2]
+                nd.broadcast_maximum(vhat, v, out=vhat)
+                denominator = nd.sqrt(vhat)
+            else:
+                denominator = nd.sqrt(v) * (1.0 - self.beta2 ** t) ** -0.5
+                denominator += self.epsilon
+
+        # g is ours (a rescaled copy), so it can hold the step.
+        g *= lr * self.mu
+        g += (lr * (1.0 - self.mu)) * m
+        if self.preconditioner != 'none':
+            g /= denominator
+        weight -= g
+
+        if self.lower_bound is not None or self.upper_bound is not None:
+            lower = -numpy.inf if self.lower_bound is None else self.lower_bound
+            upper = numpy.inf if self.upper_bound is None else self.upper_bound
+            nd.clip(weight, lower, upper, out=weight)
+
+
+#: The paper's own MXNet class was named ``Arsg``; its constructor
+#: ``Arsg(learning_rate, beta1, beta2, epsilon, mu, **kwargs)`` and ``set_obs_fac_mu`` work as-is.
+Arsg = ARSG

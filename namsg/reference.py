@@ -1,0 +1,111 @@
+"""The paper's update rules in plain NumPy: the specification the MXNet optimizers are tested against.
+
+Each function is one equation of the paper, written from the paper and nothing else; it knows
+nothing of MXNet. Arrays are updated out of place (new arrays are returned) and computed in the
+dtype of the inputs (tests pass float64).
+
+Equation numbers are those of the paper (``shared/paper/arsg-paper.txt``):
+
+* eq. (1)  heavy ball (HB):              :func:`hb_step`
+* eq. (2)  RSG, original two-sequence:   :func:`rsg_original_step`
+* eq. (3)  RSG, concise form:            :func:`rsg_concise_step`
+* eq. (4)  RSG, fast form:               :func:`rsg_fast_step`
+* Alg. 1   ARSG, and eq. (7) with other preconditioners: :func:`arsg_init`, :func:`arsg_step`
+
+The gradient fed to these is what MXNet's optimizers feed their update (the paper does not say
+how weight decay enters): :func:`mxnet_gradient`.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+def mxnet_gradient(grad, weight, rescale_grad=1.0, wd=0.0, clip_gradient=None):
+    """g = clip(rescale_grad * grad + wd * weight, clip_gradient): coupled L2, then clipping,
+    as MXNet's adaptive optimizers (and the paper's own MXNet class) do."""
+    g = rescale_grad * grad + wd * weight
+    if clip_gradient:
+        g = np.clip(g, -clip_gradient, clip_gradient)
+    return g
+
+
+def hb_step(x, m, g, alpha, beta):
+    """Eq. (1): m_t = b m_{t-1} + (1-b) g_t ; x_{t+1} = x_t - a m_t.  Returns (x, m)."""
+    m = beta * m + (1 - beta) * g
+    return x - alpha * m, m
+
+
+def rsg_original_step(x, x_obs, m, grad_at, alpha, beta, eta):
+    """Eq. (2), the original form of RSG, with the gradient taken at the observation point.
+
+    m_t = b m_{t-1} + (1-b) grad(x_obs_t);  x_{t+1} = x_t - a m_t;
+    x_obs_{t+1} = x_t - (1 + eta) a m_t.   ``grad_at(x)`` returns the gradient at x.
+    Returns (x, x_obs, m).
+    """
+    m = beta * m + (1 - beta) * grad_at(x_obs)
+    return x - alpha * m, x - (1 + eta) * alpha * m, m
+
+
+def observation_factor(beta, eta):
+    """mu = eta (1 - b) / b, the observation factor of eq. (3) for distance eta."""
+    return eta * (1 - beta) / beta
+
+
+def rsg_concise_step(x, m, g, alpha, beta, mu):
+    """Eq. (3): m_t = b m_{t-1} + (1-b) g_t ; x_{t+1} = x_t - a ((1-mu) m_t + mu g_t).
+    Returns (x, m)."""
+    m = beta * m + (1 - beta) * g
+    return x - alpha * ((1 - mu) * m + mu * g), m
+
+
+def rsg_fast_step(x, m_tilde, g, alpha, beta, mu):
+    """Eq. (4): m~_t = b m~_{t-1} + g_t ; x_{t+1} = x_t - a (1-b)(1-mu) m~_t - a mu g_t.
+    Returns (x, m~)."""
+    m_tilde = beta * m_tilde + g
+    return x - alpha * (1 - beta) * (1 - mu) * m_tilde - alpha * mu * g, m_tilde
+
+
+class ARSGState(NamedTuple):
+    """Algorithm 1's state: momentum m, second moment v, its running maximum vhat, step count t."""
+    m: np.ndarray
+    v: np.ndarray
+    vhat: np.ndarray
+    t: int
+
+
+def arsg_init(x, epsilon):
+    """Algorithm 1, line 1: m_0 = 0, v_0 = 0, vhat_0 = epsilon (elementwise)."""
+    return ARSGState(m=np.zeros_like(x), v=np.zeros_like(x),
+                     vhat=np.full_like(x, epsilon), t=0)
+
+
+def arsg_step(x, state, g, alpha, beta1, beta2, mu, epsilon, preconditioner='amsgrad',
+              lower=None, upper=None):
+    """One iteration of Algorithm 1 (lines 4-7), or of eq. (7) with another preconditioner.
+
+    m_t = b1 m_{t-1} + (1-b1) g_t;  v_t = b2 v_{t-1} + (1-b2) g_t^2;
+    'amsgrad' (Algorithm 1): vhat_t = max(vhat_{t-1}, v_t), P_t = sqrt(vhat_t);
+    'adam':  P_t = sqrt(v_t / (1 - b2^t)) + eps (ADAM's bias-corrected second moment);
+    'none':  P_t = 1 (RSG, eq. (3));
+    x_{t+1} = Proj_[lower, upper](x_t - a ((1-mu) m_t + mu g_t) / P_t).
+    For a box, the projection weighted by diag(sqrt(vhat_t)) is elementwise clipping.
+    Returns (x, state).
+    """
+    t = state.t + 1
+    m = beta1 * state.m + (1 - beta1) * g
+    v = beta2 * state.v + (1 - beta2) * g * g
+    vhat = np.maximum(state.vhat, v)
+    if preconditioner == 'amsgrad':
+        p = np.sqrt(vhat)
+    elif preconditioner == 'adam':
+        p = np.sqrt(v / (1 - beta2 ** t)) + epsilon
+    elif preconditioner == 'none':
+        p = 1.0
+    else:
+        raise ValueError('unknown preconditioner %r' % (preconditioner,))
+    x = x - alpha * ((1 - mu) * m + mu * g) / p
+    if lower is not None or upper is not None:
+        x = np.clip(x, -np.inf if lower is None else lower, np.inf if upper is None else upper)
+    return x, ARSGState(m=m, v=v, vhat=vhat, t=t)
+

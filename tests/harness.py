@@ -1,0 +1,81 @@
+"""Run a case through MXNet's updater and through the NumPy reference, on the same data."""
+
+import mxnet as mx
+import numpy as np
+
+from namsg import reference as ref
+
+SHAPES = [(7, 5), (3,), (1,), (33,)]   # odd sizes, a single element, several arrays
+
+
+def make_problem(steps=50, seed=0, shapes=SHAPES):
+    """Initial weights and per-step gradients. The gradient scale shrinks and grows over the run
+    so that v falls below vhat at times and the max in Algorithm 1 matters."""
+    rng = np.random.default_rng(seed)
+    weights = [rng.uniform(-0.5, 0.5, size=s) for s in shapes]
+    scale = np.exp(np.sin(np.arange(steps) / 5.0))
+    grads = [[rng.normal(size=s) * scale[k] for s in shapes] for k in range(steps)]
+    return weights, grads
+
+
+def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False):
+    """Apply the case's optimizer through mx.optimizer's Updater (as gluon.Trainer does).
+    Returns (weights as float64 arrays, the updater)."""
+    opt = mx.optimizer.create(case.optimizer, multi_precision=multi_precision,
+                              param_idx2name=case.idx2name, **case.make_kwargs())
+    if case.lr_mult:
+        opt.set_lr_mult(case.lr_mult)
+    if case.wd_mult or case.idx2name:
+        opt.set_wd_mult(case.wd_mult)
+    updater = mx.optimizer.get_updater(opt)
+    ws = [mx.nd.array(w, dtype=dtype) for w in weights]
+    for k, step_grads in enumerate(grads, start=1):
+        if case.mu_at is not None:
+            opt.mu = case.mu_at(k)
+        for i, (w, g) in enumerate(zip(ws, step_grads)):
+            updater(i, mx.nd.array(g, dtype=dtype), w)
+    return [w.asnumpy().astype(np.float64) for w in ws], updater
+
+
+def reference_hyper_parameters(case):
+    """The reference's view of the case: Algorithm 1's symbols."""
+    kw = case.kwargs
+    if case.optimizer == 'rsg':
+        return dict(beta1=kw['beta'], beta2=0.0, epsilon=1.0, preconditioner='none',
+                    lr=kw['learning_rate'], mu=kw['mu'])
+    return dict(beta1=kw['beta1'], beta2=kw['beta2'], epsilon=kw['epsilon'],
+                preconditioner=kw.get('preconditioner', 'amsgrad'),
+                lr=kw['learning_rate'], mu=kw['mu'])
+
+
+def run_reference(case, weights, grads, round_weights=None):
+    """Algorithm 1 in float64 on the same data. ``round_weights`` (e.g. to float16) is applied
+    to the weights after every step, for weights stored in low precision."""
+    hp = reference_hyper_parameters(case)
+    kw = case.kwargs
+    begin = kw.get('begin_num_update', 0)
+    out = []
+    for i, x in enumerate(weights):
+        x = np.array(x, dtype=np.float64)
+        state = ref.arsg_init(x, hp['epsilon'])._replace(t=begin)
+        lr_mult = case.expected_lr_mult.get(i, 1.0)
+        wd = kw.get('wd', 0.0) * case.expected_wd_mult.get(i, 1.0)
+        for k, step_grads in enumerate(grads, start=1):
+            n = begin + k
+            lr = (case.lr_at(n) if case.lr_at else hp['lr']) * lr_mult
+            mu = case.mu_at(k) if case.mu_at else hp['mu']
+            g = ref.mxnet_gradient(np.asarray(step_grads[i], np.float64), x,
+                                   kw.get('rescale_grad', 1.0), wd, kw.get('clip_gradient'))
+            x, state = ref.arsg_step(x, state, g, lr, hp['beta1'], hp['beta2'], mu,
+                                     hp['epsilon'], hp['preconditioner'],
+                                     kw.get('lower_bound'), kw.get('upper_bound'))
+            if round_weights is not None:
+                x = round_weights(x)
+        out.append(x)
+    return out
+
+
+def assert_all_close(actual, expected, rtol, atol, what=''):
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol,
+                                   err_msg='%s: array %d differs' % (what, i))
