@@ -18,22 +18,32 @@ def make_problem(steps=50, seed=0, shapes=SHAPES):
     return weights, grads
 
 
-def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False):
-    """Apply the case's optimizer through mx.optimizer's Updater (as gluon.Trainer does).
-    Returns (weights as float64 arrays, the updater)."""
+def make_updater(case, multi_precision=False):
+    """The case's optimizer inside mx.optimizer's Updater, as gluon.Trainer drives it."""
     opt = mx.optimizer.create(case.optimizer, multi_precision=multi_precision,
                               param_idx2name=case.idx2name, **case.make_kwargs())
     if case.lr_mult:
         opt.set_lr_mult(case.lr_mult)
     if case.wd_mult or case.idx2name:
         opt.set_wd_mult(case.wd_mult)
-    updater = mx.optimizer.get_updater(opt)
-    ws = [mx.nd.array(w, dtype=dtype) for w in weights]
-    for k, step_grads in enumerate(grads, start=1):
+    return mx.optimizer.get_updater(opt)
+
+
+def apply_steps(updater, case, ws, grads, first_step=1):
+    """Feed ``grads`` (a list per step) to the NDArray weights ``ws``; steps count from
+    ``first_step`` for the case's mu schedule."""
+    for k, step_grads in enumerate(grads, start=first_step):
         if case.mu_at is not None:
-            opt.mu = case.mu_at(k)
+            updater.optimizer.mu = case.mu_at(k)
         for i, (w, g) in enumerate(zip(ws, step_grads)):
-            updater(i, mx.nd.array(g, dtype=dtype), w)
+            updater(i, mx.nd.array(g, dtype=w.dtype), w)
+
+
+def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False):
+    """Run the case from ``weights`` over ``grads``. Returns (float64 weights, the updater)."""
+    updater = make_updater(case, multi_precision)
+    ws = [mx.nd.array(w, dtype=dtype) for w in weights]
+    apply_steps(updater, case, ws, grads)
     return [w.asnumpy().astype(np.float64) for w in ws], updater
 
 

@@ -1,0 +1,159 @@
+"""ARSG through gluon.Trainer (contexts, kvstores, update on kvstore or not, checkpoints) and
+through the Module API, against the NumPy reference on a linear least-squares model."""
+
+import itertools
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+
+import namsg
+from namsg import reference as ref
+
+IN, OUT, BATCH, STEPS = 5, 3, 8, 12
+HP = dict(learning_rate=0.01, beta1=0.9, beta2=0.99, epsilon=1e-8, mu=0.1, wd=1e-3)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(STEPS * BATCH, IN))
+    y = x @ rng.normal(size=(IN, OUT)) + 0.1 * rng.normal(size=(STEPS * BATCH, OUT))
+    w0 = rng.normal(size=(OUT, IN)) * 0.1
+    b0 = rng.normal(size=(OUT,)) * 0.1
+    return x, y, w0, b0
+
+
+def _reference(x, y, w0, b0, preconditioner='amsgrad', bias_wd=1.0, steps=STEPS):
+    """Least squares, loss 0.5 * mean over outputs of the squared error, summed over the batch
+    and rescaled by 1/batch as Trainer.step(batch) and Module do; Algorithm 1 per parameter."""
+    params = {'w': np.array(w0), 'b': np.array(b0)}
+    states = {k: ref.arsg_init(v, HP['epsilon']) for k, v in params.items()}
+    wd = {'w': HP['wd'], 'b': HP['wd'] * bias_wd}
+    for k in range(steps):
+        xb, yb = x[k * BATCH:(k + 1) * BATCH], y[k * BATCH:(k + 1) * BATCH]
+        dpred = (xb @ params['w'].T + params['b'] - yb) / OUT
+        grads = {'w': dpred.T @ xb, 'b': dpred.sum(axis=0)}
+        for name in params:
+            g = ref.mxnet_gradient(grads[name], params[name], 1.0 / BATCH, wd[name])
+            params[name], states[name] = ref.arsg_step(
+                params[name], states[name], g, HP['learning_rate'], HP['beta1'], HP['beta2'],
+                HP['mu'], HP['epsilon'], preconditioner)
+    return params['w'], params['b']
+
+
+def _make_net(w0, b0, ctxs):
+    net = gluon.nn.Dense(OUT, in_units=IN)
+    net.initialize(ctx=ctxs)
+    net.weight.set_data(mx.nd.array(w0))
+    net.bias.set_data(mx.nd.array(b0))
+    return net
+
+
+def _train(net, trainer, x, y, ctxs, steps):
+    loss_fn = gluon.loss.L2Loss()
+    for k in range(steps):
+        xs = gluon.utils.split_and_load(mx.nd.array(x[k * BATCH:(k + 1) * BATCH]), ctxs)
+        ys = gluon.utils.split_and_load(mx.nd.array(y[k * BATCH:(k + 1) * BATCH]), ctxs)
+        with autograd.record():
+            losses = [loss_fn(net(xi), yi) for xi, yi in zip(xs, ys)]
+        autograd.backward(losses)
+        trainer.step(BATCH)
+
+
+def _weights(net, ctx):
+    return net.weight.data(ctx).asnumpy(), net.bias.data(ctx).asnumpy()
+
+
+CONTEXTS = {'cpu0': [mx.cpu(0)], 'cpu0+cpu1': [mx.cpu(0), mx.cpu(1)]}
+
+
+def _meaningful(contexts, kvstore, update_on_kvstore):
+    if kvstore is None:
+        # Without a kvstore nothing sums the devices' gradients (each device would train on
+        # its own shard), and nothing can update on it.
+        return contexts == 'cpu0' and not update_on_kvstore
+    # With one device Trainer drops the kvstore; MXNet 1.9.1 then fails on
+    # update_on_kvstore=True ('NoneType' object has no attribute 'is_capable').
+    return not (contexts == 'cpu0' and update_on_kvstore)
+
+
+SETUPS = [setup for setup in itertools.product(CONTEXTS, [None, 'local', 'device'],
+                                               [False, True]) if _meaningful(*setup)]
+
+
+@pytest.mark.parametrize('preconditioner', ['amsgrad', 'adam'])
+@pytest.mark.parametrize('contexts,kvstore,update_on_kvstore', SETUPS)
+def test_trainer_matches_reference(contexts, kvstore, update_on_kvstore, preconditioner):
+    """Every context ends with the reference's weights. 'adam' depends on the step count t, so
+    it also checks that counts stay right per parameter with several contexts."""
+    ctxs = CONTEXTS[contexts]
+    x, y, w0, b0 = _data()
+    net = _make_net(w0, b0, ctxs)
+    trainer = gluon.Trainer(net.collect_params(), 'arsg',
+                            dict(HP, preconditioner=preconditioner),
+                            kvstore=kvstore, update_on_kvstore=update_on_kvstore)
+    _train(net, trainer, x, y, ctxs, STEPS)
+    expected = _reference(x, y, w0, b0, preconditioner)
+    for ctx in ctxs:
+        for actual, e in zip(_weights(net, ctx), expected):
+            np.testing.assert_allclose(actual, e, rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_accepts_an_instance():
+    x, y, w0, b0 = _data()
+    net = _make_net(w0, b0, [mx.cpu()])
+    opt = namsg.ARSG(**HP)
+    trainer = gluon.Trainer(net.collect_params(), opt)
+    _train(net, trainer, x, y, [mx.cpu()], STEPS)
+    for actual, e in zip(_weights(net, mx.cpu()), _reference(x, y, w0, b0)):
+        np.testing.assert_allclose(actual, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('contexts,kvstore,update_on_kvstore',
+                         [('cpu0', None, False), ('cpu0+cpu1', 'device', False),
+                          ('cpu0+cpu1', 'device', True)])
+def test_save_and_load_states_resume_the_same_trajectory(tmp_path, contexts, kvstore,
+                                                         update_on_kvstore):
+    ctxs = CONTEXTS[contexts]
+    x, y, w0, b0 = _data(seed=1)
+    kwargs = dict(kvstore=kvstore, update_on_kvstore=update_on_kvstore)
+
+    net = _make_net(w0, b0, ctxs)
+    trainer = gluon.Trainer(net.collect_params(), 'arsg', HP, **kwargs)
+    _train(net, trainer, x, y, ctxs, STEPS)
+    uninterrupted = _weights(net, ctxs[0])
+
+    half = STEPS // 2
+    net = _make_net(w0, b0, ctxs)
+    trainer = gluon.Trainer(net.collect_params(), 'arsg', HP, **kwargs)
+    _train(net, trainer, x[:half * BATCH], y[:half * BATCH], ctxs, half)
+    net.save_parameters(str(tmp_path / 'net.params'))
+    trainer.save_states(str(tmp_path / 'trainer.states'))
+
+    net = _make_net(w0, b0, ctxs)
+    net.load_parameters(str(tmp_path / 'net.params'), ctx=ctxs)
+    # Hyper-parameters given here are overridden by the saved optimizer, as in MXNet.
+    trainer = gluon.Trainer(net.collect_params(), 'arsg', dict(HP, mu=0.5), **kwargs)
+    trainer.load_states(str(tmp_path / 'trainer.states'))
+    _train(net, trainer, x[half * BATCH:], y[half * BATCH:], ctxs, STEPS - half)
+    for a, b in zip(_weights(net, ctxs[0]), uninterrupted):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_module_fit_matches_reference():
+    x, y, w0, b0 = _data(seed=2)
+    data = mx.sym.Variable('data')
+    label = mx.sym.Variable('label')
+    fc = mx.sym.FullyConnected(data, num_hidden=OUT, name='fc')
+    loss = mx.sym.MakeLoss(0.5 * mx.sym.mean(mx.sym.square(fc - label), axis=1))
+    mod = mx.mod.Module(loss, data_names=['data'], label_names=['label'], context=mx.cpu())
+    batches = mx.io.NDArrayIter(x, y, batch_size=BATCH, shuffle=False, label_name='label')
+    mod.fit(batches, num_epoch=1, optimizer='arsg', optimizer_params=HP,
+            eval_metric=mx.metric.Loss(),
+            arg_params={'fc_weight': mx.nd.array(w0), 'fc_bias': mx.nd.array(b0)})
+    args, _ = mod.get_params()
+    # Module names parameters, and MXNet gives names not ending in _weight a wd_mult of 0.
+    expected = _reference(x, y, w0, b0, bias_wd=0.0)
+    np.testing.assert_allclose(args['fc_weight'].asnumpy(), expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(args['fc_bias'].asnumpy(), expected[1], rtol=1e-5, atol=1e-6)

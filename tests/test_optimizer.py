@@ -1,0 +1,232 @@
+"""The optimizer objects themselves: registration, defaults, the legacy API, argument checks,
+state layout and context, pickling, sparse gradients, no host round trips, properties."""
+
+import pickle
+
+import mxnet as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import namsg
+from namsg import reference as ref
+from cases import CASES_BY_ID
+from harness import apply_steps, make_problem, make_updater, run_mxnet
+
+
+def test_names_are_registered():
+    assert isinstance(mx.optimizer.create('arsg'), namsg.ARSG)
+    assert isinstance(mx.optimizer.create('ARSG'), namsg.ARSG)
+    assert isinstance(mx.optimizer.create('rsg'), namsg.RSG)
+
+
+def test_defaults_are_the_papers():
+    opt = namsg.ARSG()
+    assert (opt.beta1, opt.beta2, opt.mu, opt.epsilon) == (0.999, 0.99, 0.1, 1e-8)
+    assert opt.preconditioner == 'amsgrad'
+    assert opt.lower_bound is None and opt.upper_bound is None
+    rsg = namsg.RSG()
+    assert (rsg.beta, rsg.mu, rsg.preconditioner) == (0.999, 0.1, 'none')
+
+
+def test_legacy_constructor_and_set_obs_fac_mu():
+    """The paper's own class: Arsg(learning_rate, beta1, beta2, epsilon, mu, **kwargs)."""
+    opt = namsg.Arsg(0.05, 0.9, 0.999, 1e-3, 0.2, wd=1e-4)
+    assert (opt.lr, opt.beta1, opt.beta2, opt.epsilon, opt.mu, opt.wd) == \
+        (0.05, 0.9, 0.999, 1e-3, 0.2, 1e-4)
+    opt.set_obs_fac_mu(0.4)
+    assert opt.mu == 0.4
+
+
+BAD_ARGUMENTS = [
+    ('arsg', dict(beta1=1.0), 'beta1'),
+    ('arsg', dict(beta1=-0.1), 'beta1'),
+    ('arsg', dict(beta2=1.5), 'beta2'),
+    ('arsg', dict(mu=1.0), 'mu'),
+    ('arsg', dict(mu=-0.01), 'mu'),
+    ('arsg', dict(mu=float('nan')), 'mu'),
+    ('arsg', dict(epsilon=0.0), 'epsilon'),
+    ('arsg', dict(epsilon=-1e-8), 'epsilon'),
+    ('arsg', dict(learning_rate=-0.1), 'learning_rate'),
+    ('arsg', dict(learning_rate=float('inf')), 'learning_rate'),
+    ('arsg', dict(preconditioner='adagrad'), 'preconditioner'),
+    ('arsg', dict(lower_bound=1.0, upper_bound=0.0), 'lower_bound'),
+    ('arsg', dict(upper_bound='1'), 'upper_bound'),
+    ('rsg', dict(beta=1.0), 'beta1'),
+    ('rsg', dict(beta2=0.9), 'beta2'),
+    ('rsg', dict(mu=2.0), 'mu'),
+]
+
+
+@pytest.mark.parametrize('name,kwargs,parameter', BAD_ARGUMENTS,
+                         ids=['%s-%s' % (n, '-'.join(map(str, k.items()))) for n, k, _ in
+                              BAD_ARGUMENTS])
+def test_invalid_arguments_raise_value_error_naming_them(name, kwargs, parameter):
+    with pytest.raises(ValueError, match=parameter):
+        mx.optimizer.create(name, **kwargs)
+
+
+def test_invalid_mu_and_lr_set_later_are_refused():
+    opt = namsg.ARSG()
+    with pytest.raises(ValueError, match='mu'):
+        opt.mu = 1.0
+    with pytest.raises(ValueError, match='mu'):
+        opt.set_obs_fac_mu(-1)
+    with pytest.raises(ValueError, match='learning_rate'):
+        opt.set_learning_rate(-1.0)
+    assert opt.mu == 0.1
+
+
+@pytest.mark.parametrize('preconditioner,slots', [('amsgrad', 3), ('adam', 2), ('none', 1)])
+def test_state_is_a_plain_tuple_on_the_weights_context(preconditioner, slots):
+    opt = namsg.ARSG(preconditioner=preconditioner, epsilon=1e-3)
+    weight = mx.nd.ones((4, 2), ctx=mx.cpu(1), dtype='float64')
+    state = opt.create_state_multi_precision(0, weight)
+    assert type(state) is tuple and len(state) == slots
+    assert all(s.context == mx.cpu(1) and s.dtype == np.float64 for s in state)
+    np.testing.assert_array_equal(state[0].asnumpy(), 0)
+    if preconditioner == 'amsgrad':
+        np.testing.assert_array_equal(state[2].asnumpy(), 1e-3)
+
+
+def test_multi_precision_state_is_master_copy_then_float32_state():
+    opt = namsg.ARSG(multi_precision=True)
+    state = opt.create_state_multi_precision(0, mx.nd.ones((3,), dtype='float16'))
+    master, inner = state
+    assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in inner)
+
+
+def test_pickle_round_trip_mid_run_continues_identically():
+    """Dist kvstore servers receive the optimizer pickled; Trainer.save_states pickles it too."""
+    case = CASES_BY_ID['everything']
+    weights, grads = make_problem(30, seed=5)
+    expected, _ = run_mxnet(case, weights, grads, dtype='float64')
+
+    updater = make_updater(case)
+    ws = [mx.nd.array(w, dtype='float64') for w in weights]
+    apply_steps(updater, case, ws, grads[:12])
+    resumed = mx.optimizer.get_updater(pickle.loads(pickle.dumps(updater.optimizer)))
+    assert type(resumed.optimizer) is namsg.ARSG
+    resumed.set_states(updater.get_states(dump_optimizer=False))
+    apply_steps(resumed, case, ws, grads[12:], first_step=13)
+    for w, e in zip(ws, expected):
+        np.testing.assert_array_equal(w.asnumpy(), e)
+
+
+def _row_sparse(dense, rows):
+    return mx.nd.sparse.row_sparse_array(
+        (mx.nd.array(dense[rows], dtype='float64'), mx.nd.array(rows, dtype='int64')),
+        shape=dense.shape, dtype='float64')
+
+
+def test_row_sparse_gradient_lazy_update_touches_only_present_rows():
+    rng = np.random.default_rng(6)
+    w0 = rng.normal(size=(6, 3))
+    weight = mx.nd.array(w0, dtype='float64')
+    opt = namsg.ARSG(learning_rate=0.01, wd=0.01)
+    state = opt.create_state(0, weight)
+    x = {r: (w0[r], ref.arsg_init(w0[r], 1e-8)) for r in range(6)}
+    for step in range(20):
+        rows = sorted(rng.choice(6, size=3, replace=False))
+        dense = rng.normal(size=w0.shape)
+        opt.update(0, weight, _row_sparse(dense, rows), state)
+        for r in rows:
+            xr, sr = x[r]
+            g = ref.mxnet_gradient(dense[r], xr, 1.0, 0.01)
+            x[r] = ref.arsg_step(xr, sr, g, 0.01, 0.999, 0.99, 0.1, 1e-8)
+    expected = np.stack([x[r][0] for r in range(6)])
+    np.testing.assert_allclose(weight.asnumpy(), expected, rtol=1e-10)
+
+
+def test_row_sparse_gradient_without_lazy_update_equals_dense_gradient():
+    rng = np.random.default_rng(7)
+    w0 = rng.normal(size=(5, 2))
+    sparse_w, dense_w = (mx.nd.array(w0, dtype='float64') for _ in range(2))
+    sparse_opt, dense_opt = (namsg.ARSG(lazy_update=False, wd=0.01) for _ in range(2))
+    sparse_state = sparse_opt.create_state(0, sparse_w)
+    dense_state = dense_opt.create_state(0, dense_w)
+    for _ in range(10):
+        dense = rng.normal(size=w0.shape)
+        dense[[1, 3]] = 0.0
+        sparse_opt.update(0, sparse_w, _row_sparse(dense, [0, 2, 4]), sparse_state)
+        dense_opt.update(0, dense_w, mx.nd.array(dense, dtype='float64'), dense_state)
+    np.testing.assert_allclose(sparse_w.asnumpy(), dense_w.asnumpy(), rtol=1e-12)
+
+
+def test_embedding_with_sparse_grad_trains_through_trainer():
+    net = mx.gluon.nn.Embedding(10, 4, sparse_grad=True)
+    net.initialize(mx.init.Normal(0.1))
+    trainer = mx.gluon.Trainer(net.collect_params(), 'arsg', {'learning_rate': 0.01})
+    before = net.weight.data().asnumpy()
+    tokens = mx.nd.array([1, 3, 3])
+    with mx.autograd.record():
+        loss = net(tokens).sum()
+    loss.backward()
+    trainer.step(1)
+    changed = np.any(net.weight.data().asnumpy() != before, axis=1)
+    assert list(np.flatnonzero(changed)) == [1, 3]
+
+
+def test_update_makes_no_host_round_trip(monkeypatch):
+    """The update path must stay asynchronous: no asnumpy / asscalar (it would serialize GPUs)."""
+    def forbidden(*_):
+        raise AssertionError('host round trip in the update path')
+    case = CASES_BY_ID['everything']
+    opt = mx.optimizer.create('arsg', multi_precision=True, **case.make_kwargs())
+    updater = mx.optimizer.get_updater(opt)
+    weights = [mx.nd.ones((3, 4), dtype=d) for d in ('float32', 'float16', 'float64')]
+    grads = [mx.nd.ones((3, 4), dtype=d) for d in ('float32', 'float16', 'float64')]
+    monkeypatch.setattr(mx.nd.NDArray, 'asnumpy', forbidden)
+    monkeypatch.setattr(mx.nd.NDArray, 'asscalar', forbidden)
+    for _ in range(3):
+        for i, (w, g) in enumerate(zip(weights, grads)):
+            updater(i, g, w)
+    monkeypatch.undo()
+    mx.nd.waitall()
+
+
+@pytest.mark.skipif(mx.context.num_gpus() == 0, reason='needs a GPU')
+def test_gpu_matches_cpu():
+    case = CASES_BY_ID['everything']
+    weights, grads = make_problem(20, seed=8)
+    cpu, _ = run_mxnet(case, weights, grads, dtype='float32')
+    with mx.Context(mx.gpu(0)):
+        gpu, _ = run_mxnet(case, weights, grads, dtype='float32')
+    for a, b in zip(gpu, cpu):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# No subnormal float64 values: MXNet's operators refuse them as scalar arguments.
+unit = st.floats(0.0, 0.999, allow_subnormal=False)
+hyper_parameters = st.fixed_dictionaries(dict(
+    learning_rate=st.floats(1e-5, 1.0), beta1=unit, beta2=unit, mu=unit,
+    epsilon=st.floats(1e-10, 1e-1), preconditioner=st.sampled_from(namsg.PRECONDITIONERS)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(hp=hyper_parameters, seed=st.integers(0, 2 ** 16), scale=st.floats(1e-6, 1e3))
+def test_updates_are_finite_and_vhat_never_decreases(hp, seed, scale):
+    rng = np.random.default_rng(seed)
+    opt = namsg.ARSG(**hp)
+    weight = mx.nd.array(rng.normal(size=(8,)), dtype='float32')
+    state = opt.create_state(0, weight)
+    previous_vhat = None
+    for _ in range(5):
+        opt.update(0, weight, mx.nd.array(rng.normal(size=(8,)) * scale), state)
+        assert np.isfinite(weight.asnumpy()).all()
+        if hp['preconditioner'] == 'amsgrad':
+            vhat = state[2].asnumpy()
+            assert previous_vhat is None or (vhat >= previous_vhat).all()
+            previous_vhat = vhat
+
+
+@settings(max_examples=40, deadline=None)
+@given(hp=hyper_parameters)
+def test_zero_gradient_with_zero_momentum_leaves_weights_unchanged(hp):
+    opt = namsg.ARSG(**hp)
+    w0 = np.linspace(-1, 1, 6)
+    weight = mx.nd.array(w0, dtype='float64')
+    state = opt.create_state(0, weight)
+    for _ in range(3):
+        opt.update(0, weight, mx.nd.zeros((6,), dtype='float64'), state)
+    np.testing.assert_array_equal(weight.asnumpy(), w0)
