@@ -3,11 +3,10 @@
 import numpy
 
 from mxnet import ndarray as nd
-from mxnet.ndarray import NDArray
-from mxnet.optimizer import Optimizer, register
+from mxnet.optimizer import register
 
-from ._checks import (check_bounds, check_choice, check_learning_rate, check_positive,
-                      check_unit_interval)
+from ._base import ElementwiseOptimizer
+from ._checks import check_bounds, check_choice, check_positive, check_unit_interval
 
 __all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
 
@@ -16,7 +15,7 @@ PRECONDITIONERS = ('amsgrad', 'adam', 'none')
 
 
 @register
-class ARSG(Optimizer):
+class ARSG(ElementwiseOptimizer):
     r"""The ARSG optimizer (adaptive remote stochastic gradient; NAMSG was its earlier name).
 
     Algorithm 1 of the paper, with MXNet's gradient conventions. At step t of a parameter
@@ -81,9 +80,7 @@ class ARSG(Optimizer):
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1,
-                 preconditioner='amsgrad', lower_bound=None, upper_bound=None,
-                 lazy_update=True, **kwargs):
-        learning_rate = check_learning_rate(learning_rate)
+                 preconditioner='amsgrad', lower_bound=None, upper_bound=None, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta1 = check_unit_interval('beta1', beta1)
         self.beta2 = check_unit_interval('beta2', beta2)
@@ -91,7 +88,6 @@ class ARSG(Optimizer):
         self.mu = mu
         self.preconditioner = check_choice('preconditioner', preconditioner, PRECONDITIONERS)
         self.lower_bound, self.upper_bound = check_bounds(lower_bound, upper_bound)
-        self.lazy_update = bool(lazy_update)
 
     @property
     def mu(self):
@@ -106,60 +102,16 @@ class ARSG(Optimizer):
         """Set the observation factor (the name used by the paper's own MXNet class)."""
         self.mu = mu
 
-    def set_learning_rate(self, lr):
-        check_learning_rate(lr)
-        super().set_learning_rate(lr)
-
-    def create_state(self, index, weight):
-        # float16 state cannot hold epsilon = 1e-8 (it underflows to 0): keep it in float32.
-        dtype = numpy.float32 if weight.dtype == numpy.float16 else weight.dtype
-        zeros = lambda: nd.zeros(weight.shape, weight.context, dtype=dtype)  # noqa: E731
+    def _state_slots(self, weight, zeros):
         if self.preconditioner == 'amsgrad':
-            vhat = nd.full(weight.shape, self.epsilon, weight.context, dtype=dtype)
+            vhat = zeros()
+            vhat += self.epsilon
             return (zeros(), zeros(), vhat)
         if self.preconditioner == 'adam':
             return (zeros(), zeros())
         return (zeros(),)
 
-    def update(self, index, weight, grad, state):
-        assert isinstance(weight, NDArray) and isinstance(grad, NDArray)
-        self._update_count(index)
-        lr = self._get_lr(index)
-        wd = self._get_wd(index)
-        t = self._index_update_count[index]
-
-        if weight.dtype == numpy.float16:
-            # Plain float16 (no multi_precision): compute in float32 against the float32 state.
-            weight32 = weight.astype(numpy.float32)
-            self._update_dense_or_lazy(weight32, grad.astype(numpy.float32), state, lr, wd, t)
-            nd.cast(weight32, dtype=numpy.float16, out=weight)
-        else:
-            self._update_dense_or_lazy(weight, grad, state, lr, wd, t)
-
-    def _update_dense_or_lazy(self, weight, grad, state, lr, wd, t):
-        if grad.stype == 'row_sparse' and self.lazy_update:
-            rows = grad.indices
-            if rows.shape[0] == 0:
-                return
-            weight_rows = nd.take(weight, rows)
-            state_rows = tuple(nd.take(s, rows) for s in state)
-            self._step(weight_rows, grad.data, state_rows, lr, wd, t)
-            weight[rows] = weight_rows
-            for s, s_rows in zip(state, state_rows):
-                s[rows] = s_rows
-        else:
-            if grad.stype != 'default':
-                grad = grad.tostype('default')
-            self._step(weight, grad, state, lr, wd, t)
-
-    def _step(self, weight, grad, state, lr, wd, t):
-        """One step of Algorithm 1 on dense arrays; updates weight and state in place."""
-        g = grad * self.rescale_grad
-        if wd:
-            g += wd * weight
-        if self.clip_gradient:
-            nd.clip(g, -self.clip_gradient, self.clip_gradient, out=g)
-
+    def _step(self, weight, g, state, lr, t):
         m = state[0]
         m *= self.beta1
         m += (1.0 - self.beta1) * g
@@ -175,7 +127,7 @@ class ARSG(Optimizer):
                 denominator = nd.sqrt(v) * (1.0 - self.beta2 ** t) ** -0.5
                 denominator += self.epsilon
 
-        # g is ours (a rescaled copy), so it can hold the step.
+        # g is a fresh array, so it can hold the step.
         g *= lr * self.mu
         g += (lr * (1.0 - self.mu)) * m
         if self.preconditioner != 'none':
