@@ -1,13 +1,18 @@
 """namsg: ARSG (adaptive remote stochastic gradient) and its relatives for MXNet 1.x.
 
-Importing the package registers its optimizers with MXNet, so ``'arsg'`` and ``'rsg'`` work
+Importing the package registers its optimizers with MXNet, so ``'arsg'``, ``'rsg'`` and the
+baselines the paper compares with (``'amsgrad'``, ``'radam'``, ``'lookahead'``, ``'ranger'``) work
 wherever MXNet takes an optimizer name (``gluon.Trainer``, ``mx.optimizer.create``,
 ``Module.fit``).
 """
 
 from .arsg import ARSG, Arsg, PRECONDITIONERS
 from .rsg import RSG
+from .amsgrad import AMSGrad
+from .radam import RAdam
+from .lookahead import Lookahead, Ranger
 
 __version__ = '0.1.0'
 
-__all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', '__version__']
+__all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', 'AMSGrad', 'RAdam', 'Lookahead', 'Ranger',
+           '__version__']

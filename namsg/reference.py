@@ -109,3 +109,83 @@ def arsg_step(x, state, g, alpha, beta1, beta2, mu, epsilon, preconditioner='ams
         x = np.clip(x, -np.inf if lower is None else lower, np.inf if upper is None else upper)
     return x, ARSGState(m=m, v=v, vhat=vhat, t=t)
 
+
+
+# --- The baselines the paper compares with ------------------------------------------------------
+
+class AdaptiveState(NamedTuple):
+    """First and second moments, AMSGRAD's running maximum, and the step count."""
+    m: np.ndarray
+    v: np.ndarray
+    vhat: np.ndarray
+    t: int
+
+
+def adaptive_init(x):
+    """m_0 = v_0 = vhat_0 = 0."""
+    return AdaptiveState(np.zeros_like(x), np.zeros_like(x), np.zeros_like(x), 0)
+
+
+def amsgrad_step(x, state, g, alpha, beta1, beta2, epsilon):
+    """Eq. (8) (Reddi et al.): m_t = b1 m + (1-b1) g; v_t = b2 v + (1-b2) g^2;
+    vhat_t = max(vhat_{t-1}, v_t); x_{t+1} = x_t - a m_t / (sqrt(vhat_t) + eps). No bias
+    correction. Returns (x, state)."""
+    m = beta1 * state.m + (1 - beta1) * g
+    v = beta2 * state.v + (1 - beta2) * g * g
+    vhat = np.maximum(state.vhat, v)
+    return x - alpha * m / (np.sqrt(vhat) + epsilon), AdaptiveState(m, v, vhat, state.t + 1)
+
+
+def radam_step(x, state, g, alpha, beta1, beta2, epsilon, rectify_threshold=5.0):
+    """RAdam, Algorithm 2 of Liu et al. (2020), "On the variance of the adaptive learning rate":
+
+    m_t = b1 m + (1-b1) g;  v_t = b2 v + (1-b2) g^2;  mhat_t = m_t / (1 - b1^t);
+    rho_inf = 2 / (1 - b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t);
+    if rho_t > threshold (the paper writes 4; its released code, and Ranger, use 5):
+        r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+        x_{t+1} = x_t - a r_t mhat_t sqrt(1 - b2^t) / (sqrt(v_t) + eps)
+    else (variance not tractable yet: SGD with momentum):
+        x_{t+1} = x_t - a mhat_t
+    The eps placement is that of the released code: l_t = sqrt(1 - b2^t) / (sqrt(v_t) + eps).
+    """
+    t = state.t + 1
+    m = beta1 * state.m + (1 - beta1) * g
+    v = beta2 * state.v + (1 - beta2) * g * g
+    mhat = m / (1 - beta1 ** t)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t)
+    if rho_t > rectify_threshold:
+        r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        x = x - alpha * r * mhat * np.sqrt(1 - beta2 ** t) / (np.sqrt(v) + epsilon)
+    else:
+        x = x - alpha * mhat
+    return x, AdaptiveState(m, v, state.vhat, t)
+
+
+def nadam_step(x, state, g, alpha, beta1, beta2, epsilon, schedule_decay=0.004,
+               m_schedule=1.0):
+    """NAdam as Dozat (2016) gives it, with the momentum schedule
+    mu_t = b1 (1 - 0.5 * 0.96^(t psi)), psi = schedule_decay, and its product kept per parameter:
+
+    M_t = prod_{i<=t} mu_i;  ghat = g / (1 - M_t);  m_t = b1 m + (1-b1) g;
+    mhat = m_t / (1 - M_t mu_{t+1});  v_t = b2 v + (1-b2) g^2;  vhat = v_t / (1 - b2^t);
+    mbar = (1 - mu_t) ghat + mu_{t+1} mhat;  x_{t+1} = x_t - a mbar / (sqrt(vhat) + eps).
+    Returns (x, state, M_t); pass M_t back as ``m_schedule``.
+    """
+    t = state.t + 1
+    mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * schedule_decay))
+    mu_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * schedule_decay))
+    m_schedule = m_schedule * mu_t
+    m = beta1 * state.m + (1 - beta1) * g
+    v = beta2 * state.v + (1 - beta2) * g * g
+    mbar = (1 - mu_t) * g / (1 - m_schedule) + mu_next * m / (1 - m_schedule * mu_next)
+    x = x - alpha * mbar / (np.sqrt(v / (1 - beta2 ** t)) + epsilon)
+    return x, AdaptiveState(m, v, state.vhat, t), m_schedule
+
+
+def lookahead_sync(fast, slow, alpha):
+    """Lookahead (Zhang et al., 2019), after every k inner steps: the slow weights move toward
+    the fast ones, phi = phi + alpha (theta - phi), and the fast weights restart from them.
+    Returns (fast, slow), equal."""
+    slow = slow + alpha * (fast - slow)
+    return slow.copy(), slow

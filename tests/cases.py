@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional
 # small enough for 50 steps on O(1) gradients.
 ARSG_BASE = dict(learning_rate=0.01, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1)
 RSG_BASE = dict(learning_rate=0.05, beta=0.9, mu=0.2)
+ADAPTIVE_BASE = dict(learning_rate=0.01, beta1=0.9, beta2=0.999, epsilon=1e-8)
 
 
 @dataclass
@@ -82,6 +83,23 @@ CASES = [
     Case('rsg_wd_clip_bounds', 'rsg', {**RSG_BASE, 'wd': 0.01, 'clip_gradient': 0.5,
                                        'lower_bound': -0.5, 'upper_bound': 0.5}),
     Case('rsg_mu_changed', 'rsg', dict(RSG_BASE), mu_at=lambda k: 0.1 if k <= 20 else 0.3),
+    # The baselines the paper compares with.
+    Case('amsgrad', 'amsgrad', dict(ADAPTIVE_BASE)),
+    Case('amsgrad_wd_clip_scheduler', 'amsgrad',
+         {**ADAPTIVE_BASE, 'wd': 0.01, 'clip_gradient': 0.5, 'lr_scheduler': _factor_scheduler,
+          'learning_rate': 0.02}, lr_at=lambda n: 0.02 * 0.5 ** ((n - 1) // 10)),
+    # beta2 = 0.9 gives rho_inf = 19: the warm-up ends at t = 6 (threshold 5) or t = 5 (4).
+    Case('radam', 'radam', {**ADAPTIVE_BASE, 'beta2': 0.9}),
+    Case('radam_threshold_4_wd', 'radam', {**ADAPTIVE_BASE, 'beta2': 0.9,
+                                          'rectify_threshold': 4.0, 'wd': 0.01}),
+    Case('radam_beta2_0999', 'radam', dict(ADAPTIVE_BASE)),
+    Case('ranger', 'ranger', {**ADAPTIVE_BASE, 'beta2': 0.9, 'k': 5, 'alpha': 0.5}),
+    Case('ranger_wd_clip_k3', 'ranger', {**ADAPTIVE_BASE, 'beta2': 0.9, 'k': 3, 'alpha': 0.2,
+                                         'wd': 0.01, 'clip_gradient': 0.5}),
+    Case('lookahead_arsg', 'lookahead', {**ARSG_BASE, 'optimizer': 'arsg', 'k': 4,
+                                         'alpha': 0.8}, mu_at=lambda k: 0.05 if k <= 20 else 0.1),
+    Case('lookahead_arsg_begin_num_update', 'lookahead',
+         {**ARSG_BASE, 'optimizer': 'arsg', 'k': 5, 'alpha': 0.5, 'begin_num_update': 3}),
 ]
 
 CASES_BY_ID = {case.id: case for case in CASES}

@@ -47,38 +47,81 @@ def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False):
     return [w.asnumpy().astype(np.float64) for w in ws], updater
 
 
-def reference_hyper_parameters(case):
-    """The reference's view of the case: Algorithm 1's symbols."""
+def _inner_reference(name, kw):
+    """(init(x), step(x, state, g, lr, mu)) of the NumPy reference for a registered name."""
+    if name == 'arsg':
+        eps = kw['epsilon']
+        return (lambda x: ref.arsg_init(x, eps),
+                lambda x, s, g, lr, mu: ref.arsg_step(
+                    x, s, g, lr, kw['beta1'], kw['beta2'], mu, eps,
+                    kw.get('preconditioner', 'amsgrad'), kw.get('lower_bound'),
+                    kw.get('upper_bound')))
+    if name == 'rsg':
+        # RSG is eq. (3); arsg_step without a preconditioner is checked to equal it in
+        # test_reference, and carries the step count that begin_num_update offsets.
+        return (lambda x: ref.arsg_init(x, 1.0),
+                lambda x, s, g, lr, mu: ref.arsg_step(
+                    x, s, g, lr, kw['beta'], 0.0, mu, 1.0, 'none', kw.get('lower_bound'),
+                    kw.get('upper_bound')))
+    if name == 'amsgrad':
+        return (ref.adaptive_init,
+                lambda x, s, g, lr, mu: ref.amsgrad_step(x, s, g, lr, kw['beta1'], kw['beta2'],
+                                                         kw['epsilon']))
+    if name == 'radam':
+        return (ref.adaptive_init,
+                lambda x, s, g, lr, mu: ref.radam_step(x, s, g, lr, kw['beta1'], kw['beta2'],
+                                                       kw['epsilon'],
+                                                       kw.get('rectify_threshold', 5.0)))
+    raise KeyError(name)
+
+
+def reference_for(case):
+    """(init, step, base_lr, base_mu) for the case, Lookahead included: the slow weights step
+    every k-th count of the inner optimizer."""
     kw = case.kwargs
-    if case.optimizer == 'rsg':
-        return dict(beta1=kw['beta'], beta2=0.0, epsilon=1.0, preconditioner='none',
-                    lr=kw['learning_rate'], mu=kw['mu'])
-    return dict(beta1=kw['beta1'], beta2=kw['beta2'], epsilon=kw['epsilon'],
-                preconditioner=kw.get('preconditioner', 'amsgrad'),
-                lr=kw['learning_rate'], mu=kw['mu'])
+    if case.optimizer in ('ranger', 'lookahead'):
+        inner_name = 'radam' if case.optimizer == 'ranger' else kw['optimizer']
+        inner_init, inner_step = _inner_reference(inner_name, kw)
+        k, alpha = kw['k'], kw['alpha']
+
+        def init(x):
+            return (x.copy(), inner_init(x))
+
+        def step(x, state, g, lr, mu):
+            slow, inner = state
+            x, inner = inner_step(x, inner, g, lr, mu)
+            if inner.t % k == 0:
+                x, slow = ref.lookahead_sync(x, slow, alpha)
+            return x, (slow, inner)
+        return init, step
+    return _inner_reference(case.optimizer, kw)
+
+
+def _with_step_count(state, t):
+    """Start the reference's step count at begin_num_update, as MXNet's count starts there."""
+    if isinstance(state, tuple) and not hasattr(state, '_replace'):
+        return (state[0], state[1]._replace(t=t))
+    return state._replace(t=t)
 
 
 def run_reference(case, weights, grads, round_weights=None):
-    """Algorithm 1 in float64 on the same data. ``round_weights`` (e.g. to float16) is applied
-    to the weights after every step, for weights stored in low precision."""
-    hp = reference_hyper_parameters(case)
+    """The NumPy reference in float64 on the same data. ``round_weights`` (e.g. to float16) is
+    applied to the weights after every step, for weights stored in low precision."""
+    init, step = reference_for(case)
     kw = case.kwargs
     begin = kw.get('begin_num_update', 0)
     out = []
     for i, x in enumerate(weights):
         x = np.array(x, dtype=np.float64)
-        state = ref.arsg_init(x, hp['epsilon'])._replace(t=begin)
+        state = _with_step_count(init(x), begin)
         lr_mult = case.expected_lr_mult.get(i, 1.0)
         wd = kw.get('wd', 0.0) * case.expected_wd_mult.get(i, 1.0)
         for k, step_grads in enumerate(grads, start=1):
-            n = begin + k
-            lr = (case.lr_at(n) if case.lr_at else hp['lr']) * lr_mult
-            mu = case.mu_at(k) if case.mu_at else hp['mu']
+            lr = (case.lr_at(begin + k) if case.lr_at else kw['learning_rate']) * lr_mult
+            mu = case.mu_at(k) if case.mu_at else kw.get('mu')
             g = ref.mxnet_gradient(np.asarray(step_grads[i], np.float64), x,
                                    kw.get('rescale_grad', 1.0), wd, kw.get('clip_gradient'))
-            x, state = ref.arsg_step(x, state, g, lr, hp['beta1'], hp['beta2'], mu,
-                                     hp['epsilon'], hp['preconditioner'],
-                                     kw.get('lower_bound'), kw.get('upper_bound'))
+            x, state = step(x, state, g, lr, mu)
             if round_weights is not None:
                 x = round_weights(x)
         out.append(x)

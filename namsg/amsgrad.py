@@ -1,0 +1,60 @@
+"""AMSGRAD (Reddi et al., eq. (8) of the paper), as an MXNet optimizer."""
+
+from mxnet import ndarray as nd
+from mxnet.optimizer import register
+
+from ._base import ElementwiseOptimizer
+from ._checks import check_positive, check_unit_interval
+
+__all__ = ['AMSGrad']
+
+
+@register
+class AMSGrad(ElementwiseOptimizer):
+    r"""The AMSGRAD optimizer, eq. (8) of the paper, without bias correction.
+
+    At step t of a parameter::
+
+        g    = clip(rescale_grad * grad + wd * w, clip_gradient)
+        m    = beta1 * m + (1 - beta1) * g
+        v    = beta2 * v + (1 - beta2) * g**2
+        vhat = max(vhat, v)                     # vhat starts at 0
+        w    = w - lr * m / (sqrt(vhat) + epsilon)
+
+    Parameters
+    ----------
+    learning_rate : float, default 0.001
+        Step size, >= 0.
+    beta1 : float, default 0.9
+        Decay rate of m, in [0, 1).
+    beta2 : float, default 0.999
+        Decay rate of v, in [0, 1).
+    epsilon : float, default 1e-8
+        Added to the denominator, > 0.
+    lazy_update : bool, default True
+        For ``row_sparse`` gradients, update only the rows present.
+
+    MXNet's own arguments (wd, rescale_grad, clip_gradient, lr_scheduler, multipliers,
+    multi_precision, ...) work as for every MXNet optimizer. State per parameter:
+    ``(m, v, vhat)``, float32 for float16 weights.
+    """
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_unit_interval('beta1', beta1)
+        self.beta2 = check_unit_interval('beta2', beta2)
+        self.epsilon = check_positive('epsilon', epsilon)
+
+    def _state_slots(self, weight, zeros):
+        return (zeros(), zeros(), zeros())
+
+    def _step(self, weight, g, state, lr, t):
+        m, v, vhat = state
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * nd.square(g)
+        nd.broadcast_maximum(vhat, v, out=vhat)
+        denominator = nd.sqrt(vhat)
+        denominator += self.epsilon
+        weight -= lr * m / denominator

@@ -1,0 +1,1 @@
+"""The paper's experiments: hyper-parameters, data, models, training loop, plots."""

@@ -1,0 +1,108 @@
+"""The paper's hyper-parameters (Table A1, the B.5 grids) and their translation to MXNet.
+
+This is the one place where the paper's numbers live; scripts and tests read them from here.
+Tuples are in the paper's notation (supplementary, Appendix B):
+
+    SGD (a, b)          heavy ball, eq. (1): m = b m + (1-b) g ; x -= a m
+    ADAM, NADAM, AMSGRAD (a, b1, b2)
+    RANGER (a, b1, b2, k, alpha_LA)
+    RSG (a, b, mu)      ARSG (a, b1, b2, mu)      ARSGB (a, b1, b2, mu0)
+"""
+
+from typing import Dict, NamedTuple, Tuple
+
+METHODS = ('SGD', 'ADAM', 'NADAM', 'AMSGRAD', 'RANGER', 'RSG', 'ARSG', 'ARSGB')
+SETTINGS = ('mnist_logreg', 'mnist_cnn', 'cifar10_fast', 'cifar10_fine')
+
+#: Table A1 of the supplementary: the hyper-parameters the paper selected.
+TABLE_A1: Dict[str, Dict[str, Tuple]] = {
+    'SGD': {'mnist_logreg': (2.0, 0.99), 'mnist_cnn': (1.0, 0.9),
+            'cifar10_fast': (0.1, 0.9), 'cifar10_fine': (0.5, 0.9)},
+    'ADAM': {'mnist_logreg': (0.005, 0.999, 0.999), 'mnist_cnn': (0.0005, 0.9, 0.999),
+             'cifar10_fast': (0.0005, 0.9, 0.99), 'cifar10_fine': (0.001, 0.9, 0.99)},
+    'NADAM': {'mnist_logreg': (0.01, 0.999, 0.999), 'mnist_cnn': (0.0005, 0.9, 0.999),
+              'cifar10_fast': (0.0005, 0.99, 0.999), 'cifar10_fine': (0.001, 0.9, 0.999)},
+    'AMSGRAD': {'mnist_logreg': (0.005, 0.99, 0.999), 'mnist_cnn': (0.005, 0.9, 0.99),
+                'cifar10_fast': (0.0005, 0.9, 0.99), 'cifar10_fine': (0.001, 0.9, 0.999)},
+    'RANGER': {'mnist_logreg': (0.02, 0.99, 0.999, 5, 0.5),
+               'mnist_cnn': (0.005, 0.9, 0.999, 5, 0.2),
+               'cifar10_fast': (0.005, 0.99, 0.999, 5, 0.2),
+               'cifar10_fine': (0.005, 0.9, 0.999, 5, 0.2)},
+    'RSG': {'mnist_logreg': (5.0, 0.999, 0.1), 'mnist_cnn': (5.0, 0.999, 0.1),
+            'cifar10_fast': (0.2, 0.999, 0.1), 'cifar10_fine': (1.0, 0.999, 0.1)},
+    'ARSG': {'mnist_logreg': (0.05, 0.999, 0.99, 0.1), 'mnist_cnn': (0.01, 0.999, 0.99, 0.1),
+             'cifar10_fast': (0.002, 0.999, 0.99, 0.1), 'cifar10_fine': (0.05, 0.999, 0.99, 0.1)},
+    'ARSGB': {'mnist_logreg': (0.1, 0.999, 0.99, 0.05), 'mnist_cnn': (0.05, 0.999, 0.99, 0.05),
+              'cifar10_fast': (0.005, 0.999, 0.99, 0.05),
+              'cifar10_fine': (0.05, 0.999, 0.99, 0.05)},
+}
+
+#: epsilon of every adaptive method (B.1, B.3) ...
+EPSILON = 1e-8
+#: ... except ARSG and ARSGB in CIFAR-10's fine mode (B.3).
+FINE_MODE_EPSILON = 1e-3
+
+#: B.5: the grids searched for each method (image classification).
+_STEP_SIZES_ADAPTIVE = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+GRIDS: Dict[str, Dict[str, Tuple]] = {
+    'ADAM': {'a': _STEP_SIZES_ADAPTIVE, 'b1': (0.0, 0.9, 0.99, 0.999), 'b2': (0.99, 0.999)},
+    'NADAM': {'a': _STEP_SIZES_ADAPTIVE, 'b1': (0.9, 0.99, 0.999), 'b2': (0.99, 0.999)},
+    'AMSGRAD': {'a': _STEP_SIZES_ADAPTIVE, 'b1': (0.0, 0.9, 0.99, 0.999), 'b2': (0.99, 0.999)},
+    'RANGER': {'a': _STEP_SIZES_ADAPTIVE + (0.05,), 'b1': (0.9, 0.95, 0.99, 0.999),
+               'b2': (0.999,), 'k': (5,), 'alpha_LA': (0.2, 0.5, 0.8)},
+    'SGD': {'a': (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0), 'b': (0.0, 0.9, 0.99, 0.999)},
+    'RSG': {'a': (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0), 'b': (0.999,), 'mu': (0.1,)},
+    'ARSG': {'a': (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), 'b1': (0.999,), 'b2': (0.99,),
+             'mu': (0.1,)},
+    'ARSGB': {'a': (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), 'b1': (0.999,),
+              'b2': (0.99,), 'mu0': (0.05,)},
+}
+
+
+class OptimizerSpec(NamedTuple):
+    """What to hand to MXNet: a registered optimizer name and its keyword arguments.
+    ``boost`` is True for ARSGB, whose observation-boost policy the training loop applies."""
+    method: str
+    name: str
+    kwargs: Dict
+    boost: bool = False
+
+
+def to_mxnet(method, paper_tuple, epsilon=EPSILON):
+    """Translate a paper tuple of ``method`` into MXNet optimizer arguments.
+
+    SGD is heavy ball in the form of eq. (1), while MXNet's ``sgd`` keeps
+    mom = momentum * mom - lr * g: the two agree with lr = a (1 - b), momentum = b while a is
+    constant (supplementary B.4 equates lr 0.1 / momentum 0.9 with a = 1, b = 0.9). After a
+    step-size drop eq. (1) rescales the stored momentum at once and MXNet's does not.
+    """
+    if method not in METHODS:
+        raise ValueError('method=%r is unknown: choose one of %s' % (method, ', '.join(METHODS)))
+    p = tuple(paper_tuple)
+    if method == 'SGD':
+        a, b = p
+        return OptimizerSpec(method, 'sgd', dict(learning_rate=a * (1 - b), momentum=b))
+    if method in ('ADAM', 'NADAM', 'AMSGRAD'):
+        a, b1, b2 = p
+        return OptimizerSpec(method, method.lower(), dict(learning_rate=a, beta1=b1, beta2=b2,
+                                                          epsilon=epsilon))
+    if method == 'RANGER':
+        a, b1, b2, k, alpha = p
+        return OptimizerSpec(method, 'ranger', dict(learning_rate=a, beta1=b1, beta2=b2,
+                                                    epsilon=epsilon, k=k, alpha=alpha))
+    if method == 'RSG':
+        a, b, mu = p
+        return OptimizerSpec(method, 'rsg', dict(learning_rate=a, beta=b, mu=mu))
+    a, b1, b2, mu = p
+    return OptimizerSpec(method, 'arsg', dict(learning_rate=a, beta1=b1, beta2=b2, mu=mu,
+                                              epsilon=epsilon), boost=(method == 'ARSGB'))
+
+
+def paper_optimizer(method, setting):
+    """The MXNet optimizer of Table A1 for ``method`` in ``setting`` (one of SETTINGS)."""
+    if setting not in SETTINGS:
+        raise ValueError('setting=%r is unknown: choose one of %s'
+                         % (setting, ', '.join(SETTINGS)))
+    fine = setting == 'cifar10_fine' and method in ('ARSG', 'ARSGB')
+    return to_mxnet(method, TABLE_A1[method][setting],
+                    FINE_MODE_EPSILON if fine else EPSILON)

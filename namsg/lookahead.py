@@ -1,0 +1,123 @@
+"""Lookahead (Zhang et al., 2019) around any MXNet optimizer, and RANGER = Lookahead(RAdam)."""
+
+import numbers
+
+import numpy
+from mxnet import ndarray as nd
+from mxnet.optimizer import Optimizer, create, register
+
+from .radam import RAdam
+
+__all__ = ['Lookahead', 'Ranger']
+
+
+@register
+class Lookahead(Optimizer):
+    r"""Lookahead: k steps of an inner ("fast") optimizer, then a step of the slow weights.
+
+    For each parameter, with slow weights phi starting at the initial weights::
+
+        w = inner_update(w, grad)               # every step
+        every k-th step of this parameter:
+            phi = phi + alpha * (w - phi)
+            w   = phi
+
+    The wrapper behaves as the inner optimizer for everything MXNet sets or reads
+    (learning rate and scheduler, ``rescale_grad`` set by ``Trainer.step``, multipliers,
+    update counts, ``param_dict``): those attributes live on the inner optimizer.
+
+    Parameters
+    ----------
+    optimizer : str or mxnet.optimizer.Optimizer, default 'sgd'
+        The inner optimizer, or its registered name; extra keyword arguments go to it.
+    k : int, default 5
+        Inner steps between two slow-weight steps, >= 1.
+    alpha : float, default 0.5
+        Slow-weight step size, in (0, 1] (1 makes Lookahead a no-op).
+
+    State per parameter: ``(phi, inner_state)``, ``phi`` in float32 for float16 weights. With
+    ``multi_precision`` the base class wraps it as ``(float32 master, (phi, inner_state))``.
+    """
+
+    # Attributes that belong to the wrapper; every other one is the inner optimizer's.
+    _OWN = frozenset(('optimizer', 'k', 'alpha', 'aggregate_num'))
+
+    def __init__(self, optimizer='sgd', k=5, alpha=0.5, **kwargs):
+        if isinstance(optimizer, str):
+            optimizer = create(optimizer, **kwargs)
+        elif not isinstance(optimizer, Optimizer):
+            raise ValueError('optimizer=%r is not an optimizer: give an '
+                             'mxnet.optimizer.Optimizer or a registered name' % (optimizer,))
+        elif kwargs:
+            raise ValueError('Lookahead got optimizer arguments %s for an optimizer instance: '
+                             'set them on the instance' % sorted(kwargs))
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
+            raise ValueError('k=%r is out of range: it must be an integer >= 1' % (k,))
+        if not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
+            raise ValueError('alpha=%r is out of range: it must be a number in (0, 1]'
+                             % (alpha,))
+        # Optimizer.__init__ is not called: its attributes are the inner optimizer's.
+        object.__setattr__(self, 'optimizer', optimizer)
+        object.__setattr__(self, 'k', int(k))
+        object.__setattr__(self, 'alpha', float(alpha))
+        # Updater would hand lists of parameters to an aggregating inner optimizer (MXNet's
+        # sgd aggregates 4); the slow-weight step is per parameter.
+        object.__setattr__(self, 'aggregate_num', 0)
+
+    def __getattr__(self, name):
+        # Only called for attributes not found on the wrapper itself.
+        if name in Lookahead._OWN or name.startswith('__'):
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+    def __setattr__(self, name, value):
+        if name in Lookahead._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.optimizer, name, value)
+
+    def __getstate__(self):
+        return {name: self.__dict__[name] for name in Lookahead._OWN}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+    def create_state(self, index, weight):
+        # Slow weights of float16 parameters are kept in float32, like the state of the
+        # inner optimizers of this package: alpha * (w - phi) is below float16's resolution.
+        slow = weight.astype(numpy.float32) if weight.dtype == numpy.float16 else weight.copy()
+        return (slow, self.optimizer.create_state(index, weight))
+
+    def update(self, index, weight, grad, state):
+        slow, inner_state = state
+        self.optimizer.update(index, weight, grad, inner_state)
+        # The inner update counted this step (per parameter, per device).
+        if self.optimizer._index_update_count[index] % self.k == 0:
+            slow += self.alpha * (weight.astype(slow.dtype, copy=False) - slow)
+            nd.cast(slow, dtype=weight.dtype, out=weight)
+
+
+@register
+class Ranger(Lookahead):
+    r"""RANGER: Lookahead around RAdam (Wright's Ranger, as the paper compares with).
+
+    The paper's tuple (a, b1, b2, k, alpha_LA) is ``Ranger(learning_rate=a, beta1=b1,
+    beta2=b2, k=k, alpha=alpha_LA)``. See :class:`namsg.RAdam` and :class:`namsg.Lookahead`.
+
+    Parameters
+    ----------
+    learning_rate : float, default 0.001
+    beta1 : float, default 0.95
+    beta2 : float, default 0.999
+    epsilon : float, default 1e-5
+        (These three defaults are Ranger's.)
+    k : int, default 6
+    alpha : float, default 0.5
+    Other keyword arguments (wd, rescale_grad, rectify_threshold, ...) go to RAdam.
+    """
+
+    def __init__(self, learning_rate=0.001, beta1=0.95, beta2=0.999, epsilon=1e-5, k=6,
+                 alpha=0.5, **kwargs):
+        super().__init__(RAdam(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
+                               epsilon=epsilon, **kwargs), k=k, alpha=alpha)

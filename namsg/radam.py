@@ -1,0 +1,85 @@
+"""RAdam (Liu et al., rectified adaptive learning rate), as an MXNet optimizer."""
+
+import math
+
+from mxnet import ndarray as nd
+from mxnet.optimizer import register
+
+from ._base import ElementwiseOptimizer
+from ._checks import check_positive, check_unit_interval
+
+__all__ = ['RAdam']
+
+
+@register
+class RAdam(ElementwiseOptimizer):
+    r"""The RAdam optimizer: Adam whose adaptive step is rectified for the variance of v early on.
+
+    At step t of a parameter (Algorithm 2 of Liu et al., 2020)::
+
+        g       = clip(rescale_grad * grad + wd * w, clip_gradient)
+        m       = beta1 * m + (1 - beta1) * g
+        v       = beta2 * v + (1 - beta2) * g**2
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t   = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        if rho_t > rectify_threshold:
+            r = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            w = w - lr * r * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + epsilon)
+        else:                                   # warm-up: SGD with (bias-corrected) momentum
+            w = w - lr / (1 - beta1**t) * m
+
+    Weight decay is coupled L2 (it enters g), like every MXNet optimizer; the released RAdam
+    code decays the weights directly instead.
+
+    Parameters
+    ----------
+    learning_rate : float, default 0.001
+        Step size, >= 0.
+    beta1 : float, default 0.9
+        Decay rate of m, in [0, 1).
+    beta2 : float, default 0.999
+        Decay rate of v, in [0, 1).
+    epsilon : float, default 1e-8
+        Added to sqrt(v), > 0.
+    rectify_threshold : float, default 5
+        The rectified step is taken once rho_t exceeds this; the paper's algorithm says 4, its
+        released code (and Ranger) 5. Must be >= 4 (r_t is undefined below).
+    lazy_update : bool, default True
+        For ``row_sparse`` gradients, update only the rows present.
+
+    State per parameter: ``(m, v)``, float32 for float16 weights.
+    """
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 rectify_threshold=5.0, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta1 = check_unit_interval('beta1', beta1)
+        self.beta2 = check_unit_interval('beta2', beta2)
+        self.epsilon = check_positive('epsilon', epsilon)
+        if not isinstance(rectify_threshold, (int, float)) or not rectify_threshold >= 4:
+            raise ValueError('rectify_threshold=%r is out of range: it must be a number >= 4'
+                             % (rectify_threshold,))
+        self.rectify_threshold = float(rectify_threshold)
+
+    def _state_slots(self, weight, zeros):
+        return (zeros(), zeros())
+
+    def _step(self, weight, g, state, lr, t):
+        m, v = state
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * nd.square(g)
+
+        bias1 = 1.0 - self.beta1 ** t
+        bias2 = 1.0 - self.beta2 ** t
+        rho_inf = 2.0 / (1.0 - self.beta2) - 1.0
+        rho_t = rho_inf - 2.0 * t * self.beta2 ** t / bias2
+        if rho_t > self.rectify_threshold:
+            r = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                          / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            denominator = nd.sqrt(v)
+            denominator += self.epsilon
+            weight -= (lr * r * math.sqrt(bias2) / bias1) * m / denominator
+        else:
+            weight -= (lr / bias1) * m
