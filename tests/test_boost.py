@@ -1,0 +1,135 @@
+"""The observation-boost policy: arithmetic, triggers, schedulers, checkpoints."""
+
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+import namsg
+from namsg import dynamics
+from namsg.boost import ObservationBoost, ScaledScheduler
+
+
+def test_boost_doubles_mu_and_scales_lr_by_tau_star_ratio():
+    opt = namsg.ARSG(learning_rate=0.1, mu=0.05)
+    record = ObservationBoost(opt).boost(epoch=6)
+    assert opt.mu == 0.1
+    factor = dynamics.tau_star(0.999, 0.1) / dynamics.tau_star(0.999, 0.05)
+    assert opt.learning_rate == pytest.approx(0.1 * factor)
+    assert 0.24 < factor < 0.26
+    assert record == dict(epoch=6, trigger='manual', old_mu=0.05, new_mu=0.1, old_lr=0.1,
+                          new_lr=pytest.approx(0.1 * factor), factor=factor)
+
+
+@pytest.mark.parametrize('optimizer', [namsg.RSG(learning_rate=1.0, beta=0.99, mu=0.05),
+                                       namsg.ARSG(preconditioner='adam', beta1=0.9, mu=0.05,
+                                                  learning_rate=1.0)])
+def test_boost_uses_the_optimizers_own_beta(optimizer):
+    ObservationBoost(optimizer).boost(epoch=1)
+    assert optimizer.learning_rate == pytest.approx(dynamics.boost_factor(optimizer.beta1, 0.05))
+
+
+def test_fixed_factor_overrides_the_analysis():
+    opt = namsg.ARSG(learning_rate=0.2, mu=0.05)
+    ObservationBoost(opt, factor=0.25).boost(epoch=1)
+    assert opt.learning_rate == pytest.approx(0.05)
+
+
+def test_boost_at_given_epoch_happens_once():
+    opt = namsg.ARSG(learning_rate=0.1, mu=0.05)
+    policy = ObservationBoost(opt, boost_epochs=[6])
+    done = [policy.epoch_begin(e) for e in range(1, 11)]
+    assert [r['epoch'] for r in done if r] == [6]
+    assert policy.epoch_begin(6) is None and opt.mu == 0.1
+
+
+def test_mu_that_cannot_double_is_refused():
+    with pytest.raises(ValueError, match='mu'):
+        ObservationBoost(namsg.ARSG(mu=0.6)).boost(epoch=1)
+
+
+@pytest.mark.parametrize('kwargs,name', [(dict(window=0), 'window'),
+                                         (dict(threshold=0), 'threshold'),
+                                         (dict(boost_epochs=[0]), 'boost_epochs'),
+                                         (dict(factor=-1), 'factor')])
+def test_invalid_policy_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ObservationBoost(namsg.ARSG(), **kwargs)
+
+
+def _run(policy, losses):
+    boosted = []
+    for epoch, loss in enumerate(losses, start=1):
+        if policy.epoch_begin(epoch):
+            boosted.append(epoch)
+        policy.epoch_end(epoch, loss)
+    return boosted
+
+
+def test_auto_trigger_fires_when_the_loss_flattens():
+    # Epochs 1-6 fall by 30% each, then by 1%: the window of 3 steps holds only 1% steps at the
+    # end of epoch 9 (epochs 6 -> 9), so the boost applies from epoch 10.
+    losses = [0.7 ** e for e in range(6)] + [0.7 ** 5 * 0.99 ** e for e in range(1, 10)]
+    policy = ObservationBoost(namsg.ARSG(mu=0.05), auto=True, window=3, threshold=0.02)
+    assert _run(policy, losses) == [10]
+    assert policy.boosts[0]['trigger'] == 'flat loss'
+
+
+def test_auto_trigger_stays_quiet_while_the_loss_falls_and_respects_max_boosts():
+    falling = [0.8 ** e for e in range(20)]
+    assert _run(ObservationBoost(namsg.ARSG(mu=0.05), auto=True), falling) == []
+    flat = [1.0] * 20
+    policy = ObservationBoost(namsg.ARSG(mu=0.05), auto=True, window=2, max_boosts=2)
+    # A new window must fill after each boost before the next one.
+    assert _run(policy, flat) == [4, 7]
+    assert policy.optimizer.mu == pytest.approx(0.2)
+
+
+def test_boost_composes_with_an_lr_scheduler():
+    """CIFAR-10: boost at an epoch, then the scheduler's drop by 10 still applies."""
+    scheduler = mx.lr_scheduler.FactorScheduler(step=100, factor=0.1, base_lr=0.05)
+    opt = namsg.ARSG(learning_rate=0.05, mu=0.05, lr_scheduler=scheduler)
+    policy = ObservationBoost(opt, factor=0.25)
+    opt.num_update = 50
+    policy.boost(epoch=2)
+    assert isinstance(opt.lr_scheduler, ScaledScheduler)
+    assert opt.learning_rate == pytest.approx(0.0125)
+    opt.num_update = 150
+    assert opt.learning_rate == pytest.approx(0.00125)
+    ObservationBoost(opt, factor=0.5).boost(epoch=3)   # a second boost scales the same wrapper
+    assert opt.learning_rate == pytest.approx(0.000625)
+    assert opt.lr_scheduler.inner is scheduler
+
+
+def _trainer():
+    net = gluon.nn.Dense(1, in_units=2)
+    net.initialize(mx.init.Constant(0.5))
+    return net, gluon.Trainer(net.collect_params(), 'arsg', dict(learning_rate=0.1, mu=0.05))
+
+
+def test_state_round_trip_with_trainer_checkpoint_boosts_exactly_once(tmp_path):
+    net, trainer = _trainer()
+    x = mx.nd.ones((4, 2))
+    policy = ObservationBoost(trainer, boost_epochs=[3])
+    for epoch in range(1, 5):
+        policy.epoch_begin(epoch)
+        with mx.autograd.record():
+            loss = net(x).sum()
+        loss.backward()
+        trainer.step(4)
+        policy.epoch_end(epoch, float(loss.asscalar()))
+    trainer.save_states(str(tmp_path / 'trainer.states'))
+    (tmp_path / 'policy.json').write_text(json.dumps(policy.state_dict()))
+
+    net, resumed = _trainer()
+    resumed.load_states(str(tmp_path / 'trainer.states'))
+    restored = ObservationBoost(resumed, boost_epochs=[3])
+    restored.load_state_dict(json.loads((tmp_path / 'policy.json').read_text()))
+    assert restored.optimizer is resumed.optimizer    # followed through load_states
+    assert resumed.optimizer.mu == 0.1
+    assert [restored.epoch_begin(e) for e in range(3, 8)] == [None] * 5
+    assert resumed.optimizer.mu == 0.1
+    assert resumed.learning_rate == pytest.approx(0.1 * dynamics.boost_factor(0.999, 0.05))
+    assert restored.boosts == policy.boosts and restored.losses == policy.losses
