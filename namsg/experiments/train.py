@@ -1,0 +1,309 @@
+"""One training loop for the MNIST and CIFAR-10 experiments: contexts, kvstore, the paper's
+optimizers and boost, JSON-lines logs, atomic checkpoints and exact resume.
+
+A run is (protocol, method, seed). Its log is one JSON line per epoch after a header line with
+the configuration and versions; its checkpoints are whole directories renamed into place, so an
+interrupted run resumes from its last complete epoch and ends as an uninterrupted one would.
+"""
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+import namsg
+from ..boost import ObservationBoost
+from . import models
+from .hparams import paper_optimizer
+
+# --- data preparation: one place for the choices the paper leaves open ------------------------
+
+CIFAR_CROP = 28
+
+
+class Prepared:
+    """Training and validation arrays ready for the network (float32, N x C x H x W), and the
+    training-time augmentation, if any."""
+
+    def __init__(self, train_x, train_y, test_x, test_y, augment=None):
+        self.train_x, self.train_y = train_x, train_y
+        self.test_x, self.test_y = test_x, test_y
+        self.augment = augment
+
+    def train_batches(self, batch_size, rng):
+        """Shuffled minibatches; the last, partial one is kept (Gluon DataLoader's default)."""
+        order = rng.permutation(len(self.train_y))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            x = self.train_x[rows]
+            if self.augment is not None:
+                x = self.augment(x, rng)
+            yield x, self.train_y[rows]
+
+    def test_batches(self, batch_size):
+        for start in range(0, len(self.test_y), batch_size):
+            yield (self.test_x[start:start + batch_size], self.test_y[start:start + batch_size])
+
+
+def prepare_mnist(dataset):
+    """Pixels scaled to [0, 1] (B.1 states no preprocessing; this is the conventional one)."""
+    def to_input(images):
+        return (images.astype(np.float32) / 255.0)[:, None, :, :]
+    return Prepared(to_input(dataset.train.images), dataset.train.labels,
+                    to_input(dataset.test.images), dataset.test.labels)
+
+
+def random_crop_flip(x, rng, crop=CIFAR_CROP):
+    """B.3: a random crop x crop window of the image or of its horizontal flip."""
+    n, _, h, w = x.shape
+    flip = rng.random(n) < 0.5
+    x = np.where(flip[:, None, None, None], x[:, :, :, ::-1], x)
+    top = rng.integers(0, h - crop + 1, size=n)
+    left = rng.integers(0, w - crop + 1, size=n)
+    rows = top[:, None] + np.arange(crop)[None, :]
+    cols = left[:, None] + np.arange(crop)[None, :]
+    return x[np.arange(n)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def prepare_cifar10(dataset):
+    """B.3: subtract the training set's global mean and divide by its standard deviation (one
+    scalar each over all pixels and channels); validation images are normalised the same way
+    and kept at 32x32."""
+    train = dataset.train.images.astype(np.float32)
+    mean, std = float(train.mean()), float(train.std())
+
+    def to_input(images):
+        return ((images.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2).copy()
+    return Prepared(to_input(dataset.train.images), dataset.train.labels,
+                    to_input(dataset.test.images), dataset.test.labels,
+                    augment=random_crop_flip)
+
+
+PREPARE = {'mnist': prepare_mnist, 'cifar10': prepare_cifar10}
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def write_atomic(path, text):
+    """Write text to path through a temporary file and a rename: readers see the old or the new
+    file, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_log(path, header, records):
+    write_atomic(path, ''.join(json.dumps(line) + '\n' for line in [header] + records))
+
+
+def read_log(path):
+    """(header, epoch records) of a JSON-lines log."""
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not lines or lines[0].get('type') != 'header':
+        raise ValueError('%s is not a namsg training log (no header line)' % path)
+    return lines[0], [line for line in lines[1:] if line.get('type') == 'epoch']
+
+
+def versions():
+    return dict(namsg=namsg.__version__, mxnet=mx.__version__, numpy=np.__version__,
+                python=platform.python_version())
+
+
+class CheckpointError(Exception):
+    """A checkpoint exists but belongs to another configuration."""
+
+
+class Checkpoints:
+    """``root/epoch-NNNN/`` directories, each complete or absent: written under a temporary
+    name, then renamed. The newest complete one is the resume point; older ones are removed."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def latest(self):
+        if not self.root.is_dir():
+            return None
+        done = sorted(p for p in self.root.glob('epoch-*') if (p / 'state.json').is_file())
+        return done[-1] if done else None
+
+    def save(self, epoch, net, trainer, state):
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix='.incomplete-'))
+        try:
+            net.save_parameters(str(tmp / 'net.params'))
+            trainer.save_states(str(tmp / 'trainer.states'))
+            (tmp / 'state.json').write_text(json.dumps(state))
+            final = self.root / ('epoch-%04d' % epoch)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in self.root.glob('epoch-*'):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+def run_name(protocol, method, seed):
+    return '%s/%s/seed%d' % (protocol.setting, method, seed)
+
+
+def make_trainer(net, protocol, method, contexts, kvstore, overrides=None):
+    """The Trainer for ``method`` with Table A1's hyper-parameters (``overrides`` replace some,
+    e.g. in a grid search), the protocol's weight decay and its step-size drop."""
+    spec = paper_optimizer(method, protocol.setting)
+    kwargs = dict(spec.kwargs, **(overrides or {}))
+    kwargs['wd'] = protocol.wd
+    if protocol.lr_drop_iteration is not None:
+        kwargs['lr_scheduler'] = mx.lr_scheduler.MultiFactorScheduler(
+            step=[protocol.lr_drop_iteration], factor=1.0 / protocol.lr_drop_factor,
+            base_lr=kwargs['learning_rate'])
+    trainer = gluon.Trainer(net.collect_params(), spec.name, kwargs, kvstore=kvstore)
+    return trainer, spec, kwargs
+
+
+def _evaluate(net, batches, contexts, loss_fn):
+    total, correct, count = mx.nd.zeros(1), mx.nd.zeros(1), 0
+    for x, y in batches:
+        xs = gluon.utils.split_and_load(mx.nd.array(x), contexts, even_split=False)
+        ys = gluon.utils.split_and_load(mx.nd.array(y), contexts, even_split=False)
+        for xi, yi in zip(xs, ys):
+            out = net(xi)
+            total += loss_fn(out, yi).sum().as_in_context(mx.cpu())
+            correct += (out.argmax(axis=1) == yi.astype('float32')).sum().as_in_context(mx.cpu())
+        count += len(y)
+    return total.asscalar() / count, correct.asscalar() / count
+
+
+def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contexts=None,
+              kvstore='device', overrides=None, progress=False, command=None, data_source='',
+              echo=None):
+    """Train one run, resuming from its checkpoint if there is one; returns the epoch records.
+
+    The log at ``log_path`` is rewritten atomically after every epoch from the records kept in
+    the checkpoint, so log and checkpoint always agree. ``echo`` (e.g. print) receives one line
+    per epoch; ``progress`` shows a progress bar over each epoch's minibatches.
+    """
+    contexts = contexts or [mx.cpu()]
+    mx.random.seed(seed)
+    net = models.build(protocol.model)
+    net.initialize(mx.init.Xavier(), ctx=contexts)
+    net.hybridize(static_alloc=True, static_shape=True)
+    trainer, spec, kwargs = make_trainer(net, protocol, method, contexts, kvstore, overrides)
+    policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch]) if spec.boost else None
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    header = dict(type='header', run=run_name(protocol, method, seed), method=method, seed=seed,
+                  protocol=protocol._asdict(), optimizer=spec.name,
+                  optimizer_params={k: v for k, v in kwargs.items() if k != 'lr_scheduler'},
+                  boost_epoch=protocol.boost_epoch if spec.boost else None,
+                  data=data_source, contexts=[str(c) for c in contexts], kvstore=kvstore,
+                  train_size=len(prepared.train_y), test_size=len(prepared.test_y),
+                  versions=versions(), command=command)
+    checkpoints = Checkpoints(checkpoint_dir)
+    records, first_epoch, iteration = [], 1, 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = json.loads((latest / 'state.json').read_text())
+        if state['config'] != json.loads(json.dumps(_config_of(header))):
+            raise CheckpointError(
+                'checkpoint %s was made by another configuration (%s); remove it or choose '
+                'another --checkpoint-dir' % (latest, _config_diff(state['config'], header)))
+        net.load_parameters(str(latest / 'net.params'), ctx=contexts)
+        trainer.load_states(str(latest / 'trainer.states'))
+        if policy is not None:
+            policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch])
+            policy.load_state_dict(state['policy'])
+        records, iteration = state['records'], state['iteration']
+        first_epoch = state['epoch'] + 1
+
+    for epoch in range(first_epoch, protocol.epochs + 1):
+        start = time.time()
+        boost = policy.epoch_begin(epoch) if policy is not None else None
+        # Each epoch's shuffle and augmentation depend only on (seed, epoch): resumable.
+        rng = np.random.default_rng([seed, epoch])
+        mx.random.seed(seed * 100003 + epoch)
+        total, correct, count = mx.nd.zeros(1), mx.nd.zeros(1), 0
+        batches = prepared.train_batches(protocol.batch_size, rng)
+        steps = -(-len(prepared.train_y) // protocol.batch_size)
+        if progress:
+            from tqdm import tqdm
+            batches = tqdm(batches, total=steps, leave=False, file=sys.stderr,
+                           desc='%s epoch %d' % (run_name(protocol, method, seed), epoch))
+        for x, y in batches:
+            xs = gluon.utils.split_and_load(mx.nd.array(x), contexts, even_split=False)
+            ys = gluon.utils.split_and_load(mx.nd.array(y), contexts, even_split=False)
+            with autograd.record():
+                outs = [net(xi) for xi in xs]
+                losses = [loss_fn(o, yi) for o, yi in zip(outs, ys)]
+            autograd.backward(losses)
+            trainer.step(len(y))
+            iteration += 1
+            for o, yi, li in zip(outs, ys, losses):
+                total += li.sum().as_in_context(mx.cpu())
+                correct += (o.argmax(axis=1) == yi.astype('float32')).sum().as_in_context(
+                    mx.cpu())
+            count += len(y)
+        val_loss, val_acc = _evaluate(net, prepared.test_batches(protocol.batch_size),
+                                      contexts, loss_fn)
+        optimizer = trainer.optimizer
+        records.append(dict(type='epoch', epoch=epoch, iteration=iteration,
+                            train_loss=total.asscalar() / count,
+                            train_acc=correct.asscalar() / count,
+                            val_loss=val_loss, val_acc=val_acc,
+                            lr=optimizer.learning_rate, mu=getattr(optimizer, 'mu', None),
+                            seconds=time.time() - start, boost=boost))
+        if policy is not None:
+            policy.epoch_end(epoch, records[-1]['train_loss'])
+        checkpoints.save(epoch, net, trainer, dict(
+            config=_config_of(header), epoch=epoch, iteration=iteration, records=records,
+            policy=policy.state_dict() if policy is not None else None))
+        write_log(log_path, header, records)
+        if echo is not None:
+            echo(format_record(header['run'], records[-1]))
+    if first_epoch > protocol.epochs:     # finished earlier: the log is made anew all the same
+        write_log(log_path, header, records)
+    return records
+
+
+def format_record(run, r):
+    """One line for an epoch record."""
+    mu = '' if r['mu'] is None else ' mu %.3g' % r['mu']
+    boost = '' if not r['boost'] else ' (boost: lr x%.3f, mu %.3g -> %.3g)' % (
+        r['boost']['factor'], r['boost']['old_mu'], r['boost']['new_mu'])
+    return ('%s epoch %d: train loss %.5f acc %.4f | val loss %.4f acc %.4f | lr %.3g%s | '
+            '%.1f s%s' % (run, r['epoch'], r['train_loss'], r['train_acc'], r['val_loss'],
+                          r['val_acc'], r['lr'], mu, r['seconds'], boost))
+
+
+def _config_of(header):
+    """What must match for a checkpoint to be resumed: everything but versions and command."""
+    return {k: v for k, v in header.items() if k not in ('versions', 'command')}
+
+
+def _config_diff(saved, header):
+    now = _config_of(header)
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return ', '.join('%s: %r then, %r now' % (k, saved.get(k), now.get(k)) for k in keys)
