@@ -1,0 +1,139 @@
+"""The shared training loop: logs, checkpoints, exact resume, boost and step-size drop,
+CIFAR-10 augmentation, the command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+from namsg.experiments import cli, train
+from namsg.experiments.hparams import PROTOCOLS
+
+
+def _tiny_mnist(n_train=64, n_test=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_train + n_test, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, n_train + n_test).astype(np.int32)
+    x[np.arange(len(y)), 0, y, y] += 3.0      # a learnable signal
+    return train.Prepared(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+# ARSGB with its boost at epoch 2 and a step-size drop at iteration 5 (of 4 per epoch).
+PROTOCOL = PROTOCOLS['mnist_logreg']._replace(epochs=3, batch_size=16, boost_epoch=2,
+                                              lr_drop_iteration=5)
+
+
+def _strip_times(records):
+    return [{k: v for k, v in r.items() if k != 'seconds'} for r in records]
+
+
+def test_log_has_header_and_one_line_per_epoch(tmp_path):
+    records = train.train_run(PROTOCOL, 'ARSGB', 0, _tiny_mnist(), tmp_path / 'run.jsonl',
+                              tmp_path / 'ck', command='pytest', data_source='tiny')
+    header, logged = train.read_log(tmp_path / 'run.jsonl')
+    assert logged == records and len(records) == 3
+    assert header['method'] == 'ARSGB' and header['optimizer'] == 'arsg'
+    assert header['optimizer_params']['mu'] == 0.05 and header['boost_epoch'] == 2
+    assert set(header['versions']) == {'namsg', 'mxnet', 'numpy', 'python'}
+    for key in ('epoch', 'iteration', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr',
+                'mu', 'seconds'):
+        assert key in records[0]
+    assert [r['iteration'] for r in records] == [4, 8, 12]
+    assert records[0]['boost'] is None and records[1]['boost']['epoch'] == 2
+    assert [r['mu'] for r in records] == [0.05, 0.1, 0.1]
+    factor = records[1]['boost']['factor']
+    assert records[1]['lr'] == pytest.approx(0.1 * factor / 10)     # boosted, then dropped
+    assert records[0]['lr'] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize('method', ['ARSGB', 'RANGER', 'SGD'])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, method):
+    data = _tiny_mnist()
+    expected = train.train_run(PROTOCOL, method, 3, data, tmp_path / 'a.jsonl', tmp_path / 'a')
+
+    original = train.Prepared.train_batches
+    calls = {'n': 0}
+
+    def interrupted(self, batch_size, rng):
+        calls['n'] += 1
+        for i, batch in enumerate(original(self, batch_size, rng)):
+            if calls['n'] == 2 and i == 2:       # in the middle of epoch 2
+                raise KeyboardInterrupt
+            yield batch
+    monkeypatch.setattr(train.Prepared, 'train_batches', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_run(PROTOCOL, method, 3, data, tmp_path / 'b.jsonl', tmp_path / 'b')
+    _, logged = train.read_log(tmp_path / 'b.jsonl')
+    assert len(logged) == 1                                  # the log stops at epoch 1
+    assert [p.name for p in (tmp_path / 'b').iterdir()] == ['epoch-0001']
+    monkeypatch.setattr(train.Prepared, 'train_batches', original)
+
+    resumed = train.train_run(PROTOCOL, method, 3, data, tmp_path / 'b.jsonl', tmp_path / 'b')
+    assert _strip_times(resumed) == _strip_times(expected)
+    again = train.train_run(PROTOCOL, method, 3, data, tmp_path / 'b.jsonl', tmp_path / 'b')
+    assert again == resumed                                  # a finished run is not rerun
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    data = _tiny_mnist()
+    train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, tmp_path / 'r.jsonl',
+                    tmp_path / 'ck')
+    before = (tmp_path / 'r.jsonl').read_text()
+    with pytest.raises(train.CheckpointError, match='another configuration'):
+        train.train_run(PROTOCOL._replace(epochs=1, batch_size=8), 'ADAM', 0, data,
+                        tmp_path / 'r.jsonl', tmp_path / 'ck')
+    assert (tmp_path / 'r.jsonl').read_text() == before      # nothing written is lost
+
+
+def test_random_crop_flip_takes_windows_of_the_image_or_its_mirror():
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 3, 32, 32)).astype(np.float32)
+    out = train.random_crop_flip(x, np.random.default_rng(1))
+    assert out.shape == (20, 3, 28, 28)
+    for image, crop in zip(x, out):
+        found = False
+        for candidate in (image, image[:, :, ::-1]):
+            for top in range(5):
+                for left in range(5):
+                    if np.array_equal(candidate[:, top:top + 28, left:left + 28], crop):
+                        found = True
+        assert found
+
+
+def test_cifar10_preparation_normalises_with_training_statistics():
+    from namsg.experiments.data import Dataset, Split
+    rng = np.random.default_rng(0)
+    train_images = rng.integers(0, 256, (10, 32, 32, 3)).astype(np.uint8)
+    test_images = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    prepared = train.prepare_cifar10(Dataset(Split(train_images, np.zeros(10, np.int32)),
+                                             Split(test_images, np.zeros(4, np.int32)), 'x'))
+    assert prepared.train_x.shape == (10, 3, 32, 32) and prepared.test_x.shape == (4, 3, 32, 32)
+    assert abs(prepared.train_x.mean()) < 1e-5 and abs(prepared.train_x.std() - 1) < 1e-5
+    mean, std = train_images.mean(), train_images.std()
+    np.testing.assert_allclose(prepared.test_x, (test_images.transpose(0, 3, 1, 2) - mean) / std,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_command_line_runs_on_the_embedded_sample(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'ARSG', '--seeds', '0',
+                       '--scale', '0.1', '--log-dir', str(tmp_path / 'logs'),
+                       '--checkpoint-dir', str(tmp_path / 'ck'), '--no-progress'])
+    out = capsys.readouterr()
+    assert 'embedded 5,000-image MNIST sample' in out.err
+    assert 'mnist_logreg/ARSG/seed0 epoch 2:' in out.out
+    header, records = train.read_log(tmp_path / 'logs' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
+    assert header['protocol']['scale'] == 0.1 and len(records) == 2
+
+
+@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], 'unknown method'),
+                                          (['--settings', 'cifar10_fine'], 'unknown setting'),
+                                          (['--scale', '2'], 'scale'),
+                                          (['--seeds', 'a'], 'seeds'),
+                                          (['--data-dir', '{empty}'], 'missing')])
+def test_command_line_errors_are_clear(argv, message, tmp_path, monkeypatch):
+    monkeypatch.setattr('namsg.experiments.data._download_mnist', lambda d, timeout=30: False)
+    argv = [a.replace('{empty}', str(tmp_path / 'empty')) for a in argv]
+    with pytest.raises(SystemExit, match=message):
+        cli.main('mnist', argv + ['--log-dir', str(tmp_path), '--checkpoint-dir',
+                                  str(tmp_path)])
