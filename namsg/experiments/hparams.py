@@ -98,14 +98,33 @@ def to_mxnet(method, paper_tuple, epsilon=EPSILON):
                                               epsilon=epsilon), boost=(method == 'ARSGB'))
 
 
-def paper_optimizer(method, setting):
-    """The MXNet optimizer of Table A1 for ``method`` in ``setting`` (one of SETTINGS)."""
+def epsilon_for(method, setting):
+    """B.5: 1e-8 for every adaptive method, 1e-3 for ARSG and ARSGB in CIFAR-10's fine mode."""
     if setting not in SETTINGS:
         raise ValueError('setting=%r is unknown: choose one of %s'
                          % (setting, ', '.join(SETTINGS)))
     fine = setting == 'cifar10_fine' and method in ('ARSG', 'ARSGB')
-    return to_mxnet(method, TABLE_A1[method][setting],
-                    FINE_MODE_EPSILON if fine else EPSILON)
+    return FINE_MODE_EPSILON if fine else EPSILON
+
+
+def paper_optimizer(method, setting):
+    """The MXNet optimizer of Table A1 for ``method`` in ``setting`` (one of SETTINGS)."""
+    epsilon = epsilon_for(method, setting)
+    return to_mxnet(method, TABLE_A1[method][setting], epsilon)
+
+
+#: The order of each method's tuple, as named in GRIDS.
+TUPLE_FIELDS = {'SGD': ('a', 'b'), 'ADAM': ('a', 'b1', 'b2'), 'NADAM': ('a', 'b1', 'b2'),
+                'AMSGRAD': ('a', 'b1', 'b2'), 'RANGER': ('a', 'b1', 'b2', 'k', 'alpha_LA'),
+                'RSG': ('a', 'b', 'mu'), 'ARSG': ('a', 'b1', 'b2', 'mu'),
+                'ARSGB': ('a', 'b1', 'b2', 'mu0')}
+
+
+def grid_tuples(method):
+    """Every paper tuple of B.5's grid for ``method``."""
+    import itertools
+    grid = GRIDS[method]
+    return list(itertools.product(*(grid[field] for field in TUPLE_FIELDS[method])))
 
 
 class Protocol(NamedTuple):
