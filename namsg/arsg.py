@@ -1,10 +1,13 @@
 """ARSG: adaptive remote stochastic gradient (Algorithm 1 of the paper), as an MXNet optimizer."""
 
+import os
+
 import numpy
 
 from mxnet import ndarray as nd
-from mxnet.optimizer import register
+from mxnet.optimizer import Optimizer, register
 
+from . import kernels
 from ._base import ElementwiseOptimizer
 from ._checks import check_bounds, check_choice, check_positive, check_unit_interval
 
@@ -66,6 +69,11 @@ class ARSG(ElementwiseOptimizer):
         For ``row_sparse`` gradients: update only the rows present in the gradient (their m, v,
         vhat and weights), like MXNet's ``adam(lazy_update=True)``. If False, the gradient is
         made dense and every row is updated.
+    fused : bool or None, default None
+        Use the fused operator (one pass per array, many arrays per call; see
+        :mod:`namsg.kernels`) for dense arrays on CPU contexts. None follows ``$NAMSG_FUSED``
+        (default: fused where it can be built); True requires it; False takes the NDArray path.
+        Both paths compute the same update.
 
     Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
     ``rescale_grad``, ``clip_gradient``, ``lr_scheduler``, lr/wd multipliers,
@@ -80,8 +88,16 @@ class ARSG(ElementwiseOptimizer):
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1,
-                 preconditioner='amsgrad', lower_bound=None, upper_bound=None, **kwargs):
+                 preconditioner='amsgrad', lower_bound=None, upper_bound=None, fused=None,
+                 **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
+        if fused not in (None, True, False):
+            raise ValueError('fused=%r: give True, False or None ($%s decides)'
+                             % (fused, kernels.SWITCH))
+        self.fused = fused
+        # Updater hands this many parameters of one dtype to one update_multi_precision call;
+        # the fused operator updates them all in one call.
+        self.aggregate_num = int(os.environ.get('NAMSG_AGGREGATION_SIZE', '128'))
         self.beta1 = check_unit_interval('beta1', beta1)
         self.beta2 = check_unit_interval('beta2', beta2)
         self.epsilon = check_positive('epsilon', epsilon)
@@ -101,6 +117,40 @@ class ARSG(ElementwiseOptimizer):
     def set_obs_fac_mu(self, mu):
         """Set the observation factor (the name used by the paper's own MXNet class)."""
         self.mu = mu
+
+    def update_multi_precision(self, index, weight, grad, state):
+        """MXNet's entry point (Updater): one parameter, or lists of them when aggregating."""
+        if not isinstance(index, (list, tuple)):
+            index, weight, grad, state = [index], [weight], [grad], [state]
+        if self._fused_applies(weight, grad):
+            self._fused_update(index, weight, grad, state)
+        else:
+            for i, w, g, s in zip(index, weight, grad, state):
+                Optimizer.update_multi_precision(self, i, w, g, s)
+
+    def _fused_applies(self, weights, grads):
+        if not kernels.use_fused(self.fused):
+            return False
+        return all(w.context.device_type == 'cpu' and w.stype == 'default'
+                   and g.stype == 'default' and w.context == weights[0].context
+                   and w.dtype == weights[0].dtype for w, g in zip(weights, grads))
+
+    def _fused_update(self, indices, weights, grads, states):
+        self._update_count(indices)
+        lrs = self._get_lrs(indices)
+        wds = self._get_wds(indices)
+        if self.preconditioner == 'adam':
+            scales = [(1.0 - self.beta2 ** self._index_update_count[i]) ** -0.5 for i in indices]
+        else:
+            scales = [1.0] * len(indices)
+        masters = None
+        if self.multi_precision and weights[0].dtype == numpy.float16:
+            masters, states = [s[0] for s in states], [s[1] for s in states]
+        kernels.arsg_update(weights, grads, states, masters, lrs, wds, scales,
+                            beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, mu=self.mu,
+                            rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
+                            lower_bound=self.lower_bound, upper_bound=self.upper_bound,
+                            preconditioner_index=PRECONDITIONERS.index(self.preconditioner))
 
     def _state_slots(self, weight, zeros):
         if self.preconditioner == 'amsgrad':

@@ -91,7 +91,9 @@ class Lookahead(Optimizer):
 
     def update(self, index, weight, grad, state):
         slow, inner_state = state
-        self.optimizer.update(index, weight, grad, inner_state)
+        # Through update_multi_precision, the inner optimizer's fastest path (for a weight that
+        # is not float16 this is its plain update).
+        self.optimizer.update_multi_precision(index, weight, grad, inner_state)
         # The inner update counted this step (per parameter, per device).
         if self.optimizer._index_update_count[index] % self.k == 0:
             slow += self.alpha * (weight.astype(slow.dtype, copy=False) - slow)

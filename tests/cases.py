@@ -36,6 +36,11 @@ class Case:
     expected_lr_mult: Dict = field(default_factory=dict)
     expected_wd_mult: Dict = field(default_factory=dict)
 
+    @property
+    def fusable(self):
+        """Whether the optimizer has the fused path (ARSG, RSG, Lookahead around ARSG)."""
+        return self.optimizer in ('arsg', 'rsg') or self.kwargs.get('optimizer') == 'arsg'
+
     def make_kwargs(self):
         kwargs = dict(self.kwargs)
         if 'lr_scheduler' in kwargs:
@@ -103,3 +108,10 @@ CASES = [
 ]
 
 CASES_BY_ID = {case.id: case for case in CASES}
+
+# (case, fused) pairs: every case on the NDArray path, the fusable ones on the fused path too.
+# fused=None means the optimizer has no such switch.
+PATHS = [(case, False if case.fusable else None) for case in CASES] + \
+    [(case, True) for case in CASES if case.fusable]
+PATH_IDS = ['%s-%s' % (case.id, {None: 'ndarray', False: 'ndarray', True: 'fused'}[fused])
+            for case, fused in PATHS]

@@ -18,10 +18,14 @@ def make_problem(steps=50, seed=0, shapes=SHAPES):
     return weights, grads
 
 
-def make_updater(case, multi_precision=False):
-    """The case's optimizer inside mx.optimizer's Updater, as gluon.Trainer drives it."""
+def make_updater(case, multi_precision=False, fused=None):
+    """The case's optimizer inside mx.optimizer's Updater, as gluon.Trainer drives it.
+    ``fused`` (True/False) picks the ARSG path; None passes nothing."""
+    kwargs = case.make_kwargs()
+    if fused is not None:
+        kwargs['fused'] = fused
     opt = mx.optimizer.create(case.optimizer, multi_precision=multi_precision,
-                              param_idx2name=case.idx2name, **case.make_kwargs())
+                              param_idx2name=case.idx2name, **kwargs)
     if case.lr_mult:
         opt.set_lr_mult(case.lr_mult)
     if case.wd_mult or case.idx2name:
@@ -30,18 +34,19 @@ def make_updater(case, multi_precision=False):
 
 
 def apply_steps(updater, case, ws, grads, first_step=1):
-    """Feed ``grads`` (a list per step) to the NDArray weights ``ws``; steps count from
-    ``first_step`` for the case's mu schedule."""
+    """Feed ``grads`` (a list per step) to the NDArray weights ``ws`` in one Updater call per
+    step, as gluon.Trainer does (so aggregating optimizers get all arrays at once); steps count
+    from ``first_step`` for the case's mu schedule."""
+    indices = list(range(len(ws)))
     for k, step_grads in enumerate(grads, start=first_step):
         if case.mu_at is not None:
             updater.optimizer.mu = case.mu_at(k)
-        for i, (w, g) in enumerate(zip(ws, step_grads)):
-            updater(i, mx.nd.array(g, dtype=w.dtype), w)
+        updater(indices, [mx.nd.array(g, dtype=w.dtype) for w, g in zip(ws, step_grads)], ws)
 
 
-def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False):
+def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False, fused=None):
     """Run the case from ``weights`` over ``grads``. Returns (float64 weights, the updater)."""
-    updater = make_updater(case, multi_precision)
+    updater = make_updater(case, multi_precision, fused)
     ws = [mx.nd.array(w, dtype=dtype) for w in weights]
     apply_steps(updater, case, ws, grads)
     return [w.asnumpy().astype(np.float64) for w in ws], updater

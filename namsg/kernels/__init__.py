@@ -1,0 +1,165 @@
+"""The fused ARSG operator: building it, loading it into MXNet, and calling it.
+
+``arsg_update.cc`` is compiled on first use with the machine's C++ compiler (``$CXX`` or
+``g++``) against the headers that the mxnet wheel ships (``include/mxnet/lib_api.h``,
+``src/lib_api.cc``), cached under ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``) by a
+hash of the sources, the flags and the MXNet version, and loaded with ``mx.library.load``.
+
+``$NAMSG_FUSED`` chooses the path for optimizers that leave ``fused=None``: ``auto`` (default:
+the fused path where it can be built, else the NDArray path with one warning), ``1`` (fused,
+an error if it cannot be had), ``0`` (NDArray path).
+"""
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import mxnet as mx
+
+__all__ = ['FusedUnavailable', 'load', 'use_fused', 'arsg_update']
+
+SOURCE = Path(__file__).with_name('arsg_update.cc')
+OP_NAME = '_namsg_arsg_update'
+FLAGS = ['-O3', '-std=c++14', '-fPIC', '-shared', '-fopenmp', '-Wall']
+SWITCH = 'NAMSG_FUSED'
+
+_lock = threading.Lock()
+_state = {'loaded': False, 'error': None, 'warned': False}
+
+
+class FusedUnavailable(RuntimeError):
+    """The fused operator was required (NAMSG_FUSED=1 or fused=True) but cannot be built."""
+
+
+def _mxnet_dir():
+    return Path(mx.__file__).resolve().parent
+
+
+def _cache_dir():
+    return Path(os.environ.get('NAMSG_KERNEL_CACHE', Path.home() / '.cache' / 'namsg'))
+
+
+def _build_command(compiler, output):
+    mxnet_dir = _mxnet_dir()
+    return [compiler] + FLAGS + ['-I', str(mxnet_dir / 'include' / 'mxnet'),
+                                 '-I', str(mxnet_dir / 'include'), str(SOURCE),
+                                 str(mxnet_dir / 'src' / 'lib_api.cc'), '-o', str(output)]
+
+
+def library_path():
+    """Where the built library for these sources, flags and MXNet version is cached."""
+    compiler = os.environ.get('CXX', 'g++')
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), (_mxnet_dir() / 'src' / 'lib_api.cc').read_bytes(),
+                 mx.__version__.encode(), ' '.join([compiler] + FLAGS).encode()):
+        digest.update(part)
+    return _cache_dir() / ('libnamsg_arsg_%s.so' % digest.hexdigest()[:16])
+
+
+def build(path=None):
+    """Compile the operator library to ``path`` (default: the cache) unless it is there;
+    concurrent builders wait for each other. Returns the path; raises FusedUnavailable."""
+    path = Path(path or library_path())
+    if path.is_file():
+        return path
+    compiler = os.environ.get('CXX', 'g++')
+    if shutil.which(compiler) is None:
+        raise FusedUnavailable('no C++ compiler (%s) on PATH' % compiler)
+    for needed in (_mxnet_dir() / 'include' / 'mxnet' / 'lib_api.h',
+                   _mxnet_dir() / 'src' / 'lib_api.cc'):
+        if not needed.is_file():
+            raise FusedUnavailable('the mxnet package lacks %s' % needed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / '.build.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return path
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.so.tmp')
+        os.close(fd)
+        try:
+            result = subprocess.run(_build_command(compiler, tmp), capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                raise FusedUnavailable('compiling %s failed:\n%s' % (SOURCE.name,
+                                                                     result.stderr[-3000:]))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return path
+
+
+def load():
+    """Build (if needed) and load the operator into MXNet once per process. True on success;
+    the reason for a failure is kept for :func:`use_fused`."""
+    with _lock:
+        if _state['loaded'] or _state['error'] is not None:
+            return _state['loaded']
+        try:
+            mx.library.load(str(build()), verbose=False)
+            _state['loaded'] = True
+        except (FusedUnavailable, OSError, mx.base.MXNetError) as e:
+            _state['error'] = str(e)
+        return _state['loaded']
+
+
+def _switch():
+    value = os.environ.get(SWITCH, 'auto').strip().lower()
+    if value not in ('auto', '0', '1'):
+        raise ValueError('%s=%r: set it to auto, 0 or 1' % (SWITCH, value))
+    return value
+
+
+def use_fused(requested=None):
+    """Whether an optimizer with ``fused=requested`` takes the fused path: True/False force it
+    (True raises FusedUnavailable if it cannot be had), None follows $NAMSG_FUSED."""
+    if requested is None:
+        switch = _switch()
+        if switch == '0':
+            return False
+        requested = True if switch == '1' else None
+    if requested is False:
+        return False
+    if load():
+        return True
+    if requested:
+        raise FusedUnavailable('the fused ARSG operator is not available: %s' % _state['error'])
+    if not _state['warned']:
+        _state['warned'] = True
+        warnings.warn('namsg: the fused ARSG operator is not available (%s); using the slower '
+                      'NDArray path. Set %s=0 to silence this.' % (_state['error'], SWITCH))
+    return False
+
+
+def _join(values):
+    return ','.join(repr(float(v)) for v in values)
+
+
+def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *, beta1, beta2,
+                epsilon, mu, rescale_grad, clip_gradient, lower_bound, upper_bound,
+                preconditioner_index):
+    """One fused call for all ``weights`` (dense NDArrays on one CPU context), in place.
+    ``states[j]`` is weight j's state tuple; ``masters`` is None or the float32 master copies."""
+    inputs = []
+    for j, (w, g, state) in enumerate(zip(weights, grads, states)):
+        inputs += [w, g] + list(state)
+        if masters is not None:
+            inputs.append(masters[j])
+    attrs = dict(num_weights=len(weights), num_states=len(states[0]),
+                 multi_precision=int(masters is not None),
+                 preconditioner=preconditioner_index, lrs=_join(lrs), wds=_join(wds),
+                 denominator_scales=_join(denominator_scales), beta1=repr(beta1),
+                 beta2=repr(beta2), epsilon=repr(epsilon), mu=repr(mu),
+                 rescale_grad=repr(float(rescale_grad)),
+                 clip_gradient=repr(float(clip_gradient) if clip_gradient else -1.0))
+    if lower_bound is not None:
+        attrs['lower_bound'] = repr(lower_bound)
+    if upper_bound is not None:
+        attrs['upper_bound'] = repr(upper_bound)
+    getattr(mx.nd._internal, OP_NAME)(*inputs, out=list(weights), **attrs)

@@ -1,0 +1,300 @@
+// Fused ARSG update for MXNet 1.x, loaded with mx.library.load (MXNet's extension API).
+//
+// One operator, _namsg_arsg_update, updates N weights in one call and one pass over each:
+// weight decay, rescale, clip, m, v, vhat and the weight, in place. The math is that of
+// namsg/arsg.py (see its docstring); this file only arranges it for speed.
+//
+// Inputs, for each weight j:  weight, grad, state[0..num_states), [float32 master if mp]
+//   state = (m, v, vhat) for preconditioner 0 ('amsgrad'), (m, v) for 1 ('adam'), (m) for 2
+//   ('none'). States (and the master copy) are float32 for float16 weights, else the weight's
+//   dtype. States and masters are declared mutable inputs, so MXNet's engine orders this
+//   operator after every reader and before every later writer of them.
+// Outputs: the N weights (call with out=weights; MXNet's engine then treats them as written).
+// Attributes: num_weights, num_states, multi_precision, preconditioner (0/1/2); lrs, wds,
+//   denominator_scales (1/sqrt(1 - beta2^t) per weight, for 'adam') as comma-separated lists;
+//   beta1, beta2, epsilon, mu, rescale_grad, clip_gradient (< 0: none),
+//   lower_bound / upper_bound (absent: unbounded).
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "lib_api.h"
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+using Attrs = std::unordered_map<std::string, std::string>;
+
+namespace {
+
+struct Params {
+  int num_weights = 0, num_states = 0, precond = 0;
+  bool mp = false, has_lower = false, has_upper = false;
+  std::vector<double> lrs, wds, dscales;
+  double beta1 = 0, beta2 = 0, epsilon = 0, mu = 0, rescale = 1, clip = -1;
+  double lower = 0, upper = 0;
+};
+
+bool ParseDouble(const Attrs& attrs, const char* key, double* out, bool required = true) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    if (required) MX_ERROR_MSG << "_namsg_arsg_update: attribute " << key << " is missing";
+    return !required;
+  }
+  char* end = nullptr;
+  *out = std::strtod(it->second.c_str(), &end);
+  if (end == it->second.c_str()) {
+    MX_ERROR_MSG << "_namsg_arsg_update: attribute " << key << "=" << it->second
+                 << " is not a number";
+    return false;
+  }
+  return true;
+}
+
+bool ParseList(const Attrs& attrs, const char* key, size_t count, std::vector<double>* out) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    MX_ERROR_MSG << "_namsg_arsg_update: attribute " << key << " is missing";
+    return false;
+  }
+  std::stringstream ss(it->second);
+  std::string item;
+  out->clear();
+  while (std::getline(ss, item, ',')) out->push_back(std::strtod(item.c_str(), nullptr));
+  if (out->size() != count) {
+    MX_ERROR_MSG << "_namsg_arsg_update: " << key << " has " << out->size()
+                 << " values for " << count << " weights";
+    return false;
+  }
+  return true;
+}
+
+bool Parse(const Attrs& attrs, Params* p) {
+  double n = 0, s = 0, mp = 0, pre = 0;
+  if (!ParseDouble(attrs, "num_weights", &n) || !ParseDouble(attrs, "num_states", &s) ||
+      !ParseDouble(attrs, "multi_precision", &mp) ||
+      !ParseDouble(attrs, "preconditioner", &pre))
+    return false;
+  p->num_weights = static_cast<int>(n);
+  p->num_states = static_cast<int>(s);
+  p->mp = mp != 0;
+  p->precond = static_cast<int>(pre);
+  if (p->num_weights < 1 || p->num_states != 3 - p->precond || p->precond < 0 ||
+      p->precond > 2) {
+    MX_ERROR_MSG << "_namsg_arsg_update: inconsistent num_weights / num_states / "
+                    "preconditioner";
+    return false;
+  }
+  p->has_lower = attrs.count("lower_bound") > 0;
+  p->has_upper = attrs.count("upper_bound") > 0;
+  return ParseList(attrs, "lrs", p->num_weights, &p->lrs) &&
+         ParseList(attrs, "wds", p->num_weights, &p->wds) &&
+         ParseList(attrs, "denominator_scales", p->num_weights, &p->dscales) &&
+         ParseDouble(attrs, "beta1", &p->beta1) && ParseDouble(attrs, "beta2", &p->beta2) &&
+         ParseDouble(attrs, "epsilon", &p->epsilon) && ParseDouble(attrs, "mu", &p->mu) &&
+         ParseDouble(attrs, "rescale_grad", &p->rescale) &&
+         ParseDouble(attrs, "clip_gradient", &p->clip) &&
+         ParseDouble(attrs, "lower_bound", &p->lower, p->has_lower) &&
+         ParseDouble(attrs, "upper_bound", &p->upper, p->has_upper);
+}
+
+int InputsPerWeight(const Params& p) { return 2 + p.num_states + (p.mp ? 1 : 0); }
+
+// IEEE half <-> float, round to nearest even (float16 weights are stored as raw uint16).
+inline float HalfToFloat(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while (!(mant & 0x400u)) { mant <<= 1; --exp; }
+      bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline uint16_t FloatToHalf(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof x);
+  uint32_t sign = (x >> 16) & 0x8000u, absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u)  // inf or nan
+    return static_cast<uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
+  if (absx >= 0x477ff000u)  // rounds to a value beyond the largest half: inf
+    return static_cast<uint16_t>(sign | 0x7c00u);
+  if (absx < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+    if (absx < 0x33000000u) return static_cast<uint16_t>(sign);
+    uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
+    int shift = 126 - static_cast<int>(absx >> 23);  // 14 .. 24
+    uint32_t half = mant >> shift, rest = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    if (rest > mid || (rest == mid && (half & 1u))) ++half;
+    return static_cast<uint16_t>(sign | half);
+  }
+  uint32_t half = ((absx >> 13) - ((127 - 15) << 10)), rest = absx & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;
+  return static_cast<uint16_t>(sign | half);
+}
+
+template <typename W, typename S> struct Convert {
+  static S Load(W w) { return static_cast<S>(w); }
+  static W Store(S s) { return static_cast<W>(s); }
+};
+template <> struct Convert<uint16_t, float> {
+  static float Load(uint16_t w) { return HalfToFloat(w); }
+  static uint16_t Store(float s) { return FloatToHalf(s); }
+};
+
+template <typename W, typename S>
+void UpdateOne(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Params& p, int j) {
+  const int base = j * InputsPerWeight(p);
+  const int64_t n = (*in)[base].size();
+  const W* weight_in = (*in)[base].data<W>();
+  const W* grad = (*in)[base + 1].data<W>();
+  S* m = (*in)[base + 2].data<S>();
+  S* v = p.num_states > 1 ? (*in)[base + 3].data<S>() : nullptr;
+  S* vhat = p.num_states > 2 ? (*in)[base + 4].data<S>() : nullptr;
+  S* master = p.mp ? (*in)[base + 2 + p.num_states].data<S>() : nullptr;
+  W* weight_out = (*out)[j].data<W>();
+
+  const S rescale = p.rescale, wd = p.wds[j], clip = p.clip, b1 = p.beta1, b2 = p.beta2;
+  const S step_g = p.lrs[j] * p.mu, step_m = p.lrs[j] * (1.0 - p.mu);
+  const S dscale = p.dscales[j], eps = p.epsilon;
+  const S lower = p.has_lower ? p.lower : -std::numeric_limits<S>::infinity();
+  const S upper = p.has_upper ? p.upper : std::numeric_limits<S>::infinity();
+  const bool clipping = p.clip >= 0, bounded = p.has_lower || p.has_upper;
+  const int precond = p.precond;
+
+#pragma omp parallel for if (n > 32768) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    S w = master ? master[i] : Convert<W, S>::Load(weight_in[i]);
+    S g = Convert<W, S>::Load(grad[i]) * rescale + wd * w;
+    if (clipping) g = g < -clip ? -clip : (g > clip ? clip : g);
+    const S mi = b1 * m[i] + (1 - b1) * g;
+    m[i] = mi;
+    S step = g * step_g + step_m * mi;
+    if (precond != 2) {
+      const S vi = b2 * v[i] + (1 - b2) * g * g;
+      v[i] = vi;
+      if (precond == 0) {
+        const S vh = vhat[i] > vi ? vhat[i] : vi;
+        vhat[i] = vh;
+        step /= std::sqrt(vh);
+      } else {
+        step /= std::sqrt(vi) * dscale + eps;
+      }
+    }
+    w -= step;
+    if (bounded) w = w < lower ? lower : (w > upper ? upper : w);
+    if (master) master[i] = w;
+    weight_out[i] = Convert<W, S>::Store(w);
+  }
+}
+
+MXReturnValue Forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                      const OpResource&) {
+  Params p;
+  if (!Parse(attrs, &p)) return MX_FAIL;
+  for (int j = 0; j < p.num_weights; ++j) {
+    switch ((*in)[j * InputsPerWeight(p)].dtype) {
+      case mxnet::ext::kFloat32: UpdateOne<float, float>(in, out, p, j); break;
+      case mxnet::ext::kFloat64: UpdateOne<double, double>(in, out, p, j); break;
+      case mxnet::ext::kFloat16: UpdateOne<uint16_t, float>(in, out, p, j); break;
+      default:
+        MX_ERROR_MSG << "_namsg_arsg_update: weights must be float16, float32 or float64";
+        return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue ParseAttrs(const Attrs& attrs, int* num_in, int* num_out) {
+  Params p;
+  if (!Parse(attrs, &p)) return MX_FAIL;
+  *num_in = p.num_weights * InputsPerWeight(p);
+  *num_out = p.num_weights;
+  return MX_SUCCESS;
+}
+
+MXReturnValue InferType(const Attrs& attrs, std::vector<int>* in_types,
+                        std::vector<int>* out_types) {
+  Params p;
+  if (!Parse(attrs, &p)) return MX_FAIL;
+  const int stride = InputsPerWeight(p);
+  for (int j = 0; j < p.num_weights; ++j) {
+    const int wtype = (*in_types)[j * stride];
+    const int stype = wtype == mxnet::ext::kFloat16 ? mxnet::ext::kFloat32 : wtype;
+    if ((*in_types)[j * stride + 1] != wtype) {
+      MX_ERROR_MSG << "_namsg_arsg_update: gradient " << j << " has another dtype than its weight";
+      return MX_FAIL;
+    }
+    for (int k = 2; k < stride; ++k) {
+      if ((*in_types)[j * stride + k] != stype) {
+        MX_ERROR_MSG << "_namsg_arsg_update: state of weight " << j << " must be "
+                     << (stype == mxnet::ext::kFloat32 ? "float32" : "of the weight's dtype");
+        return MX_FAIL;
+      }
+    }
+    (*out_types)[j] = wtype;
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue InferShape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                         std::vector<std::vector<unsigned int>>* out_shapes) {
+  Params p;
+  if (!Parse(attrs, &p)) return MX_FAIL;
+  const int stride = InputsPerWeight(p);
+  for (int j = 0; j < p.num_weights; ++j) {
+    for (int k = 1; k < stride; ++k) {
+      if ((*in_shapes)[j * stride + k] != (*in_shapes)[j * stride]) {
+        MX_ERROR_MSG << "_namsg_arsg_update: input " << k << " of weight " << j
+                     << " has another shape than the weight";
+        return MX_FAIL;
+      }
+    }
+    (*out_shapes)[j] = (*in_shapes)[j * stride];
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue MutateInputs(const Attrs& attrs, std::vector<int>* indices) {
+  Params p;
+  if (!Parse(attrs, &p)) return MX_FAIL;
+  const int stride = InputsPerWeight(p);
+  for (int j = 0; j < p.num_weights; ++j)
+    for (int k = 2; k < stride; ++k) indices->push_back(j * stride + k);
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(_namsg_arsg_update)
+    .setParseAttrs(ParseAttrs)
+    .setInferType(InferType)
+    .setInferShape(InferShape)
+    .setMutateInputs(MutateInputs)
+    .setForward(Forward, "cpu");
+
+MXReturnValue initialize(int version) {
+  if (version < 10700) {
+    MX_ERROR_MSG << "namsg's fused ARSG kernels need MXNet >= 1.7, found " << version;
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}

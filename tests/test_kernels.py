@@ -1,0 +1,129 @@
+"""The fused ARSG operator: build, choice of path, many arrays, odd sizes, engine ordering.
+(Its parity over the whole option matrix runs in test_parity, on both paths.)"""
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+import namsg
+from namsg import kernels
+from namsg import reference as ref
+from cases import CASES_BY_ID
+from harness import make_problem, run_mxnet, run_reference
+
+requires_fused = pytest.mark.skipif(not kernels.load(), reason='fused operator not built: %s'
+                                    % kernels._state['error'])
+
+
+def test_fused_operator_builds_here():
+    """CI's clean checkout must build it: a failure here is a failure, not a skip."""
+    assert kernels.load(), kernels._state['error']
+
+
+def test_build_from_scratch_into_a_given_path(tmp_path):
+    path = kernels.build(tmp_path / 'libtest.so')
+    assert path.is_file() and path.stat().st_size > 10000
+
+
+@requires_fused
+def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch):
+    calls = []
+    original = kernels.arsg_update
+    monkeypatch.setattr(kernels, 'arsg_update',
+                        lambda weights, *a, **k: calls.append(len(weights)) or
+                        original(weights, *a, **k))
+    monkeypatch.delenv(kernels.SWITCH, raising=False)
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(8, in_units=4), gluon.nn.Dense(3, in_units=8))
+    net.initialize()
+    trainer = gluon.Trainer(net.collect_params(), 'arsg', {'learning_rate': 0.01})
+    for _ in range(2):
+        with mx.autograd.record():
+            loss = net(mx.nd.ones((2, 4))).sum()
+        loss.backward()
+        trainer.step(2)
+    assert calls == [4, 4]        # all four arrays in one call, once per step
+
+
+@requires_fused
+@pytest.mark.parametrize('preconditioner', namsg.PRECONDITIONERS)
+def test_many_arrays_of_odd_sizes_in_one_call(preconditioner):
+    """60 arrays, from 1 element to beyond the OpenMP threshold, sizes that are no multiple of
+    any vector width; fused, NDArray and reference agree after 20 steps."""
+    rng = np.random.default_rng(11)
+    shapes = [(1,), (3,), (7, 5), (1023,), (70001,), (129, 257)] + \
+        [tuple(rng.integers(1, 40, size=rng.integers(1, 4))) for _ in range(54)]
+    weights, grads = make_problem(20, seed=12, shapes=shapes)
+    weights = [w.astype(np.float32) for w in weights]
+    grads = [[g.astype(np.float32) for g in gs] for gs in grads]
+    case = CASES_BY_ID['everything']
+    case = type(case)(case.id, 'arsg', dict(case.kwargs, preconditioner=preconditioner),
+                      lr_at=case.lr_at, mu_at=case.mu_at)
+    fused, updater = run_mxnet(case, weights, grads, fused=True)
+    plain, _ = run_mxnet(case, weights, grads, fused=False)
+    expected = run_reference(case, weights, grads)
+    assert updater.optimizer.aggregate_num >= len(shapes)
+    for f, p, e in zip(fused, plain, expected):
+        np.testing.assert_allclose(f, p, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)
+
+
+@requires_fused
+def test_engine_orders_the_update_with_asynchronous_producers_and_consumers():
+    """Gradients come from a chain of asynchronous ops and the weights are read by ops queued
+    right after the update: the declared inputs, outputs and mutable states order them."""
+    results = {}
+    for fused in (True, False):
+        opt = namsg.ARSG(learning_rate=0.01, fused=fused)
+        weight = mx.nd.ones((2000, 500))
+        state = opt.create_state(0, weight)
+        sums = []
+        for step in range(3):
+            grad = mx.nd.dot(mx.nd.ones((2000, 300)) * (step + 1), mx.nd.ones((300, 500)) / 300)
+            opt.update_multi_precision(0, weight, grad, state)
+            sums.append(weight.sum() + state[0].sum())
+        results[fused] = np.array([s.asscalar() for s in sums])
+    np.testing.assert_allclose(results[True], results[False], rtol=1e-6)
+
+
+def test_unavailable_operator_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(kernels, '_state', dict(loaded=False, error='no compiler', warned=False))
+    monkeypatch.delenv(kernels.SWITCH, raising=False)
+    with pytest.warns(UserWarning, match='NDArray path'):
+        assert kernels.use_fused(None) is False
+    assert kernels.use_fused(None) is False            # warned once only
+    with pytest.raises(kernels.FusedUnavailable, match='no compiler'):
+        kernels.use_fused(True)
+    monkeypatch.setenv(kernels.SWITCH, '1')
+    with pytest.raises(kernels.FusedUnavailable):
+        kernels.use_fused(None)
+
+
+def test_switch_environment_variable(monkeypatch):
+    monkeypatch.setenv(kernels.SWITCH, '0')
+    assert kernels.use_fused(None) is False
+    monkeypatch.setenv(kernels.SWITCH, 'sometimes')
+    with pytest.raises(ValueError, match=kernels.SWITCH):
+        kernels.use_fused(None)
+
+
+def test_fused_argument_is_checked():
+    with pytest.raises(ValueError, match='fused'):
+        namsg.ARSG(fused='yes')
+
+
+@requires_fused
+def test_sparse_gradients_take_the_ndarray_path_inside_a_fused_optimizer():
+    opt = namsg.ARSG(learning_rate=0.01, fused=True)
+    weight = mx.nd.ones((5, 2), dtype='float64')
+    state = opt.create_state(0, weight)
+    grad = mx.nd.sparse.row_sparse_array((mx.nd.ones((1, 2), dtype='float64'),
+                                          mx.nd.array([3], dtype='int64')), shape=(5, 2),
+                                         dtype='float64')
+    opt.update_multi_precision(0, weight, grad, state)
+    x, s = ref.arsg_step(np.ones(2), ref.arsg_init(np.ones(2), 1e-8), np.ones(2), 0.01, 0.999,
+                         0.99, 0.1, 1e-8)
+    expected = np.ones((5, 2))
+    expected[3] = x
+    np.testing.assert_allclose(weight.asnumpy(), expected, rtol=1e-12)
