@@ -5,6 +5,7 @@ import os
 import numpy
 
 from mxnet import ndarray as nd
+from mxnet.ndarray.sparse import BaseSparseNDArray
 from mxnet.optimizer import Optimizer, register
 
 from . import kernels
@@ -122,6 +123,8 @@ class ARSG(ElementwiseOptimizer):
         """MXNet's entry point (Updater): one parameter, or lists of them when aggregating."""
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
+        else:
+            weight, grad = list(weight), list(grad)
         if self._fused_applies(weight, grad):
             self._fused_update(index, weight, grad, state)
         else:
@@ -129,11 +132,11 @@ class ARSG(ElementwiseOptimizer):
                 Optimizer.update_multi_precision(self, i, w, g, s)
 
     def _fused_applies(self, weights, grads):
-        if not kernels.use_fused(self.fused):
+        # Updater hands over arrays of one device and one dtype; the per-array checks stay in
+        # Python (isinstance) because each NDArray property is a call into MXNet.
+        if not kernels.use_fused(self.fused) or weights[0].context.device_type != 'cpu':
             return False
-        return all(w.context.device_type == 'cpu' and w.stype == 'default'
-                   and g.stype == 'default' and w.context == weights[0].context
-                   and w.dtype == weights[0].dtype for w, g in zip(weights, grads))
+        return not any(isinstance(a, BaseSparseNDArray) for a in weights + grads)
 
     def _fused_update(self, indices, weights, grads, states):
         self._update_count(indices)

@@ -138,6 +138,11 @@ def use_fused(requested=None):
 
 
 def _join(values):
+    """Comma-separated; one value when all are equal (the operator broadcasts it), which keeps
+    the attribute strings short in the common case."""
+    first = values[0]
+    if all(v == first for v in values):
+        return repr(float(first))
     return ','.join(repr(float(v)) for v in values)
 
 

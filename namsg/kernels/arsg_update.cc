@@ -11,7 +11,8 @@
 //   operator after every reader and before every later writer of them.
 // Outputs: the N weights (call with out=weights; MXNet's engine then treats them as written).
 // Attributes: num_weights, num_states, multi_precision, preconditioner (0/1/2); lrs, wds,
-//   denominator_scales (1/sqrt(1 - beta2^t) per weight, for 'adam') as comma-separated lists;
+//   denominator_scales (1/sqrt(1 - beta2^t) per weight, for 'adam') as comma-separated lists,
+//   or one value for all weights;
 //   beta1, beta2, epsilon, mu, rescale_grad, clip_gradient (< 0: none),
 //   lower_bound / upper_bound (absent: unbounded).
 
@@ -70,6 +71,7 @@ bool ParseList(const Attrs& attrs, const char* key, size_t count, std::vector<do
   std::string item;
   out->clear();
   while (std::getline(ss, item, ',')) out->push_back(std::strtod(item.c_str(), nullptr));
+  if (out->size() == 1) out->resize(count, (*out)[0]);  // one value for every weight
   if (out->size() != count) {
     MX_ERROR_MSG << "_namsg_arsg_update: " << key << " has " << out->size()
                  << " values for " << count << " weights";
