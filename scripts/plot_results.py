@@ -1,10 +1,8 @@
 """Draw the paper's panels and a summary table from the JSON-lines logs of reproduce_*.py."""
 
 import argparse
-from pathlib import Path
 
-from namsg.experiments.hparams import METHODS
-from namsg.experiments.plots import load_runs, plot_setting, summary_markdown
+from namsg.experiments.plots import write_report
 
 
 def parse_args(argv=None):
@@ -21,20 +19,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    out_dir = Path(args.out_dir or args.log_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(args.log_dir)
-    if not runs:
+    summary = write_report(args.log_dir, args.out_dir, args.reference)
+    if not summary:
         raise SystemExit('error: no finished runs under %s' % args.log_dir)
-    summary = []
-    for setting, method_runs in sorted(runs.items()):
-        ordered = {m: method_runs[m] for m in METHODS if m in method_runs}
-        plot_setting(ordered, setting, out_dir / ('%s.png' % setting))
-        summary += ['## %s' % setting, '', summary_markdown(ordered, args.reference)]
-        print('wrote', out_dir / ('%s.png' % setting))
-    (out_dir / 'summary.md').write_text('\n'.join(summary))
-    print('wrote', out_dir / 'summary.md')
-    print('\n'.join(summary))
+    print(summary)
 
 
 if __name__ == '__main__':

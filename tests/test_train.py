@@ -114,16 +114,20 @@ def test_cifar10_preparation_normalises_with_training_statistics():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_command_line_runs_on_the_embedded_sample(tmp_path, capsys, monkeypatch):
+def test_command_line_runs_on_the_embedded_sample_outside_logs(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
-    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'ARSG', '--seeds', '0',
-                       '--scale', '0.1', '--log-dir', str(tmp_path / 'logs'),
-                       '--checkpoint-dir', str(tmp_path / 'ck'), '--no-progress'])
+    monkeypatch.chdir(tmp_path)
+    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'ARSG', '--scale', '0.1',
+                       '--no-progress'])
     out = capsys.readouterr()
     assert 'embedded 5,000-image MNIST sample' in out.err
     assert 'mnist_logreg/ARSG/seed0 epoch 2:' in out.out
-    header, records = train.read_log(tmp_path / 'logs' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
+    assert not (tmp_path / 'logs').exists()          # logs/ is for runs on real data
+    header, records = train.read_log(tmp_path / 'runs' / 'mnist-sample' / 'logs' /
+                                     'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
     assert header['protocol']['scale'] == 0.1 and len(records) == 2
+    assert not (tmp_path / 'runs' / 'mnist-sample' / 'logs' / 'mnist_logreg' / 'ARSG' /
+                'seed1.jsonl').exists()
 
 
 @pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], 'unknown method'),
@@ -137,3 +141,22 @@ def test_command_line_errors_are_clear(argv, message, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=message):
         cli.main('mnist', argv + ['--log-dir', str(tmp_path), '--checkpoint-dir',
                                   str(tmp_path)])
+
+
+def test_existing_log_of_another_configuration_is_never_overwritten(tmp_path):
+    data = _tiny_mnist()
+    log = tmp_path / 'r.jsonl'
+    train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, log, tmp_path / 'ck1')
+    before = log.read_text()
+    with pytest.raises(train.CheckpointError, match='another configuration'):
+        train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 1, data, log, tmp_path / 'ck2')
+    assert log.read_text() == before
+
+
+def test_finished_log_without_checkpoints_is_not_rerun(tmp_path, monkeypatch):
+    data = _tiny_mnist()
+    log = tmp_path / 'r.jsonl'
+    first = train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, log, tmp_path / 'a')
+    monkeypatch.setattr(train.Prepared, 'train_batches', lambda *a: pytest.fail('rerun'))
+    again = train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, log, tmp_path / 'b')
+    assert again == first

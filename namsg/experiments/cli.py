@@ -10,12 +10,17 @@ import mxnet as mx
 
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
+from .plots import write_report
 from .train import PREPARE, CheckpointError, train_run
 
 EXPERIMENTS = {
     'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4'),
     'cifar10': dict(settings=('cifar10_fine', 'cifar10_fast'), seeds='0'),
 }
+# The quick form on the embedded MNIST sample: one seed, and its own output directories so that
+# logs/ keeps only runs on real data.
+SAMPLE_DEFAULTS = dict(seeds='0', log_dir='runs/mnist-sample/logs',
+                       checkpoint_dir='runs/mnist-sample/checkpoints')
 
 
 def parse_args(experiment, argv=None):
@@ -30,15 +35,21 @@ def parse_args(experiment, argv=None):
                         % ', '.join(spec['settings']))
     parser.add_argument('--methods', default=','.join(METHODS),
                         help='comma-separated methods, from %s' % ', '.join(METHODS))
-    parser.add_argument('--seeds', default=spec['seeds'], help='comma-separated random seeds')
+    parser.add_argument('--seeds', default=None,
+                        help='comma-separated random seeds (default: %s; 0 on the embedded '
+                             'MNIST sample)' % spec['seeds'])
     parser.add_argument('--data-dir', default=None,
                         help='directory with the %s files (default: $%s; MNIST falls back to '
                              'an embedded 5,000-image sample when neither is given)'
                         % (experiment, datasets.DATA_DIR_ENV))
-    parser.add_argument('--log-dir', default='logs/%s' % experiment,
-                        help='where the JSON-lines logs go, one file per run')
-    parser.add_argument('--checkpoint-dir', default='checkpoints/%s' % experiment,
-                        help='where checkpoints go (resume reads them)')
+    parser.add_argument('--log-dir', default=None,
+                        help='where the JSON-lines logs go, one file per run (default: logs/%s; '
+                             '%s on the embedded MNIST sample)'
+                        % (experiment, SAMPLE_DEFAULTS['log_dir']))
+    parser.add_argument('--checkpoint-dir', default=None,
+                        help='where checkpoints go, read on resume (default: checkpoints/%s; '
+                             '%s on the embedded MNIST sample)'
+                        % (experiment, SAMPLE_DEFAULTS['checkpoint_dir']))
     parser.add_argument('--scale', type=float, default=1.0,
                         help='budget: fraction of the protocol\'s epochs; the boost epoch and '
                              'the step-size drop move in proportion (1.0 is the paper\'s)')
@@ -85,10 +96,6 @@ def main(experiment, argv=None):
     settings = _split(args.settings, EXPERIMENTS[experiment]['settings'], 'setting')
     methods = _split(args.methods, METHODS, 'method')
     try:
-        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-    except ValueError:
-        raise SystemExit('error: --seeds takes comma-separated integers, got %r' % args.seeds)
-    try:
         protocols = [PROTOCOLS[s].scaled(args.scale) for s in settings]
     except ValueError as e:
         raise SystemExit('error: --scale: %s' % e)
@@ -96,12 +103,23 @@ def main(experiment, argv=None):
         dataset = load_data(experiment, args.data_dir)
     except datasets.DataError as e:
         raise SystemExit('error: %s' % e)
+    sample = datasets.data_dir_from(args.data_dir) is None and experiment == 'mnist'
+    defaults = SAMPLE_DEFAULTS if sample else dict(
+        seeds=EXPERIMENTS[experiment]['seeds'], log_dir='logs/%s' % experiment,
+        checkpoint_dir='checkpoints/%s' % experiment)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    except ValueError:
+        raise SystemExit('error: --seeds takes comma-separated integers, got %r' % args.seeds)
     prepared = PREPARE[experiment](dataset)
     contexts = contexts_from(args.gpus)
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
-    print('data: %s (%d training, %d validation images)'
-          % (dataset.source, len(prepared.train_y), len(prepared.test_y)))
+    print('data: %s (%d training, %d validation images); logs in %s'
+          % (dataset.source, len(prepared.train_y), len(prepared.test_y), args.log_dir))
     for protocol in protocols:
         for method in methods:
             for seed in seeds:
@@ -117,3 +135,6 @@ def main(experiment, argv=None):
                                   command=command, data_source=dataset.source, echo=print)
                 except CheckpointError as e:
                     raise SystemExit('error: %s' % e)
+    summary = write_report(args.log_dir)
+    if summary:
+        print('\nplots and summary.md written to %s\n\n%s' % (args.log_dir, summary))

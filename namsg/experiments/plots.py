@@ -115,3 +115,21 @@ def summary_markdown(method_runs, reference='ADAM'):
             r['best_acc_std'], '-' if r['epochs_to_reference'] is None
             else r['epochs_to_reference']))
     return '\n'.join(lines) + '\n'
+
+
+def write_report(log_dir, out_dir=None, reference='ADAM'):
+    """For every setting with finished runs under ``log_dir``: ``<setting>.png`` and a section
+    of ``summary.md`` in ``out_dir`` (default: ``log_dir``). Returns the summary text."""
+    from pathlib import Path
+    from .hparams import METHODS
+    out_dir = Path(out_dir or log_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for setting, method_runs in sorted(load_runs(log_dir).items()):
+        ordered = {m: method_runs[m] for m in METHODS if m in method_runs}
+        plot_setting(ordered, setting, out_dir / ('%s.png' % setting))
+        sections += ['## %s' % setting, '', summary_markdown(ordered, reference)]
+    summary = '\n'.join(sections)
+    if sections:
+        (out_dir / 'summary.md').write_text(summary)
+    return summary

@@ -129,7 +129,7 @@ def versions():
 
 
 class CheckpointError(Exception):
-    """A checkpoint exists but belongs to another configuration."""
+    """A checkpoint or a log exists but belongs to another configuration."""
 
 
 class Checkpoints:
@@ -225,6 +225,14 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     checkpoints = Checkpoints(checkpoint_dir)
     records, first_epoch, iteration = [], 1, 0
     latest = checkpoints.latest()
+    if latest is None and Path(log_path).is_file():
+        logged_header, logged = read_log(log_path)
+        if _config_of(logged_header) != json.loads(json.dumps(_config_of(header))):
+            raise CheckpointError(
+                'log %s was written by another configuration (%s); choose another --log-dir '
+                'or move it away' % (log_path, _config_diff(_config_of(logged_header), header)))
+        if len(logged) == protocol.epochs:      # finished, and its checkpoints are gone
+            return logged
     if latest is not None:
         state = json.loads((latest / 'state.json').read_text())
         if state['config'] != json.loads(json.dumps(_config_of(header))):
