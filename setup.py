@@ -16,6 +16,8 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['namsg', 'namsg.*']),
     package_data={'namsg.kernels': ['*.cc']},
+    # Outside the package so that a parameter server can start it before mxnet (see its doc).
+    py_modules=['namsg_dist'],
     python_requires='>=3.8',
     install_requires=[
         'mxnet==1.9.1',

@@ -127,3 +127,4 @@ def test_sparse_gradients_take_the_ndarray_path_inside_a_fused_optimizer():
     expected = np.ones((5, 2))
     expected[3] = x
     np.testing.assert_allclose(weight.asnumpy(), expected, rtol=1e-12)
+

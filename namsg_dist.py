@@ -1,0 +1,213 @@
+"""Distributed training with MXNet's parameter server: a server entry point that can unpickle
+namsg's optimizers, and a thin launcher over MXNet's own job launcher, ``dmlc_tracker``.
+
+Why a server entry point: with ``kvstore='dist_*'`` and updates on the kvstore, workers pickle
+the optimizer and every server unpickles and applies it. An MXNet 1.9.1 server (or scheduler)
+enters its serving loop from inside ``import mxnet``, so a third-party optimizer module imported
+while unpickling meets a half-initialised ``mxnet`` and fails. Here the role is hidden while
+``mxnet`` and the optimizer modules import, then restored, and only then does the serving loop
+start.
+
+This module lives outside the ``namsg`` package on purpose: ``python -m namsg.dist`` would run
+``namsg/__init__.py``, which imports mxnet, before any of this code, and a server would enter its
+loop right there.
+
+Commands (``python -m namsg_dist --help``):
+
+* ``run -- CMD...``: what every process of a job runs. A scheduler or server (``DMLC_ROLE``)
+  serves, after importing namsg (and the modules in ``$NAMSG_SERVER_IMPORTS``, comma-separated);
+  a worker runs CMD. Any dmlc_tracker back end (local, ssh, mpi, ...) can launch it.
+* ``launch -n W -s S [--launcher local|ssh|mpi] -- CMD...``: a whole job. ``local`` starts the
+  scheduler, S servers and W workers on 127.0.0.1, forwards their output, bounds the time, and
+  ends every process it started on success, failure or interrupt. ``ssh`` and ``mpi`` hand the
+  job, wrapped in ``run``, to dmlc_tracker's back ends for several machines.
+"""
+
+import argparse
+import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ['serve', 'launch_local', 'main']
+
+SERVER_ROLES = ('server', 'scheduler')
+
+
+def serve():
+    """Run this process as the scheduler or a server named by DMLC_ROLE, with namsg (and
+    $NAMSG_SERVER_IMPORTS) imported before the serving loop starts."""
+    role = os.environ.get('DMLC_ROLE')
+    if role not in SERVER_ROLES:
+        raise SystemExit('namsg_dist serve: DMLC_ROLE is %r; it must be scheduler or server'
+                         % role)
+    del os.environ['DMLC_ROLE']          # import mxnet as a plain (worker-side) module
+    import mxnet  # noqa: F401
+    import namsg  # noqa: F401  (registers the optimizers the workers will send pickled)
+    for name in filter(None, os.environ.get('NAMSG_SERVER_IMPORTS', '').split(',')):
+        importlib.import_module(name.strip())
+    os.environ['DMLC_ROLE'] = role
+    from mxnet.kvstore import kvstore_server
+    kvstore_server._init_kvstore_server_module()    # serves until the job ends, then exits
+
+
+def run(command):
+    """Serve if this process is a scheduler or server, else run ``command`` as the worker."""
+    if os.environ.get('DMLC_ROLE') in SERVER_ROLES:
+        serve()
+        return 0
+    if not command:
+        raise SystemExit('namsg_dist run: give the worker command after --')
+    os.execvp(command[0], command)
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _role_env(role, num_workers, num_servers, port, task_id, extra=None):
+    """The environment dmlc_tracker gives each process of a job (see dmlc_tracker.tracker)."""
+    env = dict(os.environ, **(extra or {}))
+    env.update(DMLC_ROLE=role, DMLC_PS_ROOT_URI='127.0.0.1', DMLC_PS_ROOT_PORT=str(port),
+               DMLC_NUM_WORKER=str(num_workers), DMLC_NUM_SERVER=str(num_servers),
+               DMLC_TASK_ID=str(task_id), DMLC_JOB_CLUSTER='local')
+    # ps-lite picks the interface from these; loopback keeps the job on this machine.
+    env.setdefault('DMLC_NODE_HOST', '127.0.0.1')
+    env.setdefault('DMLC_INTERFACE', 'lo')
+    return env
+
+
+def _forward(stream, prefix, out):
+    for line in iter(stream.readline, b''):
+        out.write(prefix + line.decode(errors='replace'))
+        out.flush()
+
+
+def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out=None):
+    """Run one job on this machine: scheduler, servers (``python -m namsg_dist run``) and
+    workers (``command``), all on 127.0.0.1. Output lines are forwarded with a
+    ``[worker 0]``-style prefix to ``out`` (default stdout). Returns 0 when every worker
+    exited 0; otherwise the first non-zero worker status, or 124 on timeout. Every process
+    started is ended before returning, also on KeyboardInterrupt."""
+    if num_workers < 1 or num_servers < 1:
+        raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
+                         '%d workers and %d servers' % (num_workers, num_servers))
+    out = out or sys.stdout
+    port = _free_port()
+    server_cmd = [sys.executable, '-m', 'namsg_dist', 'run', '--']
+    plan = [('scheduler', 0, server_cmd)] + \
+        [('server', i, server_cmd) for i in range(num_servers)] + \
+        [('worker', i, list(command)) for i in range(num_workers)]
+    procs, threads = [], []
+    deadline = time.monotonic() + timeout
+    status = 0
+    try:
+        for role, index, cmd in plan:
+            proc = subprocess.Popen(
+                cmd, env=_role_env(role, num_workers, num_servers, port, index, env),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            procs.append((role, index, proc))
+            thread = threading.Thread(target=_forward, daemon=True,
+                                      args=(proc.stdout, '[%s %d] ' % (role, index), out))
+            thread.start()
+            threads.append(thread)
+        workers = [p for role, _, p in procs if role == 'worker']
+        while status == 0 and any(p.poll() is None for p in workers):
+            if time.monotonic() > deadline:
+                out.write('namsg_dist: the job exceeded %d s; ending it\n' % timeout)
+                status = 124
+            time.sleep(0.1)
+            status = status or next((p.returncode for p in workers if p.returncode), 0)
+        status = status or next((p.returncode for p in workers if p.returncode), 0)
+        if status == 0:
+            # Servers and the scheduler leave by themselves once every worker is done.
+            for _, _, proc in procs:
+                try:
+                    proc.wait(timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    pass
+    finally:
+        for _, _, proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, _, proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for thread in threads:
+            thread.join(timeout=2)
+    return status
+
+
+def _launch_with_dmlc_tracker(args, command):
+    """ssh / mpi: dmlc_tracker's own back ends, each process running ``run -- command``.
+    dmlc_tracker.submit is not imported: it imports the kubernetes client at load time."""
+    import threading as _threading
+    if not hasattr(_threading.Thread, 'isAlive'):     # removed in Python 3.9; dmlc_tracker uses it
+        _threading.Thread.isAlive = _threading.Thread.is_alive
+    backend = importlib.import_module('dmlc_tracker.%s' % args.launcher)
+    from dmlc_tracker import opts
+    wrapped = [sys.executable, '-m', 'namsg_dist', 'run', '--'] + command
+    argv = ['--cluster', args.launcher, '--num-workers', str(args.num_workers),
+            '--num-servers', str(args.num_servers)]
+    if args.hostfile:
+        argv += ['--host-file', args.hostfile]
+    if args.host_ip:
+        argv += ['--host-ip', args.host_ip]
+    if args.sync_dst_dir:
+        argv += ['--sync-dst-dir', args.sync_dst_dir]
+    backend.submit(opts.get_opts(argv + wrapped))
+    return 0
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m namsg_dist', description=(
+        'Parameter-server jobs whose servers can load namsg optimizers.'))
+    sub = parser.add_subparsers(dest='action', required=True)
+    run_parser = sub.add_parser('run', help='serve (scheduler/server role) or run CMD (worker)')
+    run_parser.add_argument('command', nargs=argparse.REMAINDER, help='-- CMD ...')
+    launch = sub.add_parser('launch', help='launch a whole job',
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    launch.add_argument('-n', '--num-workers', type=int, required=True, help='worker processes')
+    launch.add_argument('-s', '--num-servers', type=int, default=1, help='server processes')
+    launch.add_argument('--launcher', default='local', choices=('local', 'ssh', 'mpi'),
+                        help='where the processes run')
+    launch.add_argument('--timeout', type=float, default=3600,
+                        help='seconds before a local job is ended')
+    launch.add_argument('-H', '--hostfile', default=None,
+                        help='ssh/mpi: file with one host per line')
+    launch.add_argument('--host-ip', default=None,
+                        help='ssh/mpi: this machine\'s address as the other hosts see it')
+    launch.add_argument('--sync-dst-dir', default=None,
+                        help='ssh: copy the working directory to this path on every host')
+    launch.add_argument('command', nargs=argparse.REMAINDER, help='-- CMD ...')
+    args = parser.parse_args(argv)
+    if args.command and args.command[0] == '--':
+        args.command = args.command[1:]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.action == 'run':
+        return run(args.command)
+    if not args.command:
+        raise SystemExit('namsg_dist launch: give the worker command after --')
+    if args.launcher == 'local':
+        try:
+            return launch_local(args.command, args.num_workers, args.num_servers, args.timeout)
+        except ValueError as e:
+            raise SystemExit('namsg_dist launch: %s' % e)
+    return _launch_with_dmlc_tracker(args, args.command)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
