@@ -23,7 +23,7 @@ SAMPLE_DEFAULTS = dict(seeds='0', log_dir='runs/mnist-sample/logs',
                        checkpoint_dir='runs/mnist-sample/checkpoints')
 
 
-def parse_args(experiment, argv=None):
+def build_parser(experiment):
     spec = EXPERIMENTS[experiment]
     parser = argparse.ArgumentParser(
         description='Rerun the paper\'s %s experiments (supplementary B.%s) with Table A1\'s '
@@ -59,7 +59,11 @@ def parse_args(experiment, argv=None):
                         help='kvstore type: device, local, dist_sync, ...')
     parser.add_argument('--no-progress', action='store_true',
                         help='no progress bar (one line per epoch is printed all the same)')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(experiment, argv=None):
+    return build_parser(experiment).parse_args(argv)
 
 
 def _split(text, allowed, what):
