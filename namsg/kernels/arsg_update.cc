@@ -16,6 +16,7 @@
 //   beta1, beta2, epsilon, mu, rescale_grad, clip_gradient (< 0: none),
 //   lower_bound / upper_bound (absent: unbounded).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -162,64 +163,110 @@ template <> struct Convert<uint16_t, float> {
   static uint16_t Store(float s) { return FloatToHalf(s); }
 };
 
-template <typename W, typename S>
-void UpdateOne(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Params& p, int j) {
+// One contiguous range [begin, end) of weight j. The preconditioner and the presence of a
+// master copy are template parameters and clipping is branch-free, so the loop has no branches
+// and the compiler can vectorise it.
+template <typename W, typename S, int PRECOND, bool MP>
+void UpdateRange(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Params& p, int j,
+                 int64_t begin, int64_t end) {
   const int base = j * InputsPerWeight(p);
-  const int64_t n = (*in)[base].size();
-  const W* weight_in = (*in)[base].data<W>();
-  const W* grad = (*in)[base + 1].data<W>();
-  S* m = (*in)[base + 2].data<S>();
-  S* v = p.num_states > 1 ? (*in)[base + 3].data<S>() : nullptr;
-  S* vhat = p.num_states > 2 ? (*in)[base + 4].data<S>() : nullptr;
-  S* master = p.mp ? (*in)[base + 2 + p.num_states].data<S>() : nullptr;
+  const W* __restrict__ weight_in = (*in)[base].data<W>();
+  const W* __restrict__ grad = (*in)[base + 1].data<W>();
+  S* __restrict__ m = (*in)[base + 2].data<S>();
+  S* __restrict__ v = PRECOND != 2 ? (*in)[base + 3].data<S>() : nullptr;
+  S* __restrict__ vhat = PRECOND == 0 ? (*in)[base + 4].data<S>() : nullptr;
+  S* __restrict__ master = MP ? (*in)[base + 2 + p.num_states].data<S>() : nullptr;
   W* weight_out = (*out)[j].data<W>();
 
-  const S rescale = p.rescale, wd = p.wds[j], clip = p.clip, b1 = p.beta1, b2 = p.beta2;
+  const S inf = std::numeric_limits<S>::infinity();
+  const S rescale = p.rescale, wd = p.wds[j], b1 = p.beta1, b2 = p.beta2;
+  const S clip = p.clip >= 0 ? static_cast<S>(p.clip) : inf;
   const S step_g = p.lrs[j] * p.mu, step_m = p.lrs[j] * (1.0 - p.mu);
   const S dscale = p.dscales[j], eps = p.epsilon;
-  const S lower = p.has_lower ? p.lower : -std::numeric_limits<S>::infinity();
-  const S upper = p.has_upper ? p.upper : std::numeric_limits<S>::infinity();
-  const bool clipping = p.clip >= 0, bounded = p.has_lower || p.has_upper;
-  const int precond = p.precond;
+  const S lower = p.has_lower ? static_cast<S>(p.lower) : -inf;
+  const S upper = p.has_upper ? static_cast<S>(p.upper) : inf;
 
-#pragma omp parallel for if (n > 32768) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    S w = master ? master[i] : Convert<W, S>::Load(weight_in[i]);
+  for (int64_t i = begin; i < end; ++i) {
+    S w = MP ? master[i] : Convert<W, S>::Load(weight_in[i]);
     S g = Convert<W, S>::Load(grad[i]) * rescale + wd * w;
-    if (clipping) g = g < -clip ? -clip : (g > clip ? clip : g);
+    g = std::min(std::max(g, -clip), clip);
     const S mi = b1 * m[i] + (1 - b1) * g;
     m[i] = mi;
     S step = g * step_g + step_m * mi;
-    if (precond != 2) {
+    if (PRECOND != 2) {
       const S vi = b2 * v[i] + (1 - b2) * g * g;
       v[i] = vi;
-      if (precond == 0) {
-        const S vh = vhat[i] > vi ? vhat[i] : vi;
+      if (PRECOND == 0) {
+        const S vh = std::max(vhat[i], vi);
         vhat[i] = vh;
         step /= std::sqrt(vh);
       } else {
         step /= std::sqrt(vi) * dscale + eps;
       }
     }
-    w -= step;
-    if (bounded) w = w < lower ? lower : (w > upper ? upper : w);
-    if (master) master[i] = w;
+    w = std::min(std::max(w - step, lower), upper);
+    if (MP) master[i] = w;
     weight_out[i] = Convert<W, S>::Store(w);
   }
 }
+
+template <typename W, typename S>
+void UpdateRangeFor(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Params& p,
+                    int j, int64_t begin, int64_t end) {
+  if (p.mp) {
+    switch (p.precond) {
+      case 0: UpdateRange<W, S, 0, true>(in, out, p, j, begin, end); break;
+      case 1: UpdateRange<W, S, 1, true>(in, out, p, j, begin, end); break;
+      default: UpdateRange<W, S, 2, true>(in, out, p, j, begin, end);
+    }
+  } else {
+    switch (p.precond) {
+      case 0: UpdateRange<W, S, 0, false>(in, out, p, j, begin, end); break;
+      case 1: UpdateRange<W, S, 1, false>(in, out, p, j, begin, end); break;
+      default: UpdateRange<W, S, 2, false>(in, out, p, j, begin, end);
+    }
+  }
+}
+
+// Work is cut into chunks across all weights, so that many small arrays (a ResNet's) are
+// spread over the threads as well as one large one.
+constexpr int64_t kChunk = 16384;
 
 MXReturnValue Forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                       const OpResource&) {
   Params p;
   if (!Parse(attrs, &p)) return MX_FAIL;
+  const int dtype = (*in)[0].dtype;
+  if (dtype != mxnet::ext::kFloat32 && dtype != mxnet::ext::kFloat64 &&
+      dtype != mxnet::ext::kFloat16) {
+    MX_ERROR_MSG << "_namsg_arsg_update: weights must be float16, float32 or float64";
+    return MX_FAIL;
+  }
+  std::vector<int> chunk_weight;
+  std::vector<int64_t> chunk_begin;
   for (int j = 0; j < p.num_weights; ++j) {
-    switch ((*in)[j * InputsPerWeight(p)].dtype) {
-      case mxnet::ext::kFloat32: UpdateOne<float, float>(in, out, p, j); break;
-      case mxnet::ext::kFloat64: UpdateOne<double, double>(in, out, p, j); break;
-      case mxnet::ext::kFloat16: UpdateOne<uint16_t, float>(in, out, p, j); break;
-      default:
-        MX_ERROR_MSG << "_namsg_arsg_update: weights must be float16, float32 or float64";
-        return MX_FAIL;
+    if ((*in)[j * InputsPerWeight(p)].dtype != dtype) {
+      MX_ERROR_MSG << "_namsg_arsg_update: all weights of one call must share a dtype";
+      return MX_FAIL;
+    }
+    const int64_t n = (*in)[j * InputsPerWeight(p)].size();
+    for (int64_t b = 0; b < n; b += kChunk) {
+      chunk_weight.push_back(j);
+      chunk_begin.push_back(b);
+    }
+  }
+  const int64_t chunks = static_cast<int64_t>(chunk_weight.size());
+#pragma omp parallel for schedule(dynamic) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int j = chunk_weight[c];
+    const int64_t begin = chunk_begin[c];
+    const int64_t end = std::min(begin + kChunk, (*in)[j * InputsPerWeight(p)].size());
+    switch (dtype) {
+      case mxnet::ext::kFloat32: UpdateRangeFor<float, float>(in, out, p, j, begin, end); break;
+      case mxnet::ext::kFloat64:
+        UpdateRangeFor<double, double>(in, out, p, j, begin, end);
+        break;
+      default: UpdateRangeFor<uint16_t, float>(in, out, p, j, begin, end);
     }
   }
   return MX_SUCCESS;
