@@ -71,7 +71,7 @@ def main(argv=None):
                                      args.batch_size)
     print('ResNet-20, batch %d, mean over %d iterations:' % (args.batch_size, args.iterations))
     print('  data already in memory: %.1f ms' % (memory_time * 1e3))
-    print('  input pipeline:         %.1f ms (%.1f%% slower)'
+    print('  input pipeline:         %.1f ms (%+.1f%% against data in memory)'
           % (pipeline_time * 1e3, 100 * (pipeline_time / memory_time - 1)))
 
 
