@@ -91,3 +91,23 @@ def test_job_over_its_time_is_ended(tmp_path):
 def test_launcher_refuses_a_job_without_servers():
     with pytest.raises(ValueError, match='server'):
         namsg_dist.launch_local(['true'], num_workers=1, num_servers=0)
+
+
+def test_training_script_runs_as_a_two_worker_job(tmp_path):
+    """reproduce_mnist.py through the launcher: rank 0 alone writes the log, which records the
+    job's shape; each worker trained on half of every epoch (whole batches only)."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(PYTHONPATH=str(root), NAMSG_DATA_DIR='')     # the embedded sample
+    out = io.StringIO()
+    status = namsg_dist.launch_local(
+        [sys.executable, str(root / 'scripts' / 'reproduce_mnist.py'), '--settings',
+         'mnist_logreg', '--methods', 'ARSG', '--scale', '0.1', '--kvstore', 'dist_sync',
+         '--log-dir', str(tmp_path / 'logs'), '--checkpoint-dir', str(tmp_path / 'ck'),
+         '--no-progress'], num_workers=2, num_servers=1, timeout=180, env=env, out=out)
+    assert status == 0, out.getvalue()[-3000:]
+    from namsg.experiments.train import read_log
+    header, records = read_log(tmp_path / 'logs' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
+    assert header['workers'] == 2 and header['kvstore'] == 'dist_sync'
+    assert [r['iteration'] for r in records] == [7, 14]     # 4,000 images / 2 / 256, whole
+    assert records[-1]['val_acc'] > 0.5
+    assert not (tmp_path / 'ck').exists()

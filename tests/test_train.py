@@ -54,9 +54,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     original = train.Prepared.train_batches
     calls = {'n': 0}
 
-    def interrupted(self, batch_size, rng):
+    def interrupted(self, batch_size, rng, *shard):
         calls['n'] += 1
-        for i, batch in enumerate(original(self, batch_size, rng)):
+        for i, batch in enumerate(original(self, batch_size, rng, *shard)):
             if calls['n'] == 2 and i == 2:       # in the middle of epoch 2
                 raise KeyboardInterrupt
             yield batch
@@ -160,3 +160,13 @@ def test_finished_log_without_checkpoints_is_not_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(train.Prepared, 'train_batches', lambda *a: pytest.fail('rerun'))
     again = train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, log, tmp_path / 'b')
     assert again == first
+
+
+def test_workers_of_a_job_get_disjoint_equal_shards_of_whole_batches():
+    data = _tiny_mnist(n_train=70)
+    shards = [list(data.train_batches(16, np.random.default_rng([1, 2]), rank, 2))
+              for rank in range(2)]
+    assert [len(s) for s in shards] == [2, 2]
+    assert all(len(y) == 16 for s in shards for _, y in s)
+    rows = [np.concatenate([x for x, _ in s]).reshape(32, -1) for s in shards]
+    assert not any((a == b).all() for a in rows[0] for b in rows[1])

@@ -139,6 +139,10 @@ def main(experiment, argv=None):
                                   command=command, data_source=dataset.source, echo=print)
                 except CheckpointError as e:
                     raise SystemExit('error: %s' % e)
+    if args.kvstore.startswith('dist'):
+        # Every worker of the job runs this; drawing is left to plot_results.py afterwards.
+        print('plots: python scripts/plot_results.py --log-dir %s' % args.log_dir)
+        return
     summary = write_report(args.log_dir)
     if summary:
         print('\nplots and summary.md written to %s\n\n%s' % (args.log_dir, summary))

@@ -38,9 +38,15 @@ class Prepared:
         self.test_x, self.test_y = test_x, test_y
         self.augment = augment
 
-    def train_batches(self, batch_size, rng):
-        """Shuffled minibatches; the last, partial one is kept (Gluon DataLoader's default)."""
+    def train_batches(self, batch_size, rng, rank=0, workers=1):
+        """Shuffled minibatches; the last, partial one is kept (Gluon DataLoader's default).
+        With ``workers`` > 1 (a parameter-server job) this worker takes every ``workers``-th
+        example of the shuffled order from ``rank`` on, and only whole batches, so that every
+        worker makes the same number of steps with the same batch size."""
         order = rng.permutation(len(self.train_y))
+        if workers > 1:
+            order = order[rank::workers]
+            order = order[:len(self.train_y) // workers // batch_size * batch_size]
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             x = self.train_x[rows]
@@ -172,7 +178,8 @@ def run_name(protocol, method, seed):
 
 def make_trainer(net, protocol, method, contexts, kvstore, overrides=None):
     """The Trainer for ``method`` with Table A1's hyper-parameters (``overrides`` replace some,
-    e.g. in a grid search), the protocol's weight decay and its step-size drop."""
+    e.g. in a grid search), the protocol's weight decay and its step-size drop. A distributed
+    ``kvstore`` (an mx.kv.KVStore) updates on the servers."""
     spec = paper_optimizer(method, protocol.setting)
     kwargs = dict(spec.kwargs, **(overrides or {}))
     kwargs['wd'] = protocol.wd
@@ -180,7 +187,9 @@ def make_trainer(net, protocol, method, contexts, kvstore, overrides=None):
         kwargs['lr_scheduler'] = mx.lr_scheduler.MultiFactorScheduler(
             step=[protocol.lr_drop_iteration], factor=1.0 / protocol.lr_drop_factor,
             base_lr=kwargs['learning_rate'])
-    trainer = gluon.Trainer(net.collect_params(), spec.name, kwargs, kvstore=kvstore)
+    distributed = not isinstance(kvstore, str) and kvstore is not None
+    trainer = gluon.Trainer(net.collect_params(), spec.name, kwargs, kvstore=kvstore,
+                            update_on_kvstore=True if distributed else None)
     return trainer, spec, kwargs
 
 
@@ -205,13 +214,21 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     The log at ``log_path`` is rewritten atomically after every epoch from the records kept in
     the checkpoint, so log and checkpoint always agree. ``echo`` (e.g. print) receives one line
     per epoch; ``progress`` shows a progress bar over each epoch's minibatches.
+
+    With a ``dist_*`` kvstore (a worker of a job started by ``python -m namsg_dist launch``) the
+    optimizer runs on the servers, each worker trains on its shard of every epoch's shuffled
+    order (whole batches only), only rank 0 writes the log and echoes, and there are no
+    checkpoints (MXNet cannot save optimizer states that live on servers).
     """
     contexts = contexts or [mx.cpu()]
     mx.random.seed(seed)
     net = models.build(protocol.model)
     net.initialize(mx.init.Xavier(), ctx=contexts)
     net.hybridize(static_alloc=True, static_shape=True)
-    trainer, spec, kwargs = make_trainer(net, protocol, method, contexts, kvstore, overrides)
+    distributed = kvstore.startswith('dist')
+    store = mx.kv.create(kvstore) if distributed else kvstore
+    rank, workers = (store.rank, store.num_workers) if distributed else (0, 1)
+    trainer, spec, kwargs = make_trainer(net, protocol, method, contexts, store, overrides)
     policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch]) if spec.boost else None
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
@@ -222,10 +239,14 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                   data=data_source, contexts=[str(c) for c in contexts], kvstore=kvstore,
                   train_size=len(prepared.train_y), test_size=len(prepared.test_y),
                   versions=versions(), command=command)
+    if distributed:
+        header['workers'] = workers
+    if rank != 0:
+        log_path = echo = None
     checkpoints = Checkpoints(checkpoint_dir)
     records, first_epoch, iteration = [], 1, 0
-    latest = checkpoints.latest()
-    if latest is None and Path(log_path).is_file():
+    latest = None if distributed else checkpoints.latest()
+    if latest is None and log_path is not None and Path(log_path).is_file():
         logged_header, logged = read_log(log_path)
         if _config_of(logged_header) != json.loads(json.dumps(_config_of(header))):
             raise CheckpointError(
@@ -254,8 +275,8 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
         rng = np.random.default_rng([seed, epoch])
         mx.random.seed(seed * 100003 + epoch)
         total, correct, count = mx.nd.zeros(1), mx.nd.zeros(1), 0
-        batches = prepared.train_batches(protocol.batch_size, rng)
-        steps = -(-len(prepared.train_y) // protocol.batch_size)
+        batches = prepared.train_batches(protocol.batch_size, rng, rank, workers)
+        steps = -(-len(prepared.train_y) // (protocol.batch_size * workers))
         if progress:
             from tqdm import tqdm
             batches = tqdm(batches, total=steps, leave=False, file=sys.stderr,
@@ -285,13 +306,15 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                             seconds=time.time() - start, boost=boost))
         if policy is not None:
             policy.epoch_end(epoch, records[-1]['train_loss'])
-        checkpoints.save(epoch, net, trainer, dict(
-            config=_config_of(header), epoch=epoch, iteration=iteration, records=records,
-            policy=policy.state_dict() if policy is not None else None))
-        write_log(log_path, header, records)
+        if not distributed:
+            checkpoints.save(epoch, net, trainer, dict(
+                config=_config_of(header), epoch=epoch, iteration=iteration, records=records,
+                policy=policy.state_dict() if policy is not None else None))
+        if log_path is not None:
+            write_log(log_path, header, records)
         if echo is not None:
             echo(format_record(header['run'], records[-1]))
-    if first_epoch > protocol.epochs:     # finished earlier: the log is made anew all the same
+    if first_epoch > protocol.epochs and log_path is not None:   # finished earlier: log anew
         write_log(log_path, header, records)
     return records
 
