@@ -11,8 +11,9 @@ from .rsg import RSG
 from .amsgrad import AMSGrad
 from .radam import RAdam
 from .lookahead import Lookahead, Ranger
+from .kvstore_sync import sync_initial_weights
 
 __version__ = '0.1.0'
 
 __all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', 'AMSGrad', 'RAdam', 'Lookahead', 'Ranger',
-           '__version__']
+           'sync_initial_weights', '__version__']
