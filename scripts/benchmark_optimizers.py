@@ -6,6 +6,8 @@ Three measurements:
   large     the optimizer step alone on one 4096 x 4096 float32 array
   train     trainer.step inside real Gluon training iterations of ResNet-20 (forward and
             backward are finished before the step is timed; the whole iteration is shown too)
+  dispatch  one fused ARSG call over ResNet-20's arrays against the same call over as many
+            1-element arrays: how much of the call is dispatch rather than arithmetic
 """
 
 import argparse
@@ -38,7 +40,7 @@ def parse_args(argv=None):
     parser.add_argument('--wd', type=float, default=1e-3, help='weight decay for every optimizer')
     parser.add_argument('--batch-size', type=int, default=64,
                         help='minibatch of the ResNet-20 training iterations')
-    parser.add_argument('--only', default='resnet20,large,train',
+    parser.add_argument('--only', default='resnet20,large,train,dispatch',
                         help='comma-separated measurements to run')
     return parser.parse_args(argv)
 
@@ -97,6 +99,26 @@ def time_training(name, kwargs, args):
     return statistics.median(step_times), statistics.median(iteration_times)
 
 
+def time_fused_call(shapes, args):
+    """Median seconds of one kernels.arsg_update call over arrays of ``shapes``."""
+    weights = [mx.nd.ones(s) for s in shapes]
+    grads = [mx.nd.ones(s) for s in shapes]
+    states = [(mx.nd.zeros(s), mx.nd.zeros(s), mx.nd.ones(s)) for s in shapes]
+    n = len(shapes)
+    times = []
+    for k in range(args.warmup + args.repeats):
+        mx.nd.waitall()
+        start = time.perf_counter()
+        kernels.arsg_update(weights, grads, states, None, [0.01] * n, [args.wd] * n, [1.0] * n,
+                            beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1, rescale_grad=1.0,
+                            clip_gradient=None, lower_bound=None, upper_bound=None,
+                            preconditioner_index=0)
+        mx.nd.waitall()
+        if k >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def report(title, results):
     base = results['adam'][0]
     print('\n%s' % title)
@@ -126,6 +148,12 @@ def main(argv=None):
         report('one 4096 x 4096 float32 array (16.8 M values)',
                {label: time_updater(n, kw, [(4096, 4096)], args) for label, (n, kw) in
                 OPTIMIZERS.items()})
+    if 'dispatch' in only:
+        shapes = resnet20_shapes()
+        full = time_fused_call(shapes, args)
+        tiny = time_fused_call([(1,)] * len(shapes), args)
+        print('\none fused call, %d arrays: %.2f ms on ResNet-20\'s arrays, %.2f ms on '
+              '1-element arrays' % (len(shapes), full * 1e3, tiny * 1e3))
     if 'train' in only:
         report('trainer.step inside ResNet-20 training iterations (batch %d)' % args.batch_size,
                {label: time_training(n, kw, args) for label, (n, kw) in OPTIMIZERS.items()})
