@@ -94,3 +94,19 @@ def test_gain_matrix_is_rsg_on_a_one_dimensional_quadratic(beta, mu):
         x, m = ref.rsg_concise_step(x, m, lam * x, alpha, beta, mu)
         residual = a @ residual
         np.testing.assert_allclose([alpha * m, x], residual, rtol=1e-10, atol=1e-14)
+
+
+def test_eq15_as_printed_overstates_the_variance_for_complex_eigenvalues():
+    """The README's note: eq. (15) with the cross term printed as 2 Re(z1 z2 / (1 - r1 r2))
+    gives 0.0050 at tau = 0.01, beta = 0.999, mu = 0.1, where the Lyapunov solution (and a
+    Monte Carlo run, test above) gives 0.00275; for real eigenvalues both forms agree."""
+    def printed(tau, beta, mu):
+        r, w = np.linalg.eig(dyn.gain_matrix(tau, beta, mu))
+        c = np.linalg.solve(w.astype(complex), dyn.noise_vector(beta, mu).astype(complex))
+        z1, z2 = c[0] * w[1, 0], c[1] * w[1, 1]
+        return tau ** 2 * (abs(z1) ** 2 / (1 - abs(r[0]) ** 2) + abs(z2) ** 2 /
+                           (1 - abs(r[1]) ** 2) + 2 * np.real(z1 * z2 / (1 - r[0] * r[1])))
+    assert printed(0.01, 0.999, 0.1) == pytest.approx(0.0050, abs=5e-5)
+    assert dyn.error_variance_limit_lyapunov(0.01, 0.999, 0.1) == pytest.approx(0.00275,
+                                                                                abs=5e-6)
+    assert printed(2.0, 0.999, 0.1) == pytest.approx(dyn.error_variance_limit(2.0, 0.999, 0.1))
