@@ -150,9 +150,8 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
 def _launch_with_dmlc_tracker(args, command):
     """ssh / mpi: dmlc_tracker's own back ends, each process running ``run -- command``.
     dmlc_tracker.submit is not imported: it imports the kubernetes client at load time."""
-    import threading as _threading
-    if not hasattr(_threading.Thread, 'isAlive'):     # removed in Python 3.9; dmlc_tracker uses it
-        _threading.Thread.isAlive = _threading.Thread.is_alive
+    if not hasattr(threading.Thread, 'isAlive'):      # removed in Python 3.9; dmlc_tracker uses it
+        threading.Thread.isAlive = threading.Thread.is_alive
     backend = importlib.import_module('dmlc_tracker.%s' % args.launcher)
     from dmlc_tracker import opts
     wrapped = [sys.executable, '-m', 'namsg_dist', 'run', '--'] + command

@@ -1,7 +1,6 @@
 """The shared training loop: logs, checkpoints, exact resume, boost and step-size drop,
 CIFAR-10 augmentation, the command line."""
 
-import json
 
 import numpy as np
 import pytest

@@ -11,7 +11,7 @@ import mxnet as mx
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .plots import write_report
-from .train import PREPARE, CheckpointError, train_run
+from .train import PREPARE, CheckpointError, run_name, train_run
 
 EXPERIMENTS = {
     'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4'),
@@ -127,7 +127,7 @@ def main(experiment, argv=None):
     for protocol in protocols:
         for method in methods:
             for seed in seeds:
-                name = '%s/%s/seed%d' % (protocol.setting, method, seed)
+                name = run_name(protocol, method, seed)
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter('ignore', DeprecationWarning)

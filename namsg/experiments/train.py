@@ -176,7 +176,7 @@ def run_name(protocol, method, seed):
     return '%s/%s/seed%d' % (protocol.setting, method, seed)
 
 
-def make_trainer(net, protocol, method, contexts, kvstore, overrides=None):
+def make_trainer(net, protocol, method, kvstore, overrides=None):
     """The Trainer for ``method`` with Table A1's hyper-parameters (``overrides`` replace some,
     e.g. in a grid search), the protocol's weight decay and its step-size drop. A distributed
     ``kvstore`` (an mx.kv.KVStore) updates on the servers."""
@@ -193,17 +193,37 @@ def make_trainer(net, protocol, method, contexts, kvstore, overrides=None):
     return trainer, spec, kwargs
 
 
+def _load(x, y, contexts):
+    """A NumPy minibatch split over the contexts."""
+    return (gluon.utils.split_and_load(mx.nd.array(x), contexts, even_split=False),
+            gluon.utils.split_and_load(mx.nd.array(y), contexts, even_split=False))
+
+
+class _Tally:
+    """Summed loss and correct predictions, kept as NDArrays so that nothing waits for the
+    engine until the means are read."""
+
+    def __init__(self):
+        self.loss, self.correct, self.count = mx.nd.zeros(1), mx.nd.zeros(1), 0
+
+    def add(self, outs, ys, losses):
+        for out, y, loss in zip(outs, ys, losses):
+            self.loss += loss.sum().as_in_context(mx.cpu())
+            self.correct += (out.argmax(axis=1) == y.astype('float32')).sum().as_in_context(
+                mx.cpu())
+            self.count += y.shape[0]
+
+    def means(self):
+        return self.loss.asscalar() / self.count, self.correct.asscalar() / self.count
+
+
 def _evaluate(net, batches, contexts, loss_fn):
-    total, correct, count = mx.nd.zeros(1), mx.nd.zeros(1), 0
+    tally = _Tally()
     for x, y in batches:
-        xs = gluon.utils.split_and_load(mx.nd.array(x), contexts, even_split=False)
-        ys = gluon.utils.split_and_load(mx.nd.array(y), contexts, even_split=False)
-        for xi, yi in zip(xs, ys):
-            out = net(xi)
-            total += loss_fn(out, yi).sum().as_in_context(mx.cpu())
-            correct += (out.argmax(axis=1) == yi.astype('float32')).sum().as_in_context(mx.cpu())
-        count += len(y)
-    return total.asscalar() / count, correct.asscalar() / count
+        xs, ys = _load(x, y, contexts)
+        outs = [net(xi) for xi in xs]
+        tally.add(outs, ys, [loss_fn(o, yi) for o, yi in zip(outs, ys)])
+    return tally.means()
 
 
 def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contexts=None,
@@ -228,7 +248,7 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     distributed = kvstore.startswith('dist')
     store = mx.kv.create(kvstore) if distributed else kvstore
     rank, workers = (store.rank, store.num_workers) if distributed else (0, 1)
-    trainer, spec, kwargs = make_trainer(net, protocol, method, contexts, store, overrides)
+    trainer, spec, kwargs = make_trainer(net, protocol, method, store, overrides)
     policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch]) if spec.boost else None
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
@@ -248,22 +268,17 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     latest = None if distributed else checkpoints.latest()
     if latest is None and log_path is not None and Path(log_path).is_file():
         logged_header, logged = read_log(log_path)
-        if _config_of(logged_header) != json.loads(json.dumps(_config_of(header))):
-            raise CheckpointError(
-                'log %s was written by another configuration (%s); choose another --log-dir '
-                'or move it away' % (log_path, _config_diff(_config_of(logged_header), header)))
+        _check_config(_config_of(logged_header), header, 'log %s was written' % log_path,
+                      'choose another --log-dir or move it away')
         if len(logged) == protocol.epochs:      # finished, and its checkpoints are gone
             return logged
     if latest is not None:
         state = json.loads((latest / 'state.json').read_text())
-        if state['config'] != json.loads(json.dumps(_config_of(header))):
-            raise CheckpointError(
-                'checkpoint %s was made by another configuration (%s); remove it or choose '
-                'another --checkpoint-dir' % (latest, _config_diff(state['config'], header)))
+        _check_config(state['config'], header, 'checkpoint %s was made' % latest,
+                      'remove it or choose another --checkpoint-dir')
         net.load_parameters(str(latest / 'net.params'), ctx=contexts)
         trainer.load_states(str(latest / 'trainer.states'))
-        if policy is not None:
-            policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch])
+        if policy is not None:      # it follows the trainer's new optimizer by itself
             policy.load_state_dict(state['policy'])
         records, iteration = state['records'], state['iteration']
         first_epoch = state['epoch'] + 1
@@ -274,7 +289,7 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
         # Each epoch's shuffle and augmentation depend only on (seed, epoch): resumable.
         rng = np.random.default_rng([seed, epoch])
         mx.random.seed(seed * 100003 + epoch)
-        total, correct, count = mx.nd.zeros(1), mx.nd.zeros(1), 0
+        tally = _Tally()
         batches = prepared.train_batches(protocol.batch_size, rng, rank, workers)
         steps = -(-len(prepared.train_y) // (protocol.batch_size * workers))
         if progress:
@@ -282,25 +297,20 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
             batches = tqdm(batches, total=steps, leave=False, file=sys.stderr,
                            desc='%s epoch %d' % (run_name(protocol, method, seed), epoch))
         for x, y in batches:
-            xs = gluon.utils.split_and_load(mx.nd.array(x), contexts, even_split=False)
-            ys = gluon.utils.split_and_load(mx.nd.array(y), contexts, even_split=False)
+            xs, ys = _load(x, y, contexts)
             with autograd.record():
                 outs = [net(xi) for xi in xs]
                 losses = [loss_fn(o, yi) for o, yi in zip(outs, ys)]
             autograd.backward(losses)
             trainer.step(len(y))
             iteration += 1
-            for o, yi, li in zip(outs, ys, losses):
-                total += li.sum().as_in_context(mx.cpu())
-                correct += (o.argmax(axis=1) == yi.astype('float32')).sum().as_in_context(
-                    mx.cpu())
-            count += len(y)
+            tally.add(outs, ys, losses)
+        train_loss, train_acc = tally.means()
         val_loss, val_acc = _evaluate(net, prepared.test_batches(protocol.batch_size),
                                       contexts, loss_fn)
         optimizer = trainer.optimizer
         records.append(dict(type='epoch', epoch=epoch, iteration=iteration,
-                            train_loss=total.asscalar() / count,
-                            train_acc=correct.asscalar() / count,
+                            train_loss=train_loss, train_acc=train_acc,
                             val_loss=val_loss, val_acc=val_acc,
                             lr=optimizer.learning_rate, mu=getattr(optimizer, 'mu', None),
                             seconds=time.time() - start, boost=boost))
@@ -334,7 +344,11 @@ def _config_of(header):
     return {k: v for k, v in header.items() if k not in ('versions', 'command')}
 
 
-def _config_diff(saved, header):
-    now = _config_of(header)
-    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    return ', '.join('%s: %r then, %r now' % (k, saved.get(k), now.get(k)) for k in keys)
+def _check_config(saved, header, what, advice):
+    """Raise CheckpointError unless ``saved`` (a config read back from JSON) is this run's."""
+    now = json.loads(json.dumps(_config_of(header)))
+    if saved != now:
+        keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise CheckpointError('%s by another configuration (%s); %s' % (
+            what, ', '.join('%s: %r then, %r now' % (k, saved.get(k), now.get(k)) for k in keys),
+            advice))
