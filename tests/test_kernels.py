@@ -26,6 +26,49 @@ def test_build_from_scratch_into_a_given_path(tmp_path):
     assert path.is_file() and path.stat().st_size > 10000
 
 
+def test_portable_build_when_the_compiler_rejects_the_cpu_flags(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernels, 'ARCH_FLAGS', ['-mno-such-instruction-set'])
+    path = kernels.build(tmp_path / 'libportable.so')
+    assert path.is_file()
+
+
+def test_cache_key_names_the_cpu(monkeypatch):
+    here = kernels.library_path()
+    monkeypatch.setattr(kernels, '_cpu_identity', lambda: 'flags: sse2')
+    assert kernels.library_path() != here
+
+
+@requires_fused
+def test_operator_without_out_leaves_the_weight_and_returns_the_update():
+    """Called as a plain operator (no out=weights), the new weights come back as outputs and
+    the input weights are untouched; states are updated in place either way."""
+    rng = np.random.default_rng(3)
+    shapes = [(5,), (70001,)]
+    results = []
+    for in_place in (True, False):
+        weights = [mx.nd.array(rng.normal(size=s) + 2) for s in shapes]
+        grads = [mx.nd.array(rng.normal(size=s)) for s in shapes]
+        before = [w.asnumpy() for w in weights]
+        states = [(mx.nd.zeros(s), mx.nd.zeros(s), mx.nd.ones(s) * 1e-8) for s in shapes]
+        inputs = [a for w, g, st in zip(weights, grads, states) for a in (w, g) + st]
+        op = getattr(mx.nd._internal, kernels.OP_NAME)
+        attrs = dict(num_weights=2, num_states=3, multi_precision=0, preconditioner=0,
+                     lrs='0.01', wds='0.001', denominator_scales='1.0', beta1=0.9, beta2=0.99,
+                     epsilon=1e-8, mu=0.1, rescale_grad=1.0, clip_gradient=-1.0)
+        if in_place:
+            op(*inputs, out=weights, **attrs)
+            new = weights
+        else:
+            new = op(*inputs, **attrs)
+            for w, b in zip(weights, before):
+                np.testing.assert_array_equal(w.asnumpy(), b)
+        results.append(([w.asnumpy() for w in new], [st[0].asnumpy() for st in states]))
+        rng = np.random.default_rng(3)
+    for a, b in zip(*results):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
 @requires_fused
 def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch):
     calls = []

@@ -170,13 +170,16 @@ template <typename W, typename S, int PRECOND, bool MP>
 void UpdateRange(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Params& p, int j,
                  int64_t begin, int64_t end) {
   const int base = j * InputsPerWeight(p);
-  const W* __restrict__ weight_in = (*in)[base].data<W>();
+  // The weight is read and written through one pointer: a separate input pointer that may
+  // alias the output makes the compiler fall back to its scalar loop.
+  const W* weight_in = (*in)[base].data<W>();
+  W* __restrict__ weight = (*out)[j].data<W>();
+  if (weight != weight_in) std::memcpy(weight + begin, weight_in + begin, (end - begin) * sizeof(W));
   const W* __restrict__ grad = (*in)[base + 1].data<W>();
   S* __restrict__ m = (*in)[base + 2].data<S>();
   S* __restrict__ v = PRECOND != 2 ? (*in)[base + 3].data<S>() : nullptr;
   S* __restrict__ vhat = PRECOND == 0 ? (*in)[base + 4].data<S>() : nullptr;
   S* __restrict__ master = MP ? (*in)[base + 2 + p.num_states].data<S>() : nullptr;
-  W* weight_out = (*out)[j].data<W>();
 
   const S inf = std::numeric_limits<S>::infinity();
   const S rescale = p.rescale, wd = p.wds[j], b1 = p.beta1, b2 = p.beta2;
@@ -187,7 +190,7 @@ void UpdateRange(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Pa
   const S upper = p.has_upper ? static_cast<S>(p.upper) : inf;
 
   for (int64_t i = begin; i < end; ++i) {
-    S w = MP ? master[i] : Convert<W, S>::Load(weight_in[i]);
+    S w = MP ? master[i] : Convert<W, S>::Load(weight[i]);
     S g = Convert<W, S>::Load(grad[i]) * rescale + wd * w;
     g = std::min(std::max(g, -clip), clip);
     const S mi = b1 * m[i] + (1 - b1) * g;
@@ -206,7 +209,7 @@ void UpdateRange(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Pa
     }
     w = std::min(std::max(w - step, lower), upper);
     if (MP) master[i] = w;
-    weight_out[i] = Convert<W, S>::Store(w);
+    weight[i] = Convert<W, S>::Store(w);
   }
 }
 
