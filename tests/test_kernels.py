@@ -171,3 +171,35 @@ def test_sparse_gradients_take_the_ndarray_path_inside_a_fused_optimizer():
     expected[3] = x
     np.testing.assert_allclose(weight.asnumpy(), expected, rtol=1e-12)
 
+
+
+@requires_fused
+def test_weights_left_in_mkldnn_layout_by_inference_are_updated():
+    """In a hybridized network MXNet's MKLDNN backend runs convolution + BN + ReLU fused for
+    inference, and reorders the convolution's weight in place into a blocked layout; the next
+    fused update must still see (and update) the weight in the default layout."""
+    results = {}
+    for fused in (True, False):
+        mx.random.seed(4)
+        net = gluon.nn.HybridSequential()
+        net.add(gluon.nn.Conv2D(8, 3, in_channels=3), gluon.nn.BatchNorm(in_channels=8),
+                gluon.nn.Activation('relu'), gluon.nn.Dense(10, in_units=800))
+        net.initialize(mx.init.Xavier())
+        net.hybridize()
+        trainer = gluon.Trainer(net.collect_params(), namsg.ARSG(learning_rate=0.01,
+                                                                 fused=fused))
+        x = mx.nd.random.normal(shape=(4, 3, 12, 12))
+        y = mx.nd.array([1, 2, 3, 4])
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        for step in range(4):
+            with mx.autograd.record():
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            if step % 2:
+                net(x).wait_to_read()     # inference forward, run before the update
+            else:
+                net(x)                    # inference forward, queued before the update
+            trainer.step(4)
+        results[fused] = [p.data().asnumpy() for p in net.collect_params().values()]
+    for f, p in zip(results[True], results[False]):
+        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-6)

@@ -10,6 +10,7 @@ the fused path where it can be built, else the NDArray path with one warning), `
 an error if it cannot be had), ``0`` (NDArray path).
 """
 
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -22,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import mxnet as mx
+from mxnet.base import _LIB, check_call
 
 __all__ = ['FusedUnavailable', 'load', 'use_fused', 'arsg_update']
 
@@ -39,6 +41,7 @@ FLAGS = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-std=c++14', '-fPIC', 
 # a compiler that rejects these flags gets a portable build.
 ARCH_FLAGS = ['-march=native', '-ffp-contract=off']
 SWITCH = 'NAMSG_FUSED'
+_MKLDNN = mx.runtime.Features().is_enabled('MKLDNN')
 
 _lock = threading.Lock()
 _state = {'loaded': False, 'error': None, 'warned': False}
@@ -172,11 +175,25 @@ def _join(values):
     return ','.join(repr(float(v)) for v in values)
 
 
+def _to_default_layout(arrays):
+    """Make sure no array is left in an MKLDNN (oneDNN) blocked layout. An MKLDNN convolution
+    or dense layer run for inference reorders its weight into such a layout in place, and
+    MXNet 1.9 hands an in-place extension operator that array as it is, which fails
+    ("We can't generate TBlob for MKLDNN data"). MXNDArrayGetData reorders it back to the
+    default layout; waiting for pending writes first catches a reorder still queued."""
+    pointer = ctypes.c_void_p()
+    for array in arrays:
+        array.wait_to_read()
+        check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+
+
 def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *, beta1, beta2,
                 epsilon, mu, rescale_grad, clip_gradient, lower_bound, upper_bound,
                 preconditioner_index):
     """One fused call for all ``weights`` (dense NDArrays on one CPU context), in place.
     ``states[j]`` is weight j's state tuple; ``masters`` is None or the float32 master copies."""
+    if _MKLDNN:
+        _to_default_layout(weights)
     inputs = []
     for j, (w, g, state) in enumerate(zip(weights, grads, states)):
         inputs += [w, g] + list(state)
