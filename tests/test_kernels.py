@@ -42,10 +42,10 @@ def test_cache_key_names_the_cpu(monkeypatch):
 def test_operator_without_out_leaves_the_weight_and_returns_the_update():
     """Called as a plain operator (no out=weights), the new weights come back as outputs and
     the input weights are untouched; states are updated in place either way."""
-    rng = np.random.default_rng(3)
     shapes = [(5,), (70001,)]
     results = []
     for in_place in (True, False):
+        rng = np.random.default_rng(3)          # the same problem both times
         weights = [mx.nd.array(rng.normal(size=s) + 2) for s in shapes]
         grads = [mx.nd.array(rng.normal(size=s)) for s in shapes]
         before = [w.asnumpy() for w in weights]
@@ -63,7 +63,6 @@ def test_operator_without_out_leaves_the_weight_and_returns_the_update():
             for w, b in zip(weights, before):
                 np.testing.assert_array_equal(w.asnumpy(), b)
         results.append(([w.asnumpy() for w in new], [st[0].asnumpy() for st in states]))
-        rng = np.random.default_rng(3)
     for a, b in zip(*results):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
@@ -170,7 +169,6 @@ def test_sparse_gradients_take_the_ndarray_path_inside_a_fused_optimizer():
     expected = np.ones((5, 2))
     expected[3] = x
     np.testing.assert_allclose(weight.asnumpy(), expected, rtol=1e-12)
-
 
 
 @requires_fused

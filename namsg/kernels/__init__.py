@@ -35,7 +35,7 @@ OP_NAME = '_namsg_arsg_update'
 FLAGS = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-std=c++14', '-fPIC', '-shared',
          '-fopenmp', '-Wall']
 # The library is built on the machine that runs it, so it may use all of that CPU's vector
-# units (AVX-512 makes the pass about 4x faster than SSE2 here). -ffp-contract=off keeps
+# units (AVX-512 here, where the default is SSE2). -ffp-contract=off keeps
 # a*b+c as two roundings, as in the NDArray path, instead of fusing it into one FMA. The
 # cache key includes the CPU, so a home directory shared by unlike machines stays correct;
 # a compiler that rejects these flags gets a portable build.

@@ -174,7 +174,8 @@ void UpdateRange(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Pa
   // alias the output makes the compiler fall back to its scalar loop.
   const W* weight_in = (*in)[base].data<W>();
   W* __restrict__ weight = (*out)[j].data<W>();
-  if (weight != weight_in) std::memcpy(weight + begin, weight_in + begin, (end - begin) * sizeof(W));
+  if (weight != weight_in)
+    std::memcpy(weight + begin, weight_in + begin, (end - begin) * sizeof(W));
   const W* __restrict__ grad = (*in)[base + 1].data<W>();
   S* __restrict__ m = (*in)[base + 2].data<S>();
   S* __restrict__ v = PRECOND != 2 ? (*in)[base + 3].data<S>() : nullptr;
@@ -245,25 +246,24 @@ MXReturnValue Forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
     MX_ERROR_MSG << "_namsg_arsg_update: weights must be float16, float32 or float64";
     return MX_FAIL;
   }
-  std::vector<int> chunk_weight;
-  std::vector<int64_t> chunk_begin;
+  struct Chunk {
+    int weight;
+    int64_t begin, end;
+  };
+  std::vector<Chunk> chunks;
   for (int j = 0; j < p.num_weights; ++j) {
     if ((*in)[j * InputsPerWeight(p)].dtype != dtype) {
       MX_ERROR_MSG << "_namsg_arsg_update: all weights of one call must share a dtype";
       return MX_FAIL;
     }
     const int64_t n = (*in)[j * InputsPerWeight(p)].size();
-    for (int64_t b = 0; b < n; b += kChunk) {
-      chunk_weight.push_back(j);
-      chunk_begin.push_back(b);
-    }
+    for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({j, b, std::min(b + kChunk, n)});
   }
-  const int64_t chunks = static_cast<int64_t>(chunk_weight.size());
-#pragma omp parallel for schedule(dynamic) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int j = chunk_weight[c];
-    const int64_t begin = chunk_begin[c];
-    const int64_t end = std::min(begin + kChunk, (*in)[j * InputsPerWeight(p)].size());
+  const int64_t count = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(dynamic) if (count > 1)
+  for (int64_t c = 0; c < count; ++c) {
+    const int j = chunks[c].weight;
+    const int64_t begin = chunks[c].begin, end = chunks[c].end;
     switch (dtype) {
       case mxnet::ext::kFloat32: UpdateRangeFor<float, float>(in, out, p, j, begin, end); break;
       case mxnet::ext::kFloat64:
