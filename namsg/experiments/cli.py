@@ -90,8 +90,8 @@ def load_data(experiment, data_dir_flag):
             return datasets.load_mnist_sample()
         return datasets.load_mnist(data_dir)
     if data_dir is None:
-        raise datasets.DataError('CIFAR-10 needs --data-dir (or $%s) with the binary files'
-                                 % datasets.DATA_DIR_ENV)
+        raise datasets.DataError('CIFAR-10 needs --data-dir (or $%s): %s'
+                                 % (datasets.DATA_DIR_ENV, datasets.CIFAR_LAYOUTS))
     return datasets.load_cifar10(data_dir)
 
 
@@ -119,6 +119,7 @@ def main(experiment, argv=None):
     except ValueError:
         raise SystemExit('error: --seeds takes comma-separated integers, got %r' % args.seeds)
     prepared = PREPARE[experiment](dataset)
+    fingerprint = dataset.fingerprint()
     contexts = contexts_from(args.gpus)
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
@@ -136,7 +137,8 @@ def main(experiment, argv=None):
                                   checkpoint_dir=Path(args.checkpoint_dir) / name,
                                   contexts=contexts, kvstore=args.kvstore,
                                   progress=not args.no_progress and sys.stderr.isatty(),
-                                  command=command, data_source=dataset.source, echo=print)
+                                  command=command, data_source=dataset.source,
+                                  data_fingerprint=fingerprint, echo=print)
                 except CheckpointError as e:
                     raise SystemExit('error: %s' % e)
     if args.kvstore.startswith('dist'):

@@ -1,5 +1,6 @@
 """Offline readers for the experiments' data: MNIST (IDX files), its embedded 5,000-image
-sample, and CIFAR-10 (the binary release).
+sample, and CIFAR-10 (the official Python release, folder or ``.tar.gz``; the binary release;
+or an image folder with one sub-folder per class).
 
 The data directory comes from a flag or the ``NAMSG_DATA_DIR`` environment variable. Nothing
 here needs the network; where MNIST files are missing, Gluon's downloader is tried once and a
@@ -35,6 +36,17 @@ class Dataset(NamedTuple):
     train: Split
     test: Split
     source: str          # where the data came from, for the logs
+
+    def fingerprint(self):
+        """What identifies the data, independent of where it lies: the split sizes and a
+        SHA-256 over the images and labels in order (the order matters: it feeds the shuffle).
+        A run is resumed only on data with the same fingerprint."""
+        digest = hashlib.sha256()
+        for array in (self.train.images, self.train.labels, self.test.images, self.test.labels):
+            digest.update(repr((array.dtype.str, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return dict(train=len(self.train.labels), test=len(self.test.labels),
+                    sha256=digest.hexdigest()[:16])
 
 
 def data_dir_from(flag_value=None):
@@ -144,6 +156,9 @@ def load_mnist(data_dir, download=True):
             raise DataError('%s and %s do not form an MNIST split: shapes %s and %s'
                             % (paths[split + '_images'], paths[split + '_labels'],
                                images.shape, labels.shape))
+        if labels.size and labels.max() > 9:
+            raise DataError('%s: labels up to %d; MNIST labels are the digits 0..9. Is it the '
+                            'right file?' % (paths[split + '_labels'], labels.max()))
     return Dataset(Split(arrays['train_images'], arrays['train_labels'].astype(np.int32)),
                    Split(arrays['test_images'], arrays['test_labels'].astype(np.int32)),
                    source='MNIST files in %s' % data_dir)
@@ -180,9 +195,22 @@ def load_mnist_sample():
 
 # --- CIFAR-10 ----------------------------------------------------------------------------------
 
+CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+                 'truck')
 CIFAR_TRAIN_FILES = tuple('data_batch_%d.bin' % i for i in range(1, 6))
 CIFAR_TEST_FILES = ('test_batch.bin',)
+CIFAR_PY_TRAIN = tuple('data_batch_%d' % i for i in range(1, 6))
+CIFAR_PY_TEST = ('test_batch',)
+CIFAR_LAYOUTS = ('the official Python release (cifar-10-batches-py/ or cifar-10-python.tar.gz), '
+                 'the binary release (cifar-10-batches-bin/), or an image folder '
+                 '(train/<class>/*, test/<class>/*)')
 _CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def _check_labels(labels, where):
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError('%s: labels outside 0..9 (found %d..%d); not CIFAR-10'
+                        % (where, labels.min(), labels.max()))
 
 
 def _read_cifar_batch(path):
@@ -196,26 +224,119 @@ def _read_cifar_batch(path):
                                                                    _CIFAR_RECORD))
     records = raw.reshape(-1, _CIFAR_RECORD)
     labels = records[:, 0].astype(np.int32)
-    if labels.max() > 9:
-        raise DataError('%s: labels above 9; not a CIFAR-10 binary batch' % path)
+    _check_labels(labels, path)
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)   # to N, H, W, C
     return images, labels
 
 
-def load_cifar10(data_dir):
-    """CIFAR-10 in its binary layout: ``data_dir`` or ``data_dir/cifar-10-batches-bin`` holding
-    data_batch_1..5.bin and test_batch.bin. DataError says what is missing."""
-    data_dir = Path(data_dir)
-    root = data_dir / 'cifar-10-batches-bin'
-    if not root.is_dir():
-        root = data_dir
-    missing = [n for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES if not (root / n).is_file()]
+def _read_cifar_pickle(raw, where):
+    """One batch of the Python release: a pickled dict with b'data' (N x 3072 uint8, R, G, B
+    planes) and b'labels'."""
+    import pickle
+    try:
+        batch = pickle.loads(raw, encoding='bytes')
+        images = np.asarray(batch[b'data'], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b'labels'], dtype=np.int32)
+    except Exception as e:   # noqa: BLE001 -- any unpickling failure means a damaged file
+        raise DataError('%s: not a batch of the CIFAR-10 Python release (%s: %s); replace it '
+                        'with an intact copy' % (where, type(e).__name__, e)) from e
+    if len(images) != len(labels):
+        raise DataError('%s: %d images but %d labels' % (where, len(images), len(labels)))
+    _check_labels(labels, where)
+    return images.transpose(0, 2, 3, 1), labels
+
+
+def _python_release(files, where):
+    """(train, test) splits from {name: bytes} of the Python release's batches."""
+    missing = [n for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST if n not in files]
     if missing:
-        raise DataError('CIFAR-10 files missing in %s: %s. Put the binary release there '
-                        '(cifar-10-batches-bin/), or pass --data-dir (or set %s).'
-                        % (root, ', '.join(missing), DATA_DIR_ENV))
-    train = [_read_cifar_batch(root / n) for n in CIFAR_TRAIN_FILES]
-    test = _read_cifar_batch(root / CIFAR_TEST_FILES[0])
-    return Dataset(Split(np.concatenate([t[0] for t in train]),
-                         np.concatenate([t[1] for t in train])),
-                   Split(*test), source='CIFAR-10 binary files in %s' % root)
+        raise DataError('CIFAR-10 Python release in %s lacks %s' % (where, ', '.join(missing)))
+    batches = [_read_cifar_pickle(files[n], '%s/%s' % (where, n))
+               for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST]
+    return (Split(np.concatenate([b[0] for b in batches[:5]]),
+                  np.concatenate([b[1] for b in batches[:5]])), Split(*batches[5]))
+
+
+def _python_tarball(path):
+    import tarfile
+    wanted = set(CIFAR_PY_TRAIN + CIFAR_PY_TEST)
+    try:
+        with tarfile.open(path, 'r:*') as tar:
+            files = {Path(m.name).name: tar.extractfile(m).read() for m in tar
+                     if m.isfile() and Path(m.name).name in wanted}
+    except (OSError, EOFError, tarfile.TarError) as e:
+        raise DataError('%s: cannot read the archive (%s); replace it with an intact copy'
+                        % (path, e)) from e
+    return _python_release(files, path)
+
+
+def _image_folder_split(root):
+    """One split of an image folder through Gluon's ImageFolderDataset: classes are the
+    sub-folders in sorted order (CIFAR-10's label order is alphabetical), images in file-name
+    order."""
+    from mxnet.gluon.data.vision import ImageFolderDataset
+    dataset = ImageFolderDataset(str(root), flag=1)
+    if list(dataset.synsets) != list(CIFAR_CLASSES):
+        raise DataError('%s: class folders %s; CIFAR-10 needs exactly %s'
+                        % (root, ', '.join(dataset.synsets) or '(none)', ', '.join(CIFAR_CLASSES)))
+    images = np.empty((len(dataset), 32, 32, 3), dtype=np.uint8)
+    labels = np.empty(len(dataset), dtype=np.int32)
+    for i in range(len(dataset)):
+        try:
+            image, labels[i] = dataset[i]
+        except Exception as e:   # noqa: BLE001 -- the decoder's errors name no file
+            raise DataError('%s: cannot decode it (%s)' % (dataset.items[i][0], e)) from e
+        if image.shape != (32, 32, 3):
+            raise DataError('%s: %s pixels; CIFAR-10 images are 32x32x3'
+                            % (dataset.items[i][0], 'x'.join(map(str, image.shape))))
+        images[i] = image.asnumpy()
+    return Split(images, labels)
+
+
+def load_cifar10(data_dir):
+    """CIFAR-10 from ``data_dir`` in any of its common layouts, as uint8 (N, 32, 32, 3) images
+    and int32 labels, 50,000 training and 10,000 validation images in the full set:
+
+    - the official Python release: ``cifar-10-python.tar.gz`` itself, or the folder
+      ``cifar-10-batches-py/`` (``data_dir`` may be either, or contain either);
+    - the binary release: ``cifar-10-batches-bin/`` with data_batch_1..5.bin, test_batch.bin;
+    - an image folder: ``train/<class>/*`` and ``test/<class>/*`` with the ten class folders
+      (read by Gluon's ``ImageFolderDataset``; any format OpenCV decodes).
+
+    The three give identical arrays for identical pixels in the same order. DataError says
+    what is missing or damaged, naming the file.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataError('%s does not exist; pass --data-dir (or set %s) to the folder with '
+                        'CIFAR-10 in one of its layouts: %s'
+                        % (data_dir, DATA_DIR_ENV, CIFAR_LAYOUTS))
+    if data_dir.is_file():
+        return Dataset(*_python_tarball(data_dir), source='CIFAR-10 Python release %s'
+                       % data_dir)
+    for candidate in (data_dir / 'cifar-10-batches-py', data_dir):
+        if (candidate / 'data_batch_1').is_file():
+            files = {n: (candidate / n).read_bytes() for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST
+                     if (candidate / n).is_file()}
+            return Dataset(*_python_release(files, candidate),
+                           source='CIFAR-10 Python release in %s' % candidate)
+    if (data_dir / 'cifar-10-python.tar.gz').is_file():
+        path = data_dir / 'cifar-10-python.tar.gz'
+        return Dataset(*_python_tarball(path), source='CIFAR-10 Python release %s' % path)
+    for candidate in (data_dir / 'cifar-10-batches-bin', data_dir):
+        if any((candidate / n).is_file() for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES):
+            missing = [n for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES
+                       if not (candidate / n).is_file()]
+            if missing:
+                raise DataError('CIFAR-10 binary files missing in %s: %s'
+                                % (candidate, ', '.join(missing)))
+            train = [_read_cifar_batch(candidate / n) for n in CIFAR_TRAIN_FILES]
+            test = _read_cifar_batch(candidate / CIFAR_TEST_FILES[0])
+            return Dataset(Split(np.concatenate([t[0] for t in train]),
+                                 np.concatenate([t[1] for t in train])),
+                           Split(*test), source='CIFAR-10 binary files in %s' % candidate)
+    if (data_dir / 'train').is_dir() and (data_dir / 'test').is_dir():
+        return Dataset(_image_folder_split(data_dir / 'train'),
+                       _image_folder_split(data_dir / 'test'),
+                       source='CIFAR-10 image folder %s' % data_dir)
+    raise DataError('no CIFAR-10 data found in %s; it takes %s' % (data_dir, CIFAR_LAYOUTS))

@@ -160,8 +160,8 @@ PROTOCOLS: Dict[str, Protocol] = {
                              wd=0.0, boost_epoch=6),
     'mnist_cnn': Protocol('mnist_cnn', 'mnist', 'mnist_cnn', epochs=10, batch_size=256, wd=0.0,
                           boost_epoch=6),
-    'cifar10_fast': Protocol('cifar10_fast', 'cifar10', 'resnet20', epochs=80, batch_size=256,
-                             wd=1e-3, boost_epoch=21, lr_drop_iteration=12000),
-    'cifar10_fine': Protocol('cifar10_fine', 'cifar10', 'resnet20', epochs=80, batch_size=256,
-                             wd=1e-3, boost_epoch=51, lr_drop_iteration=12000),
+    'cifar10_fast': Protocol('cifar10_fast', 'cifar10', 'resnet20_b3', epochs=80,
+                             batch_size=256, wd=1e-3, boost_epoch=21, lr_drop_iteration=12000),
+    'cifar10_fine': Protocol('cifar10_fine', 'cifar10', 'resnet20_b3', epochs=80,
+                             batch_size=256, wd=1e-3, boost_epoch=51, lr_drop_iteration=12000),
 }

@@ -228,12 +228,15 @@ def _evaluate(net, batches, contexts, loss_fn):
 
 def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contexts=None,
               kvstore='device', overrides=None, progress=False, command=None, data_source='',
-              echo=None):
+              data_fingerprint=None, echo=None):
     """Train one run, resuming from its checkpoint if there is one; returns the epoch records.
 
     The log at ``log_path`` is rewritten atomically after every epoch from the records kept in
     the checkpoint, so log and checkpoint always agree. ``echo`` (e.g. print) receives one line
     per epoch; ``progress`` shows a progress bar over each epoch's minibatches.
+    ``data_source`` (where the data lies) is logged for information; ``data_fingerprint``
+    (``Dataset.fingerprint()``) is part of the configuration that must match to resume, so a
+    run moves between machines and paths but never onto other data.
 
     With a ``dist_*`` kvstore (a worker of a job started by ``python -m namsg_dist launch``) the
     optimizer runs on the servers, each worker trains on its shard of every epoch's shuffled
@@ -256,7 +259,7 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                   protocol=protocol._asdict(), optimizer=spec.name,
                   optimizer_params={k: v for k, v in kwargs.items() if k != 'lr_scheduler'},
                   boost_epoch=protocol.boost_epoch if spec.boost else None,
-                  data=data_source, contexts=[str(c) for c in contexts], kvstore=kvstore,
+                  data=data_fingerprint, data_source=data_source, contexts=[str(c) for c in contexts], kvstore=kvstore,
                   train_size=len(prepared.train_y), test_size=len(prepared.test_y),
                   versions=versions(), command=command)
     if distributed:
@@ -340,8 +343,9 @@ def format_record(run, r):
 
 
 def _config_of(header):
-    """What must match for a checkpoint to be resumed: everything but versions and command."""
-    return {k: v for k, v in header.items() if k not in ('versions', 'command')}
+    """What must match for a checkpoint to be resumed: everything but what describes the
+    machine rather than the run (versions, command line, data path)."""
+    return {k: v for k, v in header.items() if k not in ('versions', 'command', 'data_source')}
 
 
 def _check_config(saved, header, what, advice):
