@@ -121,5 +121,11 @@ CASES_BY_ID = {case.id: case for case in CASES}
 # fused=None means the optimizer has no such switch.
 PATHS = [(case, False if case.fusable else None) for case in CASES] + \
     [(case, True) for case in CASES if case.fusable]
-PATH_IDS = ['%s-%s' % (case.id, {None: 'ndarray', False: 'ndarray', True: 'fused'}[fused])
-            for case, fused in PATHS]
+
+
+def path_id(case_id, fused):
+    """'<case>-fused' or '<case>-ndarray', for test ids."""
+    return '%s-%s' % (case_id, 'fused' if fused else 'ndarray')
+
+
+PATH_IDS = [path_id(case.id, fused) for case, fused in PATHS]
