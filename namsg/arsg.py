@@ -78,8 +78,11 @@ class ARSG(ElementwiseOptimizer):
         Both paths compute the same update.
 
     Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
-    ``rescale_grad``, ``clip_gradient``, ``lr_scheduler``, lr/wd multipliers,
-    ``begin_num_update`` and ``multi_precision`` (float32 master weights for float16).
+    ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
+    ``lr_scheduler``, lr/wd multipliers, ``begin_num_update`` and ``multi_precision`` (float32
+    master weights for float16). ``row_sparse`` weights take the lazy update. Update counts
+    follow the parameter when its states are loaded on another device. Weights must be
+    floating point: others raise ValueError in ``create_state``.
     float16 weights without ``multi_precision`` keep their state in float32 and are updated in
     float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by zero.
 

@@ -37,7 +37,9 @@ class Lookahead(Optimizer):
     alpha : float, default 0.5
         Slow-weight step size, in (0, 1] (1 makes Lookahead a no-op).
 
-    State per parameter: ``(phi, inner_state)``, ``phi`` in float32 for float16 weights. With
+    State per parameter: ``(phi, inner_state)``, ``phi`` in float32 for float16 weights and
+    dense for ``row_sparse`` weights (the slow step moves every row). Weights must be floating
+    point: others raise ValueError in ``create_state``. With
     ``multi_precision`` the base class wraps it as ``(float32 master, (phi, inner_state))``.
     """
 
