@@ -176,10 +176,7 @@ def _embedding_weights(case, fused, sparse, steps=8):
     else:
         net = gluon.nn.Embedding(VOCAB, DIM, sparse_grad=True)
     net.initialize(mx.init.Constant(w0))
-    kwargs = case.make_kwargs()
-    if fused is not None:
-        kwargs['fused'] = fused
-    trainer = gluon.Trainer(net.collect_params(), case.optimizer, kwargs)
+    trainer = gluon.Trainer(net.collect_params(), case.optimizer, _case_kwargs(case.id, fused))
     for _ in range(steps):
         tokens = mx.nd.array(rng.choice(VOCAB, size=3))
         coefficients = mx.nd.array(rng.normal(size=(3, DIM)))
@@ -261,3 +258,40 @@ def test_states_saved_on_one_device_resume_on_another(tmp_path, case_id, fused, 
     for ctx in loaded_on:
         for a, b in zip(_weights(net, ctx), uninterrupted):
             np.testing.assert_array_equal(a, b)
+
+
+def _module_embedding_weight(case, fused, sparse, steps=6):
+    """The Module API on an embedding with a row_sparse weight variable (or a dense one with
+    row_sparse gradients); returns the final weight and the initial one."""
+    rng = np.random.default_rng(13)
+    w0 = rng.uniform(-0.5, 0.5, size=(VOCAB, DIM))
+    data, coefficients = mx.sym.Variable('data'), mx.sym.Variable('coef')
+    if sparse:
+        embedded = mx.sym.contrib.SparseEmbedding(
+            data, weight=mx.sym.Variable('embed_weight', stype='row_sparse'), input_dim=VOCAB,
+            output_dim=DIM)
+    else:
+        embedded = mx.sym.Embedding(data, weight=mx.sym.Variable('embed_weight'),
+                                    input_dim=VOCAB, output_dim=DIM, sparse_grad=True)
+    mod = mx.mod.Module(mx.sym.MakeLoss(mx.sym.sum(embedded * coefficients)),
+                        data_names=['data'], label_names=['coef'], context=mx.cpu())
+    mod.bind(data_shapes=[('data', (3,))], label_shapes=[('coef', (3, DIM))])
+    mod.init_params(arg_params={'embed_weight': mx.nd.array(w0)})
+    mod.init_optimizer(optimizer=case.optimizer, optimizer_params=_case_kwargs(case.id, fused))
+    for _ in range(steps):
+        mod.forward_backward(mx.io.DataBatch([mx.nd.array(rng.choice(VOCAB, size=3))],
+                                             [mx.nd.array(rng.normal(size=(3, DIM)))]))
+        mod.update()
+    return mod.get_params()[0]['embed_weight'].asnumpy(), w0
+
+
+@pytest.mark.parametrize('case_id,fused', SPARSE_CASES,
+                         ids=[path_id(c, f) for c, f in SPARSE_CASES])
+def test_module_with_row_sparse_weight_trains_like_dense_weight(case_id, fused):
+    """Module updates in the caller's process: before the fix it raised a bare AssertionError
+    (row_sparse arrays take no row assignment)."""
+    case = CASES_BY_ID[case_id]
+    sparse, w0 = _module_embedding_weight(case, fused, sparse=True)
+    dense, _ = _module_embedding_weight(case, fused, sparse=False)
+    assert not np.allclose(sparse, w0)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-7)
