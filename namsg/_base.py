@@ -89,6 +89,22 @@ class ElementwiseOptimizer(Optimizer):
         check_learning_rate(lr)
         super().set_learning_rate(lr)
 
+    @property
+    def param_dict(self):
+        """{index: gluon.Parameter}, set by gluon.Trainer (MXNet's attribute, not pickled)."""
+        return self.__dict__.get('param_dict', {})
+
+    @param_dict.setter
+    def param_dict(self, params):
+        # Trainer hands its Parameters over before any update: refuse integer ones here, where
+        # the error reaches the caller. An update on a kvstore runs in a callback whose
+        # exceptions MXNet only prints, so create_state's check would go unseen there.
+        for param in (params or {}).values():
+            if param.grad_req != 'null':
+                check_floating_weight(param.dtype, type(self).__name__,
+                                      'Parameter %r' % param.name)
+        self.__dict__['param_dict'] = params if params else {}
+
     # -- what subclasses write -------------------------------------------------------------
     def _state_slots(self, weight, zeros):
         """The state tuple for ``weight``; ``zeros()`` makes one zero array of the state dtype
@@ -102,7 +118,7 @@ class ElementwiseOptimizer(Optimizer):
 
     # -- MXNet's interface -----------------------------------------------------------------
     def create_state(self, index, weight):
-        check_floating_weight(weight, type(self).__name__)
+        check_floating_weight(weight.dtype, type(self).__name__)
         # float16 cannot hold the small constants these methods use (epsilon = 1e-8 underflows
         # to 0): keep the state in float32 and compute in float32 (see update). State is dense
         # for row_sparse weights too: it is read and written by rows.

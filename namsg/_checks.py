@@ -55,15 +55,15 @@ def check_bounds(lower_bound, upper_bound):
             None if upper_bound is None else float(upper_bound))
 
 
-def check_floating_weight(weight, optimizer):
-    """Accept an NDArray ``weight`` of a floating-point dtype (float16, float32, float64): the
-    updates divide by a running second moment and scale by fractional rates, which integer
-    arithmetic truncates to nothing or turns into a division by zero (SIGFPE)."""
-    if not numpy.issubdtype(weight.dtype, numpy.floating):
-        raise ValueError('%s cannot update a weight of dtype %s: floating point is required '
+def check_floating_weight(dtype, optimizer, name='a weight'):
+    """Accept a floating-point weight ``dtype`` (float16, float32, float64): the updates divide
+    by a running second moment and scale by fractional rates, which integer arithmetic
+    truncates to nothing or turns into a division by zero (SIGFPE)."""
+    if not numpy.issubdtype(dtype, numpy.floating):
+        raise ValueError('%s cannot update %s of dtype %s: floating point is required '
                          '(float16, float32 or float64); make the parameter floating point or '
                          'leave it out of the optimizer (grad_req=\'null\')'
-                         % (optimizer, numpy.dtype(weight.dtype).name))
+                         % (optimizer, name, numpy.dtype(dtype).name))
 
 
 def clip_threshold(clip_gradient):

@@ -88,7 +88,7 @@ class Lookahead(Optimizer):
             object.__setattr__(self, name, value)
 
     def create_state(self, index, weight):
-        check_floating_weight(weight, 'Lookahead')
+        check_floating_weight(weight.dtype, 'Lookahead')
         # Slow weights of float16 parameters are kept in float32, like the state of the
         # inner optimizers of this package: alpha * (w - phi) is below float16's resolution.
         # They are dense for a row_sparse weight: every row takes the slow step.

@@ -295,3 +295,24 @@ def test_module_with_row_sparse_weight_trains_like_dense_weight(case_id, fused):
     dense, _ = _module_embedding_weight(case, fused, sparse=False)
     assert not np.allclose(sparse, w0)
     np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('update_on_kvstore', [False, True])
+@pytest.mark.parametrize('optimizer,kwargs', [('arsg', {}), ('rsg', {}), ('amsgrad', {}),
+                                              ('radam', {}), ('ranger', {}),
+                                              ('lookahead', {'optimizer': 'arsg'})])
+def test_trainer_refuses_integer_parameters_at_construction(optimizer, kwargs,
+                                                            update_on_kvstore):
+    """On a kvstore the update runs in a callback whose exceptions MXNet only prints (the
+    weights then never move): the dtype is checked when Trainer hands its Parameters over.
+    Parameters without gradients (grad_req='null') are not updated and may be integers."""
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    counter = gluon.Parameter('counter', shape=(2,), dtype='int32', grad_req='null')
+    weight = gluon.Parameter('weight', shape=(2, 2), dtype='int32')
+    for param in (counter, weight):
+        param.initialize(mx.init.Zero(), ctx=ctxs)
+    gluon.Trainer([counter], optimizer, kwargs, kvstore='device',
+                  update_on_kvstore=update_on_kvstore)
+    with pytest.raises(ValueError, match="Parameter 'weight' of dtype int32: floating point"):
+        gluon.Trainer([counter, weight], optimizer, kwargs, kvstore='device',
+                      update_on_kvstore=update_on_kvstore)
