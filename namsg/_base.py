@@ -36,6 +36,16 @@ def restored_update_counts(optimizer):
     return counts
 
 
+def continue_update_counts(optimizer, indices):
+    """Start the count of each of ``indices`` that is new on the current device from the count
+    ``optimizer`` was restored with, instead of MXNet's ``begin_num_update``: the count belongs
+    to the parameter, and a checkpoint may be loaded on another device than it was saved on."""
+    restored = restored_update_counts(optimizer)
+    for idx in indices:
+        if idx not in optimizer._index_update_count and idx in restored:
+            optimizer._index_update_count[idx] = restored[idx]
+
+
 def all_rows(array):
     """The indices of every row of ``array``, as int64 on its context."""
     return nd.arange(array.shape[0], ctx=array.context, dtype='int64')
@@ -136,11 +146,8 @@ class ElementwiseOptimizer(Optimizer):
 
     def _update_count(self, index):
         # MXNet counts per device, so a parameter restored on a device it was not saved from
-        # would restart at begin_num_update; start it from the count it was saved with.
-        restored = restored_update_counts(self)
-        for idx in index if isinstance(index, (list, tuple)) else [index]:
-            if idx not in self._index_update_count and idx in restored:
-                self._index_update_count[idx] = restored[idx]
+        # would restart at begin_num_update.
+        continue_update_counts(self, index if isinstance(index, (list, tuple)) else [index])
         super()._update_count(index)
 
     def update(self, index, weight, grad, state):

@@ -6,7 +6,8 @@ import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer, create, register
 
-from ._base import ElementwiseOptimizer, all_rows, dense_rows, write_rows
+from ._base import (ElementwiseOptimizer, all_rows, continue_update_counts, dense_rows,
+                    write_rows)
 from ._checks import check_floating_weight
 from .radam import RAdam
 
@@ -107,6 +108,9 @@ class Lookahead(Optimizer):
 
     def update(self, index, weight, grad, state):
         slow, inner_state = state
+        # The k-cycle follows the inner count, which must continue on another device for any
+        # inner optimizer (this package's do it themselves, MXNet's do not).
+        continue_update_counts(self.optimizer, [index])
         # Through update_multi_precision, the inner optimizer's fastest path (for a weight that
         # is not float16 this is its plain update).
         self.optimizer.update_multi_precision(index, weight, grad, inner_state)

@@ -205,12 +205,23 @@ def test_sparse_embedding_trains_like_embedding_with_sparse_gradients(case_id, f
 # The optimizers whose update depends on the parameter's step count t, and two that do not.
 RESUME_CASES = [('adam_preconditioner', False), ('adam_preconditioner', True),
                 ('begin_num_update_adam', True), ('radam', None), ('ranger', None),
-                ('lookahead_arsg', False), ('lookahead_arsg', True), ('amsgrad', None),
-                ('rsg', True)]
+                ('lookahead_arsg', False), ('lookahead_arsg', True), ('lookahead_sgd', None),
+                ('amsgrad', None), ('rsg', True)]
+# Lookahead around an MXNet optimizer (no NumPy reference in cases.py, so not in its table).
+EXTRA_CASES = {'lookahead_sgd': ('lookahead', dict(optimizer='sgd', learning_rate=0.05,
+                                                   momentum=0.9, k=3, alpha=0.5))}
 RESUME_IDS = [path_id(c, f) for c, f in RESUME_CASES]
 
 
+def _case_optimizer(case_id):
+    if case_id in EXTRA_CASES:
+        return EXTRA_CASES[case_id][0]
+    return CASES_BY_ID[case_id].optimizer
+
+
 def _case_kwargs(case_id, fused):
+    if case_id in EXTRA_CASES:
+        return dict(EXTRA_CASES[case_id][1])
     kwargs = CASES_BY_ID[case_id].make_kwargs()
     if fused is not None:
         kwargs['fused'] = fused
@@ -232,7 +243,7 @@ def test_states_saved_on_one_device_resume_on_another(tmp_path, case_id, fused, 
     warm-up, Lookahead's k-cycle, the 'adam' bias correction); they belong to the parameter."""
     saved_on, loaded_on, update_on_kvstore = MOVES[move]
     kvstore = 'device' if len(saved_on) > 1 else None
-    optimizer = CASES_BY_ID[case_id].optimizer
+    optimizer = _case_optimizer(case_id)
     x, y, w0, b0 = _data(seed=3)
     steps, half = 8, 5
 
