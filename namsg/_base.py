@@ -14,7 +14,8 @@ from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
-from ._checks import check_floating_weight, check_learning_rate, clip_threshold
+from ._checks import check_learning_rate
+from ._checks import check_floating_weight, clip_threshold
 
 # The update counts each optimizer object had when this process first counted with it, per
 # parameter: what it was unpickled with (Trainer.load_states, Module.load_optimizer_states, a
@@ -99,22 +100,6 @@ class ElementwiseOptimizer(Optimizer):
         check_learning_rate(lr)
         super().set_learning_rate(lr)
 
-    @property
-    def param_dict(self):
-        """{index: gluon.Parameter}, set by gluon.Trainer (MXNet's attribute, not pickled)."""
-        return self.__dict__.get('param_dict', {})
-
-    @param_dict.setter
-    def param_dict(self, params):
-        # Trainer hands its Parameters over before any update: refuse integer ones here, where
-        # the error reaches the caller. An update on a kvstore runs in a callback whose
-        # exceptions MXNet only prints, so create_state's check would go unseen there.
-        for param in (params or {}).values():
-            if param.grad_req != 'null':
-                check_floating_weight(param.dtype, type(self).__name__,
-                                      'Parameter %r' % param.name)
-        self.__dict__['param_dict'] = params if params else {}
-
     # -- what subclasses write -------------------------------------------------------------
     def _state_slots(self, weight, zeros):
         """The state tuple for ``weight``; ``zeros()`` makes one zero array of the state dtype
@@ -143,6 +128,22 @@ class ElementwiseOptimizer(Optimizer):
         if weight.dtype == numpy.float16 and not self.multi_precision:
             return self.create_state(index, weight)
         return super().create_state_multi_precision(index, weight)
+
+    @property
+    def param_dict(self):
+        """{index: gluon.Parameter}, set by gluon.Trainer (MXNet's attribute, not pickled)."""
+        return self.__dict__.get('param_dict', {})
+
+    @param_dict.setter
+    def param_dict(self, params):
+        # Trainer hands its Parameters over before any update: refuse integer ones here, where
+        # the error reaches the caller. An update on a kvstore runs in a callback whose
+        # exceptions MXNet only prints, so create_state's check would go unseen there.
+        for param in (params or {}).values():
+            if param.grad_req != 'null':
+                check_floating_weight(param.dtype, type(self).__name__,
+                                      'Parameter %r' % param.name)
+        self.__dict__['param_dict'] = params if params else {}
 
     def _update_count(self, index):
         # MXNet counts per device, so a parameter restored on a device it was not saved from

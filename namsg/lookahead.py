@@ -6,10 +6,10 @@ import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer, create, register
 
+from .radam import RAdam
 from ._base import (ElementwiseOptimizer, all_rows, continue_update_counts, dense_rows,
                     write_rows)
 from ._checks import check_floating_weight
-from .radam import RAdam
 
 __all__ = ['Lookahead', 'Ranger']
 
