@@ -29,7 +29,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.lr_scheduler import LRScheduler
 
-from . import dynamics
+from . import dynamics, kvstore_sync
 
 __all__ = ['ObservationBoost', 'ScaledScheduler', 'search_step_size', 'StepSizeSearch',
            'STEP_SIZES']
@@ -145,11 +145,15 @@ class ObservationBoost:
                              'mu or boost fewer times' % (old_mu,))
         factor = self.factor if self.factor is not None else \
             dynamics.boost_factor(opt.beta1, old_mu)
+        # On parameter servers both changes are sent there; fail before either is made.
+        kvstore_sync.check_servers(opt, 'the step size and mu (a boost)')
         old_lr = opt.learning_rate
+        # Each change is an assignment to the optimizer, which forwards it to servers.
         if opt.lr_scheduler is None:
             opt.set_learning_rate(old_lr * factor)
         elif isinstance(opt.lr_scheduler, ScaledScheduler):
-            opt.lr_scheduler.scale *= factor
+            opt.lr_scheduler = ScaledScheduler(opt.lr_scheduler.inner,
+                                               opt.lr_scheduler.scale * factor)
         else:
             opt.lr_scheduler = ScaledScheduler(opt.lr_scheduler, factor)
         opt.mu = 2 * old_mu
