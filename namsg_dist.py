@@ -6,7 +6,9 @@ the optimizer and every server unpickles and applies it. An MXNet 1.9.1 server (
 enters its serving loop from inside ``import mxnet``, so a third-party optimizer module imported
 while unpickling meets a half-initialised ``mxnet`` and fails. Here the role is hidden while
 ``mxnet`` and the optimizer modules import, then restored, and only then does the serving loop
-start.
+start. Its controller also takes namsg's settings commands: a worker that changes the step
+size, its scheduler or ``mu`` after sending the optimizer (``Trainer.set_learning_rate``, the
+observation boost) has the servers set it on the optimizer they run (namsg.kvstore_sync).
 
 This module lives outside the ``namsg`` package on purpose: ``python -m namsg.dist`` would run
 ``namsg/__init__.py``, which imports mxnet, before any of this code, and a server would enter its
@@ -19,7 +21,8 @@ Commands (``python -m namsg_dist --help``):
   a worker runs CMD. Any dmlc_tracker back end (local, ssh, mpi, ...) can launch it.
 * ``launch -n W -s S [--launcher local|ssh|mpi] -- CMD...``: a whole job. ``local`` starts the
   scheduler, S servers and W workers on 127.0.0.1, forwards their output, bounds the time, and
-  ends every process it started on success, failure or interrupt. ``ssh`` and ``mpi`` hand the
+  ends every process it started (with their process groups) on success, on the first failing
+  worker, on timeout and on SIGINT, SIGTERM or SIGHUP. ``ssh`` and ``mpi`` hand the
   job, wrapped in ``run``, to dmlc_tracker's back ends for several machines.
 """
 

@@ -16,6 +16,8 @@ Usage in a Gluon loop (epochs count from 1; the boost takes effect from the epoc
         policy.epoch_end(epoch, mean_training_loss)
 
 It works with any optimizer that has ``mu`` and ``beta1`` (ARSG with any preconditioner, RSG).
+With updates on parameter servers the boost is sent to them (servers started by
+``python -m namsg_dist``; elsewhere it raises RuntimeError): see :mod:`namsg.kvstore_sync`.
 
 The policy's first stage, the short step-size search with a small mu, is
 :func:`search_step_size`.

@@ -202,11 +202,11 @@ def test_signals_to_the_launcher_end_every_process_of_the_job(signals):
             launcher.send_signal(sig)
             time.sleep(1)
         status = launcher.wait(timeout=15)
-        assert status == 128 + signals[0]
         deadline = time.monotonic() + 5
         while _job_processes(token) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _job_processes(token) == []
+        assert status == 128 + signals[0]
     finally:
         for pid in _job_processes(token):
             os.kill(pid, signal.SIGKILL)
@@ -226,24 +226,44 @@ def test_launcher_refuses_a_job_without_servers():
         namsg_dist.launch_local(['true'], num_workers=1, num_servers=0)
 
 
-def test_training_script_runs_as_a_two_worker_job(tmp_path):
-    """reproduce_mnist.py through the launcher: rank 0 alone writes the log, which records the
-    job's shape; each worker trained on half of every epoch (whole batches only)."""
+def _mnist_job(tmp_path, method, scale):
+    """reproduce_mnist.py on the embedded sample as a 2-worker dist_sync job: its output and
+    its log (header, records)."""
     root = Path(__file__).resolve().parent.parent
     env = dict(PYTHONPATH=str(root), NAMSG_DATA_DIR='')     # the embedded sample
     out = io.StringIO()
     status = namsg_dist.launch_local(
         [sys.executable, str(root / 'scripts' / 'reproduce_mnist.py'), '--settings',
-         'mnist_logreg', '--methods', 'ARSG', '--scale', '0.1', '--kvstore', 'dist_sync',
+         'mnist_logreg', '--methods', method, '--scale', str(scale), '--kvstore', 'dist_sync',
          '--log-dir', str(tmp_path / 'logs'), '--checkpoint-dir', str(tmp_path / 'ck'),
          '--no-progress'], num_workers=2, num_servers=1, timeout=180, env=env, out=out)
     assert status == 0, out.getvalue()[-3000:]
     from namsg.experiments.train import read_log
-    header, records = read_log(tmp_path / 'logs' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
+    return (out.getvalue(),) + read_log(tmp_path / 'logs' / 'mnist_logreg' / method /
+                                        'seed0.jsonl')
+
+
+def test_training_script_runs_as_a_two_worker_job(tmp_path):
+    """reproduce_mnist.py through the launcher: rank 0 alone writes the log, which records the
+    job's shape; each worker trained on half of every epoch (whole batches only)."""
+    _, header, records = _mnist_job(tmp_path, 'ARSG', 0.1)
     assert header['workers'] == 2 and header['kvstore'] == 'dist_sync'
     assert [r['iteration'] for r in records] == [7, 14]     # 4,000 images / 2 / 256, whole
     assert records[-1]['val_acc'] > 0.5
     assert not (tmp_path / 'ck').exists()
+
+
+def test_training_script_boosts_on_the_servers(tmp_path):
+    """ARSGB through reproduce_mnist.py as a 2-worker dist_sync job (boost at the start of
+    epoch 2 of 3): the server takes the boosted lr and mu, which the log records (before the
+    fix the server ran plain ARSG from epoch 2 on while the log said boosted)."""
+    out, _, records = _mnist_job(tmp_path, 'ARSGB', 0.15)
+    assert [r['boost'] is not None for r in records] == [False, True, False]
+    before, after = records[0], records[1]
+    assert after['lr'] < 0.3 * before['lr'] and after['mu'] == 2 * before['mu']
+    # Each worker sends each change; the server logs what it set.
+    assert out.count("optimizer settings now {'lr': %r}" % after['lr']) == 2
+    assert out.count("optimizer settings now {'mu': %r}" % after['mu']) == 2
 
 
 # --- in one process: every optimizer, a worker's settings against a server's controller -------
@@ -289,13 +309,12 @@ def _optimizer(name, kwargs):
     return opt
 
 
-@pytest.mark.parametrize('name,kwargs', SERVER_CASES,
-                         ids=[c[0] + ('-' + c[1]['preconditioner'] if 'preconditioner' in c[1]
-                                      else '') for c in SERVER_CASES])
-def test_server_follows_the_workers_settings_and_multipliers(monkeypatch, name, kwargs):
-    """The server's copy of each optimizer, sent as MXNet sends it, computes what the worker's
-    own optimizer computes: with Gluon's lr_mult / wd_mult, a new step size after 2 steps and a
-    new mu after 4 (where the optimizer has one); its states and update counts stay."""
+def _served_and_local(monkeypatch, name, kwargs, changes, steps=6):
+    """A worker's optimizer sent to a server (in this process) as MXNet sends it, and the same
+    optimizer updating locally, both fed the same gradients for ``steps`` steps with
+    ``changes[step](optimizer)`` applied to the worker's and the local one after that step.
+    Returns the server's updater, the local optimizer, the weights of both and the number of
+    commands sent."""
     import mxnet as mx
     monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
     server = _server()
@@ -308,26 +327,59 @@ def test_server_follows_the_workers_settings_and_multipliers(monkeypatch, name, 
     rng = np.random.default_rng(3)
     weights = [[mx.nd.array(rng.normal(size=4)) for _ in range(2)]]
     weights.append([w.copy() for w in weights[0]])
-    for step in range(1, 7):
+    for step in range(1, steps + 1):
         grads = [rng.normal(size=4) for _ in range(2)]
         for updater, ws in zip(updaters, weights):
             for i in range(2):
                 updater(i, mx.nd.array(grads[i]), ws[i])
-        if step == 2:
+        if step in changes:
             for opt in (worker, local):
-                opt.set_learning_rate(opt.learning_rate * 0.5)
-        if step == 4 and hasattr(worker, 'mu'):
-            for opt in (worker, local):
-                opt.mu = 0.5
-    assert on_server.optimizer is served
+                changes[step](opt)
+    assert on_server.optimizer is served        # the server's optimizer object stays
+    for mine, expected in zip(weights[0], weights[1]):
+        np.testing.assert_allclose(mine.asnumpy(), expected.asnumpy(), rtol=1e-6)
+    return served, local, store.sent
+
+
+def _set_mu(opt):
+    opt.mu = 0.5
+
+
+@pytest.mark.parametrize('name,kwargs', SERVER_CASES,
+                         ids=[c[0] + ('-' + c[1]['preconditioner'] if 'preconditioner' in c[1]
+                                      else '') for c in SERVER_CASES])
+def test_server_follows_the_workers_settings_and_multipliers(monkeypatch, name, kwargs):
+    """The server's copy of each optimizer computes what the worker's own optimizer computes:
+    with Gluon's lr_mult / wd_mult, a new step size after 2 steps and a new mu after 4 (where
+    the optimizer has one); its states and update counts stay."""
+    has_mu = name in ('arsg', 'rsg')
+    changes = {2: lambda opt: opt.set_learning_rate(opt.learning_rate * 0.5)}
+    if has_mu:
+        changes[4] = _set_mu
+    served, local, sent = _served_and_local(monkeypatch, name, kwargs, changes)
     assert served.learning_rate == local.learning_rate
     assert getattr(served, 'mu', None) == getattr(local, 'mu', None)
     counts = served._index_update_count if name not in ('lookahead', 'ranger') \
         else served.optimizer._index_update_count
     assert counts == {0: 6, 1: 6}
-    assert store.sent == 1 + 1 + hasattr(worker, 'mu')
-    for mine, expected in zip(weights[0], weights[1]):
-        np.testing.assert_allclose(mine.asnumpy(), expected.asnumpy(), rtol=1e-6)
+    assert sent == 1 + 1 + has_mu
+
+
+def test_boost_of_a_scheduled_step_size_reaches_the_server(monkeypatch):
+    """A boost under an lr_scheduler replaces the scheduler by a scaled one; the server's
+    schedule then goes on from its own update count, scaled."""
+    import mxnet as mx
+    from namsg.boost import ObservationBoost, ScaledScheduler
+    kwargs = dict(learning_rate=0.01, beta1=0.9, mu=0.1,
+                  lr_scheduler=mx.lr_scheduler.FactorScheduler(step=3, factor=0.5))
+    served, local, sent = _served_and_local(
+        monkeypatch, 'arsg', kwargs, {2: lambda opt: ObservationBoost(opt, factor=0.25).boost(1),
+                                      5: lambda opt: ObservationBoost(opt, factor=0.5).boost(2)},
+        steps=9)
+    assert isinstance(served.lr_scheduler, ScaledScheduler) and served.lr_scheduler.scale == 0.125
+    assert (served.learning_rate, served.mu) == (local.learning_rate, local.mu) == \
+        (0.01 * 0.5 ** 2 * 0.125, 0.4)
+    assert sent == 1 + 2 * 2
 
 
 def test_mxnet_loses_gluon_multipliers_on_servers_where_namsg_keeps_them():
