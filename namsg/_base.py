@@ -14,6 +14,7 @@ from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
+from . import kvstore_sync
 from ._checks import check_learning_rate
 from ._checks import check_floating_weight, clip_threshold
 
@@ -99,6 +100,15 @@ class ElementwiseOptimizer(Optimizer):
     def set_learning_rate(self, lr):
         check_learning_rate(lr)
         super().set_learning_rate(lr)
+
+    # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
+    def __setattr__(self, name, value):
+        # Changes of lr, lr_scheduler and mu also reach the servers this optimizer runs on.
+        kvstore_sync.set_setting(self, name, value, super().__setattr__)
+
+    def __getstate__(self):
+        # MXNet drops param_dict, and with it Gluon's lr_mult / wd_mult: carry them.
+        return kvstore_sync.pickled_state(self, super().__getstate__())
 
     # -- what subclasses write -------------------------------------------------------------
     def _state_slots(self, weight, zeros):

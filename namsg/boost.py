@@ -16,6 +16,8 @@ Usage in a Gluon loop (epochs count from 1; the boost takes effect from the epoc
         policy.epoch_end(epoch, mean_training_loss)
 
 It works with any optimizer that has ``mu`` and ``beta1`` (ARSG with any preconditioner, RSG).
+With updates on parameter servers the boost is sent to them (servers started by
+``python -m namsg_dist``; elsewhere it raises RuntimeError): see :mod:`namsg.kvstore_sync`.
 
 The policy's first stage, the short step-size search with a small mu, is
 :func:`search_step_size`.
@@ -29,7 +31,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.lr_scheduler import LRScheduler
 
-from . import dynamics
+from . import dynamics, kvstore_sync
 
 __all__ = ['ObservationBoost', 'ScaledScheduler', 'search_step_size', 'StepSizeSearch',
            'STEP_SIZES']
@@ -145,11 +147,15 @@ class ObservationBoost:
                              'mu or boost fewer times' % (old_mu,))
         factor = self.factor if self.factor is not None else \
             dynamics.boost_factor(opt.beta1, old_mu)
+        # On parameter servers both changes are sent there; fail before either is made.
+        kvstore_sync.check_servers(opt, 'the step size and mu (a boost)')
         old_lr = opt.learning_rate
+        # Each change is an assignment to the optimizer, which forwards it to servers.
         if opt.lr_scheduler is None:
             opt.set_learning_rate(old_lr * factor)
         elif isinstance(opt.lr_scheduler, ScaledScheduler):
-            opt.lr_scheduler.scale *= factor
+            opt.lr_scheduler = ScaledScheduler(opt.lr_scheduler.inner,
+                                               opt.lr_scheduler.scale * factor)
         else:
             opt.lr_scheduler = ScaledScheduler(opt.lr_scheduler, factor)
         opt.mu = 2 * old_mu

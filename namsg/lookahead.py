@@ -6,6 +6,7 @@ import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer, create, register
 
+from . import kvstore_sync
 from .radam import RAdam
 from ._base import (ElementwiseOptimizer, all_rows, continue_update_counts, dense_rows,
                     write_rows)
@@ -79,14 +80,22 @@ class Lookahead(Optimizer):
         if name in Lookahead._OWN:
             object.__setattr__(self, name, value)
         else:
-            setattr(self.optimizer, name, value)
+            # The wrapper is what the servers run: it forwards lr, lr_scheduler and mu to them.
+            kvstore_sync.set_setting(self, name, value,
+                                     lambda name, value: setattr(self.optimizer, name, value))
 
     def __getstate__(self):
-        return {name: self.__dict__[name] for name in Lookahead._OWN}
+        state = {name: self.__dict__[name] for name in Lookahead._OWN}
+        # An inner MXNet optimizer drops Gluon's lr_mult / wd_mult (its param_dict): carry them.
+        state['multipliers'] = kvstore_sync.multipliers(self.optimizer)
+        return kvstore_sync.pickled_state(self, state)
 
     def __setstate__(self, state):
+        lr_mult, wd_mult = state.pop('multipliers', ({}, {}))
         for name, value in state.items():
             object.__setattr__(self, name, value)
+        self.optimizer.lr_mult.update(lr_mult)
+        self.optimizer.wd_mult.update(wd_mult)
 
     def create_state(self, index, weight):
         check_floating_weight(weight.dtype, 'Lookahead')
