@@ -222,3 +222,20 @@ def test_interval_lines_are_bounded_by_time(monkeypatch):
         tally.loss += 200.0
     assert lines == ['run epoch 1: batch 3/8, running loss 0.50000, 40 images/s',
                      'run epoch 1: batch 6/8, running loss 0.50000, 40 images/s']
+
+
+def test_cifar10_trains_from_each_layout_as_one_run(tmp_path, monkeypatch, capsys):
+    """The Python release trains; the binary release and the image folder of the same pixels
+    are the same data, so the finished run is found and skipped."""
+    from test_data import write_cifar_binary, write_cifar_images, write_cifar_python
+    monkeypatch.chdir(tmp_path)
+    argv = ['--settings', 'cifar10_fine', '--methods', 'sgd', '--scale', '0.0125',
+            '--no-progress']
+    cli.main('cifar10', argv + ['--data-dir', str(write_cifar_python(tmp_path / 'py'))])
+    out = capsys.readouterr().out
+    assert 'data: CIFAR-10 Python release in' in out
+    assert 'cifar10_fine/SGD/seed0 epoch 1: train loss' in out
+    assert (tmp_path / 'runs' / 'cifar10' / 'cifar10_fine.png').is_file()
+    for folder in (write_cifar_binary(tmp_path / 'bin'), write_cifar_images(tmp_path / 'img')):
+        cli.main('cifar10', argv + ['--data-dir', str(folder)])
+        assert 'cifar10_fine/SGD/seed0: finished earlier' in capsys.readouterr().out

@@ -130,8 +130,8 @@ def test_command_line_runs_on_the_embedded_sample_outside_logs(tmp_path, capsys,
     assert (tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg.png').is_file()
 
 
-@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], 'unknown method'),
-                                          (['--settings', 'cifar10_fine'], 'unknown setting'),
+@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], '--methods: unknown'),
+                                          (['--settings', 'cifar10_fine'], '--settings: unknown'),
                                           (['--scale', '2'], 'scale'),
                                           (['--seeds', 'a'], 'seeds'),
                                           (['--data-dir', '{empty}'], 'does not exist')])

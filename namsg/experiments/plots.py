@@ -111,7 +111,8 @@ def plot_setting(method_runs, title, path, reference_runs=None, events=None, cap
     """Training loss (log scale) and validation accuracy against epoch: the mean over seeds
     with a band from the lowest to the highest seed, a marker at every epoch (a one-epoch run
     is a point). ``reference_runs`` (same form) are drawn dashed in the method's colour;
-    ``events`` ({label: x in epochs done}) as vertical lines; ``caption`` under the panels."""
+    ``events`` ({label: x in epochs done}) as vertical lines; ``caption`` under the panels.
+    Saved as PNG at ``path``; with ``path`` None the figure is returned instead."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 5))
     colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
     groups = [(method_runs, '-', 'o', '')]
@@ -146,8 +147,11 @@ def plot_setting(method_runs, title, path, reference_runs=None, events=None, cap
         lines = [w for part in caption.split('\n') for w in textwrap.wrap(part, 180)]
         fig.text(0.01, 0.01, '\n'.join(lines), fontsize=8, va='bottom')
     fig.tight_layout(rect=(0, 0.03 * len(lines) if caption else 0, 1, 1))
+    if path is None:        # the caller inspects the figure, then closes it
+        return fig
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return None
 
 
 def summary_rows(method_runs, reference='ADAM'):
