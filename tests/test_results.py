@@ -130,3 +130,13 @@ def test_a_rerun_is_reported_beside_the_reference_of_its_protocol(tmp_path):
     short = plots.write_report(tmp_path / 'runs', tmp_path / 'out',
                                reference_dir=ROOT / 'logs' / 'cifar10')
     assert 'No reference runs of the same protocol' in short
+
+
+def test_the_report_says_whether_a_rerun_reproduces_its_reference_run():
+    def pair(seed, losses):
+        return (dict(seed=seed), [dict(train_loss=l) for l in losses])
+    table = plots.comparison_markdown({'ARSG': [pair(0, [1.0, 0.5]), pair(7, [1.0, 0.5])]},
+                                      {'ARSG': [pair(0, [1.0, 0.4])], 'ADAM': []})
+    assert table.splitlines()[2:] == ['| ARSG | 0 | 0.50000 | 0.40000 | 2.5e-01 |']
+    assert plots.comparison_markdown({'ARSG': [pair(7, [1.0])]}, {'ARSG': [pair(0, [1.0])]}) \
+        == ''

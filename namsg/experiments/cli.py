@@ -44,10 +44,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def output_dirs(experiment, sample):
-    """(log dir, checkpoint dir) of a user's runs: runs/<experiment>[-sample]/ and its
-    checkpoints/ sub-folder."""
-    root = '%s/%s%s' % (RUNS_DIR, experiment, '-sample' if sample else '')
+def output_name(experiment, sample=False, kvstore='device'):
+    """<experiment>[-sample][-dist]: the folder of a user's runs under runs/, and of the
+    reference runs of the same kind under logs/ (a job's runs differ from a single process's
+    in their configuration, so they are kept apart)."""
+    return experiment + ('-sample' if sample else '') + (
+        '-dist' if kvstore.startswith('dist') else '')
+
+
+def output_dirs(experiment, sample=False, kvstore='device'):
+    """(log dir, checkpoint dir) of a user's runs: runs/<output_name>/ and its checkpoints/
+    sub-folder."""
+    root = '%s/%s' % (RUNS_DIR, output_name(experiment, sample, kvstore))
     return root, root + '/checkpoints'
 
 
@@ -60,9 +68,9 @@ def build_parser(experiment):
         description='Rerun the paper\'s %s experiments (supplementary %s) with Table A1\'s '
                     'hyper-parameters. Each run is checked before any is trained; finished runs '
                     'are skipped and interrupted ones resumed. The plots and summary.md are '
-                    'drawn at the end, beside the committed reference runs in %s/%s.'
-                    % ('MNIST' if mnist else 'CIFAR-10', spec['section'], REFERENCE_DIR,
-                       experiment),
+                    'drawn at the end, beside the committed reference runs of the same protocol '
+                    'in %s/%s.' % ('MNIST' if mnist else 'CIFAR-10', spec['section'],
+                                   REFERENCE_DIR, experiment),
         formatter_class=HelpFormatter)
     parser.add_argument('--settings', default=','.join(spec['settings']),
                         help='comma-separated experiment settings, from %s'
@@ -82,8 +90,9 @@ def build_parser(experiment):
     parser.add_argument('--data-dir', default=None, help=data_help)
     parser.add_argument('--log-dir', default=None,
                         help='where the JSON-lines logs go, one file per run, with the plots and '
-                             'summary.md (default: %s%s)'
-                        % (logs, '; %s on the embedded sample' % sample_logs if mnist else ''))
+                             'summary.md (default: %s%s; %s-dist with a dist_* kvstore)'
+                        % (logs, '; %s on the embedded sample' % sample_logs if mnist else '',
+                           logs))
     parser.add_argument('--checkpoint-dir', default=None,
                         help='where checkpoints go, read on resume (default: the log dir\'s '
                              'checkpoints/ sub-folder, e.g. %s)' % checkpoints)
@@ -208,7 +217,7 @@ def main(experiment, argv=None):
                              '; to have MNIST downloaded, create the folder first' if
                              experiment == 'mnist' else ''))
     sample = data_dir is None and experiment == 'mnist'
-    log_dir, checkpoint_dir = output_dirs(experiment, sample)
+    log_dir, checkpoint_dir = output_dirs(experiment, sample, args.kvstore)
     if args.log_dir is not None:
         log_dir = args.log_dir
         checkpoint_dir = str(Path(log_dir) / 'checkpoints')
@@ -260,14 +269,18 @@ def main(experiment, argv=None):
                           data_fingerprint=fingerprint, echo=_echo, **paths)
         except CheckpointError as e:
             raise SystemExit('error: %s' % e)
+    # Runs on the sample are not compared with reference runs on the full set.
+    reference = None if sample else Path(REFERENCE_DIR) / output_name(experiment,
+                                                                      kvstore=args.kvstore)
+    if reference is not None and (not reference.is_dir()
+                                  or reference.resolve() == Path(log_dir).resolve()):
+        reference = None
     if distributed:
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards.
-        print('plots: python scripts/plot_results.py --log-dir %s --reference %s/%s'
-              % (log_dir, REFERENCE_DIR, experiment))
+        _echo('plots: python scripts/plot_results.py --log-dir %s%s'
+              % (log_dir, '' if reference is None else ' --reference %s' % reference))
         return
-    reference = Path(REFERENCE_DIR) / experiment
-    summary = write_report(log_dir, reference_dir=reference if reference.is_dir()
-                           and reference.resolve() != Path(log_dir).resolve() else None)
+    summary = write_report(log_dir, reference_dir=reference)
     if summary:
         print('\nplots and summary.md written to %s\n\n%s' % (log_dir, summary))
 

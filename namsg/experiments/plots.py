@@ -197,6 +197,26 @@ SAMPLE_CNN_CAPTION = (
     'MNIST an epoch is 235 iterations.')
 
 
+def comparison_markdown(runs, reference_runs):
+    """Per (method, seed) found in both ``runs`` and ``reference_runs`` ({method: [(header,
+    records)]}): the final training loss of each and the largest relative difference in
+    training loss over the epochs; does the rerun reproduce the reference?"""
+    lines = ['| method | seed | final training loss | reference\'s | largest relative '
+             'difference over the epochs |', '|---|---|---|---|---|']
+    for method, pairs in runs.items():
+        ref = {h['seed']: r for h, r in reference_runs.get(method, [])}
+        for header, records in pairs:
+            if header['seed'] not in ref:
+                continue
+            other = ref[header['seed']]
+            worst = max(abs(a['train_loss'] - b['train_loss']) / abs(b['train_loss'])
+                        for a, b in zip(records, other))
+            lines.append('| %s | %d | %.5f | %.5f | %.1e |' % (
+                method, header['seed'], records[-1]['train_loss'], other[-1]['train_loss'],
+                worst))
+    return '\n'.join(lines) + '\n' if len(lines) > 2 else ''
+
+
 def _comparable(header, other):
     """Reference runs are drawn beside new ones only under the same protocol (budget)."""
     return header['protocol'] == other['protocol']
@@ -216,9 +236,9 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
     for setting, method_runs in sorted(found.items()):
         header = next(iter(method_runs.values()))[0][0]
         ordered = {m: [r for _, r in method_runs[m]] for m in METHODS if m in method_runs}
-        ref_runs = {m: [r for h, r in refs.get(setting, {}).get(m, []) if _comparable(h, header)]
-                    for m in METHODS}
-        ref_runs = {m: r for m, r in ref_runs.items() if r}
+        ref_pairs = {m: [(h, r) for h, r in refs.get(setting, {}).get(m, [])
+                         if _comparable(h, header)] for m in METHODS}
+        ref_runs = {m: [r for _, r in pairs] for m, pairs in ref_pairs.items() if pairs}
         records = next(iter(ordered.values()))[0]
         title = '%s, %s\ndata: %s' % (setting, describe_budget(header['protocol']),
                                       describe_data(header, data_note))
@@ -239,6 +259,9 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
         if ref_runs:
             sections += ['Reference runs of the same protocol in `%s`:' % reference_dir, '',
                          summary_markdown(ref_runs, reference)]
+            same = comparison_markdown(method_runs, ref_pairs)
+            if same:
+                sections += ['The same runs here and in the reference:', '', same]
         elif reference_dir is not None:
             sections += ['No reference runs of the same protocol in `%s`.' % reference_dir, '']
     summary = '\n'.join(sections)
