@@ -15,7 +15,7 @@ from namsg.experiments.models import resnet20
 from namsg.experiments.train import CIFAR_CROP, prepare_cifar10
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--data-dir', default=None,
                         help='CIFAR-10 in any of its layouts: %s (default: $%s)'
@@ -23,7 +23,11 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=256, help='minibatch size')
     parser.add_argument('--iterations', type=int, default=20, help='timed iterations per mode')
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def timed_iterations(net, trainer, batches, count, warmup, batch_size):

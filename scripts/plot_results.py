@@ -8,7 +8,7 @@ from namsg.experiments.cli import HelpFormatter
 from namsg.experiments.plots import write_report
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--log-dir', default='runs/mnist',
                         help='directory with <setting>/<method>/seed<k>.jsonl logs')
@@ -22,7 +22,11 @@ def parse_args(argv=None):
     parser.add_argument('--data-note', default=None,
                         help='words about the data for the titles, e.g. "JPEG-recompressed '
                              'copy" (default: none)')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
