@@ -143,36 +143,38 @@ def _cifar_arrays(seed=0):
     return train, np.arange(10), test, np.array([0, 3, 3, 9])
 
 
-def _batches(images, labels, names):
-    per = len(labels) // len(names)
-    return {n: (images[i * per:(i + 1) * per], labels[i * per:(i + 1) * per])
-            for i, n in enumerate(names)}
+def _release_batches(root, folder_name, train_names, test_names, seed):
+    """(the release's folder, [(file, labels, R, G, B planes of each image)]) of a release's
+    batch files, two images each."""
+    train, train_y, test, test_y = _cifar_arrays(seed)
+    folder = root / folder_name
+    folder.mkdir(parents=True)
+    batches = []
+    for images, labels, names in ((train, train_y, train_names), (test, test_y, test_names)):
+        per = len(labels) // len(names)
+        for i, name in enumerate(names):
+            rows = slice(i * per, (i + 1) * per)
+            batches.append((folder / name, labels[rows],
+                            images[rows].transpose(0, 3, 1, 2).reshape(per, -1)))
+    return folder, batches
 
 
 def write_cifar_python(root, seed=0):
     import pickle
-    train, train_y, test, test_y = _cifar_arrays(seed)
-    folder = root / 'cifar-10-batches-py'
-    folder.mkdir(parents=True)
-    batches = dict(_batches(train, train_y, data.CIFAR_PY_TRAIN),
-                   **_batches(test, test_y, data.CIFAR_PY_TEST))
-    for name, (images, labels) in batches.items():
-        flat = images.transpose(0, 3, 1, 2).reshape(len(images), -1)   # R, G, B planes
-        (folder / name).write_bytes(pickle.dumps({b'data': flat, b'labels': labels.tolist(),
-                                                  b'batch_label': name.encode()}))
+    folder, batches = _release_batches(root, 'cifar-10-batches-py', data.CIFAR_PY_TRAIN,
+                                       data.CIFAR_PY_TEST, seed)
+    for path, labels, planes in batches:
+        path.write_bytes(pickle.dumps({b'data': planes, b'labels': labels.tolist(),
+                                       b'batch_label': path.name.encode()}))
     return folder
 
 
 def write_cifar_binary(root, seed=0):
-    train, train_y, test, test_y = _cifar_arrays(seed)
-    folder = root / 'cifar-10-batches-bin'
-    folder.mkdir(parents=True)
-    batches = dict(_batches(train, train_y, data.CIFAR_TRAIN_FILES),
-                   **_batches(test, test_y, data.CIFAR_TEST_FILES))
-    for name, (images, labels) in batches.items():
-        flat = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-        (folder / name).write_bytes(np.concatenate([labels[:, None], flat], axis=1)
-                                    .astype(np.uint8).tobytes())
+    folder, batches = _release_batches(root, 'cifar-10-batches-bin', data.CIFAR_TRAIN_FILES,
+                                       data.CIFAR_TEST_FILES, seed)
+    for path, labels, planes in batches:
+        path.write_bytes(np.concatenate([labels[:, None], planes], axis=1)
+                         .astype(np.uint8).tobytes())
     return folder
 
 
