@@ -10,6 +10,7 @@ import os
 import shlex
 import sys
 import tempfile
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -65,12 +66,12 @@ def build_parser(experiment):
     logs, checkpoints = output_dirs(experiment, False)
     sample_logs, _ = output_dirs(experiment, True)
     parser = argparse.ArgumentParser(
-        description='Rerun the paper\'s %s experiments (supplementary %s) with Table A1\'s '
+        description=textwrap.fill('Rerun the paper\'s %s experiments (supplementary %s) with Table A1\'s '
                     'hyper-parameters. Each run is checked before any is trained; finished runs '
                     'are skipped and interrupted ones resumed. The plots and summary.md are '
                     'drawn at the end, beside the committed reference runs of the same protocol '
                     'in %s/%s.' % ('MNIST' if mnist else 'CIFAR-10', spec['section'],
-                                   REFERENCE_DIR, experiment),
+                                   REFERENCE_DIR, experiment), 90),
         formatter_class=HelpFormatter)
     parser.add_argument('--settings', default=','.join(spec['settings']),
                         help='comma-separated experiment settings, from %s'
@@ -100,7 +101,7 @@ def build_parser(experiment):
                         help='budget: fraction of the protocol\'s epochs; the boost epoch and '
                              'the step-size drop move in proportion (1.0 is the paper\'s)')
     parser.add_argument('--gpus', default='',
-                        help='comma-separated GPU ids, e.g. 0,1; empty trains on the CPU')
+                        help='comma-separated GPU ids, e.g. 0,1 (default: empty, the CPU)')
     parser.add_argument('--kvstore', default='device', choices=KVSTORES,
                         help='MXNet kvstore type')
     parser.add_argument('--no-progress', action='store_true',
