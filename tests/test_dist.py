@@ -226,9 +226,9 @@ def test_launcher_refuses_a_job_without_servers():
         namsg_dist.launch_local(['true'], num_workers=1, num_servers=0)
 
 
-def _mnist_job(tmp_path, method, scale):
-    """reproduce_mnist.py on the embedded sample as a 2-worker dist_sync job: its output and
-    its log (header, records)."""
+def _mnist_job(tmp_path, method, scale, workers=2):
+    """reproduce_mnist.py on the embedded sample as a dist_sync job of ``workers`` workers: its
+    output and its log (header, records)."""
     root = Path(__file__).resolve().parent.parent
     env = dict(PYTHONPATH=str(root), NAMSG_DATA_DIR='')     # the embedded sample
     out = io.StringIO()
@@ -236,7 +236,7 @@ def _mnist_job(tmp_path, method, scale):
         [sys.executable, str(root / 'scripts' / 'reproduce_mnist.py'), '--settings',
          'mnist_logreg', '--methods', method, '--scale', str(scale), '--kvstore', 'dist_sync',
          '--log-dir', str(tmp_path / 'logs'), '--checkpoint-dir', str(tmp_path / 'ck'),
-         '--no-progress'], num_workers=2, num_servers=1, timeout=180, env=env, out=out)
+         '--no-progress'], num_workers=workers, num_servers=1, timeout=180, env=env, out=out)
     assert status == 0, out.getvalue()[-3000:]
     from namsg.experiments.train import read_log
     return (out.getvalue(),) + read_log(tmp_path / 'logs' / 'mnist_logreg' / method /
@@ -251,6 +251,14 @@ def test_training_script_runs_as_a_two_worker_job(tmp_path):
     assert [r['iteration'] for r in records] == [7, 14]     # 4,000 images / 2 / 256, whole
     assert records[-1]['val_acc'] > 0.5
     assert not (tmp_path / 'ck').exists()
+
+
+def test_training_script_runs_as_a_one_worker_job(tmp_path):
+    """One worker of a dist job trains on whole batches too (the partial last batch made MXNet
+    refuse the changed batch size at the end of the first epoch)."""
+    _, header, records = _mnist_job(tmp_path, 'ARSG', 0.1, workers=1)
+    assert header['workers'] == 1
+    assert [r['iteration'] for r in records] == [15, 30]     # 4,000 images / 256, whole
 
 
 def test_training_script_boosts_on_the_servers(tmp_path):

@@ -53,9 +53,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     original = train.Prepared.train_batches
     calls = {'n': 0}
 
-    def interrupted(self, batch_size, rng, *shard):
+    def interrupted(self, batch_size, rng, *shard, **kwargs):
         calls['n'] += 1
-        for i, batch in enumerate(original(self, batch_size, rng, *shard)):
+        for i, batch in enumerate(original(self, batch_size, rng, *shard, **kwargs)):
             if calls['n'] == 2 and i == 2:       # in the middle of epoch 2
                 raise KeyboardInterrupt
             yield batch
@@ -170,3 +170,14 @@ def test_workers_of_a_job_get_disjoint_equal_shards_of_whole_batches():
     assert all(len(y) == 16 for s in shards for _, y in s)
     rows = [np.concatenate([x for x, _ in s]).reshape(32, -1) for s in shards]
     assert not any((a == b).all() for a in rows[0] for b in rows[1])
+
+
+def test_logged_step_size_follows_the_schedule_on_a_worker_that_never_updates():
+    """On a parameter-server worker the optimizer's own count stays 0: the log must still show
+    the step-size drop the servers apply."""
+    import mxnet as mx
+    opt = mx.optimizer.create('arsg', learning_rate=0.1, lr_scheduler=mx.lr_scheduler.
+                              MultiFactorScheduler(step=[5], factor=0.1, base_lr=0.1))
+    assert opt.learning_rate == pytest.approx(0.1)      # what the log showed before
+    assert train.logged_lr(opt, 4) == pytest.approx(0.1)
+    assert train.logged_lr(opt, 6) == pytest.approx(0.01)

@@ -39,14 +39,16 @@ class Prepared:
         self.test_x, self.test_y = test_x, test_y
         self.augment = augment
 
-    def train_batches(self, batch_size, rng, rank=0, workers=1):
-        """Shuffled minibatches; the last, partial one is kept (Gluon DataLoader's default).
-        With ``workers`` > 1 (a parameter-server job) this worker takes every ``workers``-th
-        example of the shuffled order from ``rank`` on, and only whole batches, so that every
-        worker makes the same number of steps with the same batch size."""
+    def train_batches(self, batch_size, rng, rank=0, workers=1, whole_batches=False):
+        """Shuffled minibatches; the last, partial one is kept (Gluon DataLoader's default)
+        unless ``whole_batches``. With ``workers`` > 1 this worker takes every ``workers``-th
+        example of the shuffled order from ``rank`` on. A parameter-server job asks for whole
+        batches even with one worker: MXNet refuses a batch size that changes when the servers
+        update, and every worker then makes the same number of steps."""
         order = rng.permutation(len(self.train_y))
         if workers > 1:
             order = order[rank::workers]
+        if whole_batches or workers > 1:
             order = order[:len(self.train_y) // workers // batch_size * batch_size]
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
@@ -395,7 +397,8 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
         rng = np.random.default_rng([seed, epoch])
         mx.random.seed(seed * 100003 + epoch)
         tally = _Tally()
-        batches = prepared.train_batches(protocol.batch_size, rng, rank, workers)
+        batches = prepared.train_batches(protocol.batch_size, rng, rank, workers,
+                                         whole_batches=distributed)
         steps = -(-len(prepared.train_y) // (protocol.batch_size * workers))
         for x, y in _Progress(batches, steps, '%s epoch %d' % (header['run'], epoch), tally,
                               bar=progress, every=progress_every, echo=echo):
@@ -414,7 +417,8 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
         records.append(dict(type='epoch', epoch=epoch, iteration=iteration,
                             train_loss=train_loss, train_acc=train_acc,
                             val_loss=val_loss, val_acc=val_acc,
-                            lr=optimizer.learning_rate, mu=getattr(optimizer, 'mu', None),
+                            lr=logged_lr(optimizer, iteration),
+                            mu=getattr(optimizer, 'mu', None),
                             seconds=time.time() - start, boost=boost))
         if policy is not None:
             policy.epoch_end(epoch, records[-1]['train_loss'])
@@ -429,6 +433,15 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     if first_epoch > protocol.epochs and log_path is not None:   # finished earlier: log anew
         write_log(log_path, header, records)
     return records
+
+
+def logged_lr(optimizer, iteration):
+    """The step size in force after ``iteration`` steps. On a parameter-server worker the
+    optimizer never updates (the servers do), so its own count stays at 0 and
+    ``learning_rate`` would show a schedule's first value for ever: ask the schedule."""
+    if optimizer.lr_scheduler is not None and optimizer.num_update < iteration:
+        return optimizer.lr_scheduler(iteration)
+    return optimizer.learning_rate
 
 
 def format_record(run, r):
