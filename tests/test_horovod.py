@@ -122,3 +122,30 @@ def test_states_saved_on_rank_0_resume_exactly_on_every_rank(launch, scenario):
     for r in ranks:
         assert r[scenario]['resumed'] == r[scenario]['final']
         assert r[scenario]['resumed_history'] == r[scenario]['history']
+
+
+def test_training_script_in_horovod_mode(tmp_path):
+    """reproduce_mnist.py --kvstore horovod under horovodrun, on the embedded MNIST sample: rank
+    0 alone logs and checkpoints, each rank makes the steps of its half, and the same command
+    again finds the run finished on every rank (none is left waiting in an allreduce)."""
+    command = [str(HOROVODRUN), '--gloo', '-np', '2', '-H', 'localhost:2', sys.executable,
+               str(HERE.parent / 'scripts' / 'reproduce_mnist.py'), '--settings',
+               'mnist_logreg', '--methods', 'ARSGB', '--seeds', '0', '--scale', '0.1',
+               '--kvstore', 'horovod', '--log-dir', str(tmp_path / 'logs'),
+               '--checkpoint-dir', str(tmp_path / 'checkpoints'), '--no-progress']
+    env = {k: v for k, v in os.environ.items() if k != 'NAMSG_DATA_DIR'}
+    for attempt in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                                cwd=str(tmp_path))
+        assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    logs = list((tmp_path / 'logs').rglob('*.jsonl'))
+    assert len(logs) == 1
+    lines = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    header, epochs = lines[0], lines[1:]
+    assert header['kvstore'] == 'horovod' and header['workers'] == 2
+    assert [e['epoch'] for e in epochs] == [1, 2]
+    per_rank = header['train_size'] // 2 // header['protocol']['batch_size']
+    assert [e['iteration'] for e in epochs] == [per_rank, 2 * per_rank]
+    assert epochs[0]['boost'] is not None          # ARSGB boosts at epoch 1 at this scale
+    assert epochs[-1]['val_acc'] > 0.6
+    assert [p.name for p in (tmp_path / 'checkpoints').rglob('epoch-*')] == ['epoch-0002']

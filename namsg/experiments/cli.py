@@ -141,7 +141,7 @@ def main(experiment, argv=None):
                                   data_fingerprint=fingerprint, echo=print)
                 except CheckpointError as e:
                     raise SystemExit('error: %s' % e)
-    if args.kvstore.startswith('dist'):
+    if args.kvstore.startswith('dist') or args.kvstore == 'horovod':
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards.
         print('plots: python scripts/plot_results.py --log-dir %s' % args.log_dir)
         return

@@ -21,6 +21,7 @@ from mxnet import autograd, gluon
 
 import namsg
 from ..boost import ObservationBoost
+from ..horovod_store import create_kvstore
 from . import models
 from .hparams import paper_optimizer
 
@@ -187,9 +188,10 @@ def make_trainer(net, protocol, method, kvstore, overrides=None):
         kwargs['lr_scheduler'] = mx.lr_scheduler.MultiFactorScheduler(
             step=[protocol.lr_drop_iteration], factor=1.0 / protocol.lr_drop_factor,
             base_lr=kwargs['learning_rate'])
-    distributed = not isinstance(kvstore, str) and kvstore is not None
+    on_servers = not isinstance(kvstore, str) and kvstore is not None and \
+        kvstore.is_capable(mx.kv.KVStoreBase.OPTIMIZER)
     trainer = gluon.Trainer(net.collect_params(), spec.name, kwargs, kvstore=kvstore,
-                            update_on_kvstore=True if distributed else None)
+                            update_on_kvstore=True if on_servers else None)
     return trainer, spec, kwargs
 
 
@@ -241,15 +243,19 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     With a ``dist_*`` kvstore (a worker of a job started by ``python -m namsg_dist launch``) the
     optimizer runs on the servers, each worker trains on its shard of every epoch's shuffled
     order (whole batches only), only rank 0 writes the log and echoes, and there are no
-    checkpoints (MXNet cannot save optimizer states that live on servers).
+    checkpoints (MXNet cannot save optimizer states that live on servers). With ``horovod``
+    (every rank a process of ``horovodrun``) the gradients are averaged by allreduce and every
+    rank updates alike: each trains on its shard, rank 0 logs and checkpoints, and every rank
+    resumes from rank 0's checkpoint.
     """
     contexts = contexts or [mx.cpu()]
     mx.random.seed(seed)
     net = models.build(protocol.model)
     net.initialize(mx.init.Xavier(), ctx=contexts)
     net.hybridize(static_alloc=True, static_shape=True)
-    distributed = kvstore.startswith('dist')
-    store = mx.kv.create(kvstore) if distributed else kvstore
+    distributed = kvstore.startswith('dist') or kvstore == 'horovod'
+    checkpointed = not kvstore.startswith('dist')     # the optimizer states are here
+    store = create_kvstore(kvstore)
     rank, workers = (store.rank, store.num_workers) if distributed else (0, 1)
     trainer, spec, kwargs = make_trainer(net, protocol, method, store, overrides)
     policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch]) if spec.boost else None
@@ -264,17 +270,17 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                   versions=versions(), command=command)
     if distributed:
         header['workers'] = workers
-    if rank != 0:
-        log_path = echo = None
     checkpoints = Checkpoints(checkpoint_dir)
     records, first_epoch, iteration = [], 1, 0
-    latest = None if distributed else checkpoints.latest()
+    latest = checkpoints.latest() if checkpointed else None
     if latest is None and log_path is not None and Path(log_path).is_file():
         logged_header, logged = read_log(log_path)
         _check_config(_config_of(logged_header), header, 'log %s was written' % log_path,
                       'choose another --log-dir or move it away')
         if len(logged) == protocol.epochs:      # finished, and its checkpoints are gone
             return logged
+    if rank != 0:       # after the check above, so that every rank returns there alike
+        log_path = echo = None
     if latest is not None:
         state = json.loads((latest / 'state.json').read_text())
         _check_config(state['config'], header, 'checkpoint %s was made' % latest,
@@ -319,7 +325,7 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                             seconds=time.time() - start, boost=boost))
         if policy is not None:
             policy.epoch_end(epoch, records[-1]['train_loss'])
-        if not distributed:
+        if checkpointed and rank == 0:
             checkpoints.save(epoch, net, trainer, dict(
                 config=_config_of(header), epoch=epoch, iteration=iteration, records=records,
                 policy=policy.state_dict() if policy is not None else None))
