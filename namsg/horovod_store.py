@@ -6,9 +6,9 @@ creates no store at all, so every rank trains alone without a word. Importing th
 registers :class:`Horovod` under that name (what MXNet 2.0 ships) and has ``gluon.Trainer``
 create it for the string too (``import namsg`` does so), so ``gluon.Trainer(params, 'arsg',
 kvstore='horovod')`` averages the gradients over the ranks with Horovod's allreduce, as does
-``kvstore=mx.kv.create('horovod')``. The optimizer runs on
-every rank on the same averaged gradients, so its states, the learning rate and ``mu`` are the
-same everywhere, and rank 0 can save them for all (``Trainer.save_states``).
+``kvstore=mx.kv.create('horovod')``. The optimizer runs on every rank on the same averaged
+gradients, so its states, the learning rate and ``mu`` are the same everywhere, and rank 0 can
+save them for all (``Trainer.save_states``).
 ``hvd.DistributedTrainer(params, 'arsg', ...)`` is the other way and needs nothing from here.
 """
 
@@ -56,9 +56,10 @@ class Horovod(KVStoreBase):
             value = value[0]
         name = 'namsg.pushpull.%s' % key
         if out is None:
-            self._hvd.allreduce_(value, average=True, name=name, priority=priority)
+            self._hvd.allreduce_(value, op=self._hvd.Average, name=name, priority=priority)
             return
-        result = self._hvd.allreduce(value, average=True, name=name, priority=priority)
+        result = self._hvd.allreduce(value, op=self._hvd.Average, name=name,
+                                     priority=priority)
         for target in out if isinstance(out, (list, tuple)) else [out]:
             result.copyto(target)
 
@@ -91,10 +92,6 @@ class Horovod(KVStoreBase):
     @property
     def num_workers(self):
         return self._hvd.size()
-
-    def barrier(self):
-        """Wait until every rank is here (a one-element allreduce)."""
-        self._hvd.allreduce(mx.nd.zeros(1), name='namsg.barrier').wait_to_read()
 
 
 _mxnet_create_kvstore = _trainer._create_kvstore

@@ -41,9 +41,10 @@ EXPORTS = ('initialize', '_opVersion', '_opRegSize', '_opRegGet', '_opCallFree',
            '_msgSize', '_msgGet')
 # Every other symbol -- lib_api.cc's mxnet::ext classes and the C++ templates that both sources
 # instantiate -- is local (`local: *`), so the library's calls stay inside it: otherwise the
-# dynamic linker binds them to the first copy in the process's global scope, e.g. Horovod's
-# (loaded RTLD_GLOBAL) or another extension's, built from other sources, and the update
-# crashes. -Bsymbolic binds the exported names to the library's own definitions too.
+# dynamic linker binds them to the first copy in the process's global scope, e.g.
+# libmxnet.so's (built with the old std::string), which importing horovod.mxnet makes global
+# (RTLD_GLOBAL), or another extension's, and the update crashes. -Bsymbolic binds the exported
+# names to the library's own definitions too.
 VERSION_SCRIPT = '{\n  global:\n    %s;\n  local: *;\n};\n' % ';\n    '.join(EXPORTS)
 # Named by its content: the name is in FLAGS, and so in the cache key.
 VERSION_SCRIPT_NAME = 'exports-%s.map' % hashlib.sha256(VERSION_SCRIPT.encode()).hexdigest()[:16]
