@@ -12,11 +12,13 @@ save them for all (``Trainer.save_states``).
 ``hvd.DistributedTrainer(params, 'arsg', ...)`` is the other way and needs nothing from here.
 """
 
+import os
+
 import mxnet as mx
 from mxnet.gluon import trainer as _trainer
 from mxnet.kvstore import KVStoreBase
 
-__all__ = ['Horovod', 'create_kvstore']
+__all__ = ['Horovod', 'create_kvstore', 'job_workers']
 
 
 @KVStoreBase.register
@@ -116,3 +118,11 @@ def create_kvstore(kvstore):
     if kvstore.startswith('dist'):
         return mx.kv.create(kvstore)
     return kvstore
+
+
+def job_workers(kvstore):
+    """The job's number of processes for ``--kvstore``, from what its launcher set before any
+    kvstore exists: horovodrun's HOROVOD_SIZE, dmlc_tracker's DMLC_NUM_WORKER, else 1."""
+    if kvstore == 'horovod':
+        return int(os.environ.get('HOROVOD_SIZE', 1))
+    return int(os.environ.get('DMLC_NUM_WORKER', 1))

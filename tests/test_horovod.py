@@ -130,7 +130,7 @@ def test_training_script_in_horovod_mode(tmp_path):
     again finds the run finished on every rank (none is left waiting in an allreduce)."""
     command = [str(HOROVODRUN), '--gloo', '-np', '2', '-H', 'localhost:2', sys.executable,
                str(HERE.parent / 'scripts' / 'reproduce_mnist.py'), '--settings',
-               'mnist_logreg', '--methods', 'ARSGB', '--seeds', '0', '--scale', '0.1',
+               'mnist_logreg', '--methods', 'ARSGB', '--seeds', '0', '--scale', '0.15',
                '--kvstore', 'horovod', '--log-dir', str(tmp_path / 'logs'),
                '--checkpoint-dir', str(tmp_path / 'checkpoints'), '--no-progress']
     env = {k: v for k, v in os.environ.items() if k != 'NAMSG_DATA_DIR'}
@@ -143,9 +143,9 @@ def test_training_script_in_horovod_mode(tmp_path):
     lines = [json.loads(line) for line in logs[0].read_text().splitlines()]
     header, epochs = lines[0], lines[1:]
     assert header['kvstore'] == 'horovod' and header['workers'] == 2
-    assert [e['epoch'] for e in epochs] == [1, 2]
+    assert [e['epoch'] for e in epochs] == [1, 2, 3]
     per_rank = header['train_size'] // 2 // header['protocol']['batch_size']
-    assert [e['iteration'] for e in epochs] == [per_rank, 2 * per_rank]
-    assert epochs[0]['boost'] is not None          # ARSGB boosts at epoch 1 at this scale
+    assert [e['iteration'] for e in epochs] == [per_rank, 2 * per_rank, 3 * per_rank]
+    assert epochs[1]['boost'] is not None          # ARSGB boosts at epoch 2 at this scale
     assert epochs[-1]['val_acc'] > 0.6
-    assert [p.name for p in (tmp_path / 'checkpoints').rglob('epoch-*')] == ['epoch-0002']
+    assert [p.name for p in (tmp_path / 'checkpoints').rglob('epoch-*')] == ['epoch-0003']

@@ -53,9 +53,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     original = train.Prepared.train_batches
     calls = {'n': 0}
 
-    def interrupted(self, batch_size, rng, *shard):
+    def interrupted(self, batch_size, rng, *shard, **kwargs):
         calls['n'] += 1
-        for i, batch in enumerate(original(self, batch_size, rng, *shard)):
+        for i, batch in enumerate(original(self, batch_size, rng, *shard, **kwargs)):
             if calls['n'] == 2 and i == 2:       # in the middle of epoch 2
                 raise KeyboardInterrupt
             yield batch
@@ -116,26 +116,27 @@ def test_cifar10_preparation_normalises_with_training_statistics():
 def test_command_line_runs_on_the_embedded_sample_outside_logs(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
     monkeypatch.chdir(tmp_path)
-    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'ARSG', '--scale', '0.1',
+    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'arsg', '--scale', '0.1',
                        '--no-progress'])
     out = capsys.readouterr()
     assert 'embedded 5,000-image MNIST sample' in out.err
     assert 'mnist_logreg/ARSG/seed0 epoch 2:' in out.out
     assert not (tmp_path / 'logs').exists()          # logs/ is for runs on real data
-    header, records = train.read_log(tmp_path / 'runs' / 'mnist-sample' / 'logs' /
-                                     'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
+    header, records = train.read_log(tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg' /
+                                     'ARSG' / 'seed0.jsonl')
     assert header['protocol']['scale'] == 0.1 and len(records) == 2
-    assert not (tmp_path / 'runs' / 'mnist-sample' / 'logs' / 'mnist_logreg' / 'ARSG' /
+    assert not (tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg' / 'ARSG' /
                 'seed1.jsonl').exists()
+    assert (tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg.png').is_file()
 
 
-@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], 'unknown method'),
-                                          (['--settings', 'cifar10_fine'], 'unknown setting'),
+@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], '--methods: unknown'),
+                                          (['--settings', 'cifar10_fine'], '--settings: unknown'),
                                           (['--scale', '2'], 'scale'),
                                           (['--seeds', 'a'], 'seeds'),
-                                          (['--data-dir', '{empty}'], 'missing')])
+                                          (['--data-dir', '{empty}'], 'does not exist')])
 def test_command_line_errors_are_clear(argv, message, tmp_path, monkeypatch):
-    monkeypatch.setattr('namsg.experiments.data._download_mnist', lambda d, timeout=30: False)
+    monkeypatch.setattr('namsg.experiments.data._download_mnist', lambda *a, **k: False)
     argv = [a.replace('{empty}', str(tmp_path / 'empty')) for a in argv]
     with pytest.raises(SystemExit, match=message):
         cli.main('mnist', argv + ['--log-dir', str(tmp_path), '--checkpoint-dir',
@@ -169,3 +170,14 @@ def test_workers_of_a_job_get_disjoint_equal_shards_of_whole_batches():
     assert all(len(y) == 16 for s in shards for _, y in s)
     rows = [np.concatenate([x for x, _ in s]).reshape(32, -1) for s in shards]
     assert not any((a == b).all() for a in rows[0] for b in rows[1])
+
+
+def test_logged_step_size_follows_the_schedule_on_a_worker_that_never_updates():
+    """On a parameter-server worker the optimizer's own count stays 0: the log must still show
+    the step-size drop the servers apply."""
+    import mxnet as mx
+    opt = mx.optimizer.create('arsg', learning_rate=0.1, lr_scheduler=mx.lr_scheduler.
+                              MultiFactorScheduler(step=[5], factor=0.1, base_lr=0.1))
+    assert opt.learning_rate == pytest.approx(0.1)      # what the log showed before
+    assert train.logged_lr(opt, 4) == pytest.approx(0.1)
+    assert train.logged_lr(opt, 6) == pytest.approx(0.01)
