@@ -12,6 +12,7 @@ from .amsgrad import AMSGrad
 from .radam import RAdam
 from .lookahead import Lookahead, Ranger
 from .kvstore_sync import sync_initial_weights
+from . import horovod_store  # noqa: F401 (registers the 'horovod' kvstore; see its doc)
 
 __version__ = '0.1.0'
 

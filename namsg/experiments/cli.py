@@ -6,7 +6,6 @@ with the data loaded, every run's existing log and checkpoint. Only then does tr
 """
 
 import argparse
-import os
 import shlex
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import mxnet as mx
 
+from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .plots import write_report
@@ -46,11 +46,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def output_name(experiment, sample=False, kvstore='device'):
-    """<experiment>[-sample][-dist]: the folder of a user's runs under runs/, and of the
-    reference runs of the same kind under logs/ (a job's runs differ from a single process's
-    in their configuration, so they are kept apart)."""
+    """<experiment>[-sample][-dist|-horovod]: the folder of a user's runs under runs/, and of
+    the reference runs of the same kind under logs/ (a job's runs differ from a single
+    process's in their configuration, so they are kept apart)."""
     return experiment + ('-sample' if sample else '') + (
-        '-dist' if kvstore.startswith('dist') else '')
+        '-dist' if kvstore.startswith('dist') else '-horovod' if kvstore == 'horovod' else '')
 
 
 def output_dirs(experiment, sample=False, kvstore='device'):
@@ -249,7 +249,7 @@ def main(experiment, argv=None):
                 header = run_header(protocol, method, seed, prepared, contexts, args.kvstore,
                                     command=command, data_source=dataset.source,
                                     data_fingerprint=fingerprint,
-                                    workers=int(os.environ.get('DMLC_NUM_WORKER', 1)))
+                                    workers=job_workers(args.kvstore))
                 try:
                     run_state(header, distributed=distributed, **paths)
                 except CheckpointError as e:
@@ -276,7 +276,7 @@ def main(experiment, argv=None):
     if reference is not None and (not reference.is_dir()
                                   or reference.resolve() == Path(log_dir).resolve()):
         reference = None
-    if distributed:
+    if distributed or args.kvstore == 'horovod':
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards.
         _echo('plots: python scripts/plot_results.py --log-dir %s%s'
               % (log_dir, '' if reference is None else ' --reference %s' % reference))

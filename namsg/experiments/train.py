@@ -22,6 +22,7 @@ from mxnet import autograd, gluon
 
 import namsg
 from ..boost import ObservationBoost
+from ..horovod_store import create_kvstore
 from . import models
 from .hparams import paper_optimizer
 
@@ -209,9 +210,10 @@ def make_trainer(net, protocol, method, kvstore, overrides=None):
     """The Trainer for ``method`` (see optimizer_kwargs). A distributed ``kvstore`` (an
     mx.kv.KVStore) updates on the servers."""
     spec, kwargs = optimizer_kwargs(protocol, method, overrides)
-    distributed = not isinstance(kvstore, str) and kvstore is not None
+    on_servers = not isinstance(kvstore, str) and kvstore is not None and \
+        kvstore.is_capable(mx.kv.KVStoreBase.OPTIMIZER)
     trainer = gluon.Trainer(net.collect_params(), spec.name, kwargs, kvstore=kvstore,
-                            update_on_kvstore=True if distributed else None)
+                            update_on_kvstore=True if on_servers else None)
     return trainer, spec, kwargs
 
 
@@ -220,7 +222,7 @@ def run_header(protocol, method, seed, prepared, contexts=None, kvstore='device'
                workers=None):
     """The header line of a run's log: its configuration (what must match to resume) and what
     describes the machine (versions, command, data path). ``workers``: the job's worker count,
-    for a ``dist_*`` kvstore."""
+    for a ``dist_*`` or ``horovod`` kvstore."""
     spec, kwargs = optimizer_kwargs(protocol, method, overrides)
     header = dict(type='header', run=run_name(protocol, method, seed), method=method, seed=seed,
                   protocol=protocol._asdict(), optimizer=spec.name,
@@ -230,7 +232,7 @@ def run_header(protocol, method, seed, prepared, contexts=None, kvstore='device'
                   contexts=[str(c) for c in contexts or [mx.cpu()]], kvstore=kvstore,
                   train_size=len(prepared.train_y), test_size=len(prepared.test_y),
                   versions=versions(), command=command)
-    if kvstore.startswith('dist'):
+    if kvstore.startswith('dist') or kvstore == 'horovod':
         header['workers'] = workers
     return header
 
@@ -356,15 +358,19 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     With a ``dist_*`` kvstore (a worker of a job started by ``python -m namsg_dist launch``) the
     optimizer runs on the servers, each worker trains on its shard of every epoch's shuffled
     order (whole batches only), only rank 0 writes the log and echoes, and there are no
-    checkpoints (MXNet cannot save optimizer states that live on servers).
+    checkpoints (MXNet cannot save optimizer states that live on servers). With ``horovod``
+    (every rank a process of ``horovodrun``) the gradients are averaged by allreduce and every
+    rank updates alike: each trains on its shard, rank 0 logs and checkpoints, and every rank
+    resumes from rank 0's checkpoint.
     """
     contexts = contexts or [mx.cpu()]
     mx.random.seed(seed)
     net = models.build(protocol.model)
     net.initialize(mx.init.Xavier(), ctx=contexts)
     net.hybridize(static_alloc=True, static_shape=True)
-    distributed = kvstore.startswith('dist')
-    store = mx.kv.create(kvstore) if distributed else kvstore
+    distributed = kvstore.startswith('dist') or kvstore == 'horovod'
+    checkpointed = not kvstore.startswith('dist')     # the optimizer states are here
+    store = create_kvstore(kvstore)
     rank, workers = (store.rank, store.num_workers) if distributed else (0, 1)
     trainer, spec, _ = make_trainer(net, protocol, method, store, overrides)
     policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch]) if spec.boost else None
@@ -372,9 +378,9 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
 
     header = run_header(protocol, method, seed, prepared, contexts, kvstore, overrides, command,
                         data_source, data_fingerprint, workers)
-    if rank != 0:
+    state = run_state(header, log_path, checkpoint_dir, not checkpointed)
+    if rank != 0:       # after run_state, so that every rank decides alike
         log_path = echo = None
-    state = run_state(header, log_path, checkpoint_dir, distributed)
     if state.note and echo is not None:
         echo('%s: %s' % (header['run'], state.note))
     if state.kind == 'finished':
@@ -422,7 +428,7 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                             seconds=time.time() - start, boost=boost))
         if policy is not None:
             policy.epoch_end(epoch, records[-1]['train_loss'])
-        if not distributed:
+        if checkpointed and rank == 0:
             checkpoints.save(epoch, net, trainer, dict(
                 config=_config_of(header), epoch=epoch, iteration=iteration, records=records,
                 policy=policy.state_dict() if policy is not None else None))

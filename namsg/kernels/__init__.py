@@ -29,11 +29,30 @@ __all__ = ['FusedUnavailable', 'load', 'use_fused', 'arsg_update']
 
 SOURCE = Path(__file__).with_name('arsg_update.cc')
 OP_NAME = '_namsg_arsg_update'
+# What MXNet's library loader (MXLoadLib in MXNet 1.9) looks up with dlsym: the extern "C" block
+# of lib_api.h. The library exports these and nothing else.
+EXPORTS = ('initialize', '_opVersion', '_opRegSize', '_opRegGet', '_opCallFree',
+           '_opCallParseAttrs', '_opCallInferShape', '_opCallInferType', '_opCallInferSType',
+           '_opCallFCompute', '_opCallMutateInputs', '_opCallCreateOpState',
+           '_opCallDestroyOpState', '_opCallFStatefulCompute', '_partRegSize', '_partRegGetCount',
+           '_partRegGet', '_partCallSupportedOps', '_partCallCreateSelector', '_partCallSelect',
+           '_partCallSelectInput', '_partCallSelectOutput', '_partCallFilter', '_partCallReset',
+           '_partCallReviewSubgraph', '_passRegSize', '_passRegGet', '_passCallGraphPass',
+           '_msgSize', '_msgGet')
+# Every other symbol -- lib_api.cc's mxnet::ext classes and the C++ templates that both sources
+# instantiate -- is local (`local: *`), so the library's calls stay inside it: otherwise the
+# dynamic linker binds them to the first copy in the process's global scope, e.g.
+# libmxnet.so's (built with the old std::string), which importing horovod.mxnet makes global
+# (RTLD_GLOBAL), or another extension's, and the update crashes. -Bsymbolic binds the exported
+# names to the library's own definitions too.
+VERSION_SCRIPT = '{\n  global:\n    %s;\n  local: *;\n};\n' % ';\n    '.join(EXPORTS)
+# Named by its content: the name is in FLAGS, and so in the cache key.
+VERSION_SCRIPT_NAME = 'exports-%s.map' % hashlib.sha256(VERSION_SCRIPT.encode()).hexdigest()[:16]
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the update loop (sqrt, and the
 # selects of min/max, which it will not if-convert while FP operations may trap); neither
 # changes a result, and nothing here reads errno or FP exception flags.
 FLAGS = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-std=c++14', '-fPIC', '-shared',
-         '-fopenmp', '-Wall']
+         '-fopenmp', '-Wall', '-Wl,-Bsymbolic', '-Wl,--version-script=' + VERSION_SCRIPT_NAME]
 # The library is built on the machine that runs it, so it may use all of that CPU's vector
 # units (AVX-512 here, where the default is SSE2). -ffp-contract=off keeps
 # a*b+c as two roundings, as in the NDArray path, instead of fusing it into one FMA. The
@@ -60,8 +79,16 @@ def _cache_dir():
 
 
 def _build_command(compiler, output, arch_flags):
+    """The compiler's argument list; writes the version script beside ``output`` if absent."""
     mxnet_dir = _mxnet_dir()
-    return [compiler] + FLAGS + arch_flags + ['-I', str(mxnet_dir / 'include' / 'mxnet'),
+    script = Path(output).parent / VERSION_SCRIPT_NAME
+    if not script.is_file():
+        fd, tmp = tempfile.mkstemp(dir=script.parent, suffix='.map.tmp')
+        with os.fdopen(fd, 'w') as f:
+            f.write(VERSION_SCRIPT)
+        os.replace(tmp, script)
+    flags = [flag.replace(VERSION_SCRIPT_NAME, str(script)) for flag in FLAGS]
+    return [compiler] + flags + arch_flags + ['-I', str(mxnet_dir / 'include' / 'mxnet'),
                                  '-I', str(mxnet_dir / 'include'), str(SOURCE),
                                  str(mxnet_dir / 'src' / 'lib_api.cc'), '-o', str(output)]
 

@@ -1,0 +1,156 @@
+"""The fused kernel does not depend on what else the process has loaded (issue 16).
+
+Horovod loads its library with RTLD_GLOBAL, and that library links libmxnet.so, which carries its
+own copies of the extension API's C++ symbols (lib_api.cc, built with GCC 4.8's std::string).
+Once they are in the global scope, a kernel library that exports those names has its calls bound
+to the foreign copies, and crashes (segmentation fault, "free(): invalid pointer"). The same
+happens beside any other extension built from lib_api.cc with another C++ ABI. Both are
+reproduced here without Horovod, each in a subprocess (a crash must fail a test, not pytest).
+"""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mxnet as mx
+import pytest
+
+from namsg import kernels
+
+MXNET_DIR = Path(mx.__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
+
+# A second MXNet extension, one trivial operator (y = 3 x), built as MXNet's documentation
+# builds its examples (everything exported), but with the pre-C++11 std::string ABI, as
+# libmxnet.so itself is: its mxnet::ext classes have the names of ours and another layout.
+OTHER_EXTENSION = r'''
+#include "lib_api.h"
+using namespace mxnet::ext;
+typedef std::unordered_map<std::string, std::string> Attrs;
+
+MXReturnValue parseAttrs(const Attrs&, int* num_in, int* num_out) {
+  *num_in = 1; *num_out = 1; return MX_SUCCESS;
+}
+MXReturnValue inferType(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  (*out)[0] = (*in)[0]; return MX_SUCCESS;
+}
+MXReturnValue inferShape(const Attrs&, std::vector<std::vector<unsigned int>>* in,
+                         std::vector<std::vector<unsigned int>>* out) {
+  (*out)[0] = (*in)[0]; return MX_SUCCESS;
+}
+MXReturnValue forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                      const OpResource&) {
+  const float* x = (*in)[0].data<float>();
+  float* y = (*out)[0].data<float>();
+  for (int64_t i = 0; i < (*in)[0].size(); ++i) y[i] = 3 * x[i];
+  return MX_SUCCESS;
+}
+REGISTER_OP(_isolation_test_triple).setForward(forward, "cpu").setParseAttrs(parseAttrs)
+    .setInferType(inferType).setInferShape(inferShape);
+MXReturnValue initialize(int) { return MX_SUCCESS; }
+'''
+
+# Run in a fresh interpreter: load the other library before or after namsg's kernel, then one
+# ARSG problem through the fused path, the NDArray path and the NumPy reference.
+SCRIPT = r'''
+import ctypes, sys
+import mxnet as mx
+import numpy as np
+sys.path.insert(0, {tests!r})
+from namsg import kernels
+from cases import CASES_BY_ID
+from harness import make_problem, run_mxnet, run_reference
+
+def load_other():
+    if {other!r} == 'libmxnet':
+        # What importing horovod.mxnet does to the process: its library, which links
+        # libmxnet.so, is loaded RTLD_GLOBAL, and libmxnet.so's symbols become global with it.
+        ctypes.CDLL(mx.base._LIB._name, mode=ctypes.RTLD_GLOBAL)
+    else:
+        ctypes.CDLL({other!r}, mode=ctypes.RTLD_GLOBAL)
+        mx.library.load({other!r}, verbose=False)
+        y = mx.nd._internal._isolation_test_triple(mx.nd.array([1.0, -2.0]))
+        assert y.asnumpy().tolist() == [3.0, -6.0], y
+
+if {order!r} == 'before':
+    load_other()
+assert kernels.load(), kernels._state['error']
+if {order!r} == 'after':
+    load_other()
+case = CASES_BY_ID['everything']
+weights, grads = make_problem(10, seed=5)
+fused, _ = run_mxnet(case, weights, grads, fused=True)
+plain, _ = run_mxnet(case, weights, grads, fused=False)
+expected = run_reference(case, weights, grads)
+for f, p, e in zip(fused, plain, expected):
+    np.testing.assert_allclose(f, p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)
+print('max relative error vs reference: %.3g' % max(
+    float(np.max(np.abs(f - e) / np.maximum(np.abs(e), 1e-12))) for f, e in zip(fused, expected)))
+'''
+
+
+def _built_kernel():
+    assert kernels.load(), kernels._state['error']
+    return kernels.library_path()
+
+
+@pytest.fixture(scope='module')
+def other_extension(tmp_path_factory):
+    """The second extension, compiled once for this module."""
+    folder = tmp_path_factory.mktemp('other_extension')
+    source = folder / 'other.cc'
+    source.write_text(OTHER_EXTENSION)
+    output = folder / 'libother.so'
+    result = subprocess.run(
+        [os.environ.get('CXX', 'g++'), '-O1', '-std=c++14', '-fPIC', '-shared',
+         '-D_GLIBCXX_USE_CXX11_ABI=0', '-I', str(MXNET_DIR / 'include' / 'mxnet'),
+         '-I', str(MXNET_DIR / 'include'), str(source), str(MXNET_DIR / 'src' / 'lib_api.cc'),
+         '-o', str(output)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.mark.parametrize('order', ['before', 'after'])
+@pytest.mark.parametrize('other', ['libmxnet', 'extension'])
+def test_fused_update_is_right_beside_foreign_copies_of_the_extension_api(other, order,
+                                                                          other_extension):
+    _built_kernel()
+    target = 'libmxnet' if other == 'libmxnet' else str(other_extension)
+    script = SCRIPT.format(tests=str(HERE), other=target, order=order)
+    env = dict(os.environ, NAMSG_FUSED='1')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, 'exit code %d (negative: killed by that signal):\n%s' % (
+        result.returncode, (result.stdout + result.stderr)[-3000:])
+    assert 'max relative error vs reference' in result.stdout
+
+
+def _lib_api_entry_points():
+    """The names in lib_api.h's extern "C" block: what MXNet's library loader looks up."""
+    header = (MXNET_DIR / 'include' / 'mxnet' / 'lib_api.h').read_text()
+    block = header[header.rindex('extern "C" {'):]
+    block = block[:block.index('}  // extern "C"')]
+    block = re.sub(r'/\*.*?\*/', '', block, flags=re.S)
+    return set(re.findall(r'\b(_[A-Za-z]+|initialize)\s*\(', block))
+
+
+def test_exports_are_what_mxnet_looks_up():
+    assert set(kernels.EXPORTS) == _lib_api_entry_points()
+
+
+def test_library_exports_nothing_else():
+    """Its dynamic symbol table defines the loader's entry points and no C++ name."""
+    result = subprocess.run(['nm', '-D', '--defined-only', str(_built_kernel())],
+                            capture_output=True, text=True, check=True)
+    defined = {line.split()[-1] for line in result.stdout.splitlines() if line.strip()}
+    assert defined == set(kernels.EXPORTS)
+
+
+def test_cache_key_follows_the_flags(monkeypatch):
+    here = kernels.library_path()
+    monkeypatch.setattr(kernels, 'FLAGS', [f for f in kernels.FLAGS if f != '-Wl,-Bsymbolic'])
+    assert kernels.library_path() != here
