@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Horovod for the Horovod tests: installs Horovod 0.28.1 built for the project's MXNet into .venv
 # (from a wheel cached in $NAMSG_CI_CACHE, default ~/.cache/namsg-ci, else built there: about
-# 8 minutes on 2 cores), then runs tests/test_horovod.py. A failed build fails the job, with the
-# end of the build log; it never turns into skipped tests.
+# 8 minutes on 2 cores), for tests/test_horovod.py, which `make test` runs. A failed build fails
+# the job, with the end of the build log; it never turns into skipped tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make install
@@ -37,4 +37,3 @@ if ! $PY -c 'import horovod.mxnet as hvd; assert hvd.gloo_built()'; then
     echo "horovod.sh: error: horovod.mxnet does not import, or lacks Gloo, in .venv" >&2
     exit 1
 fi
-$PY -m pytest -q tests/test_horovod.py

@@ -111,7 +111,23 @@ def test_committed_reference_logs_are_readable():
     found = {d.name: plots.load_runs(d, headers=True) for d in (ROOT / 'logs').iterdir()
              if d.is_dir()}
     assert found['mnist']['mnist_logreg']['ADAM'] and found['mnist']['mnist_cnn']['ARSG']
-    assert all(runs for runs in found.values())
+    for name, runs in found.items():
+        if not runs:        # only runs in progress: each must have its checkpoint committed
+            _assert_resumable(ROOT / 'logs' / name, ROOT / 'checkpoints' / name)
+
+
+def _assert_resumable(log_dir, checkpoint_dir):
+    """A run longer than a session is committed unfinished with its last checkpoint, so that
+    the next session resumes it instead of starting again."""
+    logs = sorted(log_dir.glob('*/*/*.jsonl'))
+    assert logs, '%s holds no runs' % log_dir
+    for path in logs:
+        header, records = train.read_log(path)
+        assert len(records) < header['protocol']['epochs']
+        run = path.relative_to(log_dir).with_suffix('')
+        checkpoint = checkpoint_dir / run / ('epoch-%04d' % len(records))
+        assert (checkpoint / 'state.json').is_file(), (
+            '%s is unfinished but its checkpoint %s is not there' % (path, checkpoint))
 
 
 def test_a_rerun_is_reported_beside_the_reference_of_its_protocol(tmp_path):
