@@ -78,7 +78,8 @@ def _compiler():
 
 
 def unavailable_reason():
-    """Why the fused operator cannot be built with this MXNet and this machine, or None."""
+    """Why the fused operator cannot be had with this MXNet, or None. (A compiler is needed
+    only where no intact library is cached: see build.)"""
     if MXNET_VERSION < FUSED_MXNET:
         return 'the fused ARSG operator needs MXNet %d.%d or later (found %s)' % (
             FUSED_MXNET + (mx.__version__,))
@@ -87,9 +88,6 @@ def unavailable_reason():
         if not needed.is_file():
             return ('the fused ARSG operator compiles against %s, which this mxnet package '
                     'lacks' % needed)
-    if shutil.which(_compiler()) is None:
-        return ('the fused ARSG operator needs a C++ compiler and %s is not on PATH (install '
-                'g++ or set $CXX)' % _compiler())
     return None
 
 
@@ -165,6 +163,10 @@ def build(path=None, force=False):
     path = Path(path or library_path())
     if not force and is_intact(path):
         return path
+    # Checked only now: machines that run a library built ahead of time need no compiler.
+    if shutil.which(_compiler()) is None:
+        raise FusedUnavailable('the fused ARSG operator needs a C++ compiler to build and %s is '
+                               'not on PATH (install g++ or set $CXX)' % _compiler())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.parent / '.build.lock', 'w')
