@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # namsg in a user's own MXNet environment (issue 12), on the older MXNet releases. For each one:
 # a venv holding only that MXNet and numpy<1.24, as a user's pipeline has it; the package
-# installed into it with its dependencies, from the wheel and the sdist that `python -m build`
-# makes (and, on 1.8, from the clone too); pip must leave every package there as it was and add
+# installed into it with its dependencies, from the wheel that `python -m build` makes (on 1.8
+# from its sdist and from the clone too); pip must leave every package there as it was and add
 # only namsg (no MXNet change, none of the experiment packages). Then, against that installed
 # copy: the optimizer parity tests (the NDArray path: the fused operator needs MXNet 1.9, and
 # test_the_path_taken_and_why_is_said_once checks that its absence is reported), the Trainer
 # and Module tests against the NumPy reference, and the install tests that need no extra.
 # pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
-# in `make test`.
+# in `make test`. NAMSG_COMPAT_MXNET="1.6.0 ..." picks the releases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,8 +46,8 @@ for version in $VERSIONS; do
     venv=$WORK/mxnet-$version
     "$PYTHON" -m venv "$venv"
     "$venv/bin/pip" install --quiet "mxnet==$version" 'numpy<1.24'
-    forms="$WHEEL $SDIST"
-    [[ $version == 1.8.* ]] && forms="$forms $ROOT"
+    forms=$WHEEL
+    [[ $version == 1.8.* ]] && forms="$WHEEL $SDIST $ROOT"     # the issue's scenario: all three
     for form in $forms; do
         install_leaves_the_rest "$venv" "$form"
         "$venv/bin/pip" uninstall --quiet --yes namsg
