@@ -38,7 +38,8 @@ install_leaves_the_rest() {
     comm -23 <(sort <<< "$before") <(sort <<< "$after") | grep . &&
         fail "installing $what changed or removed the packages above"
     # One line: namsg==V, or namsg @ file://... when pip installed it from a path.
-    [[ $added =~ ^namsg(==| @ )[^$'\n']*$ ]] || fail "installing $what added more than namsg: $added"
+    [[ $added =~ ^namsg(==| @ )[^$'\n']*$ ]] ||
+        fail "installing $what added more than namsg: $added"
     echo "compat: $what into $(basename "$venv"): nothing changed, added $added"
 }
 
