@@ -1,7 +1,8 @@
 # The README's two commands: `make reproduce` (the main job) and `make test` (the tests).
 # Both create the virtual environment in $(VENV) and install the package into it first.
 # `make reproduce` reruns the paper's MNIST experiments: on the files in $NAMSG_DATA_DIR if it
-# is set, else (quick form) on the embedded 5,000-image sample; ARGS passes more flags.
+# is set, else (quick form) on the embedded 5,000-image sample; ARGS passes more flags. The runs
+# go to runs/mnist (runs/mnist-sample), beside the committed reference in logs/mnist.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -6,7 +6,9 @@ the optimizer and every server unpickles and applies it. An MXNet 1.9.1 server (
 enters its serving loop from inside ``import mxnet``, so a third-party optimizer module imported
 while unpickling meets a half-initialised ``mxnet`` and fails. Here the role is hidden while
 ``mxnet`` and the optimizer modules import, then restored, and only then does the serving loop
-start.
+start. Its controller also takes namsg's settings commands: a worker that changes the step
+size, its scheduler or ``mu`` after sending the optimizer (``Trainer.set_learning_rate``, the
+observation boost) has the servers set it on the optimizer they run (namsg.kvstore_sync).
 
 This module lives outside the ``namsg`` package on purpose: ``python -m namsg.dist`` would run
 ``namsg/__init__.py``, which imports mxnet, before any of this code, and a server would enter its
@@ -19,12 +21,15 @@ Commands (``python -m namsg_dist --help``):
   a worker runs CMD. Any dmlc_tracker back end (local, ssh, mpi, ...) can launch it.
 * ``launch -n W -s S [--launcher local|ssh|mpi] -- CMD...``: a whole job. ``local`` starts the
   scheduler, S servers and W workers on 127.0.0.1, forwards their output, bounds the time, and
-  ends every process it started on success, failure or interrupt. ``ssh`` and ``mpi`` hand the
+  ends every process it started (with their process groups) on success, on the first failing
+  worker, on timeout and on SIGINT, SIGTERM or SIGHUP. ``ssh`` and ``mpi`` hand the
   job, wrapped in ``run``, to dmlc_tracker's back ends for several machines.
 """
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import signal
 import socket
@@ -36,6 +41,9 @@ import time
 __all__ = ['serve', 'launch_local', 'main']
 
 SERVER_ROLES = ('server', 'scheduler')
+#: Tells a worker that its job's servers run serve() (namsg.kvstore_sync.SERVERS_ENV; not
+#: imported from there, which would import mxnet).
+SERVERS_ENV = 'NAMSG_DIST_SERVERS'
 
 
 def serve():
@@ -52,7 +60,35 @@ def serve():
         importlib.import_module(name.strip())
     os.environ['DMLC_ROLE'] = role
     from mxnet.kvstore import kvstore_server
-    kvstore_server._init_kvstore_server_module()    # serves until the job ends, then exits
+    # As kvstore_server._init_kvstore_server_module, with namsg's controller.
+    _server_class(kvstore_server.KVStoreServer)(mxnet.kv.create('dist')).run()
+    sys.exit()    # serves until the job ends
+
+
+def _server_class(base):
+    """MXNet's KVStoreServer whose controller also takes namsg's settings commands
+    (namsg.kvstore_sync.ServerSettings): a worker changed lr, lr_scheduler or mu of the optimizer
+    the server runs, which keeps its states and update counts."""
+    from namsg import kvstore_sync
+
+    class Server(base):
+        def _controller(self):
+            mxnet_controller = super()._controller()
+
+            def controller(cmd_id, cmd_body, arg):
+                if cmd_id == 0:
+                    command = kvstore_sync.decode_command(cmd_body)
+                    if isinstance(command, kvstore_sync.ServerSettings):
+                        if self.kvstore._updater is None:
+                            raise RuntimeError('namsg server: settings %s arrived before an '
+                                               'optimizer' % command.settings)
+                        command.apply(self.kvstore._updater.optimizer)
+                        logging.info('namsg server %d: optimizer settings now %s',
+                                     self.kvstore.rank, command.settings)
+                        return
+                mxnet_controller(cmd_id, cmd_body, arg)
+            return controller
+    return Server
 
 
 def run(command):
@@ -62,6 +98,7 @@ def run(command):
         return 0
     if not command:
         raise SystemExit('namsg_dist run: give the worker command after --')
+    os.environ[SERVERS_ENV] = '1'      # the job's servers run serve(): see namsg.kvstore_sync
     os.execvp(command[0], command)
 
 
@@ -76,7 +113,7 @@ def _role_env(role, num_workers, num_servers, port, task_id, extra=None):
     env = dict(os.environ, **(extra or {}))
     env.update(DMLC_ROLE=role, DMLC_PS_ROOT_URI='127.0.0.1', DMLC_PS_ROOT_PORT=str(port),
                DMLC_NUM_WORKER=str(num_workers), DMLC_NUM_SERVER=str(num_servers),
-               DMLC_TASK_ID=str(task_id), DMLC_JOB_CLUSTER='local')
+               DMLC_TASK_ID=str(task_id), DMLC_JOB_CLUSTER='local', **{SERVERS_ENV: '1'})
     # ps-lite picks the interface from these; loopback keeps the job on this machine.
     env.setdefault('DMLC_NODE_HOST', '127.0.0.1')
     env.setdefault('DMLC_INTERFACE', 'lo')
@@ -89,12 +126,60 @@ def _forward(stream, prefix, out):
         out.flush()
 
 
+#: Signals that end a local job (batch schedulers, ``timeout`` and containers send SIGTERM; a
+#: closed terminal SIGHUP); the launcher then exits with 128 + the signal's number.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signal_handlers(handler):
+    """``handler`` for STOP_SIGNALS inside the block (only the main thread can set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _kill_groups(procs, sig):
+    # Every child leads its own process group (start_new_session): the signal also reaches
+    # what it started, even after the child itself has exited.
+    for _, _, proc in procs:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _end(procs):
+    """SIGTERM to every process group of the job, SIGKILL to those still there after 5 s. A
+    further stop signal meanwhile kills at once, so nothing is left behind."""
+    with _signal_handlers(lambda signum, frame: _kill_groups(procs, signal.SIGKILL)):
+        _kill_groups(procs, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for _, _, proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_groups(procs, signal.SIGKILL)
+        for _, _, proc in procs:
+            proc.wait()
+
+
 def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out=None):
     """Run one job on this machine: scheduler, servers (``python -m namsg_dist run``) and
     workers (``command``), all on 127.0.0.1. Output lines are forwarded with a
-    ``[worker 0]``-style prefix to ``out`` (default stdout). Returns 0 when every worker
-    exited 0; otherwise the first non-zero worker status, or 124 on timeout. Every process
-    started is ended before returning, also on KeyboardInterrupt."""
+    ``[worker 0]``-style prefix to ``out`` (default stdout).
+
+    Returns 0 when every worker exited 0; otherwise the first non-zero worker status (the job
+    ends as soon as one worker fails), 124 on timeout, or 128 + N after signal N of
+    :data:`STOP_SIGNALS` (when called from the main thread). Every process started, and every
+    process in their process groups, is ended before returning."""
     if num_workers < 1 or num_servers < 1:
         raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
                          '%d workers and %d servers' % (num_workers, num_servers))
@@ -104,46 +189,47 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     plan = [('scheduler', 0, server_cmd)] + \
         [('server', i, server_cmd) for i in range(num_servers)] + \
         [('worker', i, list(command)) for i in range(num_workers)]
-    procs, threads = [], []
+    procs, threads, stopped = [], [], []
     deadline = time.monotonic() + timeout
     status = 0
-    try:
-        for role, index, cmd in plan:
-            proc = subprocess.Popen(
-                cmd, env=_role_env(role, num_workers, num_servers, port, index, env),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            procs.append((role, index, proc))
-            thread = threading.Thread(target=_forward, daemon=True,
-                                      args=(proc.stdout, '[%s %d] ' % (role, index), out))
-            thread.start()
-            threads.append(thread)
-        workers = [p for role, _, p in procs if role == 'worker']
-        while status == 0 and any(p.poll() is None for p in workers):
-            if time.monotonic() > deadline:
-                out.write('namsg_dist: the job exceeded %d s; ending it\n' % timeout)
-                status = 124
-            time.sleep(0.1)
-            status = status or next((p.returncode for p in workers if p.returncode), 0)
-        status = status or next((p.returncode for p in workers if p.returncode), 0)
-        if status == 0:
+    # A stop signal only sets a flag: the loops below check it, so the cleanup never starts
+    # between a Popen and the bookkeeping of its process.
+    with _signal_handlers(lambda signum, frame: stopped.append(signum)):
+        try:
+            for role, index, cmd in plan:
+                if stopped:
+                    break
+                proc = subprocess.Popen(
+                    cmd, env=_role_env(role, num_workers, num_servers, port, index, env),
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                procs.append((role, index, proc))
+                thread = threading.Thread(target=_forward, daemon=True,
+                                          args=(proc.stdout, '[%s %d] ' % (role, index), out))
+                thread.start()
+                threads.append(thread)
+            workers = [p for role, _, p in procs if role == 'worker']
+            while not stopped:
+                codes = [p.poll() for p in workers]     # every one: any() would stop early
+                status = next((code for code in codes if code), 0)
+                if status or None not in codes:
+                    break
+                if time.monotonic() > deadline:
+                    out.write('namsg_dist: the job exceeded %d s; ending it\n' % timeout)
+                    status = 124
+                    break
+                time.sleep(0.1)
             # Servers and the scheduler leave by themselves once every worker is done.
-            for _, _, proc in procs:
-                try:
-                    proc.wait(timeout=max(1.0, min(30.0, deadline - time.monotonic())))
-                except subprocess.TimeoutExpired:
-                    pass
-    finally:
-        for _, _, proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _, _, proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for thread in threads:
-            thread.join(timeout=2)
+            grace = time.monotonic() + max(1.0, min(30.0, deadline - time.monotonic()))
+            while not status and not stopped and time.monotonic() < grace and \
+                    any(p.poll() is None for _, _, p in procs):
+                time.sleep(0.1)
+        finally:
+            _end(procs)
+            for thread in threads:
+                thread.join(timeout=2)
+    if stopped:
+        out.write('namsg_dist: got signal %d; ended the job\n' % stopped[0])
+        return 128 + stopped[0]
     return status
 
 

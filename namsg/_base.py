@@ -1,9 +1,12 @@
 """What the element-wise optimizers of this package share: MXNet's gradient preprocessing,
-float32 state for float16 weights, and the lazy update of row_sparse gradients.
+float32 state for float16 weights, the lazy update of row_sparse gradients and weights, and
+update counts that belong to the parameter rather than to the device.
 
 A subclass writes ``_state_slots(weight)`` and ``_step(weight, g, state, lr, t)`` for dense
 arrays; this base class turns them into MXNet's ``create_state`` / ``update``.
 """
+
+import weakref
 
 import numpy
 
@@ -11,7 +14,68 @@ from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
+from . import kvstore_sync
 from ._checks import check_learning_rate
+from ._checks import check_floating_weight, clip_threshold
+
+# The update counts each optimizer object had when this process first counted with it, per
+# parameter: what it was unpickled with (Trainer.load_states, Module.load_optimizer_states, a
+# kvstore server), or nothing for a new one. Kept outside the object so that it is never
+# pickled: a count restored here is from the file, not from a device of this process.
+_RESTORED_COUNTS = weakref.WeakKeyDictionary()
+
+
+def restored_update_counts(optimizer):
+    """{index: count} that ``optimizer`` was restored with (highest over the devices it was
+    saved from), recorded on its first use in this process."""
+    counts = _RESTORED_COUNTS.get(optimizer)
+    if counts is None:
+        counts = {}
+        for device_counts in optimizer._all_index_update_counts.values():
+            for index, count in device_counts.items():
+                counts[index] = max(count, counts.get(index, count))
+        _RESTORED_COUNTS[optimizer] = counts
+    return counts
+
+
+def continue_update_counts(optimizer, indices):
+    """Start the count of each of ``indices`` that is new on the current device from the count
+    ``optimizer`` was restored with, instead of MXNet's ``begin_num_update``: the count belongs
+    to the parameter, and a checkpoint may be loaded on another device than it was saved on."""
+    restored = restored_update_counts(optimizer)
+    for idx in indices:
+        if idx not in optimizer._index_update_count and idx in restored:
+            optimizer._index_update_count[idx] = restored[idx]
+
+
+def all_rows(array):
+    """The indices of every row of ``array``, as int64 on its context."""
+    return nd.arange(array.shape[0], ctx=array.context, dtype='int64')
+
+
+def dense_rows(array, rows):
+    """The ``rows`` (sorted int64 indices) of a dense or row_sparse ``array``, as a new dense
+    array. A row_sparse weight must store every row, as MXNet's own lazy updates require."""
+    if array.stype != 'row_sparse':
+        return nd.take(array, rows)
+    if array.indices.shape[0] != array.shape[0]:
+        raise ValueError('a row_sparse weight of shape %s stores %d of its rows: the optimizer '
+                         'needs all of them (as MXNet\'s lazy updates do); initialise it densely '
+                         '(Trainer and the kvstores do)' % (array.shape, array.indices.shape[0]))
+    return nd.sparse.retain(array, rows).data
+
+
+def write_rows(array, rows, values):
+    """``array[rows] = values`` in place, for a dense or row_sparse ``array`` (every row
+    stored) and dense ``values`` of its dtype; only those rows are touched."""
+    if array.stype != 'row_sparse':
+        array[rows] = values
+        return
+    # NDArray assignment does not reach into a row_sparse array's rows; MXNet's lazy sgd
+    # kernel does: with lr = wd = 1 it computes w[r] = 0 * w[r] + values[r], exactly values.
+    nd.sparse.sgd_update(array, nd.sparse.row_sparse_array((-values, rows), shape=array.shape,
+                                                           ctx=array.context, dtype=array.dtype),
+                         lr=1.0, wd=1.0, lazy_update=True, out=array)
 
 
 class ElementwiseOptimizer(Optimizer):
@@ -22,6 +86,11 @@ class ElementwiseOptimizer(Optimizer):
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present in the gradient (weights and
         state), like MXNet's ``adam(lazy_update=True)``; if False the gradient is made dense.
+        ``row_sparse`` weights (``gluon.contrib.nn.SparseEmbedding``,
+        ``Parameter(stype='row_sparse')``) are updated the same way, with dense state.
+
+    ``clip_gradient`` follows MXNet: None, 0 or a negative value means no clipping.
+    Weights must be floating point; other dtypes raise ValueError before any state exists.
     """
 
     def __init__(self, learning_rate=0.001, lazy_update=True, **kwargs):
@@ -31,6 +100,15 @@ class ElementwiseOptimizer(Optimizer):
     def set_learning_rate(self, lr):
         check_learning_rate(lr)
         super().set_learning_rate(lr)
+
+    # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
+    def __setattr__(self, name, value):
+        # Changes of lr, lr_scheduler and mu also reach the servers this optimizer runs on.
+        kvstore_sync.set_setting(self, name, value, super().__setattr__)
+
+    def __getstate__(self):
+        # MXNet drops param_dict, and with it Gluon's lr_mult / wd_mult: carry them.
+        return kvstore_sync.pickled_state(self, super().__getstate__())
 
     # -- what subclasses write -------------------------------------------------------------
     def _state_slots(self, weight, zeros):
@@ -45,11 +123,43 @@ class ElementwiseOptimizer(Optimizer):
 
     # -- MXNet's interface -----------------------------------------------------------------
     def create_state(self, index, weight):
+        check_floating_weight(weight.dtype, type(self).__name__)
         # float16 cannot hold the small constants these methods use (epsilon = 1e-8 underflows
-        # to 0): keep the state in float32 and compute in float32 (see update).
+        # to 0): keep the state in float32 and compute in float32 (see update). State is dense
+        # for row_sparse weights too: it is read and written by rows.
         dtype = numpy.float32 if weight.dtype == numpy.float16 else weight.dtype
         return self._state_slots(weight, lambda: nd.zeros(weight.shape, weight.context,
                                                           dtype=dtype))
+
+    def create_state_multi_precision(self, index, weight):
+        # MXNet's version warns that float16 weights without multi_precision accumulate in
+        # float16; here the state is float32 whatever the weight (create_state), so it would
+        # mislead.
+        if weight.dtype == numpy.float16 and not self.multi_precision:
+            return self.create_state(index, weight)
+        return super().create_state_multi_precision(index, weight)
+
+    @property
+    def param_dict(self):
+        """{index: gluon.Parameter}, set by gluon.Trainer (MXNet's attribute, not pickled)."""
+        return self.__dict__.get('param_dict', {})
+
+    @param_dict.setter
+    def param_dict(self, params):
+        # Trainer hands its Parameters over before any update: refuse integer ones here, where
+        # the error reaches the caller. An update on a kvstore runs in a callback whose
+        # exceptions MXNet only prints, so create_state's check would go unseen there.
+        for param in (params or {}).values():
+            if param.grad_req != 'null':
+                check_floating_weight(param.dtype, type(self).__name__,
+                                      'Parameter %r' % param.name)
+        self.__dict__['param_dict'] = params if params else {}
+
+    def _update_count(self, index):
+        # MXNet counts per device, so a parameter restored on a device it was not saved from
+        # would restart at begin_num_update.
+        continue_update_counts(self, index if isinstance(index, (list, tuple)) else [index])
+        super()._update_count(index)
 
     def update(self, index, weight, grad, state):
         assert isinstance(weight, NDArray) and isinstance(grad, NDArray)
@@ -57,29 +167,32 @@ class ElementwiseOptimizer(Optimizer):
         lr = self._get_lr(index)
         wd = self._get_wd(index)
         t = self._index_update_count[index]
-        if weight.dtype == numpy.float16:
-            # Plain float16 (no multi_precision): compute in float32 against the float32 state.
-            weight32 = weight.astype(numpy.float32)
-            self._update_dense_or_lazy(weight32, grad.astype(numpy.float32), state, lr, wd, t)
-            nd.cast(weight32, dtype=numpy.float16, out=weight)
-        else:
-            self._update_dense_or_lazy(weight, grad, state, lr, wd, t)
-
-    def _update_dense_or_lazy(self, weight, grad, state, lr, wd, t):
         if grad.stype == 'row_sparse' and self.lazy_update:
-            rows = grad.indices
-            if rows.shape[0] == 0:
-                return
-            weight_rows = nd.take(weight, rows)
-            state_rows = tuple(nd.take(s, rows) for s in state)
-            self._step(weight_rows, self._preprocess(grad.data, weight_rows, wd), state_rows,
-                       lr, t)
-            weight[rows] = weight_rows
-            for s, s_rows in zip(state, state_rows):
-                s[rows] = s_rows
+            rows, grad = grad.indices, grad.data
         else:
             if grad.stype != 'default':
                 grad = grad.tostype('default')
+            if weight.stype != 'row_sparse':
+                self._update_dense(weight, grad, state, lr, wd, t)
+                return
+            rows = all_rows(weight)
+        if rows.shape[0] == 0:
+            return
+        weight_rows = dense_rows(weight, rows)
+        state_rows = tuple(nd.take(s, rows) for s in state)
+        self._update_dense(weight_rows, grad, state_rows, lr, wd, t)
+        write_rows(weight, rows, weight_rows)
+        for s, s_rows in zip(state, state_rows):
+            s[rows] = s_rows
+
+    def _update_dense(self, weight, grad, state, lr, wd, t):
+        if weight.dtype == numpy.float16:
+            # Plain float16 (no multi_precision): compute in float32 against the float32 state.
+            weight32 = weight.astype(numpy.float32)
+            self._step(weight32, self._preprocess(grad.astype(numpy.float32), weight32, wd),
+                       state, lr, t)
+            nd.cast(weight32, dtype=numpy.float16, out=weight)
+        else:
             self._step(weight, self._preprocess(grad, weight, wd), state, lr, t)
 
     def _preprocess(self, grad, weight, wd):
@@ -87,6 +200,7 @@ class ElementwiseOptimizer(Optimizer):
         g = grad * self.rescale_grad
         if wd:
             g += wd * weight
-        if self.clip_gradient:
-            nd.clip(g, -self.clip_gradient, self.clip_gradient, out=g)
+        clip = clip_threshold(self.clip_gradient)
+        if clip is not None:
+            nd.clip(g, -clip, clip, out=g)
         return g

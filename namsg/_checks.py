@@ -3,6 +3,8 @@ parameter, the value given and the range that is allowed."""
 
 import math
 
+import numpy
+
 
 def check_unit_interval(name, value):
     """Accept ``value`` in [0, 1) (decay rates, the observation factor)."""
@@ -51,3 +53,23 @@ def check_bounds(lower_bound, upper_bound):
                          % (lower_bound, upper_bound))
     return (None if lower_bound is None else float(lower_bound),
             None if upper_bound is None else float(upper_bound))
+
+
+def check_floating_weight(dtype, optimizer, name='a weight'):
+    """Accept a floating-point weight ``dtype`` (float16, float32, float64): the updates divide
+    by a running second moment and scale by fractional rates, which integer arithmetic
+    truncates to nothing or turns into a division by zero (SIGFPE)."""
+    if not numpy.issubdtype(dtype, numpy.floating):
+        raise ValueError('%s cannot update %s of dtype %s: floating point is required '
+                         '(float16, float32 or float64); make the parameter floating point or '
+                         'leave it out of the optimizer (grad_req=\'null\')'
+                         % (optimizer, name, numpy.dtype(dtype).name))
+
+
+def clip_threshold(clip_gradient):
+    """MXNet's convention for ``clip_gradient``: None, 0 or a negative value turns clipping off
+    (its update operators document "If clip_gradient <= 0, gradient clipping is turned off");
+    a positive value is the threshold. Returns None (no clipping) or the threshold."""
+    if clip_gradient is None or not clip_gradient > 0:
+        return None
+    return float(clip_gradient)

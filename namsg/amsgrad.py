@@ -53,7 +53,7 @@ class AMSGrad(ElementwiseOptimizer):
         m *= self.beta1
         m += (1.0 - self.beta1) * g
         v *= self.beta2
-        v += (1.0 - self.beta2) * nd.square(g)
+        v += ((1.0 - self.beta2) * g) * g   # g**2 alone overflows float32 beyond 1.8e19
         nd.broadcast_maximum(vhat, v, out=vhat)
         denominator = nd.sqrt(vhat)
         denominator += self.epsilon

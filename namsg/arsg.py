@@ -10,7 +10,8 @@ from mxnet.optimizer import Optimizer, register
 
 from . import kernels
 from ._base import ElementwiseOptimizer
-from ._checks import check_bounds, check_choice, check_positive, check_unit_interval
+from ._checks import (check_bounds, check_choice, check_positive, check_unit_interval,
+                      clip_threshold)
 
 __all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
 
@@ -77,8 +78,11 @@ class ARSG(ElementwiseOptimizer):
         Both paths compute the same update.
 
     Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
-    ``rescale_grad``, ``clip_gradient``, ``lr_scheduler``, lr/wd multipliers,
-    ``begin_num_update`` and ``multi_precision`` (float32 master weights for float16).
+    ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
+    ``lr_scheduler``, lr/wd multipliers, ``begin_num_update`` and ``multi_precision`` (float32
+    master weights for float16). ``row_sparse`` weights take the lazy update. Update counts
+    follow the parameter when its states are loaded on another device. Weights must be
+    floating point: others raise ValueError in ``create_state``.
     float16 weights without ``multi_precision`` keep their state in float32 and are updated in
     float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by zero.
 
@@ -151,7 +155,8 @@ class ARSG(ElementwiseOptimizer):
             masters, states = [s[0] for s in states], [s[1] for s in states]
         kernels.arsg_update(weights, grads, states, masters, lrs, wds, scales,
                             beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, mu=self.mu,
-                            rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
+                            rescale_grad=self.rescale_grad,
+                            clip_gradient=clip_threshold(self.clip_gradient),
                             lower_bound=self.lower_bound, upper_bound=self.upper_bound,
                             preconditioner_index=PRECONDITIONERS.index(self.preconditioner))
 
@@ -171,7 +176,8 @@ class ARSG(ElementwiseOptimizer):
         if self.preconditioner != 'none':
             v = state[1]
             v *= self.beta2
-            v += (1.0 - self.beta2) * nd.square(g)
+            # (1 - beta2) g first, then times g: g**2 alone overflows float32 for |g| > 1.8e19.
+            v += ((1.0 - self.beta2) * g) * g
             if self.preconditioner == 'amsgrad':
                 vhat = state[2]
                 nd.broadcast_maximum(vhat, v, out=vhat)

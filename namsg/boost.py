@@ -16,15 +16,28 @@ Usage in a Gluon loop (epochs count from 1; the boost takes effect from the epoc
         policy.epoch_end(epoch, mean_training_loss)
 
 It works with any optimizer that has ``mu`` and ``beta1`` (ARSG with any preconditioner, RSG).
+With updates on parameter servers the boost is sent to them (servers started by
+``python -m namsg_dist``; elsewhere it raises RuntimeError): see :mod:`namsg.kvstore_sync`.
+
+The policy's first stage, the short step-size search with a small mu, is
+:func:`search_step_size`.
 """
 
+import itertools
 import math
+from typing import Dict, List, NamedTuple, Tuple
 
+import mxnet as mx
+from mxnet import autograd, gluon
 from mxnet.lr_scheduler import LRScheduler
 
-from . import dynamics
+from . import dynamics, kvstore_sync
 
-__all__ = ['ObservationBoost', 'ScaledScheduler']
+__all__ = ['ObservationBoost', 'ScaledScheduler', 'search_step_size', 'StepSizeSearch',
+           'STEP_SIZES']
+
+#: ARSG's step-size grid (supplementary B.5), the candidates :func:`search_step_size` tries.
+STEP_SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 class ScaledScheduler(LRScheduler):
@@ -134,11 +147,15 @@ class ObservationBoost:
                              'mu or boost fewer times' % (old_mu,))
         factor = self.factor if self.factor is not None else \
             dynamics.boost_factor(opt.beta1, old_mu)
+        # On parameter servers both changes are sent there; fail before either is made.
+        kvstore_sync.check_servers(opt, 'the step size and mu (a boost)')
         old_lr = opt.learning_rate
+        # Each change is an assignment to the optimizer, which forwards it to servers.
         if opt.lr_scheduler is None:
             opt.set_learning_rate(old_lr * factor)
         elif isinstance(opt.lr_scheduler, ScaledScheduler):
-            opt.lr_scheduler.scale *= factor
+            opt.lr_scheduler = ScaledScheduler(opt.lr_scheduler.inner,
+                                               opt.lr_scheduler.scale * factor)
         else:
             opt.lr_scheduler = ScaledScheduler(opt.lr_scheduler, factor)
         opt.mu = 2 * old_mu
@@ -158,3 +175,151 @@ class ObservationBoost:
         self.boosts = [dict(b) for b in state['boosts']]
         self.losses = [(int(e), float(v)) for e, v in state['losses']]
         self._auto_due = state.get('auto_due')
+
+
+# -- OBSB's first stage ------------------------------------------------------------------------
+
+class StepSizeSearch(NamedTuple):
+    """What :func:`search_step_size` found.
+
+    ``best`` is the chosen step size; ``ranking`` lists (step size, score) best first, where the
+    score is the mean training loss over the last ``window`` iterations (``inf`` for a run
+    that diverged); ``losses`` maps each step size to its per-iteration mean minibatch losses.
+    """
+    best: float
+    ranking: List[Tuple[float, float]]
+    losses: Dict[float, List[float]]
+
+
+def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
+                     optimizer='arsg', optimizer_params=None, window=None, ctx=None,
+                     seed=0):
+    """OBSB's first stage (Section 3): train ``net`` for ``iterations`` minibatches with each
+    candidate step size, from the same initial weights on the same minibatches, and pick the one
+    with the lowest training loss at the end; the paper does this with a small mu before the
+    observation boost. The network's parameters are restored afterwards (the caller then builds
+    its own Trainer with ``result.best``).
+
+    Example, with a Gluon DataLoader::
+
+        from namsg.boost import search_step_size, ObservationBoost
+        found = search_step_size(net, train_loader, gluon.loss.SoftmaxCrossEntropyLoss(),
+                                 iterations=200, optimizer_params={'mu': 0.05})
+        trainer = gluon.Trainer(net.collect_params(), 'arsg',
+                                {'learning_rate': found.best, 'mu': 0.05})
+        policy = ObservationBoost(trainer, auto=True)
+
+    Parameters
+    ----------
+    net : gluon.Block
+        Initialized (no deferred shapes left: run one forward pass first).
+    batches : iterable of (data, label)
+        NDArrays or NumPy arrays, e.g. a ``gluon.data.DataLoader``. The first ``iterations``
+        minibatches are taken once (iterating again if it runs out) and replayed for every
+        candidate, so all see the same data in the same order.
+    loss_fn : callable
+        ``loss_fn(output, label)`` -> per-example losses, e.g. a ``gluon.loss.Loss``.
+    iterations : int
+        Minibatches per candidate, >= 1: "a small portion" of the training.
+    step_sizes : sequence of float, default STEP_SIZES (B.5's ARSG grid, 0.001 ... 0.1)
+        Candidates, each > 0.
+    optimizer : str, default 'arsg'
+        Any registered optimizer name.
+    optimizer_params : dict, default {'mu': 0.05}
+        Its other arguments (``learning_rate`` is set per candidate); the default is OBSB's
+        small initial mu0.
+    window : int or None, default None
+        Iterations at the end over which the loss is averaged for the score, in
+        [1, iterations]; None takes the last quarter (at least one).
+    ctx : Context or list of Context, default None
+        Where to compute; None takes the contexts of the network's parameters. A minibatch is
+        split over several contexts as ``gluon.utils.split_and_load`` does.
+    seed : int, default 0
+        ``mx.random.seed`` before each candidate, so that dropout and the like draw alike.
+
+    Returns
+    -------
+    StepSizeSearch
+        ``best``, ``ranking`` (best first) and ``losses``. Ties go to the larger step size
+        (as fast in loss, faster in progress); diverged candidates rank last.
+
+    Raises
+    ------
+    ValueError
+        For an empty or non-positive grid, ``iterations`` or ``window`` out of range, parameters
+        not initialized, or ``batches`` that yield nothing.
+    """
+    step_sizes = [float(a) for a in step_sizes]
+    if not step_sizes or any(not a > 0 for a in step_sizes):
+        raise ValueError('step_sizes=%r: give at least one step size, each > 0' % (step_sizes,))
+    if int(iterations) < 1:
+        raise ValueError('iterations=%r is out of range: it must be an integer >= 1'
+                         % (iterations,))
+    iterations = int(iterations)
+    window = max(1, iterations // 4) if window is None else int(window)
+    if not 1 <= window <= iterations:
+        raise ValueError('window=%r is out of range: it must lie in [1, iterations=%d]'
+                         % (window, iterations))
+    params = net.collect_params()
+    try:
+        saved = {name: [d.copy() for d in p.list_data()] for name, p in params.items()}
+    except RuntimeError as e:     # deferred initialization
+        raise ValueError('search_step_size needs initialized parameters: run one forward pass '
+                         'through the network first (%s)' % e) from e
+    if ctx is None:
+        ctx = next(iter(params.values())).list_ctx()
+    contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
+    replay = _take_batches(batches, iterations)
+
+    losses = {}
+    try:
+        for a in step_sizes:
+            mx.random.seed(seed)
+            trainer = gluon.Trainer(params, optimizer,
+                                    dict({'mu': 0.05} if optimizer_params is None
+                                         else optimizer_params, learning_rate=a),
+                                    kvstore=None if len(contexts) == 1 else 'device')
+            losses[a] = [_train_step(net, trainer, loss_fn, x, y, contexts) for x, y in replay]
+            _restore(params, saved)
+    finally:
+        _restore(params, saved)
+
+    def score(a):
+        tail = losses[a][-window:]
+        value = sum(tail) / len(tail)
+        return value if math.isfinite(value) else math.inf
+
+    ranking = sorted(((a, score(a)) for a in step_sizes), key=lambda r: (r[1], -r[0]))
+    return StepSizeSearch(ranking[0][0], ranking, losses)
+
+
+def _take_batches(batches, iterations):
+    """The first ``iterations`` minibatches, re-iterating ``batches`` when it runs out."""
+    taken = []
+    while len(taken) < iterations:
+        before = len(taken)
+        taken.extend(itertools.islice(iter(batches), iterations - len(taken)))
+        if len(taken) == before:
+            raise ValueError('batches yielded %s minibatches where iterations=%d were asked '
+                             'for; pass a re-iterable (e.g. a DataLoader) or fewer iterations'
+                             % (before or 'no', iterations))
+    return [(mx.nd.array(x) if not isinstance(x, mx.nd.NDArray) else x,
+             mx.nd.array(y) if not isinstance(y, mx.nd.NDArray) else y) for x, y in taken]
+
+
+def _train_step(net, trainer, loss_fn, x, y, contexts):
+    xs = gluon.utils.split_and_load(x, contexts, even_split=False)
+    ys = gluon.utils.split_and_load(y, contexts, even_split=False)
+    with autograd.record():
+        losses = [loss_fn(net(xi), yi) for xi, yi in zip(xs, ys)]
+    autograd.backward(losses)
+    trainer.step(x.shape[0])
+    return sum(float(l.sum().asscalar()) for l in losses) / x.shape[0]
+
+
+def _restore(params, saved):
+    for name, p in params.items():
+        for data, value in zip(p.list_data(), saved[name]):
+            value.copyto(data)
+        if p.grad_req != 'null':
+            p.zero_grad()

@@ -1,8 +1,43 @@
-"""A work-around for a race in MXNet 1.9.1's Gluon Trainer with parameter servers."""
+"""namsg's optimizers on MXNet's parameter servers (``dist_*`` kvstores).
+
+* :func:`sync_initial_weights`: a work-around for a race in MXNet 1.9.1's Gluon Trainer.
+* Settings that change after the optimizer was sent to the servers. With updates on the
+  servers (``update_on_kvstore=True``) a worker pickles its optimizer once, in
+  ``KVStore.set_optimizer``; MXNet then forgets which object went where, so
+  ``Trainer.set_learning_rate``, a new ``lr_scheduler`` or ``optimizer.mu = x`` change only the
+  worker's copy, which computes nothing. namsg's optimizers notice when they are pickled for the
+  servers and then forward each change of :data:`SERVER_SETTINGS` to them as a command that
+  ``python -m namsg_dist`` servers understand: they set the attribute on the optimizer they
+  already run, keeping its states and update counts. Without such servers the change raises.
+* Gluon's ``lr_mult`` / ``wd_mult`` live in the optimizer's ``param_dict``, which MXNet drops when
+  it pickles an optimizer; namsg's optimizers carry them in ``lr_mult`` / ``wd_mult`` instead
+  (:func:`pickled_state`).
+* A worker that raises would wait forever in ps-lite's exit barrier for the other workers (which
+  wait for it in push/pull): in a ``dist_*`` worker process (``DMLC_ROLE=worker``) importing namsg
+  makes an uncaught exception end the process after its traceback, with status 1.
+"""
+
+import logging
+import os
+import pickle
+import sys
+import threading
 
 import mxnet as mx
+from mxnet.kvstore import KVStore
 
-__all__ = ['sync_initial_weights']
+__all__ = ['sync_initial_weights', 'SERVER_SETTINGS', 'ServerSettings']
+
+#: Optimizer attributes that a worker forwards to the servers when they change after the
+#: optimizer was sent there: the step size (``set_learning_rate`` sets ``lr``), its scheduler
+#: and the observation factor.
+SERVER_SETTINGS = ('lr', 'lr_scheduler', 'mu')
+
+#: Set in every process of a job that ``python -m namsg_dist`` starts: its servers understand
+#: :class:`ServerSettings`.
+SERVERS_ENV = 'NAMSG_DIST_SERVERS'
+
+_decoding = threading.local()
 
 
 def sync_initial_weights(trainer, batch_size):
@@ -28,3 +63,141 @@ def sync_initial_weights(trainer, batch_size):
         trainer._init_params()
     mx.nd.waitall()
     kvstore._barrier()
+
+
+# -- what a worker sends ------------------------------------------------------------------------
+
+def pickled_state(optimizer, state):
+    """``state`` (an optimizer's ``__getstate__`` dict) as namsg pickles it: Gluon's per-parameter
+    multipliers folded into ``lr_mult`` / ``wd_mult`` under the parameter's index (the key the
+    servers update), no link to the servers. Also records the servers when ``optimizer`` is being
+    pickled by ``KVStore.set_optimizer`` for them."""
+    state.pop('_servers', None)
+    if 'param_dict' in optimizer.__dict__:
+        state['lr_mult'], state['wd_mult'] = multipliers(optimizer)
+    kvstore = _sending_kvstore(optimizer)
+    if kvstore is not None:
+        object.__setattr__(optimizer, '_servers', kvstore)
+    return state
+
+
+def multipliers(optimizer):
+    """``(lr_mult, wd_mult)`` of ``optimizer`` with those of its ``param_dict`` (Gluon's
+    Parameter.lr_mult / wd_mult, by parameter index) added; they take precedence, as in
+    ``Optimizer._get_lrs``."""
+    lr_mult, wd_mult = dict(optimizer.lr_mult), dict(optimizer.wd_mult)
+    for index, param in optimizer.param_dict.items():
+        lr_mult[index] = param.lr_mult
+        wd_mult[index] = param.wd_mult
+    return lr_mult, wd_mult
+
+
+def _sending_kvstore(optimizer):
+    # MXNet gives no hook when it sends an optimizer: the caller frames tell whether this pickling
+    # is KVStore.set_optimizer's, for the servers (it pickles only on a dist worker), and of this
+    # very object (not of an optimizer wrapped inside it, such as Lookahead's inner one).
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is KVStore.set_optimizer.__code__:
+            if frame.f_locals.get('optimizer') is optimizer:
+                return frame.f_locals['self']
+            return None
+        frame = frame.f_back
+    return None
+
+
+def set_setting(optimizer, name, value, setter):
+    """``setter(name, value)``, and if ``optimizer`` runs on parameter servers and ``name`` is one
+    of :data:`SERVER_SETTINGS`, the same change on the servers.
+
+    Raises RuntimeError (before changing anything) when the servers cannot take the change: the
+    job was not started by ``python -m namsg_dist``."""
+    kvstore = optimizer.__dict__.get('_servers')
+    if kvstore is None or name not in SERVER_SETTINGS:
+        setter(name, value)
+        return
+    check_servers(optimizer, name)
+    setter(name, value)
+    # Steps already handed to the engine must be computed with the old value: wait until their
+    # pulls are done (in dist_sync a pull is served after the step's update), then send.
+    mx.nd.waitall()
+    body = pickle.dumps(ServerSettings({name: getattr(optimizer, name)}), 0).decode('ascii')
+    kvstore._send_command_to_servers(0, body)
+
+
+def check_servers(optimizer, what):
+    """Raise RuntimeError if ``optimizer`` runs on servers that cannot take a change of ``what``."""
+    kvstore = optimizer.__dict__.get('_servers')
+    if kvstore is not None and os.environ.get(SERVERS_ENV) != '1':
+        raise RuntimeError(
+            'cannot change %s of a %s optimizer that runs on the parameter servers of kvstore '
+            '%r: the servers keep the optimizer they were sent, and only servers started by '
+            '`python -m namsg_dist` can change it (this process lacks %s=1, which namsg_dist '
+            'sets). Start the job with `python -m namsg_dist launch` (or every process with '
+            '`python -m namsg_dist run -- CMD`), or train with update_on_kvstore=False.'
+            % (what, type(optimizer).__name__, kvstore.type, SERVERS_ENV))
+
+
+# -- what a server receives ---------------------------------------------------------------------
+
+class ServerSettings:
+    """A change of optimizer attributes, sent from a worker to every server with MXNet's server
+    command 0 (the only one that reaches the Python controller; MXNet uses it to send a new
+    optimizer, which would drop the states). ``settings``: dict attribute -> value."""
+
+    def __init__(self, settings):
+        self.settings = dict(settings)
+
+    def __reduce__(self):
+        return _unpickle_settings, (self.settings,)
+
+    def apply(self, optimizer):
+        """Set the attributes on the server's ``optimizer`` (its states and counts stay)."""
+        for name, value in self.settings.items():
+            if name not in SERVER_SETTINGS:
+                raise ValueError('namsg server: %r is not a setting the servers take (%s)'
+                                 % (name, ', '.join(SERVER_SETTINGS)))
+            setattr(optimizer, name, value)
+
+
+def _unpickle_settings(settings):
+    if not getattr(_decoding, 'active', False):
+        # MXNet's own server controller would hand this to set_optimizer.
+        raise RuntimeError('namsg: a worker sent an optimizer setting (%s) to a parameter server '
+                           'that was not started by `python -m namsg_dist`; it keeps its old '
+                           'optimizer' % ', '.join(sorted(settings)))
+    return ServerSettings(settings)
+
+
+def decode_command(body):
+    """Unpickle a server command 0 body (``bytes``) as namsg's servers do: a
+    :class:`ServerSettings` or an optimizer."""
+    _decoding.active = True
+    try:
+        return pickle.loads(body)
+    finally:
+        _decoding.active = False
+
+
+# -- failing workers ----------------------------------------------------------------------------
+
+def _exit_on_uncaught_exception():
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        previous(kind, value, traceback)
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        # Skip interpreter shutdown, where the kvstore's destructor waits in ps-lite's exit
+        # barrier for workers that are themselves blocked waiting for this one.
+        os._exit(130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+    sys.excepthook = excepthook
+
+
+if os.environ.get('DMLC_ROLE') == 'worker':
+    _exit_on_uncaught_exception()

@@ -6,7 +6,11 @@ import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer, create, register
 
+from . import kvstore_sync
 from .radam import RAdam
+from ._base import (ElementwiseOptimizer, all_rows, continue_update_counts, dense_rows,
+                    write_rows)
+from ._checks import check_floating_weight
 
 __all__ = ['Lookahead', 'Ranger']
 
@@ -35,7 +39,9 @@ class Lookahead(Optimizer):
     alpha : float, default 0.5
         Slow-weight step size, in (0, 1] (1 makes Lookahead a no-op).
 
-    State per parameter: ``(phi, inner_state)``, ``phi`` in float32 for float16 weights. With
+    State per parameter: ``(phi, inner_state)``, ``phi`` in float32 for float16 weights and
+    dense for ``row_sparse`` weights (the slow step moves every row). Weights must be floating
+    point: others raise ValueError in ``create_state``. With
     ``multi_precision`` the base class wraps it as ``(float32 master, (phi, inner_state))``.
     """
 
@@ -74,30 +80,63 @@ class Lookahead(Optimizer):
         if name in Lookahead._OWN:
             object.__setattr__(self, name, value)
         else:
-            setattr(self.optimizer, name, value)
+            # The wrapper is what the servers run: it forwards lr, lr_scheduler and mu to them.
+            kvstore_sync.set_setting(self, name, value,
+                                     lambda name, value: setattr(self.optimizer, name, value))
 
     def __getstate__(self):
-        return {name: self.__dict__[name] for name in Lookahead._OWN}
+        state = {name: self.__dict__[name] for name in Lookahead._OWN}
+        # An inner MXNet optimizer drops Gluon's lr_mult / wd_mult (its param_dict): carry them.
+        state['multipliers'] = kvstore_sync.multipliers(self.optimizer)
+        return kvstore_sync.pickled_state(self, state)
 
     def __setstate__(self, state):
+        lr_mult, wd_mult = state.pop('multipliers', ({}, {}))
         for name, value in state.items():
             object.__setattr__(self, name, value)
+        self.optimizer.lr_mult.update(lr_mult)
+        self.optimizer.wd_mult.update(wd_mult)
 
     def create_state(self, index, weight):
+        check_floating_weight(weight.dtype, 'Lookahead')
         # Slow weights of float16 parameters are kept in float32, like the state of the
         # inner optimizers of this package: alpha * (w - phi) is below float16's resolution.
-        slow = weight.astype(numpy.float32) if weight.dtype == numpy.float16 else weight.copy()
+        # They are dense for a row_sparse weight: every row takes the slow step.
+        slow = _dense(weight).astype(
+            numpy.float32 if weight.dtype == numpy.float16 else weight.dtype)
         return (slow, self.optimizer.create_state(index, weight))
+
+    def create_state_multi_precision(self, index, weight):
+        # The inner optimizers of this package keep float32 state for float16 weights, and the
+        # slow weights are float32 too: MXNet's warning about accumulating in float16 would
+        # mislead. Other inner optimizers (MXNet's sgd) do accumulate in float16: warn.
+        if weight.dtype == numpy.float16 and not self.multi_precision \
+                and isinstance(self.optimizer, ElementwiseOptimizer):
+            return self.create_state(index, weight)
+        return Optimizer.create_state_multi_precision(self, index, weight)
 
     def update(self, index, weight, grad, state):
         slow, inner_state = state
+        # The k-cycle follows the inner count, which must continue on another device for any
+        # inner optimizer (this package's do it themselves, MXNet's do not).
+        continue_update_counts(self.optimizer, [index])
         # Through update_multi_precision, the inner optimizer's fastest path (for a weight that
         # is not float16 this is its plain update).
         self.optimizer.update_multi_precision(index, weight, grad, inner_state)
         # The inner update counted this step (per parameter, per device).
         if self.optimizer._index_update_count[index] % self.k == 0:
-            slow += self.alpha * (weight.astype(slow.dtype, copy=False) - slow)
-            nd.cast(slow, dtype=weight.dtype, out=weight)
+            slow += self.alpha * (_dense(weight).astype(slow.dtype, copy=False) - slow)
+            if weight.stype == 'row_sparse':
+                write_rows(weight, all_rows(weight), slow.astype(weight.dtype))
+            else:
+                nd.cast(slow, dtype=weight.dtype, out=weight)
+
+
+def _dense(weight):
+    """``weight`` itself, or a dense copy of a row_sparse one (which stores every row)."""
+    if weight.stype != 'row_sparse':
+        return weight
+    return dense_rows(weight, all_rows(weight))
 
 
 @register

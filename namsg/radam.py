@@ -69,7 +69,7 @@ class RAdam(ElementwiseOptimizer):
         m *= self.beta1
         m += (1.0 - self.beta1) * g
         v *= self.beta2
-        v += (1.0 - self.beta2) * nd.square(g)
+        v += ((1.0 - self.beta2) * g) * g   # g**2 alone overflows float32 beyond 1.8e19
 
         bias1 = 1.0 - self.beta1 ** t
         bias2 = 1.0 - self.beta2 ** t

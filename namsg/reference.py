@@ -23,9 +23,10 @@ import numpy as np
 
 def mxnet_gradient(grad, weight, rescale_grad=1.0, wd=0.0, clip_gradient=None):
     """g = clip(rescale_grad * grad + wd * weight, clip_gradient): coupled L2, then clipping,
-    as MXNet's adaptive optimizers (and the paper's own MXNet class) do."""
+    as MXNet's adaptive optimizers (and the paper's own MXNet class) do. As in MXNet,
+    clip_gradient None, 0 or negative means no clipping."""
     g = rescale_grad * grad + wd * weight
-    if clip_gradient:
+    if clip_gradient is not None and clip_gradient > 0:
         g = np.clip(g, -clip_gradient, clip_gradient)
     return g
 

@@ -10,19 +10,24 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from namsg.experiments import data as datasets
+from namsg.experiments.cli import HelpFormatter
 from namsg.experiments.models import resnet20
 from namsg.experiments.train import CIFAR_CROP, prepare_cifar10
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--data-dir', default=None,
-                        help='CIFAR-10 binary files (default: $NAMSG_DATA_DIR)')
+                        help='CIFAR-10 in any of its layouts: %s (default: $%s)'
+                        % (datasets.CIFAR_LAYOUTS, datasets.DATA_DIR_ENV))
     parser.add_argument('--batch-size', type=int, default=256, help='minibatch size')
     parser.add_argument('--iterations', type=int, default=20, help='timed iterations per mode')
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def timed_iterations(net, trainer, batches, count, warmup, batch_size):
@@ -52,9 +57,12 @@ def main(argv=None):
     args = parse_args(argv)
     data_dir = datasets.data_dir_from(args.data_dir)
     if data_dir is None:
-        raise SystemExit('error: give --data-dir (or $%s) with the CIFAR-10 binary files'
-                         % datasets.DATA_DIR_ENV)
-    prepared = prepare_cifar10(datasets.load_cifar10(data_dir))
+        raise SystemExit('error: give --data-dir (or $%s) with CIFAR-10 in one of its '
+                         'layouts: %s' % (datasets.DATA_DIR_ENV, datasets.CIFAR_LAYOUTS))
+    try:
+        prepared = prepare_cifar10(datasets.load_cifar10(data_dir))
+    except datasets.DataError as e:
+        raise SystemExit('error: %s' % e)
     mx.random.seed(0)
     net = resnet20()
     net.initialize(mx.init.Xavier())

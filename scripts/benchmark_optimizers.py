@@ -1,7 +1,7 @@
 """Step time of ARSG (fused and NDArray paths) against MXNet's adam, sgd (momentum 0.9) and nag,
 measured in one run, with warm-up and medians; prints ratios against adam.
 
-Three measurements:
+Four measurements:
   resnet20  the optimizer step alone on ResNet-20's parameter set (Trainer-style Updater call)
   large     the optimizer step alone on one 4096 x 4096 float32 array
   train     trainer.step inside real Gluon training iterations of ResNet-20 (forward and
@@ -21,6 +21,7 @@ from mxnet import autograd, gluon
 
 import namsg  # noqa: F401  (registers 'arsg')
 from namsg import kernels
+from namsg.experiments.cli import HelpFormatter
 from namsg.experiments.models import resnet20
 
 OPTIMIZERS = {
@@ -33,8 +34,7 @@ OPTIMIZERS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--repeats', type=int, default=30, help='timed steps per optimizer')
     parser.add_argument('--warmup', type=int, default=5, help='untimed steps first')
     parser.add_argument('--wd', type=float, default=1e-3, help='weight decay for every optimizer')

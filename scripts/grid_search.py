@@ -1,55 +1,95 @@
-"""B.5's grid search for one method on a budget (epochs, training subset); see --help."""
+"""B.5's grid search: train every tuple of each method's grid under a protocol and rank them by
+final training loss; for ARSG and ARSGB also run OBSB's first stage (a short step-size search)
+and report what it picks. See --help."""
 
 import argparse
 import math
 import shlex
 import sys
+from pathlib import Path
 
 from namsg.experiments import cli
-from namsg.experiments.grid import run_grid, subset, tuple_name
+from namsg.experiments.grid import first_stage, run_grid, subset, summary_table, tuple_name
 from namsg.experiments.hparams import METHODS, PROTOCOLS
-from namsg.experiments.train import PREPARE
+from namsg.experiments.train import PREPARE, write_atomic
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--setting', default='mnist_logreg', choices=sorted(PROTOCOLS),
-                        help='the experiment whose protocol is searched')
-    parser.add_argument('--method', default='ARSG', choices=METHODS, help='method to tune')
-    parser.add_argument('--epochs', type=int, default=2,
-                        help='epochs per grid point (the budget)')
+                        help='the experiment whose protocol is searched (default: '
+                             'mnist_logreg)')
+    parser.add_argument('--methods', default='ARSG',
+                        help='comma-separated methods to tune, from %s (default: ARSG)'
+                        % ', '.join(METHODS))
+    parser.add_argument('--epochs', type=int, default=None,
+                        help='epochs per grid point (default: the protocol\'s, 20 for '
+                             'mnist_logreg); fewer is a budget')
     parser.add_argument('--subset', type=int, default=None,
                         help='train on the first N training images only (default: all)')
+    parser.add_argument('--search-iterations', type=int, default=None,
+                        help='iterations of the first-stage step-size search for ARSG and '
+                             'ARSGB (default: one epoch\'s)')
     parser.add_argument('--data-dir', default=None,
                         help='data directory (default: $NAMSG_DATA_DIR; MNIST falls back to '
                              'the embedded sample)')
-    parser.add_argument('--log-dir', default='logs/grid', help='one log per grid point')
-    parser.add_argument('--checkpoint-dir', default='checkpoints/grid',
-                        help='checkpoints per grid point')
-    parser.add_argument('--gpus', default='', help='comma-separated GPU ids; empty: CPU')
-    parser.add_argument('--kvstore', default='device', help='kvstore type')
+    parser.add_argument('--log-dir', default='runs/grid/logs',
+                        help='one log per grid point, and grid_summary.md (default: '
+                             'runs/grid/logs)')
+    parser.add_argument('--checkpoint-dir', default='runs/grid/checkpoints',
+                        help='checkpoints per grid point (default: runs/grid/checkpoints)')
+    parser.add_argument('--gpus', default='', help='comma-separated GPU ids (default: empty, '
+                                                   'the CPU)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    methods = cli._split(args.methods, METHODS, 'method')
     protocol = PROTOCOLS[args.setting]
-    if args.epochs < 1:
-        raise SystemExit('error: --epochs must be >= 1')
-    protocol = protocol.scaled(min(1.0, args.epochs / protocol.epochs))._replace(
-        epochs=args.epochs)
-    dataset = cli.load_data(protocol.dataset, args.data_dir)
+    epochs = protocol.epochs if args.epochs is None else args.epochs
+    if not 1 <= epochs <= protocol.epochs:
+        raise SystemExit('error: --epochs must lie in [1, %d] (the protocol\'s epochs), got %d'
+                         % (protocol.epochs, epochs))
+    if args.subset is not None and args.subset < 1:
+        raise SystemExit('error: --subset must be >= 1, got %d' % args.subset)
+    if args.search_iterations is not None and args.search_iterations < 1:
+        raise SystemExit('error: --search-iterations must be >= 1, got %d'
+                         % args.search_iterations)
+    protocol = protocol.scaled(epochs / protocol.epochs)._replace(epochs=epochs)
+    try:
+        dataset = cli.load_data(protocol.dataset, args.data_dir)
+    except Exception as e:   # noqa: BLE001 -- a data error is the user's to fix: say it, stop
+        raise SystemExit('error: %s' % e)
     prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
-    rows = run_grid(protocol, args.method, prepared, args.log_dir, args.checkpoint_dir,
-                    contexts=cli.contexts_from(args.gpus), kvstore=args.kvstore, echo=print,
-                    command=' '.join(shlex.quote(a) for a in sys.argv),
-                    data_source=dataset.source)
-    print('\nbest first (final training loss after %d epochs):' % args.epochs)
-    for row in rows:
-        loss = row['final_train_loss']
-        print('  %-40s %s' % (tuple_name(args.method, row['tuple']),
-                              'diverged' if not math.isfinite(loss) else '%.5f' % loss))
+    contexts = cli.contexts_from(args.gpus)
+    command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
+        sys.argv[1:] if argv is None else argv))
+    print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, args.log_dir))
+    results = {}
+    for method in methods:
+        search = None
+        if method in ('ARSG', 'ARSGB'):
+            iterations = args.search_iterations or -(-len(prepared.train_y)
+                                                     // protocol.batch_size)
+            search = first_stage(protocol, method, prepared, iterations, contexts)
+            print('%s first stage (%d iterations): picks a = %g; ranking %s' % (
+                method, iterations, search.best,
+                ', '.join('%g: %.5f' % r for r in search.ranking)))
+        rows = run_grid(protocol, method, prepared, args.log_dir, args.checkpoint_dir,
+                        contexts=contexts, echo=print, command=command,
+                        data_source=dataset.source, data_fingerprint=dataset.fingerprint())
+        results[method] = (rows, search)
+        print('\n%s, best first (final training loss after %d epochs):' % (method, epochs))
+        for row in rows:
+            loss = row['final_train_loss']
+            print('  %-40s %s' % (tuple_name(method, row['tuple']),
+                                  'diverged' if not math.isfinite(loss) else '%.5f' % loss))
+    table = summary_table(args.setting, results)
+    write_atomic(Path(args.log_dir) / args.setting / 'grid_summary.md',
+                 '# B.5 grid on %s, %d epochs per point\n\nData: %s. Command: `%s`\n\n%s'
+                 % (args.setting, epochs, dataset.source, command, table))
+    print('\n' + table)
 
 
 if __name__ == '__main__':

@@ -1,27 +1,41 @@
-"""Draw the paper's panels and a summary table from the JSON-lines logs of reproduce_*.py."""
+"""Draw the paper's panels and a summary table from the JSON-lines logs of reproduce_*.py,
+optionally beside reference runs (e.g. the committed ones in logs/) of the same protocol, so
+that a rerun shows whether it reproduces them."""
 
 import argparse
 
+from namsg.experiments.cli import HelpFormatter
 from namsg.experiments.plots import write_report
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--log-dir', default='logs/mnist',
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument('--log-dir', default='runs/mnist',
                         help='directory with <setting>/<method>/seed<k>.jsonl logs')
+    parser.add_argument('--reference', default=None,
+                        help='directory of reference logs (e.g. logs/mnist) whose runs of the '
+                             'same protocol are drawn dashed beside them (default: none)')
     parser.add_argument('--out-dir', default=None,
                         help='where <setting>.png and summary.md go (default: the log dir)')
-    parser.add_argument('--reference', default='ADAM',
+    parser.add_argument('--target', default='ADAM',
                         help='method whose final training loss the summary counts epochs to')
-    return parser.parse_args(argv)
+    parser.add_argument('--data-note', default=None,
+                        help='words about the data for the titles, e.g. "JPEG-recompressed '
+                             'copy" (default: none)')
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    summary = write_report(args.log_dir, args.out_dir, args.reference)
+    summary = write_report(args.log_dir, args.out_dir, args.target, args.reference,
+                           args.data_note)
     if not summary:
-        raise SystemExit('error: no finished runs under %s' % args.log_dir)
+        raise SystemExit('error: --log-dir %s: no finished runs (no complete '
+                         '<setting>/<method>/seed<k>.jsonl logs)' % args.log_dir)
     print(summary)
 
 

@@ -105,6 +105,14 @@ CASES = [
                                          'alpha': 0.8}, mu_at=lambda k: 0.05 if k <= 20 else 0.1),
     Case('lookahead_arsg_begin_num_update', 'lookahead',
          {**ARSG_BASE, 'optimizer': 'arsg', 'k': 5, 'alpha': 0.5, 'begin_num_update': 3}),
+    # MXNet's convention: clip_gradient <= 0 turns clipping off (gradients here exceed 1).
+    _arsg('negative_clip_gradient', clip_gradient=-1.0, wd=0.01),
+    Case('rsg_negative_clip_gradient', 'rsg', {**RSG_BASE, 'clip_gradient': -1.0}),
+    Case('amsgrad_negative_clip_gradient', 'amsgrad', {**ADAPTIVE_BASE, 'clip_gradient': -1.0}),
+    Case('radam_negative_clip_gradient', 'radam', {**ADAPTIVE_BASE, 'beta2': 0.9,
+                                                  'clip_gradient': -0.5}),
+    Case('ranger_negative_clip_gradient', 'ranger', {**ADAPTIVE_BASE, 'beta2': 0.9, 'k': 3,
+                                                    'alpha': 0.5, 'clip_gradient': -1.0}),
 ]
 
 CASES_BY_ID = {case.id: case for case in CASES}
@@ -113,5 +121,11 @@ CASES_BY_ID = {case.id: case for case in CASES}
 # fused=None means the optimizer has no such switch.
 PATHS = [(case, False if case.fusable else None) for case in CASES] + \
     [(case, True) for case in CASES if case.fusable]
-PATH_IDS = ['%s-%s' % (case.id, {None: 'ndarray', False: 'ndarray', True: 'fused'}[fused])
-            for case, fused in PATHS]
+
+
+def path_id(case_id, fused):
+    """'<case>-fused' or '<case>-ndarray', for test ids."""
+    return '%s-%s' % (case_id, 'fused' if fused else 'ndarray')
+
+
+PATH_IDS = [path_id(case.id, fused) for case, fused in PATHS]

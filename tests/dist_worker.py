@@ -2,7 +2,15 @@
 
 Least squares on a fixed shard per rank; Dense(3) from fixed weights; the optimizer and the
 kvstore come from the environment; the final weights go to $OUT/rank<r>.npz, the mean losses of
-the last steps to the same file.
+the last steps to the same file. Optional environment:
+
+* CHANGES: JSON list of [step, kind, value], applied after that many steps: kind 'boost'
+  (ObservationBoost with factor value), 'lr' (Trainer.set_learning_rate) or 'mu'
+  (trainer.optimizer.mu = value). The worker's optimizer's lr and mu after each step are saved.
+* MULTIPLIERS: JSON {"weight"|"bias": {"lr_mult": x, "wd_mult": y}}.
+* FAIL_RANK, FAIL_AFTER: that rank raises after that many steps.
+
+:func:`local_run` trains the same model in one process on every rank's data (the reference).
 """
 
 import json
@@ -13,6 +21,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 import namsg
+from namsg.boost import ObservationBoost
 
 IN, OUT_UNITS, BATCH = 5, 3, 8
 
@@ -29,35 +38,86 @@ def initial_weights():
     return rng.normal(size=(OUT_UNITS, IN)) * 0.1, rng.normal(size=(OUT_UNITS,)) * 0.1
 
 
-def main():
-    steps = int(os.environ['STEPS'])
-    kv = mx.kv.create(os.environ['KVSTORE'])
-    contexts = [mx.cpu(i) for i in range(int(os.environ.get('CONTEXTS', '1')))]
+def build(contexts, optimizer, params, multipliers=None, **trainer_kwargs):
+    """The model at its fixed initial weights, with ``multipliers``, and its Trainer."""
     net = gluon.nn.Dense(OUT_UNITS, in_units=IN)
     net.initialize(ctx=contexts)
     w0, b0 = initial_weights()
     net.weight.set_data(mx.nd.array(w0))
     net.bias.set_data(mx.nd.array(b0))
-    trainer = gluon.Trainer(net.collect_params(), os.environ['OPTIMIZER'],
-                            json.loads(os.environ['OPTIMIZER_PARAMS']), kvstore=kv,
-                            update_on_kvstore=os.environ['UPDATE_ON_KVSTORE'] == '1')
-    namsg.sync_initial_weights(trainer, BATCH)
-    x, y = shard(kv.rank, steps if os.environ.get('REUSE_BATCH') != '1' else 1)
+    for name, mults in (multipliers or {}).items():
+        for attr, value in mults.items():
+            setattr(getattr(net, name), attr, value)
+    return net, gluon.Trainer(net.collect_params(), optimizer, params, **trainer_kwargs)
+
+
+def apply_change(trainer, kind, value, epoch):
+    if kind == 'boost':
+        ObservationBoost(trainer, factor=value).boost(epoch)
+    elif kind == 'lr':
+        trainer.set_learning_rate(value)
+    elif kind == 'mu':
+        trainer.optimizer.mu = value
+    else:
+        raise ValueError('unknown change %r' % (kind,))
+
+
+def train(net, trainer, contexts, batches, changes=(), fail_after=None):
+    """Steps over ``batches`` ((x, y) NumPy pairs); returns the losses and the optimizer's lr
+    and mu after each step."""
     loss_fn = gluon.loss.L2Loss()
-    losses = []
-    for k in range(steps):
-        row = 0 if os.environ.get('REUSE_BATCH') == '1' else k * BATCH
-        xs = gluon.utils.split_and_load(mx.nd.array(x[row:row + BATCH]), contexts)
-        ys = gluon.utils.split_and_load(mx.nd.array(y[row:row + BATCH]), contexts)
+    losses, lrs, mus = [], [], []
+    for k, (x, y) in enumerate(batches):
+        xs = gluon.utils.split_and_load(mx.nd.array(x), contexts)
+        ys = gluon.utils.split_and_load(mx.nd.array(y), contexts)
         with autograd.record():
             loss = [loss_fn(net(xi), yi) for xi, yi in zip(xs, ys)]
         autograd.backward(loss)
         trainer.step(BATCH)
         losses.append(np.mean([l.mean().asscalar() for l in loss]))
+        if fail_after == k + 1:
+            raise RuntimeError('this worker fails after %d steps, as the test asked' % (k + 1))
+        for step, kind, value in changes:
+            if step == k + 1:
+                apply_change(trainer, kind, value, k + 1)
+        lrs.append(trainer.optimizer.learning_rate)
+        mus.append(getattr(trainer.optimizer, 'mu', np.nan))
+    return losses, lrs, mus
+
+
+def local_run(optimizer, params, steps, workers, changes=(), multipliers=None):
+    """One process, no kvstore, every rank's rows in each batch (the gradient a dist_sync job
+    sums), the same ``changes``: returns the final (weight, bias) as NumPy arrays."""
+    contexts = [mx.cpu()]
+    net, trainer = build(contexts, optimizer, params, multipliers, kvstore=None)
+    shards = [shard(rank, steps) for rank in range(workers)]
+    batches = [(np.concatenate([x[k * BATCH:(k + 1) * BATCH] for x, _ in shards]),
+                np.concatenate([y[k * BATCH:(k + 1) * BATCH] for _, y in shards]))
+               for k in range(steps)]
+    train(net, trainer, contexts, batches, changes)
+    return net.weight.data().asnumpy(), net.bias.data().asnumpy()
+
+
+def main():
+    steps = int(os.environ['STEPS'])
+    kv = mx.kv.create(os.environ['KVSTORE'])
+    contexts = [mx.cpu(i) for i in range(int(os.environ.get('CONTEXTS', '1')))]
+    net, trainer = build(contexts, os.environ['OPTIMIZER'],
+                         json.loads(os.environ['OPTIMIZER_PARAMS']),
+                         json.loads(os.environ.get('MULTIPLIERS', '{}')), kvstore=kv,
+                         update_on_kvstore=os.environ['UPDATE_ON_KVSTORE'] == '1')
+    namsg.sync_initial_weights(trainer, BATCH)
+    x, y = shard(kv.rank, steps if os.environ.get('REUSE_BATCH') != '1' else 1)
+    rows = [0 if os.environ.get('REUSE_BATCH') == '1' else k * BATCH for k in range(steps)]
+    fail = int(os.environ['FAIL_AFTER']) if os.environ.get('FAIL_RANK') == str(kv.rank) else None
+    losses, lrs, mus = train(net, trainer, contexts,
+                             [(x[r:r + BATCH], y[r:r + BATCH]) for r in rows],
+                             json.loads(os.environ.get('CHANGES', '[]')), fail)
     np.savez(os.path.join(os.environ['OUT'], 'rank%d.npz' % kv.rank),
              weight=net.weight.data(contexts[-1]).asnumpy(),
              bias=net.bias.data(contexts[-1]).asnumpy(),
-             losses=np.array(losses), num_workers=kv.num_workers)
+             losses=np.array(losses), lrs=np.array(lrs), mus=np.array(mus),
+             num_workers=kv.num_workers)
 
 
 if __name__ == '__main__':

@@ -122,3 +122,130 @@ def test_cifar10_truncated_and_missing_files_are_named(tmp_path):
     (root / 'test_batch.bin').unlink()
     with pytest.raises(data.DataError, match='test_batch.bin'):
         data.load_cifar10(tmp_path)
+
+
+def test_mnist_labels_above_9_are_refused(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    path = tmp_path / 't10k-labels-idx1-ubyte'
+    path.write_bytes(_idx_bytes(np.array([1, 2, 10, 3])))
+    with pytest.raises(data.DataError, match='t10k-labels-idx1-ubyte: labels up to 10'):
+        data.load_mnist(tmp_path, download=False)
+
+
+# --- CIFAR-10 in its three layouts, written here from the same pixels ------------------------
+
+def _cifar_arrays(seed=0):
+    """Two images a batch, labels in class order across the batches (the order an image folder
+    lists them in: class by class, file names in order)."""
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, 256, (10, 32, 32, 3)).astype(np.uint8)
+    test = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    return train, np.arange(10), test, np.array([0, 3, 3, 9])
+
+
+def _release_batches(root, folder_name, train_names, test_names, seed):
+    """(the release's folder, [(file, labels, R, G, B planes of each image)]) of a release's
+    batch files, two images each."""
+    train, train_y, test, test_y = _cifar_arrays(seed)
+    folder = root / folder_name
+    folder.mkdir(parents=True)
+    batches = []
+    for images, labels, names in ((train, train_y, train_names), (test, test_y, test_names)):
+        per = len(labels) // len(names)
+        for i, name in enumerate(names):
+            rows = slice(i * per, (i + 1) * per)
+            batches.append((folder / name, labels[rows],
+                            images[rows].transpose(0, 3, 1, 2).reshape(per, -1)))
+    return folder, batches
+
+
+def write_cifar_python(root, seed=0):
+    import pickle
+    folder, batches = _release_batches(root, 'cifar-10-batches-py', data.CIFAR_PY_TRAIN,
+                                       data.CIFAR_PY_TEST, seed)
+    for path, labels, planes in batches:
+        path.write_bytes(pickle.dumps({b'data': planes, b'labels': labels.tolist(),
+                                       b'batch_label': path.name.encode()}))
+    return folder
+
+
+def write_cifar_binary(root, seed=0):
+    folder, batches = _release_batches(root, 'cifar-10-batches-bin', data.CIFAR_TRAIN_FILES,
+                                       data.CIFAR_TEST_FILES, seed)
+    for path, labels, planes in batches:
+        path.write_bytes(np.concatenate([labels[:, None], planes], axis=1)
+                         .astype(np.uint8).tobytes())
+    return folder
+
+
+def write_cifar_images(root, seed=0):
+    """PNG, so that the pixels are exact."""
+    from PIL import Image
+    train, train_y, test, test_y = _cifar_arrays(seed)
+    for split, images, labels in (('train', train, train_y), ('test', test, test_y)):
+        for name in data.CIFAR_CLASSES:
+            (root / split / name).mkdir(parents=True)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            Image.fromarray(image).save(root / split / data.CIFAR_CLASSES[label] /
+                                        ('%05d.png' % i))
+    return root
+
+
+def _tarball(root):
+    import tarfile
+    folder = write_cifar_python(root / 'unpacked')
+    path = root / 'cifar-10-python.tar.gz'
+    with tarfile.open(path, 'w:gz') as tar:
+        tar.add(folder, arcname='cifar-10-batches-py')
+    return path
+
+
+CIFAR_LAYOUTS = {
+    'python folder': lambda root: write_cifar_python(root),
+    'python folder, its parent': lambda root: write_cifar_python(root).parent,
+    'python tar.gz': _tarball,
+    'python tar.gz, its folder': lambda root: _tarball(root).parent,
+    'binary': lambda root: write_cifar_binary(root).parent,
+    'image folder': write_cifar_images,
+}
+
+
+@pytest.mark.parametrize('layout', sorted(CIFAR_LAYOUTS))
+def test_cifar10_layouts_load_identical_arrays(tmp_path, layout):
+    path = CIFAR_LAYOUTS[layout](tmp_path)
+    dataset = data.load_cifar10(path)
+    train, train_y, test, test_y = _cifar_arrays()
+    np.testing.assert_array_equal(dataset.train.images, train)
+    np.testing.assert_array_equal(dataset.train.labels, train_y)
+    np.testing.assert_array_equal(dataset.test.images, test)
+    np.testing.assert_array_equal(dataset.test.labels, test_y)
+    assert dataset.train.images.dtype == np.uint8 and dataset.train.labels.dtype == np.int32
+    reference = data.load_cifar10(write_cifar_binary(tmp_path / 'reference').parent)
+    assert dataset.fingerprint() == reference.fingerprint()
+    assert dataset.fingerprint() != data.load_cifar10(
+        write_cifar_binary(tmp_path / 'other', seed=1).parent).fingerprint()
+
+
+def test_fingerprint_follows_content_sizes_and_order():
+    train, train_y, test, test_y = _cifar_arrays()
+    base = data.Dataset(data.Split(train, train_y), data.Split(test, test_y), 'here')
+    fp = base.fingerprint()
+    assert fp['train'] == 10 and fp['test'] == 4 and len(fp['sha256']) == 16
+    assert base._replace(source='elsewhere').fingerprint() == fp          # not the path
+    changed = train.copy()
+    changed[0, 0, 0, 0] ^= 1
+    assert base._replace(train=data.Split(changed, train_y)).fingerprint() != fp
+    assert base._replace(train=data.Split(train[::-1], train_y[::-1])).fingerprint() != fp
+
+
+def test_damaged_cifar10_files_are_named(tmp_path):
+    folder = write_cifar_python(tmp_path / 'py')
+    (folder / 'data_batch_2').write_bytes(b'not a pickle')
+    with pytest.raises(data.DataError, match='data_batch_2: not a batch of the CIFAR-10'):
+        data.load_cifar10(folder)
+    images = write_cifar_images(tmp_path / 'img')
+    (images / 'train' / 'cat' / '00003.png').write_bytes(b'not a png')
+    with pytest.raises(data.DataError, match='00003.png'):
+        data.load_cifar10(images)
+    with pytest.raises(data.DataError, match='does not exist'):
+        data.load_cifar10(tmp_path / 'typo')

@@ -3,7 +3,10 @@
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +35,16 @@ def _launch(tmp_path, kvstore, update_on_kvstore, steps=STEPS, optimizer='arsg',
     return [np.load(tmp_path / ('rank%d.npz' % r)) for r in range(workers)], out.getvalue()
 
 
-def _reference(workers, steps):
-    """Algorithm 1 on the gradient summed over the workers' shards, rescaled by 1/batch."""
+def _reference(workers, steps, settings=None):
+    """Algorithm 1 on the gradient summed over the workers' shards, rescaled by 1/batch.
+    ``settings(k)``: (lr, mu) of step k (0-based), default HP's."""
     w0, b0 = dist_worker.initial_weights()
     params = {'w': w0, 'b': b0}
     states = {k: ref.arsg_init(v, HP['epsilon']) for k, v in params.items()}
     shards = [dist_worker.shard(rank, steps) for rank in range(workers)]
     batch = dist_worker.BATCH
     for k in range(steps):
+        lr, mu = settings(k) if settings else (HP['learning_rate'], HP['mu'])
         grads = {'w': 0.0, 'b': 0.0}
         for x, y in shards:
             xb, yb = x[k * batch:(k + 1) * batch], y[k * batch:(k + 1) * batch]
@@ -49,8 +54,7 @@ def _reference(workers, steps):
         for name in params:
             g = ref.mxnet_gradient(grads[name], params[name], 1.0 / batch, HP['wd'])
             params[name], states[name] = ref.arsg_step(
-                params[name], states[name], g, HP['learning_rate'], HP['beta1'], HP['beta2'],
-                HP['mu'], HP['epsilon'])
+                params[name], states[name], g, lr, HP['beta1'], HP['beta2'], mu, HP['epsilon'])
     return params['w'], params['b']
 
 
@@ -71,6 +75,46 @@ def test_dist_sync_two_workers_match_the_reference(tmp_path, kvstore, update_on_
         np.testing.assert_allclose(r['bias'], expected_b, rtol=1e-5, atol=1e-6)
 
 
+def test_boost_on_the_servers_equals_the_reference(tmp_path):
+    """ObservationBoost (factor 0.25) after step 3 of a 2-worker dist_sync job with updates on
+    the server: the server computes steps 4-6 with lr / 4 and 2 mu, as Algorithm 1 does, and the
+    workers' optimizers say so (before the fix the server ignored the boost)."""
+    results, out = _launch(tmp_path, 'dist_sync', True,
+                           extra=dict(CHANGES=json.dumps([[3, 'boost', 0.25]])))
+    lr, mu = HP['learning_rate'], HP['mu']
+    expected_w, expected_b = _reference(
+        2, STEPS, lambda k: (lr, mu) if k < 3 else (lr * 0.25, mu * 2))
+    for r in results:
+        np.testing.assert_allclose(r['weight'], expected_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r['bias'], expected_b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r['lrs'], [lr] * 2 + [lr * 0.25] * 4)
+        np.testing.assert_allclose(r['mus'], [mu] * 2 + [mu * 2] * 4)
+    assert "optimizer settings now {'mu': 0.2}" in out
+
+
+# Each optimizer's settings and multipliers on the servers, against a one-process Trainer with
+# the same changes; every optimizer is covered in-process by tests/test_server_settings.py.
+@pytest.mark.parametrize('optimizer,params,changes,multipliers', [
+    ('arsg', HP, [[2, 'lr', 0.03]], None),
+    ('rsg', dict(learning_rate=0.05, beta=0.9, mu=0.1, wd=1e-3), [[3, 'mu', 0.6]], None),
+    ('arsg', HP, [], {'weight': {'lr_mult': 2.0}, 'bias': {'wd_mult': 0.0}}),
+    ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, wd=0.05, k=2),
+     [[3, 'lr', 0.02]], {'weight': {'lr_mult': 2.0}, 'bias': {'wd_mult': 0.0}}),
+], ids=['arsg-set_learning_rate', 'rsg-mu', 'arsg-multipliers', 'lookahead_sgd-lr-multipliers'])
+def test_settings_and_multipliers_reach_the_servers(tmp_path, optimizer, params, changes,
+                                                    multipliers):
+    results, _ = _launch(tmp_path, 'dist_sync', True, optimizer=optimizer, params=params,
+                         extra=dict(CHANGES=json.dumps(changes),
+                                    MULTIPLIERS=json.dumps(multipliers or {})))
+    expected_w, expected_b = dist_worker.local_run(optimizer, params, STEPS, 2, changes,
+                                                   multipliers)
+    unchanged_w, _ = dist_worker.local_run(optimizer, params, STEPS, 2)
+    assert np.abs(expected_w - unchanged_w).max() > 1e-3     # the changes matter
+    for r in results:
+        np.testing.assert_allclose(r['weight'], expected_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r['bias'], expected_b, rtol=1e-5, atol=1e-6)
+
+
 def test_dist_async_runs_and_converges(tmp_path):
     results, _ = _launch(tmp_path, 'dist_async', True, steps=150,
                          params=dict(HP, learning_rate=0.05), extra=dict(REUSE_BATCH='1'))
@@ -85,6 +129,91 @@ def test_failing_worker_fails_the_job_and_ends_every_process(tmp_path):
     assert status == 3
 
 
+class _TimedOut(io.StringIO):
+    """Launcher output that remembers when each piece arrived."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def write(self, text):
+        self.times.append((time.monotonic(), text))
+        return super().write(text)
+
+
+def test_worker_raising_after_the_kvstore_is_up_ends_the_job_with_its_status(tmp_path):
+    """Rank 1 raises after its second step while rank 0 waits for it in push/pull: the job ends
+    within seconds with status 1 (before the fix rank 1 hung in ps-lite's exit barrier and the
+    launcher waited for --timeout, then returned 124)."""
+    env = dict(OUT=str(tmp_path), KVSTORE='dist_sync', STEPS=str(STEPS), OPTIMIZER='arsg',
+               OPTIMIZER_PARAMS=json.dumps(HP), UPDATE_ON_KVSTORE='1', FAIL_RANK='1',
+               FAIL_AFTER='2', PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent),
+                                                           os.environ.get('PYTHONPATH', '')]))
+    out = _TimedOut()
+    status = namsg_dist.launch_local(WORKER, num_workers=2, num_servers=1, timeout=120,
+                                     env=env, out=out)
+    ended = time.monotonic()
+    failed = next(t for t, text in out.times if 'fails after 2 steps' in text)
+    assert status == 1, out.getvalue()[-3000:]
+    assert ended - failed < 10, out.getvalue()[-3000:]
+
+
+def _job_processes(token):
+    """PIDs of the processes whose environment holds ``token`` (read from /proc)."""
+    pids = []
+    for entry in Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / 'environ').read_bytes()
+            except OSError:
+                continue
+            if token.encode() in environ.split(b'\0'):
+                pids.append(int(entry.name))
+    return pids
+
+
+# Workers that ignore SIGTERM, as a busy or badly behaved worker may: the launcher must still
+# end them (and repeated signals must not cut its cleanup short).
+STUBBORN_WORKER = ('import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
+                   'print("ready", flush=True); time.sleep(120)')
+
+
+@pytest.mark.parametrize('signals', [[signal.SIGTERM], [signal.SIGHUP],
+                                     [signal.SIGINT, signal.SIGINT]],
+                         ids=['SIGTERM', 'SIGHUP', 'SIGINT-twice'])
+def test_signals_to_the_launcher_end_every_process_of_the_job(signals):
+    """Before the fix SIGTERM or SIGHUP killed the launcher alone, and a second Ctrl-C during
+    its cleanup left the workers running."""
+    token = 'NAMSG_TEST_JOB=%d-%d' % (os.getpid(), time.monotonic_ns())
+    name, value = token.split('=')
+    launcher = subprocess.Popen(
+        [sys.executable, '-m', 'namsg_dist', 'launch', '-n', '2', '-s', '1', '--timeout', '120',
+         '--', sys.executable, '-c', STUBBORN_WORKER],
+        env=dict(os.environ, **{name: value}), cwd=str(Path(__file__).parent.parent),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ready = 0
+        while ready < 2:
+            line = launcher.stdout.readline()
+            assert line, 'the launcher ended before its workers were up'
+            ready += line.decode().strip().endswith('ready')
+        assert len(_job_processes(token)) == 5      # launcher, scheduler, server, 2 workers
+        for sig in signals:
+            launcher.send_signal(sig)
+            time.sleep(1)
+        status = launcher.wait(timeout=15)
+        deadline = time.monotonic() + 5
+        while _job_processes(token) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _job_processes(token) == []
+        assert status == 128 + signals[0]
+    finally:
+        for pid in _job_processes(token):
+            os.kill(pid, signal.SIGKILL)
+        launcher.kill()
+        launcher.wait()
+
+
 def test_job_over_its_time_is_ended(tmp_path):
     out = io.StringIO()
     status = namsg_dist.launch_local([sys.executable, '-c', 'import time; time.sleep(60)'],
@@ -97,21 +226,193 @@ def test_launcher_refuses_a_job_without_servers():
         namsg_dist.launch_local(['true'], num_workers=1, num_servers=0)
 
 
-def test_training_script_runs_as_a_two_worker_job(tmp_path):
-    """reproduce_mnist.py through the launcher: rank 0 alone writes the log, which records the
-    job's shape; each worker trained on half of every epoch (whole batches only)."""
+def _mnist_job(tmp_path, method, scale):
+    """reproduce_mnist.py on the embedded sample as a 2-worker dist_sync job: its output and
+    its log (header, records)."""
     root = Path(__file__).resolve().parent.parent
     env = dict(PYTHONPATH=str(root), NAMSG_DATA_DIR='')     # the embedded sample
     out = io.StringIO()
     status = namsg_dist.launch_local(
         [sys.executable, str(root / 'scripts' / 'reproduce_mnist.py'), '--settings',
-         'mnist_logreg', '--methods', 'ARSG', '--scale', '0.1', '--kvstore', 'dist_sync',
+         'mnist_logreg', '--methods', method, '--scale', str(scale), '--kvstore', 'dist_sync',
          '--log-dir', str(tmp_path / 'logs'), '--checkpoint-dir', str(tmp_path / 'ck'),
          '--no-progress'], num_workers=2, num_servers=1, timeout=180, env=env, out=out)
     assert status == 0, out.getvalue()[-3000:]
     from namsg.experiments.train import read_log
-    header, records = read_log(tmp_path / 'logs' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
+    return (out.getvalue(),) + read_log(tmp_path / 'logs' / 'mnist_logreg' / method /
+                                        'seed0.jsonl')
+
+
+def test_training_script_runs_as_a_two_worker_job(tmp_path):
+    """reproduce_mnist.py through the launcher: rank 0 alone writes the log, which records the
+    job's shape; each worker trained on half of every epoch (whole batches only)."""
+    _, header, records = _mnist_job(tmp_path, 'ARSG', 0.1)
     assert header['workers'] == 2 and header['kvstore'] == 'dist_sync'
     assert [r['iteration'] for r in records] == [7, 14]     # 4,000 images / 2 / 256, whole
     assert records[-1]['val_acc'] > 0.5
     assert not (tmp_path / 'ck').exists()
+
+
+def test_training_script_boosts_on_the_servers(tmp_path):
+    """ARSGB through reproduce_mnist.py as a 2-worker dist_sync job (boost at the start of
+    epoch 2 of 3): the server takes the boosted lr and mu, which the log records (before the
+    fix the server ran plain ARSG from epoch 2 on while the log said boosted)."""
+    out, _, records = _mnist_job(tmp_path, 'ARSGB', 0.15)
+    assert [r['boost'] is not None for r in records] == [False, True, False]
+    before, after = records[0], records[1]
+    assert after['lr'] < 0.3 * before['lr'] and after['mu'] == 2 * before['mu']
+    # Each worker sends each change; the server logs what it set.
+    assert out.count("optimizer settings now {'lr': %r}" % after['lr']) == 2
+    assert out.count("optimizer settings now {'mu': %r}" % after['mu']) == 2
+
+
+# --- in one process: every optimizer, a worker's settings against a server's controller -------
+
+class _DistStoreOnAWorker:
+    """Stands for a dist_sync kvstore on a worker: MXNet's own KVStore.set_optimizer pickles the
+    optimizer for it, and what it sends to the servers goes to ``controller`` (a server's)."""
+    type = 'dist_sync'
+
+    def __init__(self, controller):
+        self.controller = controller
+        self.sent = 0
+
+    def _send_command_to_servers(self, head, body):
+        self.sent += 1
+        self.controller(head, body.encode(), None)
+
+
+def _server():
+    from mxnet.kvstore.kvstore_server import KVStoreServer
+    import mxnet as mx
+    return namsg_dist._server_class(KVStoreServer)(mx.kv.create('local'))
+
+
+SERVER_CASES = [
+    ('arsg', dict(learning_rate=0.01, beta1=0.9, mu=0.1)),
+    ('arsg', dict(learning_rate=0.01, beta1=0.9, mu=0.1, preconditioner='adam', fused=False)),
+    ('rsg', dict(learning_rate=0.05, beta=0.9, mu=0.1)),
+    ('amsgrad', dict(learning_rate=0.01)),
+    ('radam', dict(learning_rate=0.01, beta2=0.9)),
+    ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, k=2)),
+    ('ranger', dict(learning_rate=0.01, beta2=0.9, k=2)),
+]
+
+
+def _optimizer(name, kwargs):
+    import mxnet as mx
+    from mxnet import gluon
+    opt = mx.optimizer.create(name, wd=0.1, **kwargs)
+    # As a Trainer sets it: Gluon's multipliers are in param_dict, by parameter index.
+    opt.param_dict = {0: gluon.Parameter('w', shape=(4,), lr_mult=2.0),
+                      1: gluon.Parameter('b', shape=(4,), wd_mult=0.0)}
+    return opt
+
+
+def _served_and_local(monkeypatch, name, kwargs, changes, steps=6):
+    """A worker's optimizer sent to a server (in this process) as MXNet sends it, and the same
+    optimizer updating locally, both fed the same gradients for ``steps`` steps with
+    ``changes[step](optimizer)`` applied to the worker's and the local one after that step.
+    Returns the server's updater, the local optimizer, the weights of both and the number of
+    commands sent."""
+    import mxnet as mx
+    monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
+    server = _server()
+    store = _DistStoreOnAWorker(server._controller())
+    worker, local = _optimizer(name, kwargs), _optimizer(name, kwargs)
+    mx.kv.KVStore.set_optimizer(store, worker)
+    on_server = server.kvstore._updater
+    served = on_server.optimizer
+    updaters = [on_server, mx.optimizer.get_updater(local)]
+    rng = np.random.default_rng(3)
+    weights = [[mx.nd.array(rng.normal(size=4)) for _ in range(2)]]
+    weights.append([w.copy() for w in weights[0]])
+    for step in range(1, steps + 1):
+        grads = [rng.normal(size=4) for _ in range(2)]
+        for updater, ws in zip(updaters, weights):
+            for i in range(2):
+                updater(i, mx.nd.array(grads[i]), ws[i])
+        if step in changes:
+            for opt in (worker, local):
+                changes[step](opt)
+    assert on_server.optimizer is served        # the server's optimizer object stays
+    for mine, expected in zip(weights[0], weights[1]):
+        np.testing.assert_allclose(mine.asnumpy(), expected.asnumpy(), rtol=1e-6)
+    return served, local, store.sent
+
+
+def _set_mu(opt):
+    opt.mu = 0.5
+
+
+@pytest.mark.parametrize('name,kwargs', SERVER_CASES,
+                         ids=[c[0] + ('-' + c[1]['preconditioner'] if 'preconditioner' in c[1]
+                                      else '') for c in SERVER_CASES])
+def test_server_follows_the_workers_settings_and_multipliers(monkeypatch, name, kwargs):
+    """The server's copy of each optimizer computes what the worker's own optimizer computes:
+    with Gluon's lr_mult / wd_mult, a new step size after 2 steps and a new mu after 4 (where
+    the optimizer has one); its states and update counts stay."""
+    has_mu = name in ('arsg', 'rsg')
+    changes = {2: lambda opt: opt.set_learning_rate(opt.learning_rate * 0.5)}
+    if has_mu:
+        changes[4] = _set_mu
+    served, local, sent = _served_and_local(monkeypatch, name, kwargs, changes)
+    assert served.learning_rate == local.learning_rate
+    assert getattr(served, 'mu', None) == getattr(local, 'mu', None)
+    counts = served._index_update_count if name not in ('lookahead', 'ranger') \
+        else served.optimizer._index_update_count
+    assert counts == {0: 6, 1: 6}
+    assert sent == 1 + 1 + has_mu
+
+
+def test_boost_of_a_scheduled_step_size_reaches_the_server(monkeypatch):
+    """A boost under an lr_scheduler replaces the scheduler by a scaled one; the server's
+    schedule then goes on from its own update count, scaled."""
+    import mxnet as mx
+    from namsg.boost import ObservationBoost, ScaledScheduler
+    kwargs = dict(learning_rate=0.01, beta1=0.9, mu=0.1,
+                  lr_scheduler=mx.lr_scheduler.FactorScheduler(step=3, factor=0.5))
+    served, local, sent = _served_and_local(
+        monkeypatch, 'arsg', kwargs, {2: lambda opt: ObservationBoost(opt, factor=0.25).boost(1),
+                                      5: lambda opt: ObservationBoost(opt, factor=0.5).boost(2)},
+        steps=9)
+    assert isinstance(served.lr_scheduler, ScaledScheduler) and served.lr_scheduler.scale == 0.125
+    assert (served.learning_rate, served.mu) == (local.learning_rate, local.mu) == \
+        (0.01 * 0.5 ** 2 * 0.125, 0.4)
+    assert sent == 1 + 2 * 2
+
+
+def test_mxnet_loses_gluon_multipliers_on_servers_where_namsg_keeps_them():
+    """What README's parameter-server section states: MXNet pickles an optimizer without its
+    param_dict (its adam then runs every parameter with multiplier 1); namsg's carry them."""
+    import pickle
+    adam, arsg = _optimizer('adam', {}), _optimizer('arsg', {})
+    assert pickle.loads(pickle.dumps(adam))._get_lrs([0, 1]) == [adam.lr] * 2
+    served = pickle.loads(pickle.dumps(arsg))
+    assert served._get_lrs([0, 1]) == arsg._get_lrs([0, 1]) == [2 * arsg.lr, arsg.lr]
+    assert served._get_wds([0, 1]) == arsg._get_wds([0, 1]) == [arsg.wd, 0.0]
+
+
+def test_settings_changes_fail_loudly_without_namsg_servers(monkeypatch):
+    """A worker not started by namsg_dist cannot know that its servers take settings: it
+    refuses the change (and changes nothing); a server with MXNet's own controller refuses
+    the command."""
+    import mxnet as mx
+    from mxnet.kvstore.kvstore_server import KVStoreServer
+    from namsg.boost import ObservationBoost
+    monkeypatch.delenv('NAMSG_DIST_SERVERS', raising=False)
+    worker = _optimizer('arsg', dict(learning_rate=0.01, mu=0.1))
+    store = _DistStoreOnAWorker(_server()._controller())
+    mx.kv.KVStore.set_optimizer(store, worker)
+    for change in (lambda: worker.set_learning_rate(0.5), lambda: setattr(worker, 'mu', 0.3),
+                   lambda: ObservationBoost(worker).boost(1)):
+        with pytest.raises(RuntimeError, match='namsg_dist'):
+            change()
+    assert (worker.lr, worker.mu, store.sent) == (0.01, 0.1, 1)
+
+    monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
+    plain = KVStoreServer(mx.kv.create('local'))
+    plain_store = _DistStoreOnAWorker(plain._controller())
+    mx.kv.KVStore.set_optimizer(plain_store, worker)
+    with pytest.raises(RuntimeError, match='not started by `python -m namsg_dist`'):
+        worker.set_learning_rate(0.5)

@@ -10,6 +10,7 @@ from mxnet import autograd, gluon
 
 import namsg
 from namsg import reference as ref
+from cases import CASES_BY_ID, path_id
 
 IN, OUT, BATCH, STEPS = 5, 3, 8, 12
 HP = dict(learning_rate=0.01, beta1=0.9, beta2=0.99, epsilon=1e-8, mu=0.1, wd=1e-3)
@@ -157,3 +158,172 @@ def test_module_fit_matches_reference():
     expected = _reference(x, y, w0, b0, bias_wd=0.0)
     np.testing.assert_allclose(args['fc_weight'].asnumpy(), expected[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(args['fc_bias'].asnumpy(), expected[1], rtol=1e-5, atol=1e-6)
+
+
+# One case per optimizer of the package, and both ARSG paths.
+SPARSE_CASES = [('defaults', False), ('defaults', True), ('adam_preconditioner', True),
+                ('rsg', False), ('rsg', True), ('amsgrad', None), ('radam', None),
+                ('ranger', None), ('lookahead_arsg', True)]
+VOCAB, DIM = 7, 3
+
+
+def _embedding_weights(case, fused, sparse, steps=8):
+    """Train an embedding on a few tokens per step; returns the final weight as NumPy."""
+    rng = np.random.default_rng(12)
+    w0 = mx.nd.array(rng.uniform(-0.5, 0.5, size=(VOCAB, DIM)))
+    if sparse:
+        net = gluon.contrib.nn.SparseEmbedding(VOCAB, DIM)
+    else:
+        net = gluon.nn.Embedding(VOCAB, DIM, sparse_grad=True)
+    net.initialize(mx.init.Constant(w0))
+    trainer = gluon.Trainer(net.collect_params(), case.optimizer, _case_kwargs(case.id, fused))
+    for _ in range(steps):
+        tokens = mx.nd.array(rng.choice(VOCAB, size=3))
+        coefficients = mx.nd.array(rng.normal(size=(3, DIM)))
+        with autograd.record():
+            loss = (net(tokens) * coefficients).sum()
+        loss.backward()
+        trainer.step(1)
+    if sparse:
+        return net.weight.row_sparse_data(mx.nd.arange(VOCAB)).asnumpy(), w0.asnumpy()
+    return net.weight.data().asnumpy(), w0.asnumpy()
+
+
+@pytest.mark.parametrize('case_id,fused', SPARSE_CASES,
+                         ids=[path_id(c, f) for c, f in SPARSE_CASES])
+def test_sparse_embedding_trains_like_embedding_with_sparse_gradients(case_id, fused):
+    """A row_sparse weight (updated on the kvstore, as Trainer does for it) ends where a dense
+    weight with the same row_sparse gradients does. Before the fix the update raised inside
+    the kvstore callback, the exception was swallowed, and the weights never moved."""
+    case = CASES_BY_ID[case_id]
+    sparse, w0 = _embedding_weights(case, fused, sparse=True)
+    dense, _ = _embedding_weights(case, fused, sparse=False)
+    assert not np.array_equal(sparse, w0)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-7)
+
+
+# The optimizers whose update depends on the parameter's step count t, and two that do not.
+RESUME_CASES = [('adam_preconditioner', False), ('adam_preconditioner', True),
+                ('begin_num_update_adam', True), ('radam', None), ('ranger', None),
+                ('lookahead_arsg', False), ('lookahead_arsg', True), ('lookahead_sgd', None),
+                ('amsgrad', None), ('rsg', True)]
+# Lookahead around an MXNet optimizer (no NumPy reference in cases.py, so not in its table).
+EXTRA_CASES = {'lookahead_sgd': ('lookahead', dict(optimizer='sgd', learning_rate=0.05,
+                                                   momentum=0.9, k=3, alpha=0.5))}
+RESUME_IDS = [path_id(c, f) for c, f in RESUME_CASES]
+
+
+def _case_optimizer(case_id):
+    if case_id in EXTRA_CASES:
+        return EXTRA_CASES[case_id][0]
+    return CASES_BY_ID[case_id].optimizer
+
+
+def _case_kwargs(case_id, fused):
+    if case_id in EXTRA_CASES:
+        return dict(EXTRA_CASES[case_id][1])
+    kwargs = CASES_BY_ID[case_id].make_kwargs()
+    if fused is not None:
+        kwargs['fused'] = fused
+    return kwargs
+
+
+# (devices saved from, devices loaded on, update_on_kvstore)
+MOVES = {'cpu1-to-cpu0': ([mx.cpu(1)], [mx.cpu(0)], False),
+         'cpu0+cpu1-to-cpu2+cpu3': ([mx.cpu(0), mx.cpu(1)], [mx.cpu(2), mx.cpu(3)], False),
+         'cpu0+cpu1-to-cpu2+cpu3-on-kvstore': ([mx.cpu(0), mx.cpu(1)], [mx.cpu(2), mx.cpu(3)],
+                                               True)}
+
+
+@pytest.mark.parametrize('move', list(MOVES))
+@pytest.mark.parametrize('case_id,fused', RESUME_CASES, ids=RESUME_IDS)
+def test_states_saved_on_one_device_resume_on_another(tmp_path, case_id, fused, move):
+    """5 steps on cpu(1), save_states; load_states on cpu(0), 3 more steps: the uninterrupted
+    run's weights. MXNet counts updates per device, so the counts restarted at 1 (RAdam's
+    warm-up, Lookahead's k-cycle, the 'adam' bias correction); they belong to the parameter."""
+    saved_on, loaded_on, update_on_kvstore = MOVES[move]
+    kvstore = 'device' if len(saved_on) > 1 else None
+    optimizer = _case_optimizer(case_id)
+    x, y, w0, b0 = _data(seed=3)
+    steps, half = 8, 5
+
+    def trainer_for(net):
+        return gluon.Trainer(net.collect_params(), optimizer, _case_kwargs(case_id, fused),
+                             kvstore=kvstore, update_on_kvstore=update_on_kvstore)
+
+    net = _make_net(w0, b0, loaded_on)
+    _train(net, trainer_for(net), x, y, loaded_on, steps)
+    uninterrupted = _weights(net, loaded_on[0])
+
+    net = _make_net(w0, b0, saved_on)
+    trainer = trainer_for(net)
+    _train(net, trainer, x, y, saved_on, half)
+    net.save_parameters(str(tmp_path / 'net.params'))
+    trainer.save_states(str(tmp_path / 'trainer.states'))
+
+    net = _make_net(w0, b0, loaded_on)
+    net.load_parameters(str(tmp_path / 'net.params'), ctx=loaded_on)
+    trainer = trainer_for(net)
+    trainer.load_states(str(tmp_path / 'trainer.states'))
+    _train(net, trainer, x[half * BATCH:], y[half * BATCH:], loaded_on, steps - half)
+    for ctx in loaded_on:
+        for a, b in zip(_weights(net, ctx), uninterrupted):
+            np.testing.assert_array_equal(a, b)
+
+
+def _module_embedding_weight(case, fused, sparse, steps=6):
+    """The Module API on an embedding with a row_sparse weight variable (or a dense one with
+    row_sparse gradients); returns the final weight and the initial one."""
+    rng = np.random.default_rng(13)
+    w0 = rng.uniform(-0.5, 0.5, size=(VOCAB, DIM))
+    data, coefficients = mx.sym.Variable('data'), mx.sym.Variable('coef')
+    if sparse:
+        embedded = mx.sym.contrib.SparseEmbedding(
+            data, weight=mx.sym.Variable('embed_weight', stype='row_sparse'), input_dim=VOCAB,
+            output_dim=DIM)
+    else:
+        embedded = mx.sym.Embedding(data, weight=mx.sym.Variable('embed_weight'),
+                                    input_dim=VOCAB, output_dim=DIM, sparse_grad=True)
+    mod = mx.mod.Module(mx.sym.MakeLoss(mx.sym.sum(embedded * coefficients)),
+                        data_names=['data'], label_names=['coef'], context=mx.cpu())
+    mod.bind(data_shapes=[('data', (3,))], label_shapes=[('coef', (3, DIM))])
+    mod.init_params(arg_params={'embed_weight': mx.nd.array(w0)})
+    mod.init_optimizer(optimizer=case.optimizer, optimizer_params=_case_kwargs(case.id, fused))
+    for _ in range(steps):
+        mod.forward_backward(mx.io.DataBatch([mx.nd.array(rng.choice(VOCAB, size=3))],
+                                             [mx.nd.array(rng.normal(size=(3, DIM)))]))
+        mod.update()
+    return mod.get_params()[0]['embed_weight'].asnumpy(), w0
+
+
+@pytest.mark.parametrize('case_id,fused', SPARSE_CASES,
+                         ids=[path_id(c, f) for c, f in SPARSE_CASES])
+def test_module_with_row_sparse_weight_trains_like_dense_weight(case_id, fused):
+    """Module updates in the caller's process: before the fix it raised a bare AssertionError
+    (row_sparse arrays take no row assignment)."""
+    case = CASES_BY_ID[case_id]
+    sparse, w0 = _module_embedding_weight(case, fused, sparse=True)
+    dense, _ = _module_embedding_weight(case, fused, sparse=False)
+    assert not np.allclose(sparse, w0)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('update_on_kvstore', [False, True])
+@pytest.mark.parametrize('optimizer,kwargs', [('arsg', {}), ('rsg', {}), ('amsgrad', {}),
+                                              ('radam', {}), ('ranger', {}),
+                                              ('lookahead', {'optimizer': 'arsg'})])
+def test_trainer_refuses_integer_parameters_at_construction(optimizer, kwargs,
+                                                            update_on_kvstore):
+    """On a kvstore the update runs in a callback whose exceptions MXNet only prints (the
+    weights then never move): the dtype is checked when Trainer hands its Parameters over.
+    Parameters without gradients (grad_req='null') are not updated and may be integers."""
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    counter = gluon.Parameter('counter', shape=(2,), dtype='int32', grad_req='null')
+    weight = gluon.Parameter('weight', shape=(2, 2), dtype='int32')
+    for param in (counter, weight):
+        param.initialize(mx.init.Zero(), ctx=ctxs)
+    gluon.Trainer([counter], optimizer, kwargs, kvstore='device',
+                  update_on_kvstore=update_on_kvstore)
+    with pytest.raises(ValueError, match="Parameter 'weight' of dtype int32: floating point"):
+        gluon.Trainer([counter, weight], optimizer, kwargs, kvstore='device',
+                      update_on_kvstore=update_on_kvstore)

@@ -2,6 +2,9 @@
 state layout and context, pickling, sparse gradients, no host round trips, properties."""
 
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -10,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import namsg
 from namsg import reference as ref
-from cases import CASES_BY_ID
+from cases import CASES_BY_ID, PATH_IDS, PATHS
 from harness import apply_steps, make_problem, make_updater, run_mxnet
 
 
@@ -233,3 +236,70 @@ def test_zero_gradient_with_zero_momentum_leaves_weights_unchanged(hp):
     for _ in range(3):
         opt.update(0, weight, mx.nd.zeros((6,), dtype='float64'), state)
     np.testing.assert_array_equal(weight.asnumpy(), w0)
+
+
+# Run in a child process: before the fix, integer weights killed the process with SIGFPE.
+INTEGER_WEIGHTS_SCRIPT = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+import mxnet as mx
+import namsg
+from cases import PATHS
+from harness import make_updater
+for case, fused in PATHS:
+    for dtype in ('int32', 'int64', 'uint8'):
+        updater = make_updater(case, fused=fused)
+        weight = mx.nd.array([[1, 2], [3, 4]], dtype=dtype)
+        try:
+            updater(0, mx.nd.array([[1, -1], [2, 0]], dtype=dtype), weight)
+            mx.nd.waitall()
+            print('no error', case.id, fused, dtype, weight.asnumpy().tolist())
+        except ValueError as e:
+            verdict = 'ok' if 'floating point' in str(e) and not updater.states else 'bad'
+            print(verdict, case.id, fused, dtype, str(e))
+'''
+
+
+def test_integer_weights_raise_before_any_state_on_every_path():
+    """MXNet's optimizers require floating point; before the fix 'arsg' and 'amsgrad' died with
+    SIGFPE (division by a vhat truncated to 0) and 'rsg', 'radam', 'ranger' did nothing."""
+    result = subprocess.run([sys.executable, '-c', INTEGER_WEIGHTS_SCRIPT,
+                             str(Path(__file__).parent)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, 'child died (%d): %s\n%s' % (
+        result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 * len(PATHS), result.stdout
+    assert all(line.startswith('ok ') for line in lines), result.stdout
+
+
+@pytest.mark.parametrize('case,fused', PATHS, ids=PATH_IDS)
+def test_row_sparse_weight_takes_the_lazy_update_of_a_dense_weight(case, fused):
+    """A row_sparse weight (SparseEmbedding's) with row_sparse gradients ends where a dense
+    weight with the same gradients does: only the rows present move, with their state (the
+    dense-weight lazy update is checked against the reference row by row above). Before the
+    fix the write-back into the row_sparse weight raised a bare AssertionError."""
+    rng = np.random.default_rng(11)
+    w0 = rng.uniform(-0.5, 0.5, size=(6, 3))
+    dense_w = mx.nd.array(w0, dtype='float64')
+    sparse_w = mx.nd.array(w0, dtype='float64').tostype('row_sparse')
+    updaters = [(make_updater(case, fused=fused), w) for w in (dense_w, sparse_w)]
+    for k in range(1, 21):
+        rows = sorted(rng.choice(6, size=1 + k % 4, replace=False))
+        grad = rng.normal(size=w0.shape)
+        for updater, w in updaters:
+            if case.mu_at is not None:
+                updater.optimizer.mu = case.mu_at(k)
+            updater(0, _row_sparse(grad, rows), w)
+    assert sparse_w.stype == 'row_sparse'
+    assert not np.array_equal(sparse_w.asnumpy(), w0)
+    np.testing.assert_array_equal(sparse_w.asnumpy(), dense_w.asnumpy(), err_msg=case.id)
+
+
+def test_row_sparse_weight_missing_rows_is_refused_clearly():
+    weight = mx.nd.sparse.row_sparse_array((mx.nd.ones((2, 3)), mx.nd.array([0, 4])),
+                                           shape=(6, 3))
+    opt = namsg.ARSG()
+    state = opt.create_state(0, weight)
+    with pytest.raises(ValueError, match='stores 2 of its rows'):
+        opt.update(0, weight, _row_sparse(np.ones((6, 3)), [1, 4]), state)

@@ -116,26 +116,27 @@ def test_cifar10_preparation_normalises_with_training_statistics():
 def test_command_line_runs_on_the_embedded_sample_outside_logs(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
     monkeypatch.chdir(tmp_path)
-    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'ARSG', '--scale', '0.1',
+    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'arsg', '--scale', '0.1',
                        '--no-progress'])
     out = capsys.readouterr()
     assert 'embedded 5,000-image MNIST sample' in out.err
     assert 'mnist_logreg/ARSG/seed0 epoch 2:' in out.out
     assert not (tmp_path / 'logs').exists()          # logs/ is for runs on real data
-    header, records = train.read_log(tmp_path / 'runs' / 'mnist-sample' / 'logs' /
-                                     'mnist_logreg' / 'ARSG' / 'seed0.jsonl')
+    header, records = train.read_log(tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg' /
+                                     'ARSG' / 'seed0.jsonl')
     assert header['protocol']['scale'] == 0.1 and len(records) == 2
-    assert not (tmp_path / 'runs' / 'mnist-sample' / 'logs' / 'mnist_logreg' / 'ARSG' /
+    assert not (tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg' / 'ARSG' /
                 'seed1.jsonl').exists()
+    assert (tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg.png').is_file()
 
 
-@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], 'unknown method'),
-                                          (['--settings', 'cifar10_fine'], 'unknown setting'),
+@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], '--methods: unknown'),
+                                          (['--settings', 'cifar10_fine'], '--settings: unknown'),
                                           (['--scale', '2'], 'scale'),
                                           (['--seeds', 'a'], 'seeds'),
-                                          (['--data-dir', '{empty}'], 'missing')])
+                                          (['--data-dir', '{empty}'], 'does not exist')])
 def test_command_line_errors_are_clear(argv, message, tmp_path, monkeypatch):
-    monkeypatch.setattr('namsg.experiments.data._download_mnist', lambda d, timeout=30: False)
+    monkeypatch.setattr('namsg.experiments.data._download_mnist', lambda *a, **k: False)
     argv = [a.replace('{empty}', str(tmp_path / 'empty')) for a in argv]
     with pytest.raises(SystemExit, match=message):
         cli.main('mnist', argv + ['--log-dir', str(tmp_path), '--checkpoint-dir',

@@ -1,8 +1,16 @@
-"""The command line shared by scripts/reproduce_mnist.py and scripts/reproduce_cifar10.py."""
+"""The command line shared by scripts/reproduce_mnist.py and scripts/reproduce_cifar10.py.
+
+Every input is checked before any work starts, and a rejected command creates and writes
+nothing: flags, the data directory (never created), the output directories (writable), then,
+with the data loaded, every run's existing log and checkpoint. Only then does training begin.
+"""
 
 import argparse
+import os
 import shlex
 import sys
+import tempfile
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -11,54 +19,97 @@ import mxnet as mx
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .plots import write_report
-from .train import PREPARE, CheckpointError, run_name, train_run
+from .train import PREPARE, CheckpointError, run_header, run_name, run_state, train_run
 
 EXPERIMENTS = {
-    'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4'),
-    'cifar10': dict(settings=('cifar10_fine', 'cifar10_fast'), seeds='0'),
+    'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4', section='B.1'),
+    'cifar10': dict(settings=('cifar10_fine', 'cifar10_fast'), seeds='0', section='B.3'),
 }
-# The quick form on the embedded MNIST sample: one seed, and its own output directories so that
-# logs/ keeps only runs on real data.
-SAMPLE_DEFAULTS = dict(seeds='0', log_dir='runs/mnist-sample/logs',
-                       checkpoint_dir='runs/mnist-sample/checkpoints')
+#: kvstore types the training loop accepts ('horovod': Horovod's allreduce, see its section).
+KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod')
+#: Where a user's runs go by default. logs/ holds the committed reference runs: a rerun is
+#: written beside them only when --log-dir asks for it, and is compared with them in the report.
+RUNS_DIR = 'runs'
+REFERENCE_DIR = 'logs'
+#: Seconds between progress lines when the output is not a terminal.
+PROGRESS_EVERY = 30.0
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults appended to each flag's help unless the help states its own; the description
+    kept as written."""
+
+    def _get_help_string(self, action):
+        if '(default' in (action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def output_name(experiment, sample=False, kvstore='device'):
+    """<experiment>[-sample][-dist]: the folder of a user's runs under runs/, and of the
+    reference runs of the same kind under logs/ (a job's runs differ from a single process's
+    in their configuration, so they are kept apart)."""
+    return experiment + ('-sample' if sample else '') + (
+        '-dist' if kvstore.startswith('dist') else '')
+
+
+def output_dirs(experiment, sample=False, kvstore='device'):
+    """(log dir, checkpoint dir) of a user's runs: runs/<output_name>/ and its checkpoints/
+    sub-folder."""
+    root = '%s/%s' % (RUNS_DIR, output_name(experiment, sample, kvstore))
+    return root, root + '/checkpoints'
 
 
 def build_parser(experiment):
     spec = EXPERIMENTS[experiment]
+    mnist = experiment == 'mnist'
+    logs, checkpoints = output_dirs(experiment, False)
+    sample_logs, _ = output_dirs(experiment, True)
     parser = argparse.ArgumentParser(
-        description='Rerun the paper\'s %s experiments (supplementary B.%s) with Table A1\'s '
-                    'hyper-parameters.' % (experiment.upper(), '1' if experiment == 'mnist'
-                                           else '3'),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=textwrap.fill('Rerun the paper\'s %s experiments (supplementary %s) with Table A1\'s '
+                    'hyper-parameters. Each run is checked before any is trained; finished runs '
+                    'are skipped and interrupted ones resumed. The plots and summary.md are '
+                    'drawn at the end, beside the committed reference runs of the same protocol '
+                    'in %s/%s.' % ('MNIST' if mnist else 'CIFAR-10', spec['section'],
+                                   REFERENCE_DIR, experiment), 90),
+        formatter_class=HelpFormatter)
     parser.add_argument('--settings', default=','.join(spec['settings']),
                         help='comma-separated experiment settings, from %s'
                         % ', '.join(spec['settings']))
     parser.add_argument('--methods', default=','.join(METHODS),
-                        help='comma-separated methods, from %s' % ', '.join(METHODS))
+                        help='comma-separated methods, from %s (any case)' % ', '.join(METHODS))
     parser.add_argument('--seeds', default=None,
-                        help='comma-separated random seeds (default: %s; 0 on the embedded '
-                             'MNIST sample)' % spec['seeds'])
-    parser.add_argument('--data-dir', default=None,
-                        help='directory with the %s files (default: $%s; MNIST falls back to '
-                             'an embedded 5,000-image sample when neither is given)'
-                        % (experiment, datasets.DATA_DIR_ENV))
+                        help='comma-separated random seeds, integers >= 0 (default: %s%s)'
+                        % (spec['seeds'], '; 0 on the embedded sample' if mnist else ''))
+    if mnist:
+        data_help = ('directory with the four MNIST files, gzip\'d or not; missing ones are '
+                     'downloaded into it if it exists (default: $%s; without either, the '
+                     'embedded 5,000-image sample)' % datasets.DATA_DIR_ENV)
+    else:
+        data_help = ('CIFAR-10 in any of its layouts: %s (default: $%s)'
+                     % (datasets.CIFAR_LAYOUTS, datasets.DATA_DIR_ENV))
+    parser.add_argument('--data-dir', default=None, help=data_help)
     parser.add_argument('--log-dir', default=None,
-                        help='where the JSON-lines logs go, one file per run (default: logs/%s; '
-                             '%s on the embedded MNIST sample)'
-                        % (experiment, SAMPLE_DEFAULTS['log_dir']))
+                        help='where the JSON-lines logs go, one file per run, with the plots and '
+                             'summary.md (default: %s%s; %s-dist with a dist_* kvstore)'
+                        % (logs, '; %s on the embedded sample' % sample_logs if mnist else '',
+                           logs))
     parser.add_argument('--checkpoint-dir', default=None,
-                        help='where checkpoints go, read on resume (default: checkpoints/%s; '
-                             '%s on the embedded MNIST sample)'
-                        % (experiment, SAMPLE_DEFAULTS['checkpoint_dir']))
+                        help='where checkpoints go, read on resume (default: the log dir\'s '
+                             'checkpoints/ sub-folder, e.g. %s)' % checkpoints)
     parser.add_argument('--scale', type=float, default=1.0,
                         help='budget: fraction of the protocol\'s epochs; the boost epoch and '
                              'the step-size drop move in proportion (1.0 is the paper\'s)')
     parser.add_argument('--gpus', default='',
-                        help='comma-separated GPU ids, e.g. 0,1; empty trains on the CPU')
-    parser.add_argument('--kvstore', default='device',
-                        help='kvstore type: device, local, dist_sync, ...')
+                        help='comma-separated GPU ids, e.g. 0,1 (default: empty, the CPU)')
+    parser.add_argument('--kvstore', default='device', choices=KVSTORES,
+                        help='MXNet kvstore type')
     parser.add_argument('--no-progress', action='store_true',
-                        help='no progress bar (one line per epoch is printed all the same)')
+                        help='no progress bar or progress lines (one line per epoch is printed '
+                             'all the same)')
+    parser.add_argument('--progress-every', type=float, default=PROGRESS_EVERY,
+                        help='seconds between progress lines (batch, running loss, images/s) '
+                             'when the output is not a terminal')
     return parser
 
 
@@ -66,18 +117,68 @@ def parse_args(experiment, argv=None):
     return build_parser(experiment).parse_args(argv)
 
 
-def _split(text, allowed, what):
+def _split(text, allowed, flag):
+    """The comma-separated names of ``text``, matched to ``allowed`` in any case."""
+    by_key = {a.lower(): a for a in allowed}
     items = [t.strip() for t in text.split(',') if t.strip()]
-    unknown = [t for t in items if t not in allowed]
+    unknown = [t for t in items if t.lower() not in by_key]
     if unknown or not items:
-        raise SystemExit('error: unknown %s %s; choose from %s'
-                         % (what, ', '.join(unknown) or '(none given)', ', '.join(allowed)))
-    return items
+        raise SystemExit('error: %s: %s; choose from %s'
+                         % (flag, 'unknown %s' % ', '.join(unknown) if unknown
+                            else 'none given', ', '.join(allowed)))
+    return list(dict.fromkeys(by_key[t.lower()] for t in items))
+
+
+def parse_seeds(text):
+    """Comma-separated integers >= 0 (NumPy's generators take no negative seed)."""
+    items = [t.strip() for t in text.split(',') if t.strip()]
+    try:
+        seeds = [int(t) for t in items]
+    except ValueError:
+        seeds = None
+    if not seeds or any(s < 0 or s >= 2 ** 31 for s in seeds):
+        raise SystemExit('error: --seeds takes comma-separated integers from 0 to 2**31 - 1, '
+                         'e.g. 0,1,2; got %r' % text)
+    return list(dict.fromkeys(seeds))
 
 
 def contexts_from(gpus):
-    ids = [int(i) for i in gpus.split(',') if i.strip()]
+    try:
+        ids = [int(i) for i in gpus.split(',') if i.strip()]
+    except ValueError:
+        raise SystemExit('error: --gpus takes comma-separated GPU ids, e.g. 0,1; got %r' % gpus)
     return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
+
+
+def check_boost(protocols, methods):
+    """ARSGB boosted from epoch 1 is not ARSGB: refuse a --scale that moves the boost there."""
+    if 'ARSGB' not in methods:
+        return
+    for p in protocols:
+        if p.boost_epoch <= 1:
+            unscaled = PROTOCOLS[p.setting]
+            raise SystemExit(
+                'error: --scale %g moves ARSGB\'s boost in %s to epoch 1 of %d (boosted from '
+                'the start, so it would not be ARSGB); use --scale above %g, or leave ARSGB out '
+                'of --methods' % (p.scale, p.setting, p.epochs,
+                                  0.5 / (unscaled.boost_epoch - 1)))
+
+
+def check_writable(flag, path):
+    """Refuse an output directory that cannot be created or written, before any work; creates
+    nothing (the probe is an unnamed temporary file where the system has those)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SystemExit('error: %s %s: %s is a file, not a directory; choose another %s'
+                         % (flag, path, existing, flag))
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise SystemExit('error: %s %s: cannot write in %s (%s); choose a writable directory '
+                         'with %s' % (flag, path, existing, e.strerror or e, flag))
 
 
 def load_data(experiment, data_dir_flag):
@@ -97,54 +198,93 @@ def load_data(experiment, data_dir_flag):
 
 def main(experiment, argv=None):
     args = parse_args(experiment, argv)
-    settings = _split(args.settings, EXPERIMENTS[experiment]['settings'], 'setting')
-    methods = _split(args.methods, METHODS, 'method')
+    settings = _split(args.settings, EXPERIMENTS[experiment]['settings'], '--settings')
+    methods = _split(args.methods, METHODS, '--methods')
     try:
         protocols = [PROTOCOLS[s].scaled(args.scale) for s in settings]
     except ValueError as e:
         raise SystemExit('error: --scale: %s' % e)
+    check_boost(protocols, methods)
+    if args.progress_every < 0:
+        raise SystemExit('error: --progress-every takes seconds >= 0, got %g'
+                         % args.progress_every)
+    contexts = contexts_from(args.gpus)
+    data_dir = datasets.data_dir_from(args.data_dir)
+    if data_dir is not None and not data_dir.exists():
+        raise SystemExit('error: --data-dir %s does not exist (%s); give the folder that holds '
+                         'the data%s' % (
+                             data_dir, 'given by the flag' if args.data_dir else
+                             'from $%s' % datasets.DATA_DIR_ENV,
+                             '; to have MNIST downloaded, create the folder first' if
+                             experiment == 'mnist' else ''))
+    sample = data_dir is None and experiment == 'mnist'
+    log_dir, checkpoint_dir = output_dirs(experiment, sample, args.kvstore)
+    if args.log_dir is not None:
+        log_dir = args.log_dir
+        checkpoint_dir = str(Path(log_dir) / 'checkpoints')
+    if args.checkpoint_dir is not None:
+        checkpoint_dir = args.checkpoint_dir
+    seeds = parse_seeds(args.seeds if args.seeds is not None
+                        else '0' if sample else EXPERIMENTS[experiment]['seeds'])
+    check_writable('--log-dir', log_dir)
+    check_writable('--checkpoint-dir', checkpoint_dir)
+
     try:
         dataset = load_data(experiment, args.data_dir)
     except datasets.DataError as e:
         raise SystemExit('error: %s' % e)
-    sample = datasets.data_dir_from(args.data_dir) is None and experiment == 'mnist'
-    defaults = SAMPLE_DEFAULTS if sample else dict(
-        seeds=EXPERIMENTS[experiment]['seeds'], log_dir='logs/%s' % experiment,
-        checkpoint_dir='checkpoints/%s' % experiment)
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    try:
-        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-    except ValueError:
-        raise SystemExit('error: --seeds takes comma-separated integers, got %r' % args.seeds)
     prepared = PREPARE[experiment](dataset)
     fingerprint = dataset.fingerprint()
-    contexts = contexts_from(args.gpus)
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
-    print('data: %s (%d training, %d validation images); logs in %s'
-          % (dataset.source, len(prepared.train_y), len(prepared.test_y), args.log_dir))
+    distributed = args.kvstore.startswith('dist')
+    runs = []
     for protocol in protocols:
         for method in methods:
             for seed in seeds:
                 name = run_name(protocol, method, seed)
+                paths = dict(log_path=Path(log_dir) / (name + '.jsonl'),
+                             checkpoint_dir=Path(checkpoint_dir) / name)
+                # Every worker of a job checks with the job's size, as train_run will.
+                header = run_header(protocol, method, seed, prepared, contexts, args.kvstore,
+                                    command=command, data_source=dataset.source,
+                                    data_fingerprint=fingerprint,
+                                    workers=int(os.environ.get('DMLC_NUM_WORKER', 1)))
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter('ignore', DeprecationWarning)
-                        train_run(protocol, method, seed, prepared,
-                                  log_path=Path(args.log_dir) / (name + '.jsonl'),
-                                  checkpoint_dir=Path(args.checkpoint_dir) / name,
-                                  contexts=contexts, kvstore=args.kvstore,
-                                  progress=not args.no_progress and sys.stderr.isatty(),
-                                  command=command, data_source=dataset.source,
-                                  data_fingerprint=fingerprint, echo=print)
+                    run_state(header, distributed=distributed, **paths)
                 except CheckpointError as e:
                     raise SystemExit('error: %s' % e)
-    if args.kvstore.startswith('dist'):
+                runs.append((protocol, method, seed, paths))
+
+    _echo('data: %s (%d training, %d validation images); logs in %s'
+          % (dataset.source, len(prepared.train_y), len(prepared.test_y), log_dir))
+    bar = not args.no_progress and sys.stderr.isatty()
+    every = None if args.no_progress or bar else args.progress_every
+    for protocol, method, seed, paths in runs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', DeprecationWarning)
+                train_run(protocol, method, seed, prepared, contexts=contexts,
+                          kvstore=args.kvstore, progress=bar, progress_every=every,
+                          command=command, data_source=dataset.source,
+                          data_fingerprint=fingerprint, echo=_echo, **paths)
+        except CheckpointError as e:
+            raise SystemExit('error: %s' % e)
+    # Runs on the sample are not compared with reference runs on the full set.
+    reference = None if sample else Path(REFERENCE_DIR) / output_name(experiment,
+                                                                      kvstore=args.kvstore)
+    if reference is not None and (not reference.is_dir()
+                                  or reference.resolve() == Path(log_dir).resolve()):
+        reference = None
+    if distributed:
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards.
-        print('plots: python scripts/plot_results.py --log-dir %s' % args.log_dir)
+        _echo('plots: python scripts/plot_results.py --log-dir %s%s'
+              % (log_dir, '' if reference is None else ' --reference %s' % reference))
         return
-    summary = write_report(args.log_dir)
+    summary = write_report(log_dir, reference_dir=reference)
     if summary:
-        print('\nplots and summary.md written to %s\n\n%s' % (args.log_dir, summary))
+        print('\nplots and summary.md written to %s\n\n%s' % (log_dir, summary))
+
+
+def _echo(line):
+    print(line, flush=True)

@@ -3,8 +3,8 @@ sample, and CIFAR-10 (the official Python release, folder or ``.tar.gz``; the bi
 or an image folder with one sub-folder per class).
 
 The data directory comes from a flag or the ``NAMSG_DATA_DIR`` environment variable. Nothing
-here needs the network; where MNIST files are missing, Gluon's downloader is tried once and a
-failure says which files to put where. Checksums are compared with the official ones and only
+here needs the network; where MNIST files are missing from an existing directory, Gluon's
+downloader is tried once and a failure says which files to put where. Checksums are compared with the official ones and only
 warned about, because valid re-encodings (such as the copy on the development machines) differ.
 """
 
@@ -109,14 +109,18 @@ def _sha1(path):
     return digest.hexdigest()
 
 
-def _download_mnist(data_dir, timeout=30):
-    """Fetch the official files into data_dir through Gluon; False if that fails."""
-    from mxnet.gluon.data.vision import MNIST
+def _download_mnist(data_dir, names, timeout=30):
+    """Fetch the official gzip'd ``names`` into the existing ``data_dir`` through Gluon's
+    downloader, one attempt each (checked against the official SHA-1); False at the first
+    failure."""
+    from mxnet.gluon.utils import _get_repo_file_url, download
+    sha1 = dict(MNIST_FILES.values())
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
-        MNIST(root=str(data_dir), train=True)
-        MNIST(root=str(data_dir), train=False)
+        for name in names:
+            download(_get_repo_file_url('gluon/dataset/mnist', name + '.gz'),
+                     path=str(data_dir), sha1_hash=sha1[name], retries=1)
         return True
     except Exception:  # noqa: BLE001 -- any network or server failure means "not available"
         return False
@@ -127,16 +131,22 @@ def _download_mnist(data_dir, timeout=30):
 def load_mnist(data_dir, download=True):
     """MNIST from ``data_dir``: the four standard files, gzip'd or not.
 
-    Missing files are downloaded through Gluon when ``download`` and the network allow it;
-    otherwise DataError says which files to put where. A gzip'd file whose SHA-1 differs from
+    ``data_dir`` must exist (it is never created). Missing files are downloaded into it through
+    Gluon, one attempt each, when ``download`` and the network allow it; otherwise DataError
+    says which files to put where. A gzip'd file whose SHA-1 differs from
     the official release gives a warning, not an error.
     """
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        # Never created here: a mistyped path must not become an empty folder.
+        raise DataError('%s %s; pass --data-dir (or set %s) to the folder with the four MNIST '
+                        'files, or create that folder to have them downloaded into it'
+                        % (data_dir, 'is a file, not a directory' if data_dir.exists()
+                           else 'does not exist', DATA_DIR_ENV))
     paths = {key: _find(data_dir, name) for key, (name, _) in MNIST_FILES.items()}
     missing = [MNIST_FILES[key][0] for key, p in paths.items() if p is None]
     if missing and download:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        if _download_mnist(data_dir):
+        if _download_mnist(data_dir, missing):
             paths = {key: _find(data_dir, name) for key, (name, _) in MNIST_FILES.items()}
             missing = [MNIST_FILES[key][0] for key, p in paths.items() if p is None]
     if missing:

@@ -1,9 +1,17 @@
-"""B.5's grid search, on a budget: every tuple of a method's grid, trained for a few epochs
-(optionally on a subset), ranked by final training loss."""
+"""B.5's grid search: every tuple of a method's grid trained under a protocol (optionally on a
+budget or a subset), ranked by final training loss; for ARSG and ARSGB also OBSB's first stage,
+the short step-size search of :func:`namsg.boost.search_step_size`."""
 
+import math
 from pathlib import Path
 
-from .hparams import TUPLE_FIELDS, epsilon_for, grid_tuples, to_mxnet
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from ..boost import search_step_size
+from . import models
+from .hparams import GRIDS, TABLE_A1, TUPLE_FIELDS, epsilon_for, grid_tuples, to_mxnet
 from .train import Prepared, train_run
 
 
@@ -19,10 +27,16 @@ def tuple_name(method, values):
     return '_'.join('%s%g' % (f, v) for f, v in zip(TUPLE_FIELDS[method], values))
 
 
+def _score(loss):
+    """Final training loss as a sort key: a diverged run (nan or inf) ranks last."""
+    return loss if math.isfinite(loss) else math.inf
+
+
 def run_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
-             kvstore='device', echo=None, command=None, data_source=''):
-    """Train ``method`` at every point of its grid under ``protocol`` (already budgeted);
-    returns rows (tuple, final train loss, best val acc) sorted best first."""
+             kvstore='device', echo=None, command=None, data_source='', data_fingerprint=None):
+    """Train ``method`` at every point of its grid under ``protocol`` (already budgeted), seed 0;
+    returns rows (tuple, final train loss, best val acc) sorted best first (lowest final
+    training loss; diverged runs last). Runs are logged and resumed like any other run."""
     rows = []
     epsilon = epsilon_for(method, protocol.setting)
     for values in grid_tuples(method):
@@ -30,11 +44,54 @@ def run_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
         overrides = to_mxnet(method, values, epsilon).kwargs
         records = train_run(protocol, method, 0, prepared, Path(log_dir) / (name + '.jsonl'),
                             Path(checkpoint_dir) / name, contexts=contexts, kvstore=kvstore,
-                            overrides=overrides, command=command, data_source=data_source)
-        row = dict(tuple=values, final_train_loss=records[-1]['train_loss'],
+                            overrides=overrides, command=command, data_source=data_source,
+                            data_fingerprint=data_fingerprint)
+        row = dict(tuple=tuple(values), final_train_loss=records[-1]['train_loss'],
                    best_val_acc=max(r['val_acc'] for r in records))
         if echo is not None:
             echo('%-40s final train loss %.5f  best val acc %.4f'
                  % (tuple_name(method, values), row['final_train_loss'], row['best_val_acc']))
         rows.append(row)
-    return sorted(rows, key=lambda r: r['final_train_loss'])
+    return sorted(rows, key=lambda r: _score(r['final_train_loss']))
+
+
+def first_stage(protocol, method, prepared, iterations, contexts=None, seed=0):
+    """OBSB's first stage for ARSG or ARSGB: :func:`search_step_size` over the method's B.5
+    step sizes for ``iterations`` minibatches of the protocol's first epoch (the order
+    ``train_run`` uses for ``seed``), with the grid's other values (its mu, or ARSGB's mu0),
+    from the network ``train_run`` would start from."""
+    if method not in ('ARSG', 'ARSGB'):
+        raise ValueError('the step-size search is OBSB\'s first stage, for ARSG and ARSGB '
+                         'only, not %r' % (method,))
+    contexts = contexts or [mx.cpu()]
+    fixed = tuple(GRIDS[method][f][0] for f in TUPLE_FIELDS[method][1:])
+    spec = to_mxnet(method, (1.0,) + fixed, epsilon_for(method, protocol.setting))
+    params = {k: v for k, v in spec.kwargs.items() if k != 'learning_rate'}
+    params['wd'] = protocol.wd
+    mx.random.seed(seed)
+    net = models.build(protocol.model)
+    net.initialize(mx.init.Xavier(), ctx=contexts)
+    net(mx.nd.array(prepared.train_x[:1]).as_in_context(contexts[0]))
+    rng = np.random.default_rng([seed, 1])
+    batches = list(prepared.train_batches(protocol.batch_size, rng))
+    return search_step_size(net, batches, gluon.loss.SoftmaxCrossEntropyLoss(), iterations,
+                            step_sizes=GRIDS[method]['a'], optimizer=spec.name,
+                            optimizer_params=params, ctx=contexts, seed=seed)
+
+
+def summary_table(setting, results):
+    """Markdown: per method, the grid's winner, Table A1's tuple and its rank, and the number of
+    trials; ``results`` maps method -> (rows best first, StepSizeSearch or None)."""
+    lines = ['| method | trials | best tuple (final train loss) | Table A1 | its rank '
+             '(final train loss) | first-stage search picks a |',
+             '|---|---|---|---|---|---|']
+    for method, (rows, search) in results.items():
+        paper = tuple(TABLE_A1[method][setting])
+        ranks = [i for i, r in enumerate(rows) if np.allclose(r['tuple'], paper)]
+        rank = ('%d (%.5f)' % (ranks[0] + 1, rows[ranks[0]]['final_train_loss'])
+                if ranks else 'not in the grid')
+        picks = '-' if search is None else '%g' % search.best
+        lines.append('| %s | %d | %s (%.5f) | %s | %s | %s |' % (
+            method, len(rows), tuple_name(method, rows[0]['tuple']),
+            rows[0]['final_train_loss'], tuple_name(method, paper), rank, picks))
+    return '\n'.join(lines) + '\n'

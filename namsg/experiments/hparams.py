@@ -11,6 +11,8 @@ Tuples are in the paper's notation (supplementary, Appendix B):
 
 from typing import Dict, NamedTuple, Optional, Tuple
 
+from ..boost import STEP_SIZES as _STEP_SIZES_ARSG
+
 METHODS = ('SGD', 'ADAM', 'NADAM', 'AMSGRAD', 'RANGER', 'RSG', 'ARSG', 'ARSGB')
 SETTINGS = ('mnist_logreg', 'mnist_cnn', 'cifar10_fast', 'cifar10_fine')
 
@@ -52,10 +54,8 @@ GRIDS: Dict[str, Dict[str, Tuple]] = {
                'b2': (0.999,), 'k': (5,), 'alpha_LA': (0.2, 0.5, 0.8)},
     'SGD': {'a': (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0), 'b': (0.0, 0.9, 0.99, 0.999)},
     'RSG': {'a': (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0), 'b': (0.999,), 'mu': (0.1,)},
-    'ARSG': {'a': (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), 'b1': (0.999,), 'b2': (0.99,),
-             'mu': (0.1,)},
-    'ARSGB': {'a': (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), 'b1': (0.999,),
-              'b2': (0.99,), 'mu0': (0.05,)},
+    'ARSG': {'a': _STEP_SIZES_ARSG, 'b1': (0.999,), 'b2': (0.99,), 'mu': (0.1,)},
+    'ARSGB': {'a': _STEP_SIZES_ARSG, 'b1': (0.999,), 'b2': (0.99,), 'mu0': (0.05,)},
 }
 
 

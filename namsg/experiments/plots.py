@@ -38,9 +38,15 @@ def plot_figure1(path, beta=0.999, mus=FIGURE1_MUS, ranges=FIGURE1_RANGES, point
 
 # --- results of the experiments, from their logs ---------------------------------------------
 
-def load_runs(log_dir):
+#: Training and validation sizes of the full data sets.
+FULL_SIZES = {'mnist': (60000, 10000), 'cifar10': (50000, 10000)}
+
+
+def load_runs(log_dir, headers=False):
     """{setting: {method: [records of each seed]}} from ``log_dir/<setting>/<method>/*.jsonl``;
-    only runs that finished their protocol are kept."""
+    only runs that finished their protocol are kept. With ``headers``, each seed is a
+    (header, records) pair. Logs of every version are read (older headers hold the data's path
+    under ``data``)."""
     from pathlib import Path
     from .train import read_log
     runs = {}
@@ -49,8 +55,51 @@ def load_runs(log_dir):
         if len(records) < header['protocol']['epochs']:
             continue
         runs.setdefault(header['protocol']['setting'], {}).setdefault(
-            header['method'], []).append(records)
+            header['method'], []).append((header, records) if headers else records)
     return runs
+
+
+def describe_data(header, note=None):
+    """Which data a run used, for a title: sample, full set or subset, the sizes and where it
+    was read from (``note``, e.g. 'JPEG-recompressed copy', is added)."""
+    source = header.get('data_source') or header.get('data')
+    if not isinstance(source, str):
+        source = 'unknown source'
+    sizes = (header.get('train_size'), header.get('test_size'))
+    dataset = header['protocol']['dataset']
+    kind = ('embedded sample' if 'sample' in source else
+            'full set' if sizes == FULL_SIZES.get(dataset) else 'subset')
+    return '%s%s, %s: %s training / %s validation images%s' % (
+        'MNIST' if dataset == 'mnist' else 'CIFAR-10', '' if note is None else ' ' + note, kind,
+        format(sizes[0], ','), format(sizes[1], ','),
+        '' if kind == 'embedded sample' else ' (%s)' % source)
+
+
+def describe_budget(protocol):
+    """The budget of a (logged) protocol: its scale and epochs."""
+    full = round(protocol['epochs'] / protocol['scale']) if protocol['scale'] else '?'
+    return 'budget: --scale %g (%d of %s epochs)' % (protocol['scale'], protocol['epochs'], full)
+
+
+def event_positions(protocol, records, boosted):
+    """{label: x} of the events to mark, x counted in epochs done: the boost (start of its
+    epoch) when an ARSGB run is drawn, and the step-size drop (within its epoch, by
+    iteration)."""
+    events = {}
+    if boosted:
+        events['ARSGB boost (from epoch %d)' % protocol['boost_epoch']] = \
+            protocol['boost_epoch'] - 1
+    drop = protocol.get('lr_drop_iteration')
+    if drop is not None:
+        done = 0
+        for r in records:
+            if r['iteration'] > drop:
+                events['step size / %g after iteration %d' % (protocol['lr_drop_factor'],
+                                                               drop)] = \
+                    r['epoch'] - 1 + (drop - done) / (r['iteration'] - done)
+                break
+            done = r['iteration']
+    return events
 
 
 def _curves(seed_records, key):
@@ -58,29 +107,51 @@ def _curves(seed_records, key):
     return np.array([[rec[key] for rec in r[:length]] for r in seed_records])
 
 
-def plot_setting(method_runs, title, path):
+def plot_setting(method_runs, title, path, reference_runs=None, events=None, caption=None):
     """Training loss (log scale) and validation accuracy against epoch: the mean over seeds
-    with a band from the lowest to the highest seed."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method, seed_records in method_runs.items():
-        epochs = np.arange(1, _curves(seed_records, 'train_loss').shape[1] + 1)
-        for ax, key in ((loss_ax, 'train_loss'), (acc_ax, 'val_acc')):
-            values = _curves(seed_records, key)
-            line, = ax.plot(epochs, values.mean(axis=0), label='%s (%d)' % (method,
-                                                                           len(seed_records)))
-            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0),
-                            color=line.get_color(), alpha=0.15)
+    with a band from the lowest to the highest seed, a marker at every epoch (a one-epoch run
+    is a point). ``reference_runs`` (same form) are drawn dashed in the method's colour;
+    ``events`` ({label: x in epochs done}) as vertical lines; ``caption`` under the panels.
+    Saved as PNG at ``path``; with ``path`` None the figure is returned instead."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 5))
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    groups = [(method_runs, '-', 'o', '')]
+    if reference_runs:
+        groups.append((reference_runs, '--', 'x', ' ref'))
+    order = list(dict.fromkeys(list(method_runs) + list(reference_runs or {})))
+    for runs, style, marker, suffix in groups:
+        for method, seed_records in runs.items():
+            colour = colours[order.index(method) % len(colours)]
+            epochs = np.arange(1, _curves(seed_records, 'train_loss').shape[1] + 1)
+            for ax, key in ((loss_ax, 'train_loss'), (acc_ax, 'val_acc')):
+                values = _curves(seed_records, key)
+                ax.plot(epochs, values.mean(axis=0), style, marker=marker, markersize=4,
+                        color=colour, label='%s%s (%d)' % (method, suffix, len(seed_records)))
+                ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colour,
+                                alpha=0.12)
+    for i, (label, x) in enumerate(sorted((events or {}).items(), key=lambda e: e[1])):
+        for ax in (loss_ax, acc_ax):
+            ax.axvline(x, color='0.3', linestyle=':' if i % 2 else '-.', linewidth=1,
+                       label=label)
     loss_ax.set_yscale('log')
     loss_ax.set_ylabel('training loss (mean over the epoch)')
     acc_ax.set_ylabel('validation accuracy')
     for ax in (loss_ax, acc_ax):
-        ax.set_xlabel('epoch')
+        ax.set_xlabel('epochs done')
+        ax.set_xlim(left=0)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, title='method (seeds)')
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.legend(fontsize=7, title='method (seeds)', title_fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    if caption:
+        import textwrap
+        lines = [w for part in caption.split('\n') for w in textwrap.wrap(part, 180)]
+        fig.text(0.01, 0.01, '\n'.join(lines), fontsize=8, va='bottom')
+    fig.tight_layout(rect=(0, 0.03 * len(lines) if caption else 0, 1, 1))
+    if path is None:        # the caller inspects the figure, then closes it
+        return fig
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return None
 
 
 def summary_rows(method_runs, reference='ADAM'):
@@ -117,18 +188,82 @@ def summary_markdown(method_runs, reference='ADAM'):
     return '\n'.join(lines) + '\n'
 
 
-def write_report(log_dir, out_dir=None, reference='ADAM'):
+#: Under the CNN's plot when it ran on the embedded sample (measured: see the README).
+SAMPLE_CNN_CAPTION = (
+    'Sample: 16 iterations an epoch. Validation uses BatchNorm\'s running statistics '
+    '(momentum 0.9, updated once an iteration), which lag the fast-changing weights of the '
+    'first epochs: ARSG\'s validation accuracy of 0.1-0.4 in epochs 1-2 becomes 0.94-0.96 for '
+    'the same weights with the statistics recomputed (see the README). Not a defect; on full '
+    'MNIST an epoch is 235 iterations.')
+
+
+def comparison_markdown(runs, reference_runs):
+    """Per (method, seed) found in both ``runs`` and ``reference_runs`` ({method: [(header,
+    records)]}): the final training loss of each and the largest relative difference in
+    training loss over the epochs; does the rerun reproduce the reference?"""
+    lines = ['| method | seed | final training loss | reference\'s | largest relative '
+             'difference over the epochs |', '|---|---|---|---|---|']
+    for method, pairs in runs.items():
+        ref = {h['seed']: r for h, r in reference_runs.get(method, [])}
+        for header, records in pairs:
+            if header['seed'] not in ref:
+                continue
+            other = ref[header['seed']]
+            worst = max(abs(a['train_loss'] - b['train_loss']) / abs(b['train_loss'])
+                        for a, b in zip(records, other))
+            lines.append('| %s | %d | %.5f | %.5f | %.1e |' % (
+                method, header['seed'], records[-1]['train_loss'], other[-1]['train_loss'],
+                worst))
+    return '\n'.join(lines) + '\n' if len(lines) > 2 else ''
+
+
+def _comparable(header, other):
+    """Reference runs are drawn beside new ones only under the same protocol (budget)."""
+    return header['protocol'] == other['protocol']
+
+
+def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, data_note=None):
     """For every setting with finished runs under ``log_dir``: ``<setting>.png`` and a section
-    of ``summary.md`` in ``out_dir`` (default: ``log_dir``). Returns the summary text."""
+    of ``summary.md`` in ``out_dir`` (default: ``log_dir``), with the runs under
+    ``reference_dir`` (e.g. the committed logs/mnist) of the same protocol beside them.
+    Returns the summary text."""
     from pathlib import Path
     from .hparams import METHODS
     out_dir = Path(out_dir or log_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
-    for setting, method_runs in sorted(load_runs(log_dir).items()):
-        ordered = {m: method_runs[m] for m in METHODS if m in method_runs}
-        plot_setting(ordered, setting, out_dir / ('%s.png' % setting))
-        sections += ['## %s' % setting, '', summary_markdown(ordered, reference)]
+    found = load_runs(log_dir, headers=True)
+    refs = load_runs(reference_dir, headers=True) if reference_dir is not None else {}
+    for setting, method_runs in sorted(found.items()):
+        header = next(iter(method_runs.values()))[0][0]
+        ordered = {m: [r for _, r in method_runs[m]] for m in METHODS if m in method_runs}
+        ref_pairs = {m: [(h, r) for h, r in refs.get(setting, {}).get(m, [])
+                         if _comparable(h, header)] for m in METHODS}
+        ref_runs = {m: [r for _, r in pairs] for m, pairs in ref_pairs.items() if pairs}
+        records = next(iter(ordered.values()))[0]
+        title = '%s, %s\ndata: %s' % (setting, describe_budget(header['protocol']),
+                                      describe_data(header, data_note))
+        caption = None
+        if setting == 'mnist_cnn' and 'sample' in describe_data(header):
+            caption = SAMPLE_CNN_CAPTION
+        if ref_runs:
+            ref_header = next(iter(refs[setting].values()))[0][0]
+            caption = '\n'.join(filter(None, [caption, 'dashed: reference runs in %s (data: %s)'
+                                              % (reference_dir, describe_data(ref_header))]))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_setting(ordered, title, out_dir / ('%s.png' % setting), ref_runs,
+                     event_positions(header['protocol'], records, 'ARSGB' in ordered),
+                     caption)
+        sections += ['## %s' % setting, '', '%s; data: %s' % (
+            describe_budget(header['protocol']), describe_data(header, data_note)), '',
+            summary_markdown(ordered, reference)]
+        if ref_runs:
+            sections += ['Reference runs of the same protocol in `%s`:' % reference_dir, '',
+                         summary_markdown(ref_runs, reference)]
+            same = comparison_markdown(method_runs, ref_pairs)
+            if same:
+                sections += ['The same runs here and in the reference:', '', same]
+        elif reference_dir is not None:
+            sections += ['No reference runs of the same protocol in `%s`.' % reference_dir, '']
     summary = '\n'.join(sections)
     if sections:
         (out_dir / 'summary.md').write_text(summary)

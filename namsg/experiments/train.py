@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import mxnet as mx
 import numpy as np
@@ -121,11 +122,24 @@ def write_log(path, header, records):
     write_atomic(path, ''.join(json.dumps(line) + '\n' for line in [header] + records))
 
 
+class LogError(ValueError):
+    """A file where a log should be is not a complete namsg training log."""
+
+
 def read_log(path):
-    """(header, epoch records) of a JSON-lines log."""
-    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    if not lines or lines[0].get('type') != 'header':
-        raise ValueError('%s is not a namsg training log (no header line)' % path)
+    """(header, epoch records) of a JSON-lines log; LogError names the file and the line when
+    it is damaged (e.g. cut short mid-line by a full disk or a killed process)."""
+    lines = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise LogError('%s: line %d is not a complete JSON record (%s); the log was cut '
+                           'short or damaged' % (path, number, e)) from e
+    if not lines or not isinstance(lines[0], dict) or lines[0].get('type') != 'header':
+        raise LogError('%s is not a namsg training log (no header line)' % path)
     return lines[0], [line for line in lines[1:] if line.get('type') == 'epoch']
 
 
@@ -176,10 +190,9 @@ def run_name(protocol, method, seed):
     return '%s/%s/seed%d' % (protocol.setting, method, seed)
 
 
-def make_trainer(net, protocol, method, kvstore, overrides=None):
-    """The Trainer for ``method`` with Table A1's hyper-parameters (``overrides`` replace some,
-    e.g. in a grid search), the protocol's weight decay and its step-size drop. A distributed
-    ``kvstore`` (an mx.kv.KVStore) updates on the servers."""
+def optimizer_kwargs(protocol, method, overrides=None):
+    """(spec, kwargs) of ``method``'s optimizer: Table A1's hyper-parameters (``overrides``
+    replace some, e.g. in a grid search), the protocol's weight decay and its step-size drop."""
     spec = paper_optimizer(method, protocol.setting)
     kwargs = dict(spec.kwargs, **(overrides or {}))
     kwargs['wd'] = protocol.wd
@@ -187,10 +200,79 @@ def make_trainer(net, protocol, method, kvstore, overrides=None):
         kwargs['lr_scheduler'] = mx.lr_scheduler.MultiFactorScheduler(
             step=[protocol.lr_drop_iteration], factor=1.0 / protocol.lr_drop_factor,
             base_lr=kwargs['learning_rate'])
+    return spec, kwargs
+
+
+def make_trainer(net, protocol, method, kvstore, overrides=None):
+    """The Trainer for ``method`` (see optimizer_kwargs). A distributed ``kvstore`` (an
+    mx.kv.KVStore) updates on the servers."""
+    spec, kwargs = optimizer_kwargs(protocol, method, overrides)
     distributed = not isinstance(kvstore, str) and kvstore is not None
     trainer = gluon.Trainer(net.collect_params(), spec.name, kwargs, kvstore=kvstore,
                             update_on_kvstore=True if distributed else None)
     return trainer, spec, kwargs
+
+
+def run_header(protocol, method, seed, prepared, contexts=None, kvstore='device',
+               overrides=None, command=None, data_source='', data_fingerprint=None,
+               workers=None):
+    """The header line of a run's log: its configuration (what must match to resume) and what
+    describes the machine (versions, command, data path). ``workers``: the job's worker count,
+    for a ``dist_*`` kvstore."""
+    spec, kwargs = optimizer_kwargs(protocol, method, overrides)
+    header = dict(type='header', run=run_name(protocol, method, seed), method=method, seed=seed,
+                  protocol=protocol._asdict(), optimizer=spec.name,
+                  optimizer_params={k: v for k, v in kwargs.items() if k != 'lr_scheduler'},
+                  boost_epoch=protocol.boost_epoch if spec.boost else None,
+                  data=data_fingerprint, data_source=data_source,
+                  contexts=[str(c) for c in contexts or [mx.cpu()]], kvstore=kvstore,
+                  train_size=len(prepared.train_y), test_size=len(prepared.test_y),
+                  versions=versions(), command=command)
+    if kvstore.startswith('dist'):
+        header['workers'] = workers
+    return header
+
+
+class RunState(NamedTuple):
+    """Where a run stands: ``kind`` is 'new', 'finished' (``records`` from its log) or 'resume'
+    (from ``checkpoint``, after ``epoch``); ``note`` says so, for the user."""
+    kind: str
+    records: list = []
+    checkpoint: Optional[Path] = None
+    epoch: int = 0
+    note: str = ''
+
+
+def run_state(header, log_path, checkpoint_dir, distributed=False):
+    """What ``train_run`` will do with the run of ``header``, from its log and checkpoints,
+    writing nothing. Raises CheckpointError, naming the file and what to do, when they belong
+    to another configuration or the log is damaged with no checkpoint to rebuild it from.
+    Called for every run before any is trained, and by train_run itself."""
+    epochs = header['protocol']['epochs']
+    latest = None if distributed else Checkpoints(checkpoint_dir).latest()
+    if latest is not None:
+        state = json.loads((latest / 'state.json').read_text())
+        _check_config(state['config'], header, 'checkpoint %s was made' % latest,
+                      'remove it or choose another --checkpoint-dir')
+        note = ('finished earlier (%s): skipped' % latest if state['epoch'] >= epochs else
+                'resuming from %s: continuing at epoch %d of %d' % (latest, state['epoch'] + 1,
+                                                                     epochs))
+        return RunState('resume', state['records'], latest, state['epoch'], note)
+    if log_path is None or not Path(log_path).is_file():
+        return RunState('new')
+    try:
+        logged_header, logged = read_log(log_path)
+    except LogError as e:
+        raise CheckpointError('%s; there is no checkpoint in %s to rebuild it from: move the '
+                              'log away (or delete it) to rerun this run from the start'
+                              % (e, checkpoint_dir)) from e
+    _check_config(_config_of(logged_header), header, 'log %s was written' % log_path,
+                  'choose another --log-dir or move it away')
+    if len(logged) == epochs:      # finished, and its checkpoints are gone
+        return RunState('finished', logged, note='finished earlier (%d epochs in %s): skipped'
+                        % (epochs, log_path))
+    return RunState('new', note='%s has %d of %d epochs but no checkpoint: training from '
+                    'epoch 1' % (log_path, len(logged), epochs))
 
 
 def _load(x, y, contexts):
@@ -217,6 +299,35 @@ class _Tally:
         return self.loss.asscalar() / self.count, self.correct.asscalar() / self.count
 
 
+class _Progress:
+    """Progress within an epoch: a tqdm bar (``bar``, for a terminal), or else, every
+    ``every`` seconds, one line through ``echo`` with the batch, the running loss and the
+    images per second (for output going to a file), or nothing."""
+
+    def __init__(self, batches, total, desc, tally, bar=False, every=None, echo=None):
+        self.total, self.desc, self.tally = total, desc, tally
+        self.every = every if echo is not None and not bar else None
+        self.echo = echo
+        if bar:
+            from tqdm import tqdm
+            batches = tqdm(batches, total=total, leave=False, file=sys.stderr, desc=desc)
+        self.batches = batches
+
+    def __iter__(self):
+        start = last = time.monotonic()
+        for done, batch in enumerate(self.batches, start=1):
+            yield batch
+            if self.every is None or done >= self.total:
+                continue
+            now = time.monotonic()
+            if now - last >= self.every:
+                last = now
+                loss, _ = self.tally.means()          # waits for the engine: only this often
+                self.echo('%s: batch %d/%d, running loss %.5f, %.0f images/s'
+                          % (self.desc, done, self.total, loss,
+                             self.tally.count / max(now - start, 1e-9)))
+
+
 def _evaluate(net, batches, contexts, loss_fn):
     tally = _Tally()
     for x, y in batches:
@@ -228,12 +339,14 @@ def _evaluate(net, batches, contexts, loss_fn):
 
 def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contexts=None,
               kvstore='device', overrides=None, progress=False, command=None, data_source='',
-              data_fingerprint=None, echo=None):
+              data_fingerprint=None, echo=None, progress_every=None):
     """Train one run, resuming from its checkpoint if there is one; returns the epoch records.
 
     The log at ``log_path`` is rewritten atomically after every epoch from the records kept in
     the checkpoint, so log and checkpoint always agree. ``echo`` (e.g. print) receives one line
-    per epoch; ``progress`` shows a progress bar over each epoch's minibatches.
+    per epoch, and one when the run is skipped as finished or resumed; ``progress`` shows a
+    progress bar over each epoch's minibatches, else ``progress_every`` (seconds) has a line
+    echoed at most that often within an epoch (batch, running loss, images/s).
     ``data_source`` (where the data lies) is logged for information; ``data_fingerprint``
     (``Dataset.fingerprint()``) is part of the configuration that must match to resume, so a
     run moves between machines and paths but never onto other data.
@@ -251,40 +364,29 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     distributed = kvstore.startswith('dist')
     store = mx.kv.create(kvstore) if distributed else kvstore
     rank, workers = (store.rank, store.num_workers) if distributed else (0, 1)
-    trainer, spec, kwargs = make_trainer(net, protocol, method, store, overrides)
+    trainer, spec, _ = make_trainer(net, protocol, method, store, overrides)
     policy = ObservationBoost(trainer, boost_epochs=[protocol.boost_epoch]) if spec.boost else None
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 
-    header = dict(type='header', run=run_name(protocol, method, seed), method=method, seed=seed,
-                  protocol=protocol._asdict(), optimizer=spec.name,
-                  optimizer_params={k: v for k, v in kwargs.items() if k != 'lr_scheduler'},
-                  boost_epoch=protocol.boost_epoch if spec.boost else None,
-                  data=data_fingerprint, data_source=data_source, contexts=[str(c) for c in contexts], kvstore=kvstore,
-                  train_size=len(prepared.train_y), test_size=len(prepared.test_y),
-                  versions=versions(), command=command)
-    if distributed:
-        header['workers'] = workers
+    header = run_header(protocol, method, seed, prepared, contexts, kvstore, overrides, command,
+                        data_source, data_fingerprint, workers)
     if rank != 0:
         log_path = echo = None
+    state = run_state(header, log_path, checkpoint_dir, distributed)
+    if state.note and echo is not None:
+        echo('%s: %s' % (header['run'], state.note))
+    if state.kind == 'finished':
+        return state.records
     checkpoints = Checkpoints(checkpoint_dir)
     records, first_epoch, iteration = [], 1, 0
-    latest = None if distributed else checkpoints.latest()
-    if latest is None and log_path is not None and Path(log_path).is_file():
-        logged_header, logged = read_log(log_path)
-        _check_config(_config_of(logged_header), header, 'log %s was written' % log_path,
-                      'choose another --log-dir or move it away')
-        if len(logged) == protocol.epochs:      # finished, and its checkpoints are gone
-            return logged
-    if latest is not None:
-        state = json.loads((latest / 'state.json').read_text())
-        _check_config(state['config'], header, 'checkpoint %s was made' % latest,
-                      'remove it or choose another --checkpoint-dir')
-        net.load_parameters(str(latest / 'net.params'), ctx=contexts)
-        trainer.load_states(str(latest / 'trainer.states'))
+    if state.kind == 'resume':
+        saved = json.loads((state.checkpoint / 'state.json').read_text())
+        net.load_parameters(str(state.checkpoint / 'net.params'), ctx=contexts)
+        trainer.load_states(str(state.checkpoint / 'trainer.states'))
         if policy is not None:      # it follows the trainer's new optimizer by itself
-            policy.load_state_dict(state['policy'])
-        records, iteration = state['records'], state['iteration']
-        first_epoch = state['epoch'] + 1
+            policy.load_state_dict(saved['policy'])
+        records, iteration = saved['records'], saved['iteration']
+        first_epoch = saved['epoch'] + 1
 
     for epoch in range(first_epoch, protocol.epochs + 1):
         start = time.time()
@@ -295,11 +397,8 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
         tally = _Tally()
         batches = prepared.train_batches(protocol.batch_size, rng, rank, workers)
         steps = -(-len(prepared.train_y) // (protocol.batch_size * workers))
-        if progress:
-            from tqdm import tqdm
-            batches = tqdm(batches, total=steps, leave=False, file=sys.stderr,
-                           desc='%s epoch %d' % (run_name(protocol, method, seed), epoch))
-        for x, y in batches:
+        for x, y in _Progress(batches, steps, '%s epoch %d' % (header['run'], epoch), tally,
+                              bar=progress, every=progress_every, echo=echo):
             xs, ys = _load(x, y, contexts)
             with autograd.record():
                 outs = [net(xi) for xi in xs]
