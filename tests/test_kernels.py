@@ -1,6 +1,14 @@
 """The fused ARSG operator: build, choice of path, many arrays, odd sizes, engine ordering.
 (Its parity over the whole option matrix runs in test_parity, on both paths.)"""
 
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -201,3 +209,135 @@ def test_weights_left_in_mkldnn_layout_by_inference_are_updated():
         results[fused] = [p.data().asnumpy() for p in net.collect_params().values()]
     for f, p in zip(results[True], results[False]):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-6)
+
+
+# -- the build: cache key, checksum, ahead of time, and which path runs (issue 12) --------------
+
+def _python(code, cache, **env):
+    """Run ``code`` in a fresh interpreter with the kernel cache at ``cache``."""
+    environment = dict(os.environ, NAMSG_KERNEL_CACHE=str(cache), **env)
+    environment.pop(kernels.SWITCH, None)
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=environment, timeout=600)
+
+
+def _copy_cached_library(cache):
+    """The library this process uses, copied into ``cache`` under its own name with whatever
+    lies beside it (the checksum), as a copied or shared cache holds it."""
+    built = kernels.build()
+    cache.mkdir(parents=True, exist_ok=True)
+    for f in built.parent.glob(built.name + '*'):
+        shutil.copy(f, cache / f.name)
+    return cache / built.name
+
+
+@requires_fused
+def test_truncated_cached_library_is_rebuilt_before_mxnet_maps_it(tmp_path):
+    """An interrupted copy or a full disk leaves a truncated library; mapping it killed every
+    later process with SIGBUS. Now the checksum catches it and the library is rebuilt."""
+    library = _copy_cached_library(tmp_path)
+    size = library.stat().st_size
+    with open(library, 'r+b') as f:
+        f.truncate(size // 2)
+    result = _python('import mxnet as mx, namsg\n'
+                     'w = mx.nd.ones(3)\n'
+                     'opt = namsg.ARSG(learning_rate=0.1, fused=True)\n'
+                     'opt.update_multi_precision(0, w, mx.nd.ones(3), opt.create_state(0, w))\n'
+                     'assert namsg.kernels._state["loaded"]\n'
+                     'print(w.asnumpy())', tmp_path)
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    assert 'rebuilt a damaged copy of the fused ARSG operator' in result.stderr
+    assert library.stat().st_size == size and kernels.is_intact(library)
+
+
+def test_library_is_written_with_its_checksum_and_checked(tmp_path, caplog):
+    path = kernels.build(tmp_path / 'libcheck.so')
+    checksum = (tmp_path / 'libcheck.so.sha256').read_text()
+    assert checksum == '%s  libcheck.so\n' % hashlib.sha256(path.read_bytes()).hexdigest()
+    assert kernels.is_intact(path)
+    assert not list(tmp_path.glob('*.tmp*'))            # nothing half-written left behind
+    built_at = path.stat().st_mtime_ns
+    assert kernels.build(path) == path and path.stat().st_mtime_ns == built_at   # not rebuilt
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF                         # same size, one byte changed
+    path.write_bytes(bytes(data))
+    assert not kernels.is_intact(path)
+    (tmp_path / 'libcheck.so.sha256').unlink()
+    assert not kernels.is_intact(path)                   # no checksum: not trusted either
+    with caplog.at_level(logging.WARNING, logger='namsg.kernels'):
+        kernels.build(path)
+    assert kernels.is_intact(path)
+    assert re.search(r'rebuilt a damaged copy of the fused ARSG operator in [0-9.]+ s',
+                     caplog.text)
+
+
+def test_cache_key_changes_with_every_compiler_flag(monkeypatch):
+    """Libraries built with other flags (e.g. symbol visibility) must not be taken for this one."""
+    here = kernels.library_path()
+    monkeypatch.setattr(kernels, 'FLAGS', kernels.FLAGS + ['-fvisibility=hidden'])
+    assert kernels.library_path() != here
+    monkeypatch.undo()
+    original = kernels._build_command
+    monkeypatch.setattr(kernels, '_build_command',
+                        lambda *a: original(*a) + ['-Wl,--exclude-libs,ALL'])
+    assert kernels.library_path() != here
+
+
+def test_unwritable_cache_names_the_variable_to_set(tmp_path, monkeypatch):
+    (tmp_path / 'a-file').write_text('')
+    monkeypatch.setenv('NAMSG_KERNEL_CACHE', str(tmp_path / 'a-file' / 'cache'))
+    with pytest.raises(kernels.FusedUnavailable, match='NAMSG_KERNEL_CACHE.*namsg.kernels build'):
+        kernels.build()
+
+
+@requires_fused
+def test_library_built_ahead_of_time_needs_no_compiler(tmp_path, monkeypatch):
+    """Compute nodes often have no compiler: an intact cached library is used as it is."""
+    library = _copy_cached_library(tmp_path)
+    monkeypatch.setenv('NAMSG_KERNEL_CACHE', str(tmp_path))
+    monkeypatch.setattr(kernels.shutil, 'which', lambda name: None)
+    assert kernels.build() == library
+    library.unlink()
+    with pytest.raises(kernels.FusedUnavailable, match=r'needs a C\+\+ compiler to build'):
+        kernels.build()
+
+
+@requires_fused
+def test_build_ahead_of_time_from_the_command_line(tmp_path):
+    library = _copy_cached_library(tmp_path)
+    result = subprocess.run([sys.executable, '-m', 'namsg.kernels', 'build'], text=True,
+                            capture_output=True, env=dict(os.environ,
+                                                          NAMSG_KERNEL_CACHE=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(library)
+    assert 'built' not in result.stderr                  # an intact library is kept as it is
+    result = subprocess.run([sys.executable, '-m', 'namsg.kernels', 'build'], text=True,
+                            capture_output=True, env=dict(os.environ, CXX='no-such-compiler',
+                                                          NAMSG_KERNEL_CACHE=str(tmp_path / 'x')))
+    assert result.returncode == 1
+    assert 'needs a C++ compiler to build and no-such-compiler is not on PATH' in result.stderr
+
+
+def test_the_path_taken_and_why_is_said_once():
+    """In a fresh process: on MXNet 1.9 the fused path (logged), before it one warning that the
+    fused operator needs 1.9 and names the version found, not a missing file."""
+    result = _python(
+        'import logging, warnings\n'
+        'logging.basicConfig(level=logging.INFO, format="LOG %(message)s")\n'
+        'warnings.simplefilter("always")\n'
+        'import mxnet as mx, namsg\n'
+        'for _ in range(3):\n'
+        '    print(namsg.kernels.use_fused(None))\n', kernels._cache_dir())
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if 'namsg' in line]
+    if kernels.MXNET_VERSION >= kernels.FUSED_MXNET:
+        assert result.stdout.split() == ['True'] * 3
+        assert [line for line in lines if 'operator path' in line] == [
+            'LOG namsg: ARSG takes the fused operator path (MXNet %s, %s)'
+            % (mx.__version__, kernels.library_path())]
+    else:
+        assert result.stdout.split() == ['False'] * 3
+        warning = 'namsg: the fused ARSG operator needs MXNet 1.9 or later (found %s); using ' \
+                  'the NDArray path' % mx.__version__
+        assert len([line for line in lines if warning in line]) == 1, lines
+        assert 'No such file' not in result.stderr

@@ -2,8 +2,13 @@
 
 ``arsg_update.cc`` is compiled on first use with the machine's C++ compiler (``$CXX`` or
 ``g++``) against the headers that the mxnet wheel ships (``include/mxnet/lib_api.h``,
-``src/lib_api.cc``), cached under ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``) by a
-hash of the sources, the flags and the MXNet version, and loaded with ``mx.library.load``.
+``src/lib_api.cc``; MXNet 1.9 or later), cached under ``$NAMSG_KERNEL_CACHE`` (default
+``~/.cache/namsg``) by a hash of the sources, the whole compiler command, the MXNet version and
+the CPU, and loaded with ``mx.library.load``. ``python -m namsg.kernels build`` does this ahead of
+time (for read-only or shared home directories). Each library is written atomically with its
+SHA-256 beside it (``<library>.sha256``, in ``sha256sum`` format) and checked against it before
+MXNet maps it, so a damaged copy (an interrupted copy, a full disk) is rebuilt instead of
+crashing the process.
 
 ``$NAMSG_FUSED`` chooses the path for optimizers that leave ``fused=None``: ``auto`` (default:
 the fused path where it can be built, else the NDArray path with one warning), ``1`` (fused,
@@ -12,20 +17,25 @@ an error if it cannot be had), ``0`` (NDArray path).
 
 import ctypes
 import fcntl
+import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
 import mxnet as mx
 from mxnet.base import _LIB, check_call
 
-__all__ = ['FusedUnavailable', 'load', 'use_fused', 'arsg_update']
+from .._mxnet import VERSION as MXNET_VERSION
+
+__all__ = ['FusedUnavailable', 'build', 'library_path', 'load', 'use_fused', 'arsg_update']
 
 SOURCE = Path(__file__).with_name('arsg_update.cc')
 OP_NAME = '_namsg_arsg_update'
@@ -60,7 +70,11 @@ FLAGS = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-std=c++14', '-fPIC', 
 # a compiler that rejects these flags gets a portable build.
 ARCH_FLAGS = ['-march=native', '-ffp-contract=off']
 SWITCH = 'NAMSG_FUSED'
-_MKLDNN = mx.runtime.Features().is_enabled('MKLDNN')
+# The extension-library API that the operator is written against (stateless in-place operators
+# with mutable inputs, lib_api.cc shipped in the wheel) is complete from MXNet 1.9 on.
+FUSED_MXNET = (1, 9)
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _state = {'loaded': False, 'error': None, 'warned': False}
@@ -76,6 +90,24 @@ def _mxnet_dir():
 
 def _cache_dir():
     return Path(os.environ.get('NAMSG_KERNEL_CACHE', Path.home() / '.cache' / 'namsg'))
+
+
+def _compiler():
+    return os.environ.get('CXX', 'g++')
+
+
+def unavailable_reason():
+    """Why the fused operator cannot be had with this MXNet, or None. (A compiler is needed
+    only where no intact library is cached: see build.)"""
+    if MXNET_VERSION < FUSED_MXNET:
+        return 'the fused ARSG operator needs MXNet %d.%d or later (found %s)' % (
+            FUSED_MXNET + (mx.__version__,))
+    for needed in (_mxnet_dir() / 'include' / 'mxnet' / 'lib_api.h',
+                   _mxnet_dir() / 'src' / 'lib_api.cc'):
+        if not needed.is_file():
+            return ('the fused ARSG operator compiles against %s, which this mxnet package '
+                    'lacks' % needed)
+    return None
 
 
 def _build_command(compiler, output, arch_flags):
@@ -105,50 +137,112 @@ def _cpu_identity():
 
 
 def library_path():
-    """Where the built library for these sources, flags, MXNet version and CPU is cached."""
-    compiler = os.environ.get('CXX', 'g++')
+    """Where the built library for these sources, this compiler command (every flag), MXNet
+    version and CPU is cached. Needs MXNet's ``src/lib_api.cc`` (see unavailable_reason)."""
     digest = hashlib.sha256()
     for part in (SOURCE.read_bytes(), (_mxnet_dir() / 'src' / 'lib_api.cc').read_bytes(),
-                 mx.__version__.encode(), ' '.join([compiler] + FLAGS + ARCH_FLAGS).encode(),
+                 mx.__version__.encode(),
+                 '\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS)).encode(),
                  _cpu_identity().encode()):
         digest.update(part)
     return _cache_dir() / ('libnamsg_arsg_%s.so' % digest.hexdigest()[:16])
 
 
-def build(path=None):
-    """Compile the operator library to ``path`` (default: the cache) unless it is there;
-    concurrent builders wait for each other. Returns the path; raises FusedUnavailable."""
+def _checksum_file(path):
+    return path.with_name(path.name + '.sha256')
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()     # a few hundred kB
+
+
+def is_intact(path):
+    """Whether the library at ``path`` is whole: its SHA-256 is the one written beside it when
+    it was built. MXNet maps the file into memory, and a truncated one kills the process with
+    SIGBUS, so this is checked before every load."""
+    try:
+        recorded = _checksum_file(path).read_text().split()
+        return bool(recorded) and _sha256(path) == recorded[0]
+    except OSError:
+        return False
+
+
+def _write_durably(path, text=None):
+    """Flush ``path`` (writing ``text`` first if given) to the disk before it is renamed into
+    place, so that a crash leaves the old file or the new one, never a part of it."""
+    with open(path, 'w' if text is not None else 'rb+') as f:
+        if text is not None:
+            f.write(text)
+            f.flush()
+        os.fsync(f.fileno())
+
+
+def build(path=None, force=False):
+    """Compile the operator library to ``path`` (default: :func:`library_path` in the cache)
+    unless an intact one is there (``force`` rebuilds it); concurrent builders wait for each
+    other. Logs one line with the time it took. Returns the path.
+
+    Raises FusedUnavailable: this MXNet or machine cannot build it (the reason says which), the
+    compiler failed, or the cache directory is not writable."""
+    reason = unavailable_reason()
+    if reason:
+        raise FusedUnavailable(reason)
     path = Path(path or library_path())
-    if path.is_file():
+    if not force and is_intact(path):
         return path
-    compiler = os.environ.get('CXX', 'g++')
-    if shutil.which(compiler) is None:
-        raise FusedUnavailable('no C++ compiler (%s) on PATH' % compiler)
-    for needed in (_mxnet_dir() / 'include' / 'mxnet' / 'lib_api.h',
-                   _mxnet_dir() / 'src' / 'lib_api.cc'):
-        if not needed.is_file():
-            raise FusedUnavailable('the mxnet package lacks %s' % needed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / '.build.lock', 'w') as lock:
+    # Checked only now: machines that run a library built ahead of time need no compiler.
+    if shutil.which(_compiler()) is None:
+        raise FusedUnavailable('the fused ARSG operator needs a C++ compiler to build and %s is '
+                               'not on PATH (install g++ or set $CXX)' % _compiler())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.parent / '.build.lock', 'w')
+    except OSError as e:
+        raise FusedUnavailable(
+            'cannot write the fused-operator library to %s (%s): set $NAMSG_KERNEL_CACHE to a '
+            'writable directory, or build it there ahead of time with `python -m namsg.kernels '
+            'build`' % (path.parent, e)) from e
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.is_file():
+        if not force and is_intact(path):       # another process built it meanwhile
             return path
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.so.tmp')
-        os.close(fd)
-        try:
-            for arch_flags in (ARCH_FLAGS, []):
-                result = subprocess.run(_build_command(compiler, tmp, arch_flags),
-                                        capture_output=True, text=True)
-                if result.returncode == 0:
-                    break
-            if result.returncode != 0:
-                raise FusedUnavailable('compiling %s failed:\n%s' % (SOURCE.name,
-                                                                     result.stderr[-3000:]))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        damaged = path.exists() and not force
+        start = time.monotonic()
+        _compile_into(path)
+        logger.warning('namsg: %s the fused ARSG operator in %.1f s (once for this MXNet, '
+                       'compiler command and CPU): %s',
+                       'rebuilt a damaged copy of' if damaged else 'built',
+                       time.monotonic() - start, path)
     return path
+
+
+def _compile_into(path):
+    """Compile into a temporary file beside ``path``, then rename it and its checksum into
+    place, the library first: a reader that finds the old checksum rebuilds under the lock."""
+    compiler = _compiler()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.so.tmp')
+    os.close(fd)
+    tmp_sum = tmp + '.sha256'
+    try:
+        for arch_flags in (ARCH_FLAGS, []):
+            result = subprocess.run(_build_command(compiler, tmp, arch_flags),
+                                    capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+        if result.returncode != 0:
+            raise FusedUnavailable('compiling %s failed:\n%s' % (SOURCE.name,
+                                                                 result.stderr[-3000:]))
+        os.chmod(tmp, 0o755)        # mkstemp's 0600 would hide it from a shared cache's users
+        _write_durably(tmp)
+        _write_durably(tmp_sum, '%s  %s\n' % (_sha256(tmp), path.name))
+        os.replace(tmp, path)
+        os.replace(tmp_sum, _checksum_file(path))
+    except OSError as e:
+        raise FusedUnavailable('writing %s failed: %s' % (path, e)) from e
+    finally:
+        for leftover in (tmp, tmp_sum):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 def load():
@@ -158,8 +252,12 @@ def load():
         if _state['loaded'] or _state['error'] is not None:
             return _state['loaded']
         try:
-            mx.library.load(str(build()), verbose=False)
+            path = build()
+            from mxnet import library      # MXNet 1.5 has none; build() stops before 1.9
+            library.load(str(path), verbose=False)
             _state['loaded'] = True
+            logger.info('namsg: ARSG takes the fused operator path (MXNet %s, %s)',
+                        mx.__version__, path)
         except (FusedUnavailable, OSError, mx.base.MXNetError) as e:
             _state['error'] = str(e)
         return _state['loaded']
@@ -188,9 +286,17 @@ def use_fused(requested=None):
         raise FusedUnavailable('the fused ARSG operator is not available: %s' % _state['error'])
     if not _state['warned']:
         _state['warned'] = True
-        warnings.warn('namsg: the fused ARSG operator is not available (%s); using the slower '
-                      'NDArray path. Set %s=0 to silence this.' % (_state['error'], SWITCH))
+        warnings.warn('namsg: %s; using the NDArray path (slower, same results). Set %s=0 '
+                      'to silence this.' % (_state['error'], SWITCH))
     return False
+
+
+@functools.lru_cache(maxsize=None)
+def _mkldnn():
+    """Whether MXNet runs MKLDNN (oneDNN) kernels. ``import mxnet`` of 1.5 does not import
+    mxnet.runtime, hence the explicit import."""
+    from mxnet import runtime
+    return runtime.Features().is_enabled('MKLDNN')
 
 
 def _join(values):
@@ -219,7 +325,7 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
                 preconditioner_index):
     """One fused call for all ``weights`` (dense NDArrays on one CPU context), in place.
     ``states[j]`` is weight j's state tuple; ``masters`` is None or the float32 master copies."""
-    if _MKLDNN:
+    if _mkldnn():
         _to_default_layout(weights)
     inputs = []
     for j, (w, g, state) in enumerate(zip(weights, grads, states)):

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# namsg in a user's own MXNet environment (issue 12), on the older MXNet releases. For each one:
+# a venv holding only that MXNet and numpy<1.24, as a user's pipeline has it; the package
+# installed into it with its dependencies, from the wheel that `python -m build` makes (on 1.8
+# from its sdist and from the clone too); pip must leave every package there as it was and add
+# only namsg (no MXNet change, none of the experiment packages). Then, against that installed
+# copy: the optimizer parity tests (the NDArray path: the fused operator needs MXNet 1.9, and
+# test_the_path_taken_and_why_is_said_once checks that its absence is reported), the Trainer
+# and Module tests against the NumPy reference, and the install tests that need no extra.
+# pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
+# in `make test`. NAMSG_COMPAT_MXNET="1.6.0 ..." picks the releases.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+VERSIONS=${NAMSG_COMPAT_MXNET:-1.5.1 1.6.0 1.7.0.post2 1.8.0.post0}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+export PIP_DISABLE_PIP_VERSION_CHECK=1 NAMSG_KERNEL_CACHE=$WORK/kernels
+
+fail() { echo "compat: $*" >&2; exit 1; }
+
+"$PYTHON" -m venv "$WORK/build"
+"$WORK/build/bin/pip" install --quiet build
+"$WORK/build/bin/python" -m build --outdir "$WORK/dist" . > "$WORK/build.log" 2>&1 ||
+    { tail -n 30 "$WORK/build.log"; fail 'python -m build failed'; }
+WHEEL=$(echo "$WORK"/dist/namsg-*.whl)
+SDIST=$(echo "$WORK"/dist/namsg-*.tar.gz)
+
+# Install $2 into venv $1 and check that every package that was there is still there at the
+# same version and that the only one added is namsg.
+install_leaves_the_rest() {
+    local venv=$1 what=$2 before after added
+    before=$("$venv/bin/pip" freeze --all)
+    "$venv/bin/pip" install --quiet "$what"
+    after=$("$venv/bin/pip" freeze --all)
+    added=$(comm -13 <(sort <<< "$before") <(sort <<< "$after"))
+    comm -23 <(sort <<< "$before") <(sort <<< "$after") | grep . &&
+        fail "installing $what changed or removed the packages above"
+    # One line: namsg==V, or namsg @ file://... when pip installed it from a path.
+    [[ $added =~ ^namsg(==| @ )[^$'\n']*$ ]] ||
+        fail "installing $what added more than namsg: $added"
+    echo "compat: $what into $(basename "$venv"): nothing changed, added $added"
+}
+
+for version in $VERSIONS; do
+    venv=$WORK/mxnet-$version
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install --quiet "mxnet==$version" 'numpy<1.24'
+    forms=$WHEEL
+    [[ $version == 1.8.* ]] && forms="$WHEEL $SDIST $ROOT"     # the issue's scenario: all three
+    for form in $forms; do
+        install_leaves_the_rest "$venv" "$form"
+        "$venv/bin/pip" uninstall --quiet --yes namsg
+    done
+    "$venv/bin/pip" install --quiet "$WHEEL[test]"
+    [[ $("$venv/bin/pip" freeze) == *"mxnet==$version"* ]] || fail 'the test extra changed mxnet'
+    # From tests/, so that `import namsg` finds the installed copy, not the clone's.
+    (cd tests && "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$ROOT" \
+        -k 'not fused' test_parity.py test_gluon.py \
+        test_kernels.py::test_the_path_taken_and_why_is_said_once \
+        test_install.py::test_import_without_mxnet_says_which_package_to_install \
+        test_install.py::test_unsupported_mxnet_release_is_refused_with_the_supported_range)
+    (cd "$WORK" && "$venv/bin/python" -c \
+        'import namsg, sys; sys.exit(namsg.__file__.startswith(sys.argv[1]))' "$ROOT/") ||
+        fail 'the tests would import the clone, not the installed package'
+    rm -rf "$venv"
+done
