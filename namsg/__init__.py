@@ -18,7 +18,10 @@ from .amsgrad import AMSGrad
 from .radam import RAdam
 from .lookahead import Lookahead, Ranger
 from .kvstore_sync import sync_initial_weights
-from . import horovod_store  # noqa: F401 (registers the 'horovod' kvstore; see its doc)
+# The 'horovod' kvstore subclasses KVStoreBase, which MXNet has from 1.7 on; before that a
+# Trainer takes no kvstore class of ours, and Horovod's own DistributedTrainer remains.
+if _mxnet.has_kvstore_base():
+    from . import horovod_store  # noqa: F401 (registers the 'horovod' kvstore; see its doc)
 
 __version__ = '0.1.0'
 

@@ -35,3 +35,9 @@ VERSION = parse_version(mxnet.__version__)
 if not OLDEST <= VERSION < (NEWEST[0] + 1, 0):
     raise ImportError('namsg supports MXNet %d.%d to %d.x; found %s at %s. To use namsg, '
                       % (OLDEST + (NEWEST[0], mxnet.__version__, mxnet.__file__)) + INSTALL_HINT)
+
+
+def has_kvstore_base():
+    """Whether this MXNet has ``mxnet.kvstore.KVStoreBase`` (1.7 and later), which kvstores
+    written in Python, such as namsg's 'horovod' store, subclass."""
+    return hasattr(mxnet.kvstore, 'KVStoreBase')
