@@ -37,6 +37,7 @@ def main(argv=None):
         raise SystemExit('error: --log-dir %s: no finished runs (no complete '
                          '<setting>/<method>/seed<k>.jsonl logs)' % args.log_dir)
     print(summary)
+    print('plots (<setting>.png) and summary.md written to %s' % (args.out_dir or args.log_dir))
 
 
 if __name__ == '__main__':

@@ -239,3 +239,20 @@ def test_cifar10_trains_from_each_layout_as_one_run(tmp_path, monkeypatch, capsy
     for folder in (write_cifar_binary(tmp_path / 'bin'), write_cifar_images(tmp_path / 'img')):
         cli.main('cifar10', argv + ['--data-dir', str(folder)])
         assert 'cifar10_fine/SGD/seed0: finished earlier' in capsys.readouterr().out
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C ended in a KeyboardInterrupt traceback from inside an MXNet op."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a').mkdir()
+    _write_mnist(tmp_path / 'a', n_train=40, n_test=20, gz=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, 'train_run', interrupted)
+    with pytest.raises(SystemExit) as stop:
+        _run(['--data-dir', 'a'], capsys)
+    assert stop.value.code == 130
+    out = capsys.readouterr().out
+    assert 'interrupted: mnist_logreg/ARSG/seed0 stopped in an epoch; the same command resumes' \
+           in out

@@ -196,6 +196,7 @@ def test_weights_left_in_mkldnn_layout_by_inference_are_updated():
                                                                  fused=fused))
         x = mx.nd.random.normal(shape=(4, 3, 12, 12))
         y = mx.nd.array([1, 2, 3, 4])
+        big = mx.nd.random.normal(shape=(1500, 1500))
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         for step in range(4):
             with mx.autograd.record():
@@ -204,7 +205,10 @@ def test_weights_left_in_mkldnn_layout_by_inference_are_updated():
             if step % 2:
                 net(x).wait_to_read()     # inference forward, run before the update
             else:
-                net(x)                    # inference forward, queued before the update
+                # Inference forward still queued when the update is called: behind a slow
+                # product that its input waits for (what a loaded machine does by chance).
+                slow = mx.nd.dot(big, big)
+                net(x + 0 * slow[0, 0])
             trainer.step(4)
         results[fused] = [p.data().asnumpy() for p in net.collect_params().values()]
     for f, p in zip(results[True], results[False]):
@@ -341,3 +345,14 @@ def test_the_path_taken_and_why_is_said_once():
                   'the NDArray path' % mx.__version__
         assert len([line for line in lines if warning in line]) == 1, lines
         assert 'No such file' not in result.stderr
+
+
+def test_cache_lookup_writes_nothing_outside_the_cache(tmp_path, monkeypatch):
+    """Asking where the library lives wrote the linker's version script into the current
+    directory (a stray exports-*.map in the user's working tree)."""
+    work = tmp_path / 'work'
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv('NAMSG_KERNEL_CACHE', str(tmp_path / 'cache'))
+    kernels.library_path()
+    assert list(work.iterdir()) == []

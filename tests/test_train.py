@@ -181,3 +181,42 @@ def test_logged_step_size_follows_the_schedule_on_a_worker_that_never_updates():
     assert opt.learning_rate == pytest.approx(0.1)      # what the log showed before
     assert train.logged_lr(opt, 4) == pytest.approx(0.1)
     assert train.logged_lr(opt, 6) == pytest.approx(0.01)
+
+
+def test_skipping_a_finished_run_leaves_its_log_as_the_training_wrote_it(tmp_path):
+    """The skip rewrote the log's header with the command that skipped the run."""
+    args = (PROTOCOL, 'ARSG', 0, _tiny_mnist(), tmp_path / 'run.jsonl', tmp_path / 'ck')
+    train.train_run(*args, command='the command that trained it')
+    before = (tmp_path / 'run.jsonl').read_bytes()
+    train.train_run(*args, command='a later command')
+    assert (tmp_path / 'run.jsonl').read_bytes() == before
+    records = train.read_log(tmp_path / 'run.jsonl')[1]
+    (tmp_path / 'run.jsonl').unlink()            # a lost log is rebuilt from the checkpoint
+    train.train_run(*args, command='a later command')
+    assert train.read_log(tmp_path / 'run.jsonl')[1] == records
+
+
+def test_an_unfinished_log_without_its_checkpoint_is_never_overwritten(tmp_path):
+    """Training it again from epoch 1 overwrote the epochs logged so far (e.g. a run committed
+    unfinished, cloned without its checkpoint)."""
+    args = (PROTOCOL, 'ARSG', 0, _tiny_mnist(), tmp_path / 'run.jsonl', tmp_path / 'ck')
+    train.train_run(*args)
+    header, records = train.read_log(tmp_path / 'run.jsonl')
+    train.write_log(tmp_path / 'run.jsonl', header, records[:2])
+    import shutil
+    shutil.rmtree(tmp_path / 'ck')
+    before = (tmp_path / 'run.jsonl').read_bytes()
+    with pytest.raises(train.CheckpointError, match='has 2 of 3 epochs but no checkpoint'):
+        train.train_run(*args)
+    assert (tmp_path / 'run.jsonl').read_bytes() == before
+
+
+def test_logs_are_readable_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        train.write_atomic(tmp_path / 'a.jsonl', '{}\n')
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / 'a.jsonl').stat().st_mode) == 0o644

@@ -270,6 +270,13 @@ def main(experiment, argv=None):
                           data_fingerprint=fingerprint, echo=_echo, **paths)
         except CheckpointError as e:
             raise SystemExit('error: %s' % e)
+        except KeyboardInterrupt:
+            # Checkpoints are whole epochs, renamed into place: nothing is half-written.
+            _echo('interrupted: %s stopped in an epoch; the same command resumes it from its '
+                  'last complete epoch%s' % (run_name(protocol, method, seed), '' if distributed
+                                            else ' (checkpoints in %s)'
+                                            % paths['checkpoint_dir']))
+            raise SystemExit(130)
     # Runs on the sample are not compared with reference runs on the full set.
     reference = None if sample else Path(REFERENCE_DIR) / output_name(experiment,
                                                                       kvstore=args.kvstore)

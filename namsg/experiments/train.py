@@ -110,6 +110,7 @@ def write_atomic(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.')
     try:
+        os.chmod(tmp, 0o666 & ~_umask())      # as open() would make it; mkstemp makes 0600
         with os.fdopen(fd, 'w') as f:
             f.write(text)
             f.flush()
@@ -119,6 +120,12 @@ def write_atomic(path, text):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_log(path, header, records):
@@ -275,8 +282,11 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
     if len(logged) == epochs:      # finished, and its checkpoints are gone
         return RunState('finished', logged, note='finished earlier (%d epochs in %s): skipped'
                         % (epochs, log_path))
-    return RunState('new', note='%s has %d of %d epochs but no checkpoint: training from '
-                    'epoch 1' % (log_path, len(logged), epochs))
+    raise CheckpointError(
+        '%s has %d of %d epochs but no checkpoint in %s to resume from; training again would '
+        'overwrite it: restore the checkpoint (a run committed unfinished has it under '
+        'checkpoints/), or move the log away to train this run from the start'
+        % (log_path, len(logged), epochs, checkpoint_dir))
 
 
 def _load(x, y, contexts):
@@ -436,8 +446,9 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
             write_log(log_path, header, records)
         if echo is not None:
             echo(format_record(header['run'], records[-1]))
-    if first_epoch > protocol.epochs and log_path is not None:   # finished earlier: log anew
-        write_log(log_path, header, records)
+    if first_epoch > protocol.epochs and log_path is not None and not _logged(log_path,
+                                                                              records):
+        write_log(log_path, header, records)     # finished earlier, its log lost: rebuild it
     return records
 
 
@@ -458,6 +469,15 @@ def format_record(run, r):
     return ('%s epoch %d: train loss %.5f acc %.4f | val loss %.4f acc %.4f | lr %.3g%s | '
             '%.1f s%s' % (run, r['epoch'], r['train_loss'], r['train_acc'], r['val_loss'],
                           r['val_acc'], r['lr'], mu, r['seconds'], boost))
+
+
+def _logged(log_path, records):
+    """Whether the log at ``log_path`` already holds ``records`` (then it is left as it is, with
+    the command that trained the run in its header)."""
+    try:
+        return read_log(log_path)[1] == json.loads(json.dumps(records))
+    except (OSError, LogError):
+        return False
 
 
 def _config_of(header):

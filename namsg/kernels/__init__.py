@@ -111,18 +111,26 @@ def unavailable_reason():
 
 
 def _build_command(compiler, output, arch_flags):
-    """The compiler's argument list; writes the version script beside ``output`` if absent."""
+    """The compiler's argument list (nothing is written: the version script it names, beside
+    ``output``, is written by _write_version_script just before compiling)."""
     mxnet_dir = _mxnet_dir()
     script = Path(output).parent / VERSION_SCRIPT_NAME
-    if not script.is_file():
-        fd, tmp = tempfile.mkstemp(dir=script.parent, suffix='.map.tmp')
-        with os.fdopen(fd, 'w') as f:
-            f.write(VERSION_SCRIPT)
-        os.replace(tmp, script)
     flags = [flag.replace(VERSION_SCRIPT_NAME, str(script)) for flag in FLAGS]
     return [compiler] + flags + arch_flags + ['-I', str(mxnet_dir / 'include' / 'mxnet'),
                                  '-I', str(mxnet_dir / 'include'), str(SOURCE),
                                  str(mxnet_dir / 'src' / 'lib_api.cc'), '-o', str(output)]
+
+
+def _write_version_script(directory):
+    """The linker's version script in ``directory`` (the cache), written once and atomically,
+    readable by every user of a shared cache."""
+    script = Path(directory) / VERSION_SCRIPT_NAME
+    if not script.is_file():
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix='.map.tmp')
+        with os.fdopen(fd, 'w') as f:
+            f.write(VERSION_SCRIPT)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, script)
 
 
 def _cpu_identity():
@@ -224,6 +232,7 @@ def _compile_into(path):
     os.close(fd)
     tmp_sum = tmp + '.sha256'
     try:
+        _write_version_script(path.parent)
         for arch_flags in (ARCH_FLAGS, []):
             result = subprocess.run(_build_command(compiler, tmp, arch_flags),
                                     capture_output=True, text=True)
@@ -313,10 +322,13 @@ def _to_default_layout(arrays):
     or dense layer run for inference reorders its weight into such a layout in place, and
     MXNet 1.9 hands an in-place extension operator that array as it is, which fails
     ("We can't generate TBlob for MKLDNN data"). MXNDArrayGetData reorders it back to the
-    default layout; waiting for pending writes first catches a reorder still queued."""
+    default layout. The reorder happens inside the inference op, which the engine counts as a
+    read of the weight: so wait for every pending operation on it, reads included, before
+    reordering back (waiting for writes only lost the race whenever that op was still queued).
+    """
     pointer = ctypes.c_void_p()
     for array in arrays:
-        array.wait_to_read()
+        check_call(_LIB.MXNDArrayWaitToWrite(array.handle))
         check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
 
 
