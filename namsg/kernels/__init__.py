@@ -322,13 +322,16 @@ def _to_default_layout(arrays):
     or dense layer run for inference reorders its weight into such a layout in place, and
     MXNet 1.9 hands an in-place extension operator that array as it is, which fails
     ("We can't generate TBlob for MKLDNN data"). MXNDArrayGetData reorders it back to the
-    default layout. The reorder happens inside the inference op, which the engine counts as a
-    read of the weight: so wait for every pending operation on it, reads included, before
-    reordering back (waiting for writes only lost the race whenever that op was still queued).
+    default layout. MKLDNN's inference convolution does not reorder at once: while it runs (a
+    read of the weight) it pushes the reorder as a new write. So wait for every pending read and
+    write (the convolution has then run and pushed its reorder), then for that reorder, then
+    reorder back; nothing else can be pushed before the update, from this same thread. Waiting
+    for writes only lost the race when the convolution ran between that wait and the update.
     """
     pointer = ctypes.c_void_p()
     for array in arrays:
         check_call(_LIB.MXNDArrayWaitToWrite(array.handle))
+        array.wait_to_read()
         check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
 
 
