@@ -1,6 +1,6 @@
 """B.5's grid search: train every tuple of each method's grid under a protocol and rank them by
-final training loss; for ARSG and ARSGB also run OBSB's first stage (a short step-size search)
-and report what it picks. See --help."""
+final training loss; for ARSG and ARSGB also run the first stage of the observation boost
+(OBSB: a short step-size search with a small mu) and report the step size it picks."""
 
 import argparse
 import math
@@ -15,7 +15,7 @@ from namsg.experiments.train import PREPARE, write_atomic
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--setting', default='mnist_logreg', choices=sorted(PROTOCOLS),
                         help='the experiment whose protocol is searched (default: '
                              'mnist_logreg)')

@@ -256,3 +256,14 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert 'interrupted: mnist_logreg/ARSG/seed0 stopped in an epoch; the same command resumes' \
            in out
+
+
+def test_the_reference_is_found_from_any_working_directory(tmp_path, monkeypatch, capsys):
+    """Run from outside the checkout, the comparison with logs/mnist was dropped without a
+    word."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a').mkdir()
+    _write_mnist(tmp_path / 'a', n_train=40, n_test=20, gz=False)
+    out = _run(['--data-dir', 'a'], capsys)
+    checkout_logs = Path(cli.__file__).resolve().parents[2] / 'logs' / 'mnist'
+    assert 'No reference runs of the same protocol in `%s`' % checkout_logs in out

@@ -31,6 +31,8 @@ KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'h
 #: written beside them only when --log-dir asks for it, and is compared with them in the report.
 RUNS_DIR = 'runs'
 REFERENCE_DIR = 'logs'
+#: The checkout's reference runs, found from any working directory (scripts run from a clone).
+_CHECKOUT_REFERENCE = Path(__file__).resolve().parents[2] / REFERENCE_DIR
 #: Seconds between progress lines when the output is not a terminal.
 PROGRESS_EVERY = 30.0
 
@@ -278,10 +280,15 @@ def main(experiment, argv=None):
                                             % paths['checkpoint_dir']))
             raise SystemExit(130)
     # Runs on the sample are not compared with reference runs on the full set.
-    reference = None if sample else Path(REFERENCE_DIR) / output_name(experiment,
-                                                                      kvstore=args.kvstore)
-    if reference is not None and (not reference.is_dir()
-                                  or reference.resolve() == Path(log_dir).resolve()):
+    reference = None if sample else reference_dir(experiment, args.kvstore)
+    if sample:
+        _echo('reference: runs on the embedded sample are not compared with the committed '
+              'runs on the full set')
+    elif reference is None:
+        _echo('reference: no committed reference runs found (%s/%s in the working directory or '
+              'the checkout); the report shows these runs alone'
+              % (REFERENCE_DIR, output_name(experiment, kvstore=args.kvstore)))
+    elif reference.resolve() == Path(log_dir).resolve():
         reference = None
     if distributed or args.kvstore == 'horovod':
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards.
@@ -291,6 +298,16 @@ def main(experiment, argv=None):
     summary = write_report(log_dir, reference_dir=reference)
     if summary:
         print('\nplots and summary.md written to %s\n\n%s' % (log_dir, summary))
+
+
+def reference_dir(experiment, kvstore):
+    """The committed reference runs for ``experiment`` run on ``kvstore``: ``logs/<name>``
+    in the working directory, else in the checkout these scripts belong to, else None."""
+    name = output_name(experiment, kvstore=kvstore)
+    for root in (Path(REFERENCE_DIR), _CHECKOUT_REFERENCE):
+        if (root / name).is_dir():
+            return root / name
+    return None
 
 
 def _echo(line):

@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .. import dynamics  # noqa: E402
@@ -139,6 +140,7 @@ def plot_setting(method_runs, title, path, reference_runs=None, events=None, cap
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel('epochs done')
         ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, title='method (seeds)', title_fontsize=7)
     fig.suptitle(title, fontsize=10)
