@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from namsg.experiments import cli
+from namsg.experiments import data as datasets
 from namsg.experiments.grid import first_stage, run_grid, subset, summary_table, tuple_name
 from namsg.experiments.hparams import METHODS, PROTOCOLS
 from namsg.experiments.train import PREPARE, write_atomic
@@ -59,7 +60,7 @@ def main(argv=None):
     protocol = protocol.scaled(epochs / protocol.epochs)._replace(epochs=epochs)
     try:
         dataset = cli.load_data(protocol.dataset, args.data_dir)
-    except Exception as e:   # noqa: BLE001 -- a data error is the user's to fix: say it, stop
+    except datasets.DataError as e:
         raise SystemExit('error: %s' % e)
     prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
     contexts = cli.contexts_from(args.gpus)
