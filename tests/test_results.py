@@ -48,7 +48,8 @@ def test_summary_counts_epochs_to_reach_the_reference_loss():
     assert rows['ARSG']['epochs_to_reference'] == 2
     assert rows['SGD']['epochs_to_reference'] is None
     table = plots.summary_markdown(runs)
-    assert '| ARSG | 1 | 0.1000 +- 0.0000 | 0.9000 +- 0.0000 | 2 |' in table
+    assert '| ARSG | 1 | 0.1000 | 0.9000 | 2 |' in table           # one seed: no spread
+    assert '| ADAM | 2 | 0.2000 +- 0.1000 | 0.7500 +- 0.0500 | 3 |' in table
 
 
 def test_plots_are_written_from_logs(tmp_path):
@@ -156,3 +157,102 @@ def test_the_report_says_whether_a_rerun_reproduces_its_reference_run():
     assert table.splitlines()[2:] == ['| ARSG | 0 | 0.50000 | 0.40000 | 2.5e-01 |']
     assert plots.comparison_markdown({'ARSG': [pair(7, [1.0])]}, {'ARSG': [pair(0, [1.0])]}) \
         == ''
+
+
+# --- the README's results tables ---------------------------------------------------------------
+
+def _write_fake_log(log_dir, setting, method, seed, losses, accs, protocol):
+    header = dict(type='header', run='%s/%s/seed%d' % (setting, method, seed), method=method,
+                  seed=seed, protocol=dict(protocol, setting=setting))
+    records = [dict(type='epoch', epoch=e, iteration=10 * e, train_loss=l, val_acc=a)
+               for e, (l, a) in enumerate(zip(losses, accs), start=1)]
+    train.write_log(log_dir / setting / method / ('seed%d.jsonl' % seed), header, records)
+
+
+FAKE_PROTOCOL = dict(dataset='cifar10', model='resnet20_b3', epochs=3, lr_drop_iteration=25,
+                     scale=1.0)
+
+
+def _fake_cifar_logs(log_dir):
+    for seed, losses in ((0, [1.0, 0.6, 0.4]), (1, [1.0, 0.6, 0.2])):
+        _write_fake_log(log_dir, 'cifar10_fine', 'ADAM', seed, losses, [0.5, 0.7, 0.6],
+                        FAKE_PROTOCOL)
+    _write_fake_log(log_dir, 'cifar10_fine', 'ARSG', 0, [0.9, 0.3, 0.1], [0.6, 0.8, 0.9],
+                    FAKE_PROTOCOL)
+    _write_fake_log(log_dir, 'cifar10_fine', 'ARSGB', 0, [0.8, 0.5], [0.6, 0.75],
+                    FAKE_PROTOCOL)                       # in progress: 2 of 3 epochs
+
+
+def test_results_table_by_method_draws_every_metric_from_the_logs(tmp_path):
+    _fake_cifar_logs(tmp_path / 'runs')
+    table = plots.results_markdown([('runs', 'cifar10_fine', 'fine')], root=tmp_path)
+    lines = table.splitlines()
+    assert lines[0] == ('| method | paper (80 epochs, mean +- std of 5 runs): best val acc | '
+                        'fine (3 epochs, 1/2 seeds): final train loss | fine (3 epochs, 1/2 '
+                        'seeds): best val acc | fine (3 epochs, 1/2 seeds): epochs to ADAM\'s '
+                        'final loss | fine (3 epochs, 1/2 seeds): train loss before the drop |')
+    rows = {line.split(' | ')[0][2:]: line for line in lines[2:]}
+    assert list(rows) == list(hparams.METHODS)           # the paper's column names all eight
+    assert rows['ADAM'] == '| ADAM | 0.9079 +- 0.0026 | 0.3000 | 0.7000 | 3 | 0.6000 (epoch 2) |'
+    assert rows['ARSG'] == '| ARSG | 0.9157 +- 0.0019 | 0.1000 | 0.9000 | 2 | 0.3000 (epoch 2) |'
+    assert rows['ARSGB'] == ('| ARSGB | 0.9196 +- 0.0014 | 0.5000 after 2 of 3 epochs | '
+                             '0.7500 so far | - | - |')
+    assert rows['SGD'] == '| SGD | 0.9151 +- 0.0021 | not run | not run | not run | not run |'
+
+
+def test_results_table_by_metric_has_a_row_per_source(tmp_path):
+    _fake_cifar_logs(tmp_path / 'a')
+    _write_fake_log(tmp_path / 'b', 'cifar10_fast', 'SGD', 0, [0.7, 0.2, 0.1],
+                    [0.5, 0.6, 0.65], FAKE_PROTOCOL)
+    sources = [('a', 'cifar10_fine', 'fine'),
+               plots.parse_results_source('b:cifar10_fast=fast,_short')]
+    assert sources[1] == ('b', 'cifar10_fast', 'fast, short')
+    table = plots.results_markdown(sources, tmp_path, metric='final_loss').splitlines()
+    assert table[0] == '| final train loss, here unless said | SGD | ADAM | ARSG | ARSGB |'
+    assert table[2:] == ['| fine (3 epochs, 1/2 seeds) | not run | 0.3000 | 0.1000 | '
+                         '0.5000 after 2 of 3 epochs |',
+                         '| fast, short (3 epochs, 1 seed) | 0.1000 | not run | not run | '
+                         'not run |']
+    best = plots.results_markdown(sources, tmp_path, metric='best_acc').splitlines()
+    assert best[2].startswith('| paper (80 epochs, mean +- std of 5 runs) | 0.9151 +- 0.0021 |')
+    assert 'paper' not in plots.results_markdown(sources[1:], tmp_path)   # fine mode only
+    with pytest.raises(ValueError, match='choose one of'):
+        plots.results_markdown(sources, tmp_path, metric='accuracy')
+
+
+def test_results_table_refuses_runs_of_different_protocols(tmp_path):
+    _fake_cifar_logs(tmp_path / 'runs')
+    _write_fake_log(tmp_path / 'runs', 'cifar10_fine', 'SGD', 0, [0.7], [0.5],
+                    dict(FAKE_PROTOCOL, epochs=1))
+    with pytest.raises(ValueError, match='2 different protocols'):
+        plots.results_markdown([('runs', 'cifar10_fine', 'fine')], tmp_path)
+    with pytest.raises(ValueError, match='holds no runs of cifar10_fast'):
+        plots.results_markdown([('runs', 'cifar10_fast', 'fast')], tmp_path)
+
+
+def test_results_tables_script_redraws_a_stale_table_and_check_reports_it(tmp_path, capsys):
+    import runpy
+    _fake_cifar_logs(tmp_path / 'runs')
+    readme = tmp_path / 'README.md'
+    stale = ('text\n<!-- results final_loss: runs:cifar10_fine=fine -->\n| old |\n'
+             '<!-- /results -->\nmore\n')
+    readme.write_text(stale)
+    script = runpy.run_path(str(ROOT / 'scripts' / 'results_tables.py'))
+    with pytest.raises(SystemExit) as stop:
+        script['main'](['--file', str(readme), '--check'])
+    assert stop.value.code == 1 and readme.read_text() == stale
+    script['main'](['--file', str(readme)])
+    redrawn = readme.read_text()
+    assert '| fine (3 epochs, 1/2 seeds) | not run | 0.3000 |' not in redrawn   # no SGD here
+    assert '| fine (3 epochs, 1/2 seeds) | 0.3000 | 0.1000 |' in redrawn
+    assert redrawn.startswith('text\n') and redrawn.endswith('<!-- /results -->\nmore\n')
+    script['main'](['--file', str(readme), '--check'])
+    assert 'match their logs' in capsys.readouterr().out
+
+
+def test_readme_results_tables_are_those_of_the_committed_logs():
+    readme = (ROOT / 'README.md').read_text()
+    assert len(plots.RESULTS_BLOCK.findall(readme)) >= 3
+    assert plots.fill_results_blocks(readme, ROOT) == readme, (
+        'a results table in the README differs from the logs it cites: run '
+        '`python scripts/results_tables.py`')

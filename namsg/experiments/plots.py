@@ -1,5 +1,8 @@
 """Figures and summary tables, drawn from the analysis or from the JSON-lines logs."""
 
+import json
+import re
+
 import matplotlib
 
 matplotlib.use('Agg')
@@ -43,17 +46,17 @@ def plot_figure1(path, beta=0.999, mus=FIGURE1_MUS, ranges=FIGURE1_RANGES, point
 FULL_SIZES = {'mnist': (60000, 10000), 'cifar10': (50000, 10000)}
 
 
-def load_runs(log_dir, headers=False):
+def load_runs(log_dir, headers=False, unfinished=False):
     """{setting: {method: [records of each seed]}} from ``log_dir/<setting>/<method>/*.jsonl``;
-    only runs that finished their protocol are kept. With ``headers``, each seed is a
-    (header, records) pair. Logs of every version are read (older headers hold the data's path
-    under ``data``)."""
+    only runs that finished their protocol are kept, unless ``unfinished``. With ``headers``,
+    each seed is a (header, records) pair. Logs of every version are read (older headers hold
+    the data's path under ``data``)."""
     from pathlib import Path
     from .train import read_log
     runs = {}
     for path in sorted(Path(log_dir).glob('*/*/*.jsonl')):
         header, records = read_log(path)
-        if len(records) < header['protocol']['epochs']:
+        if not records or (len(records) < header['protocol']['epochs'] and not unfinished):
             continue
         runs.setdefault(header['protocol']['setting'], {}).setdefault(
             header['method'], []).append((header, records) if headers else records)
@@ -178,15 +181,20 @@ def summary_rows(method_runs, reference='ADAM'):
     return rows
 
 
+def _mean_std(mean, std, seeds):
+    # A spread over one seed is no spread: print the value alone.
+    return '%.4f' % mean if seeds == 1 else '%.4f +- %.4f' % (mean, std)
+
+
 def summary_markdown(method_runs, reference='ADAM'):
     lines = ['| method | seeds | final training loss | best validation accuracy | '
              'epochs to reach %s\'s final training loss |' % reference,
              '|---|---|---|---|---|']
     for r in summary_rows(method_runs, reference):
-        lines.append('| %s | %d | %.4f +- %.4f | %.4f +- %.4f | %s |' % (
-            r['method'], r['seeds'], r['final_loss'], r['final_loss_std'], r['best_acc'],
-            r['best_acc_std'], '-' if r['epochs_to_reference'] is None
-            else r['epochs_to_reference']))
+        lines.append('| %s | %d | %s | %s | %s |' % (
+            r['method'], r['seeds'], _mean_std(r['final_loss'], r['final_loss_std'], r['seeds']),
+            _mean_std(r['best_acc'], r['best_acc_std'], r['seeds']),
+            '-' if r['epochs_to_reference'] is None else r['epochs_to_reference']))
     return '\n'.join(lines) + '\n'
 
 
@@ -270,3 +278,133 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
     if sections:
         (out_dir / 'summary.md').write_text(summary)
     return summary
+
+
+# --- the README's results tables, drawn from the committed logs ----------------------------------
+
+#: A results block in a Markdown file: ``<!-- results[ METRIC]: SOURCE ... -->``, the table,
+#: then ``<!-- /results -->``. Each SOURCE is ``LOG_DIR:SETTING=LABEL`` (LOG_DIR relative to the
+#: file's folder; underscores in LABEL print as spaces). Without METRIC the table has a row per
+#: method and a group of columns (every metric) per source; with METRIC (one of
+#: RESULT_METRICS) a row per source and a column per method.
+RESULTS_BLOCK = re.compile(r'(<!-- results(?: (?P<metric>\w+))?: (?P<spec>[^>]*?) -->\n)'
+                           r'(?P<table>.*?)(?P<end><!-- /results -->)', re.S)
+
+#: The metrics of a results table, by key: the column title.
+RESULT_METRICS = {'final_loss': 'final train loss', 'best_acc': 'best val acc',
+                  'to_reference': "epochs to ADAM's final loss",
+                  'before_drop': 'train loss before the drop'}
+
+
+def parse_results_source(text):
+    """``LOG_DIR:SETTING=LABEL`` -> (log_dir, setting, label with underscores as spaces)."""
+    where, _, label = text.partition('=')
+    log_dir, _, setting = where.rpartition(':')
+    if not (log_dir and setting and label):
+        raise ValueError('results source %r: expected LOG_DIR:SETTING=LABEL' % text)
+    return log_dir, setting, label.replace('_', ' ')
+
+
+def _loss_before_drop(protocol, records):
+    """(training loss, epoch) of the last epoch that ended before the step-size drop (what
+    fast mode minimizes), or None when the drop is not within the logged epochs."""
+    drop = protocol.get('lr_drop_iteration')
+    before = [r for r in records if drop is not None and r['iteration'] <= drop]
+    if not before or len(before) == len(records):
+        return None
+    return before[-1]['train_loss'], before[-1]['epoch']
+
+
+def source_results(log_dir, setting, reference='ADAM'):
+    """The results of the runs of ``setting`` under ``log_dir``, runs in progress included:
+    (protocol, seed counts, {method: {metric: cell text}}) with the metrics of RESULT_METRICS
+    (means over seeds; 'before_drop' only where the drop falls within the runs). Raises
+    ValueError when there are no such runs or they were made under different protocols."""
+    runs = load_runs(log_dir, headers=True, unfinished=True).get(setting, {})
+    if not runs:
+        raise ValueError('%s holds no runs of %s' % (log_dir, setting))
+    protocols = {json.dumps(h['protocol'], sort_keys=True) for pairs in runs.values()
+                 for h, _ in pairs}
+    if len(protocols) > 1:
+        raise ValueError('%s: the runs of %s were made under %d different protocols'
+                         % (log_dir, setting, len(protocols)))
+    protocol = json.loads(protocols.pop())
+    epochs = protocol['epochs']
+    done = {m: min(len(r) for _, r in pairs) for m, pairs in runs.items()}
+    finished = {m: [r for _, r in pairs] for m, pairs in runs.items() if done[m] == epochs}
+    rows = {r['method']: r for r in summary_rows(finished, reference)}
+    with_drop = any(_loss_before_drop(protocol, r) for pairs in runs.values() for _, r in pairs)
+    cells = {}
+    for method, pairs in runs.items():
+        if method in rows:
+            row = rows[method]
+            reached = row['epochs_to_reference']
+            cell = dict(final_loss='%.4f' % row['final_loss'], best_acc='%.4f' % row['best_acc'],
+                        to_reference='no %s run' % reference if reference not in rows else
+                        'never' if reached is None else str(reached))
+        else:               # in progress: what it reached so far
+            row = summary_rows({method: [r[:done[method]] for _, r in pairs]})[0]
+            cell = dict(final_loss='%.4f after %d of %d epochs' % (row['final_loss'],
+                                                                   done[method], epochs),
+                        best_acc='%.4f so far' % row['best_acc'], to_reference='-')
+        if with_drop:
+            before = [_loss_before_drop(protocol, r) for _, r in pairs]
+            cell['before_drop'] = '-' if None in before else '%.4f (epoch %d)' % (
+                float(np.mean([loss for loss, _ in before])), before[0][1])
+        cells[method] = cell
+    return protocol, sorted({len(pairs) for pairs in runs.values()}), cells
+
+
+def _describe_source(label, protocol, seeds):
+    return '%s (%d epochs, %s seed%s)' % (label, protocol['epochs'], '/'.join(map(str, seeds)),
+                                          '' if seeds == [1] else 's')
+
+
+def results_markdown(sources, root='.', metric=None, reference='ADAM'):
+    """A Markdown table of the runs in ``sources`` ([(log_dir, setting, label)], log_dir
+    relative to ``root``), drawn from their logs by :func:`source_results`. Without ``metric``:
+    a row per method, a group of columns per source. With ``metric`` (a key of RESULT_METRICS):
+    a row per source, a column per method. Where a source is CIFAR-10 fine mode, the paper's
+    reported best validation accuracy comes first (a column, or with ``metric='best_acc'`` a
+    row). Methods that a source did not run say so."""
+    from pathlib import Path
+    from .hparams import METHODS, PAPER_BEST_VAL_ACC
+    if metric is not None and metric not in RESULT_METRICS:
+        raise ValueError('results metric %r: choose one of %s'
+                         % (metric, ', '.join(RESULT_METRICS)))
+    paper = next((PAPER_BEST_VAL_ACC[s] for _, s, _ in sources if s in PAPER_BEST_VAL_ACC), {})
+    named = [('paper (80 epochs, mean +- std of 5 runs)',
+              {m: dict(best_acc='%.4f +- %.4f' % value) for m, value in paper.items()})]
+    if not paper or metric not in (None, 'best_acc'):
+        named = []
+    for log_dir, setting, label in sources:
+        protocol, seeds, cells = source_results(Path(root) / log_dir, setting, reference)
+        named.append((_describe_source(label, protocol, seeds), cells))
+    methods = [m for m in METHODS if any(m in cells for _, cells in named)]
+
+    def row(cells):
+        return '| %s |' % ' | '.join(cells)
+    if metric is not None:
+        lines = [row(['%s, here unless said' % RESULT_METRICS[metric]] + methods),
+                 row(['---'] * (len(methods) + 1))]
+        for name, cells in named:
+            lines.append(row([name] + [cells.get(m, {}).get(metric, 'not run')
+                                       for m in methods]))
+        return '\n'.join(lines) + '\n'
+    columns = [(name, key) for name, cells in named for key in RESULT_METRICS
+               if any(key in c for c in cells.values())]
+    lines = [row(['method'] + ['%s: %s' % (name, RESULT_METRICS[key]) for name, key in columns]),
+             row(['---'] * (len(columns) + 1))]
+    for method in methods:
+        lines.append(row([method] + [dict(named)[name].get(method, {}).get(key, 'not run')
+                                     for name, key in columns]))
+    return '\n'.join(lines) + '\n'
+
+
+def fill_results_blocks(text, root='.'):
+    """``text`` (Markdown) with every results block's table redrawn from its logs."""
+    def redraw(match):
+        sources = [parse_results_source(s) for s in match.group('spec').split()]
+        return (match.group(1) + results_markdown(sources, root, match.group('metric'))
+                + match.group('end'))
+    return RESULTS_BLOCK.sub(redraw, text)
