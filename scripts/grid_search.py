@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from namsg.experiments import cli
-from namsg.experiments import data as datasets
 from namsg.experiments.grid import first_stage, run_grid, subset, summary_table, tuple_name
 from namsg.experiments.hparams import METHODS, PROTOCOLS
 from namsg.experiments.train import PREPARE, write_atomic
@@ -46,7 +45,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    methods = cli._split(args.methods, METHODS, 'method')
+    methods = cli._split(args.methods, METHODS, '--methods')
     protocol = PROTOCOLS[args.setting]
     epochs = protocol.epochs if args.epochs is None else args.epochs
     if not 1 <= epochs <= protocol.epochs:
@@ -58,12 +57,12 @@ def main(argv=None):
         raise SystemExit('error: --search-iterations must be >= 1, got %d'
                          % args.search_iterations)
     protocol = protocol.scaled(epochs / protocol.epochs)._replace(epochs=epochs)
-    try:
-        dataset = cli.load_data(protocol.dataset, args.data_dir)
-    except datasets.DataError as e:
-        raise SystemExit('error: %s' % e)
-    prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
     contexts = cli.contexts_from(args.gpus)
+    cli.check_data_dir(protocol.dataset, args.data_dir)
+    cli.check_writable('--log-dir', args.log_dir)
+    cli.check_writable('--checkpoint-dir', args.checkpoint_dir)
+    dataset = cli.load_data_or_exit(protocol.dataset, args.data_dir)
+    prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
     print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, args.log_dir))
