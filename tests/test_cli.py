@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -85,6 +86,16 @@ BAD_INPUT = [
     (['--settings', 'mnist_logreg', '--methods', 'ARSG'], _truncated_log,
      r'seed0.jsonl: line 2 is not a complete JSON record.*move the log away'),
 ]
+
+
+def test_horovod_missing_is_said_before_any_work(workdir, monkeypatch):
+    """It surfaced as an ImportError traceback from the first run's store."""
+    monkeypatch.setitem(sys.modules, 'horovod', None)        # as if not installed
+    monkeypatch.setattr(data, 'load_mnist_sample', lambda: pytest.fail('data loaded'))
+    with pytest.raises(SystemExit, match='error: --kvstore horovod: Horovod is not installed '
+                                         'here; install it built for MXNet'):
+        cli.main('mnist', ['--kvstore', 'horovod'])
+    assert _tree(workdir) == []
 
 
 @pytest.mark.parametrize('argv,setup,message', BAD_INPUT,
@@ -242,6 +253,9 @@ def test_data_warnings_are_one_log_line_once_a_job(workdir, monkeypatch, caplog,
     """Every worker of a job printed the checksum warnings (one a file, in Python's raw
     warnings format) and the sample notice; rank 0 logs each once."""
     monkeypatch.setattr(cli, 'train_run', lambda *a, **k: None)
+    (workdir / 'site' / 'horovod').mkdir(parents=True)      # found, as where it is installed
+    (workdir / 'site' / 'horovod' / '__init__.py').write_text('')
+    monkeypatch.syspath_prepend(str(workdir / 'site'))
     monkeypatch.setenv('DMLC_NUM_WORKER', '2')
     monkeypatch.setenv('HOROVOD_SIZE', '2')
     argv = ['--kvstore', kvstore, '--settings', 'mnist_logreg', '--methods', 'arsg', '--seeds',

@@ -8,6 +8,7 @@ import struct
 import urllib.error
 import urllib.request
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,3 +332,69 @@ def test_damaged_cifar10_files_are_named(tmp_path):
         data.load_cifar10(images)
     with pytest.raises(data.DataError, match='does not exist'):
         data.load_cifar10(tmp_path / 'typo')
+
+
+def _unreadable(monkeypatch, *targets):
+    """Reading ``targets`` fails as a file without read permission does. Simulated: permission
+    bits do not stop root, which runs these tests here."""
+    real_open, real_read_bytes = open, data.Path.read_bytes
+
+    def refuse(path):
+        if Path(path).name in targets:
+            raise PermissionError(13, 'Permission denied', str(path))
+
+    def fake_open(path, *args, **kwargs):
+        refuse(path)
+        return real_open(path, *args, **kwargs)
+
+    def read_bytes(path):
+        refuse(path)
+        return real_read_bytes(path)
+    monkeypatch.setattr(data, 'open', fake_open, raising=False)    # read_idx and _sha1
+    monkeypatch.setattr(data.gzip, 'open', lambda path, *a, **k: (refuse(path), gzip.GzipFile(
+        fileobj=real_open(path, 'rb')))[1])
+    monkeypatch.setattr(data.Path, 'read_bytes', read_bytes)
+
+
+def test_unreadable_files_are_named_not_a_traceback(tmp_path, monkeypatch):
+    """An unreadable gzip'd MNIST file ended in a PermissionError traceback from the checksum,
+    an unreadable batch of CIFAR-10's Python release in one from read_bytes."""
+    (tmp_path / 'mnist').mkdir()
+    _write_mnist(tmp_path / 'mnist', gz=True)
+    folder = write_cifar_python(tmp_path / 'cifar')
+    _unreadable(monkeypatch, 'train-labels-idx1-ubyte.gz', 'data_batch_4', 'data_batch_2.bin')
+    with pytest.raises(data.DataError, match=r'train-labels-idx1-ubyte.gz: cannot read it '
+                                             r'\(.*Permission denied'):
+        data.load_mnist(tmp_path / 'mnist', download=False)
+    with pytest.raises(data.DataError, match=r'data_batch_4: cannot read it \(Permission '
+                                             r'denied\)'):
+        data.load_cifar10(folder)
+    with pytest.raises(data.DataError, match=r'data_batch_2.bin: cannot read it \(Permission '
+                                             r'denied\)'):
+        data.load_cifar10(write_cifar_binary(tmp_path / 'bin'))
+
+
+def test_cifar10_archives_and_gaps_say_what_to_do(tmp_path):
+    """The binary release's archive was read as a Python release that "lacks" every batch; a
+    file that is no archive was to be "replaced with an intact copy"; missing batches were
+    listed with nothing to do."""
+    import tarfile
+    binary = write_cifar_binary(tmp_path / 'bin')
+    archive = tmp_path / 'cifar-10-binary.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(binary, arcname='cifar-10-batches-bin')
+    with pytest.raises(data.DataError, match='cifar-10-binary.tar.gz holds no batch of the '
+                                             'CIFAR-10 Python release .* unpack any other'):
+        data.load_cifar10(archive)
+    with pytest.raises(data.DataError, match='data_batch_1.bin: cannot read it as a tar '
+                                             'archive .* give the folder that holds CIFAR-10'):
+        data.load_cifar10(binary / 'data_batch_1.bin')
+    (binary / 'test_batch.bin').unlink()
+    with pytest.raises(data.DataError, match='missing in .*: test_batch.bin; unpack the whole '
+                                             'cifar-10-binary.tar.gz again'):
+        data.load_cifar10(binary)
+    python = write_cifar_python(tmp_path / 'py')
+    (python / 'data_batch_5').unlink()
+    with pytest.raises(data.DataError, match='lacks data_batch_5; unpack the whole '
+                                             'cifar-10-python.tar.gz again'):
+        data.load_cifar10(python)

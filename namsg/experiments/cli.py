@@ -8,6 +8,7 @@ with the data loaded, every run's existing log and checkpoint. Only then does tr
 import argparse
 import contextlib
 import errno
+import importlib.util
 import logging
 import os
 import shlex
@@ -350,6 +351,11 @@ def main(experiment, argv=None):
         raise SystemExit('error: --progress-every takes seconds >= 0, got %g'
                          % args.progress_every)
     contexts = contexts_from(args.gpus)
+    if args.kvstore == 'horovod' and importlib.util.find_spec('horovod') is None:
+        # Else the first run's store would fail, after the data and every run were checked.
+        raise SystemExit('error: --kvstore horovod: Horovod is not installed here; install it '
+                         'built for MXNet (README, "Scaling out with Horovod") and start the '
+                         'job with horovodrun, or choose another --kvstore')
     check_data_dir(experiment, args.data_dir)
     data_dir = datasets.data_dir_from(args.data_dir)
     sample = data_dir is None and experiment == 'mnist'

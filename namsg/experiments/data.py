@@ -199,6 +199,7 @@ def load_mnist(data_dir, download=True):
             '--data-dir (or set %s) to a folder that has them'
             % (data_dir, ', '.join(missing), why, ', '.join(n + '.gz' for n in missing),
                mnist_url(), data_dir, DATA_DIR_ENV))
+    arrays = {key: read_idx(path) for key, path in paths.items()}
     unofficial = ['%s (SHA-1 %s, official %s)' % (path.name, digest, MNIST_FILES[key][1])
                   for key, path in paths.items() if path.suffix == '.gz'
                   for digest in [_sha1(path)] if digest != MNIST_FILES[key][1]]
@@ -210,7 +211,6 @@ def load_mnist(data_dir, download=True):
             '(each run\'s log records the data\'s fingerprint, and a run resumes only on data '
             'with the same fingerprint).'
             % (data_dir, '; '.join(unofficial)))
-    arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ('train', 'test'):
         images, labels = arrays[split + '_images'], arrays[split + '_labels']
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -274,11 +274,15 @@ def _check_labels(labels, where):
                         % (where, labels.min(), labels.max()))
 
 
-def _read_cifar_batch(path):
+def _read_bytes(path):
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
+        return path.read_bytes()
     except OSError as e:
-        raise DataError('%s: cannot read it (%s)' % (path, e)) from e
+        raise DataError('%s: cannot read it (%s)' % (path, e.strerror or e)) from e
+
+
+def _read_cifar_batch(path):
+    raw = np.frombuffer(_read_bytes(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % _CIFAR_RECORD:
         raise DataError('%s: %d bytes is not a whole number of CIFAR-10 records (%d bytes '
                         'each); the file is truncated or corrupt' % (path, raw.size,
@@ -311,7 +315,8 @@ def _python_release(files, where):
     """(train, test) splits from {name: bytes} of the Python release's batches."""
     missing = [n for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST if n not in files]
     if missing:
-        raise DataError('CIFAR-10 Python release in %s lacks %s' % (where, ', '.join(missing)))
+        raise DataError('the CIFAR-10 Python release in %s lacks %s; unpack the whole '
+                        'cifar-10-python.tar.gz again' % (where, ', '.join(missing)))
     batches = [_read_cifar_pickle(files[n], '%s/%s' % (where, n))
                for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST]
     return (Split(np.concatenate([b[0] for b in batches[:5]]),
@@ -326,8 +331,14 @@ def _python_tarball(path):
             files = {Path(m.name).name: tar.extractfile(m).read() for m in tar
                      if m.isfile() and Path(m.name).name in wanted}
     except (OSError, EOFError, tarfile.TarError) as e:
-        raise DataError('%s: cannot read the archive (%s); replace it with an intact copy'
-                        % (path, e)) from e
+        raise DataError('%s: cannot read it as a tar archive (%s); if it is '
+                        'cifar-10-python.tar.gz, replace it with an intact copy, else give the '
+                        'folder that holds CIFAR-10' % (path, ' '.join(str(e).split()))) from e
+    if not files:
+        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s); of the '
+                        'archives only cifar-10-python.tar.gz is read as it is: unpack any '
+                        'other (e.g. cifar-10-binary.tar.gz) and give its folder'
+                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST)))
     return _python_release(files, path)
 
 
@@ -377,7 +388,7 @@ def load_cifar10(data_dir):
                        % data_dir)
     for candidate in (data_dir / 'cifar-10-batches-py', data_dir):
         if (candidate / 'data_batch_1').is_file():
-            files = {n: (candidate / n).read_bytes() for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST
+            files = {n: _read_bytes(candidate / n) for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST
                      if (candidate / n).is_file()}
             return Dataset(*_python_release(files, candidate),
                            source='CIFAR-10 Python release in %s' % candidate)
@@ -389,7 +400,8 @@ def load_cifar10(data_dir):
             missing = [n for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES
                        if not (candidate / n).is_file()]
             if missing:
-                raise DataError('CIFAR-10 binary files missing in %s: %s'
+                raise DataError('CIFAR-10 binary files missing in %s: %s; unpack the whole '
+                                'cifar-10-binary.tar.gz again'
                                 % (candidate, ', '.join(missing)))
             train = [_read_cifar_batch(candidate / n) for n in CIFAR_TRAIN_FILES]
             test = _read_cifar_batch(candidate / CIFAR_TEST_FILES[0])
