@@ -11,7 +11,7 @@ from pathlib import Path
 from namsg.experiments import cli
 from namsg.experiments.grid import first_stage, run_grid, subset, summary_table, tuple_name
 from namsg.experiments.hparams import METHODS, PROTOCOLS
-from namsg.experiments.train import PREPARE, write_atomic
+from namsg.experiments.train import PREPARE, CheckpointError, write_atomic
 
 
 def parse_args(argv=None):
@@ -67,24 +67,32 @@ def main(argv=None):
         sys.argv[1:] if argv is None else argv))
     print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, args.log_dir))
     results = {}
-    for method in methods:
-        search = None
-        if method in ('ARSG', 'ARSGB'):
-            iterations = args.search_iterations or -(-len(prepared.train_y)
-                                                     // protocol.batch_size)
-            search = first_stage(protocol, method, prepared, iterations, contexts)
-            print('%s first stage (%d iterations): picks a = %g; ranking %s' % (
-                method, iterations, search.best,
-                ', '.join('%g: %.5f' % r for r in search.ranking)))
-        rows = run_grid(protocol, method, prepared, args.log_dir, args.checkpoint_dir,
-                        contexts=contexts, echo=print, command=command,
-                        data_source=dataset.source, data_fingerprint=dataset.fingerprint())
-        results[method] = (rows, search)
-        print('\n%s, best first (final training loss after %d epochs):' % (method, epochs))
-        for row in rows:
-            loss = row['final_train_loss']
-            print('  %-40s %s' % (tuple_name(method, row['tuple']),
-                                  'diverged' if not math.isfinite(loss) else '%.5f' % loss))
+    try:
+        for method in methods:
+            search = None
+            if method in ('ARSG', 'ARSGB'):
+                iterations = args.search_iterations or -(-len(prepared.train_y)
+                                                         // protocol.batch_size)
+                search = first_stage(protocol, method, prepared, iterations, contexts)
+                print('%s first stage (%d iterations): picks a = %g; ranking %s' % (
+                    method, iterations, search.best,
+                    ', '.join('%g: %.5f' % r for r in search.ranking)))
+            rows = run_grid(protocol, method, prepared, args.log_dir, args.checkpoint_dir,
+                            contexts=contexts, echo=print, command=command,
+                            data_source=dataset.source, data_fingerprint=dataset.fingerprint())
+            results[method] = (rows, search)
+            print('\n%s, best first (final training loss after %d epochs):' % (method, epochs))
+            for row in rows:
+                loss = row['final_train_loss']
+                print('  %-40s %s' % (tuple_name(method, row['tuple']),
+                                      'diverged' if not math.isfinite(loss) else '%.5f' % loss))
+    except CheckpointError as e:
+        raise SystemExit('error: %s' % e)
+    except KeyboardInterrupt:
+        # Each point's log and checkpoints are whole epochs, renamed into place.
+        print('interrupted: the same command skips the finished points and resumes the '
+              'interrupted one from its last complete epoch', flush=True)
+        raise SystemExit(130)
     table = summary_table(args.setting, results)
     write_atomic(Path(args.log_dir) / args.setting / 'grid_summary.md',
                  '# B.5 grid on %s, %d epochs per point\n\nData: %s. Command: `%s`\n\n%s'

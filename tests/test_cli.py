@@ -456,3 +456,50 @@ def test_the_reference_is_found_from_any_working_directory(tmp_path, monkeypatch
     out = _run(['--data-dir', 'a'], capsys)
     checkout_logs = Path(cli.__file__).resolve().parents[2] / 'logs' / 'mnist'
     assert 'No reference runs of the same protocol in `%s`' % checkout_logs in out
+
+
+def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeypatch, capsys):
+    """A damaged log of a grid point, or Ctrl-C, ended grid_search.py in a traceback."""
+    from namsg.experiments.grid import tuple_name
+    from namsg.experiments.hparams import grid_tuples
+    module = _load_script('grid_search')
+    log = (workdir / 'runs' / 'grid' / 'logs' / 'mnist_logreg' / 'SGD' /
+           (tuple_name('SGD', grid_tuples('SGD')[0]) + '.jsonl'))
+    log.parent.mkdir(parents=True)
+    log.write_text('{"type": "header", "run": "x"}\n{"type": "epo')
+    monkeypatch.setattr(train.Prepared, 'train_batches', lambda *a: pytest.fail('training'))
+    with pytest.raises(SystemExit, match=r'error: .*\.jsonl: line 2 is not a complete JSON '
+                                         r'record.*move the log away'):
+        module.main(['--methods', 'SGD', '--epochs', '1'])
+    assert log.read_text() == '{"type": "header", "run": "x"}\n{"type": "epo'
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(module, 'run_grid', interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        module.main(['--methods', 'SGD', '--epochs', '1'])
+    assert stop.value.code == 130
+    assert 'interrupted: the same command skips the finished points and resumes' in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize('script', ['reproduce_mnist', 'reproduce_cifar10', 'grid_search'])
+def test_ctrl_c_while_the_data_loads_is_one_line(workdir, monkeypatch, capsys, script):
+    """Ctrl-C during the data's download or decoding ended in a KeyboardInterrupt traceback."""
+    (workdir / 'd').mkdir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    for name in ('load_mnist', 'load_cifar10'):
+        monkeypatch.setattr(data, name, interrupted)
+    with pytest.raises(SystemExit) as stop:
+        try:
+            _run_script(script, ['--data-dir', 'd'], monkeypatch)
+        except KeyboardInterrupt:
+            pytest.fail('a KeyboardInterrupt traceback')
+    assert stop.value.code == 130
+    assert capsys.readouterr().out == ('interrupted while loading the data; nothing was '
+                                       'written (files already downloaded are kept); the same '
+                                       'command starts again\n')
+    assert _tree(workdir) == ['d']

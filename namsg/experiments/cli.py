@@ -336,6 +336,11 @@ def load_data_or_exit(experiment, data_dir_flag, kvstore='device'):
             return load_data(experiment, data_dir_flag)
     except datasets.DataError as e:
         raise SystemExit('error: %s' % e)
+    except KeyboardInterrupt:
+        # A download is renamed into place only whole: nothing is half-written.
+        _echo('interrupted while loading the data; nothing was written (files already '
+              'downloaded are kept); the same command starts again')
+        raise SystemExit(130)
 
 
 def main(experiment, argv=None):
