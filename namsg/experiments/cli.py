@@ -168,7 +168,10 @@ def contexts_from(gpus):
         raise SystemExit('error: --gpus takes comma-separated GPU ids, e.g. 0,1; got %r' % gpus)
     if ids:
         # An absent GPU would fail only in the first run, with MXNet's message.
-        available = mx.context.num_gpus()
+        try:
+            available = mx.context.num_gpus()
+        except mx.base.MXNetError:        # a CUDA build on a machine without a driver
+            available = 0
         absent = [i for i in ids if not 0 <= i < available]
         if absent:
             raise SystemExit('error: --gpus %s: no GPU %s; MXNet sees %d GPU%s here%s; leave '

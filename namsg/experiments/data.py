@@ -81,9 +81,11 @@ def read_idx(path):
     try:
         with opener(path, 'rb') as f:
             raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError('%s: cannot read it (%s); replace the file with an intact copy'
-                        % (path, e)) from e
+    except (OSError, EOFError) as e:
+        # A damaged gzip stream has no errno; a system refusal (permissions, I/O) has one.
+        raise DataError('%s: cannot read it (%s)%s' % (
+            path, e.strerror or e if getattr(e, 'errno', None) else e,
+            '' if getattr(e, 'errno', None) else '; replace the file with an intact copy')) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError('%s: not an IDX file of unsigned bytes (bad magic number); is it the '
                         'right file?' % path)
