@@ -503,3 +503,12 @@ def test_ctrl_c_while_the_data_loads_is_one_line(workdir, monkeypatch, capsys, s
                                        'written (files already downloaded are kept); the same '
                                        'command starts again\n')
     assert _tree(workdir) == ['d']
+
+
+def test_gpus_are_checked_where_cuda_has_no_driver(workdir, monkeypatch):
+    """A CUDA build of MXNet on a machine without a driver raises when asked for its GPUs."""
+    def no_driver():
+        raise cli.mx.base.MXNetError('CUDA: CUDA driver version is insufficient')
+    monkeypatch.setattr(cli.mx.context, 'num_gpus', no_driver)
+    with pytest.raises(SystemExit, match='error: --gpus 0: no GPU 0; MXNet sees 0 GPUs here'):
+        cli.main('mnist', ['--gpus', '0'])
