@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from namsg.experiments import cli
-from namsg.experiments import data as datasets
 from namsg.experiments.grid import first_stage, run_grid, subset, summary_table, tuple_name
 from namsg.experiments.hparams import METHODS, PROTOCOLS
-from namsg.experiments.train import PREPARE, write_atomic
+from namsg.experiments.train import PREPARE, CheckpointError, write_atomic
 
 
 def parse_args(argv=None):
@@ -46,7 +45,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    methods = cli._split(args.methods, METHODS, 'method')
+    methods = cli._split(args.methods, METHODS, '--methods')
     protocol = PROTOCOLS[args.setting]
     epochs = protocol.epochs if args.epochs is None else args.epochs
     if not 1 <= epochs <= protocol.epochs:
@@ -58,34 +57,42 @@ def main(argv=None):
         raise SystemExit('error: --search-iterations must be >= 1, got %d'
                          % args.search_iterations)
     protocol = protocol.scaled(epochs / protocol.epochs)._replace(epochs=epochs)
-    try:
-        dataset = cli.load_data(protocol.dataset, args.data_dir)
-    except datasets.DataError as e:
-        raise SystemExit('error: %s' % e)
-    prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
     contexts = cli.contexts_from(args.gpus)
+    cli.check_data_dir(protocol.dataset, args.data_dir)
+    cli.check_writable('--log-dir', args.log_dir)
+    cli.check_writable('--checkpoint-dir', args.checkpoint_dir)
+    dataset = cli.load_data_or_exit(protocol.dataset, args.data_dir)
+    prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
     print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, args.log_dir))
     results = {}
-    for method in methods:
-        search = None
-        if method in ('ARSG', 'ARSGB'):
-            iterations = args.search_iterations or -(-len(prepared.train_y)
-                                                     // protocol.batch_size)
-            search = first_stage(protocol, method, prepared, iterations, contexts)
-            print('%s first stage (%d iterations): picks a = %g; ranking %s' % (
-                method, iterations, search.best,
-                ', '.join('%g: %.5f' % r for r in search.ranking)))
-        rows = run_grid(protocol, method, prepared, args.log_dir, args.checkpoint_dir,
-                        contexts=contexts, echo=print, command=command,
-                        data_source=dataset.source, data_fingerprint=dataset.fingerprint())
-        results[method] = (rows, search)
-        print('\n%s, best first (final training loss after %d epochs):' % (method, epochs))
-        for row in rows:
-            loss = row['final_train_loss']
-            print('  %-40s %s' % (tuple_name(method, row['tuple']),
-                                  'diverged' if not math.isfinite(loss) else '%.5f' % loss))
+    try:
+        for method in methods:
+            search = None
+            if method in ('ARSG', 'ARSGB'):
+                iterations = args.search_iterations or -(-len(prepared.train_y)
+                                                         // protocol.batch_size)
+                search = first_stage(protocol, method, prepared, iterations, contexts)
+                print('%s first stage (%d iterations): picks a = %g; ranking %s' % (
+                    method, iterations, search.best,
+                    ', '.join('%g: %.5f' % r for r in search.ranking)))
+            rows = run_grid(protocol, method, prepared, args.log_dir, args.checkpoint_dir,
+                            contexts=contexts, echo=print, command=command,
+                            data_source=dataset.source, data_fingerprint=dataset.fingerprint())
+            results[method] = (rows, search)
+            print('\n%s, best first (final training loss after %d epochs):' % (method, epochs))
+            for row in rows:
+                loss = row['final_train_loss']
+                print('  %-40s %s' % (tuple_name(method, row['tuple']),
+                                      'diverged' if not math.isfinite(loss) else '%.5f' % loss))
+    except CheckpointError as e:
+        raise SystemExit('error: %s' % e)
+    except KeyboardInterrupt:
+        # Each point's log and checkpoints are whole epochs, renamed into place.
+        print('interrupted: the same command skips the finished points and resumes the '
+              'interrupted one from its last complete epoch', flush=True)
+        raise SystemExit(130)
     table = summary_table(args.setting, results)
     write_atomic(Path(args.log_dir) / args.setting / 'grid_summary.md',
                  '# B.5 grid on %s, %d epochs per point\n\nData: %s. Command: `%s`\n\n%s'

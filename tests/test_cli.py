@@ -2,9 +2,17 @@
 work, with nothing created or written; runs identified by their data, not its path; user runs
 kept out of the committed logs; progress that shows wherever the output goes."""
 
+import errno
 import importlib.util
 import json
+import logging
+import os
 import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +28,17 @@ def _tree(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
 
 
+def _offline(url, timeout=None):
+    raise urllib.error.URLError(OSError(-3, 'Temporary failure in name resolution'))
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    """An empty working directory, no $NAMSG_DATA_DIR, no network, and no training allowed:
-    every command here must stop before it trains."""
+    """An empty working directory, no $NAMSG_DATA_DIR, no network (urlopen fails as it does
+    offline), and no training allowed: every command here must stop before it trains."""
     monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, '_download_mnist', lambda *a, **k: False)
+    monkeypatch.setattr(urllib.request, 'urlopen', _offline)
     monkeypatch.setattr(cli, 'train_run', lambda *a, **k: pytest.fail('training started'))
     return tmp_path
 
@@ -61,16 +73,29 @@ BAD_INPUT = [
     (['--scale', '2'], None, '--scale'),
     (['--scale', '0.1', '--methods', 'ARSGB'], None, 'boost in mnist_logreg to epoch 1'),
     (['--gpus', 'x'], None, '--gpus'),
-    (['--data-dir', 'mnsit'], None, '--data-dir mnsit does not exist'),
-    (['--data-dir', '/proc/nope'], None, '--data-dir /proc/nope does not exist'),
-    (['--data-dir', 'mnist'], lambda root: (root / 'mnist').mkdir(), 'MNIST files missing'),
+    (['--gpus', '0'], None, r'--gpus 0: no GPU 0; MXNet sees 0 GPUs here; leave --gpus empty'),
+    (['--progress-every', 'nan'], None, '--progress-every takes seconds >= 0, got nan'),
+    (['--data-dir', 'mnsit'], None, r'data folder mnsit \(from --data-dir\) does not exist'),
+    (['--data-dir', '/proc/nope'], None, 'data folder /proc/nope .* does not exist'),
+    (['--data-dir', 'mnist'], lambda root: (root / 'mnist').mkdir(),
+     r'MNIST files missing.*The download failed: cannot reach https?://.*by hand'),
     (['--data-dir', 'mnist'], _labels_above_9, 'labels up to 12'),
-    (['--log-dir', '/sys/namsg-logs'], None, '--log-dir /sys/namsg-logs: cannot write'),
-    (['--checkpoint-dir', '/sys/namsg-ck'], None, '--checkpoint-dir /sys/namsg-ck: cannot'),
-    (['--log-dir', 'afile/logs'], _file_as_log_dir, 'is a file, not a directory'),
+    (['--log-dir', '/sys/namsg-logs'], None, '--log-dir /sys/namsg-logs: the directory cannot'),
+    (['--checkpoint-dir', '/sys/namsg-ck'], None, '--checkpoint-dir /sys/namsg-ck: the dir'),
+    (['--log-dir', 'afile/logs'], _file_as_log_dir, 'afile is a file, not a directory'),
     (['--settings', 'mnist_logreg', '--methods', 'ARSG'], _truncated_log,
      r'seed0.jsonl: line 2 is not a complete JSON record.*move the log away'),
 ]
+
+
+def test_horovod_missing_is_said_before_any_work(workdir, monkeypatch):
+    """It surfaced as an ImportError traceback from the first run's store."""
+    monkeypatch.setitem(sys.modules, 'horovod', None)        # as if not installed
+    monkeypatch.setattr(data, 'load_mnist_sample', lambda: pytest.fail('data loaded'))
+    with pytest.raises(SystemExit, match='error: --kvstore horovod: Horovod is not installed '
+                                         'here; install it built for MXNet'):
+        cli.main('mnist', ['--kvstore', 'horovod'])
+    assert _tree(workdir) == []
 
 
 @pytest.mark.parametrize('argv,setup,message', BAD_INPUT,
@@ -88,11 +113,175 @@ def test_bad_input_is_refused_before_any_work_and_writes_nothing(workdir, argv, 
     assert {p: (workdir / p).read_bytes() for p in before} == before   # nothing written
 
 
-def test_data_dir_from_the_environment_is_named_when_missing(workdir, monkeypatch):
-    monkeypatch.setenv('NAMSG_DATA_DIR', str(workdir / 'typo'))
-    with pytest.raises(SystemExit, match=r'does not exist \(from \$NAMSG_DATA_DIR\)'):
-        cli.main('mnist', [])
-    assert _tree(workdir) == []
+def _grid_search(monkeypatch):
+    """scripts/grid_search.py, loaded with its training blocked."""
+    module = _load_script('grid_search')
+    for name in ('run_grid', 'first_stage'):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('training started'))
+    return module
+
+
+def _run_script(script, argv, monkeypatch):
+    """Run reproduce_mnist, reproduce_cifar10 or grid_search (on the given data set) with argv."""
+    experiment = 'cifar10' if 'cifar10' in script else 'mnist'
+    if script.startswith('grid_search'):
+        _grid_search(monkeypatch).main(
+            ['--setting', 'cifar10_fine' if experiment == 'cifar10' else 'mnist_logreg'] + argv)
+    else:
+        cli.main(experiment, argv)
+
+
+def _damaged_cifar(root):
+    from test_data import write_cifar_python
+    folder = write_cifar_python(root / 'cifar')
+    (folder / 'data_batch_2').write_bytes(b'not a pickle')
+    return folder
+
+
+def _mnist_labels_above_9(root):
+    _labels_above_9(root)
+    return root / 'mnist'
+
+
+def _empty_folder(root):
+    (root / 'empty').mkdir()
+    return root / 'empty'
+
+
+# (data set, set-up returning the data folder, what the error says)
+DATA_ERRORS = {
+    'mnist, no such folder': ('mnist', lambda root: root / 'typo', 'does not exist'),
+    'mnist, files missing': ('mnist', _empty_folder, 'MNIST files missing'),
+    'mnist, labels above 9': ('mnist', _mnist_labels_above_9, 'labels up to 12'),
+    'cifar10, no such folder': ('cifar10', lambda root: root / 'typo', 'does not exist'),
+    'cifar10, no data': ('cifar10', _empty_folder, 'no CIFAR-10 data found'),
+    'cifar10, damaged batch': ('cifar10', _damaged_cifar, 'data_batch_2: not a batch of'),
+}
+
+
+@pytest.mark.parametrize('origin', ['--data-dir', '$NAMSG_DATA_DIR'])
+@pytest.mark.parametrize('script', ['reproduce', 'grid_search'])
+@pytest.mark.parametrize('case', sorted(DATA_ERRORS))
+def test_every_data_error_names_the_folder_and_where_its_path_came_from(
+        workdir, monkeypatch, case, script, origin):
+    """Only MNIST's missing folder said "(from $NAMSG_DATA_DIR)"; CIFAR-10's errors, and
+    MNIST's once the folder existed, did not say where the path came from."""
+    experiment, setup, says = DATA_ERRORS[case]
+    folder = setup(workdir)
+    if origin == '--data-dir':
+        argv = ['--data-dir', str(folder)]
+    else:
+        monkeypatch.setenv('NAMSG_DATA_DIR', str(folder))
+        argv = []
+    listing = _tree(workdir)
+    with pytest.raises(SystemExit) as stop:
+        _run_script(script + '_' + experiment, argv, monkeypatch)
+    message = str(stop.value)
+    assert message.startswith('error: data folder %s (from %s)' % (folder, origin)), message
+    assert says in message
+    assert _tree(workdir) == listing
+
+
+def _refuse_writes_in(folder, code, monkeypatch):
+    """The system refusing files in ``folder`` with ``code``. Simulated: permission bits do not
+    stop root, which runs these tests here, and a read-only mount needs privileges."""
+    real = tempfile.TemporaryFile
+
+    def probe(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise OSError(code, os.strerror(code), str(folder))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(cli.tempfile, 'TemporaryFile', probe)
+
+
+def _read_only(code):
+    def setup(root, monkeypatch):
+        (root / 'ro').mkdir()
+        _refuse_writes_in(root / 'ro', code, monkeypatch)
+    return setup
+
+
+# (path, set-up, what the message says after "<flag> <path>: ")
+OUTPUT_DIRS = {
+    'in /proc': ('/proc/namsg', None, 'the directory cannot be created there: /proc is part '
+                 'of a proc file system (the kernel\'s process information), which holds no '
+                 'ordinary files'),
+    'parent missing, in /proc': ('/proc/namsg/logs', None, 'the directory cannot be created '
+                                 'there: /proc is part of a proc file system'),
+    'in /sys': ('/sys/namsg', None, 'the directory cannot be created there: /sys is part of a '
+                'sysfs file system (the kernel\'s device information)'),
+    'a file in the way': ('afile/logs', lambda root, mp: _file_as_log_dir(root),
+                          'the directory cannot be created there: afile is a file, not a '
+                          'directory'),
+    'a file of that name': ('afile', lambda root, mp: _file_as_log_dir(root),
+                            'it is a file, not a directory'),
+    'read-only parent': ('ro/logs', _read_only(errno.EROFS), 'the directory cannot be created '
+                         'there: ro is on a read-only file system'),
+    'parent missing, no permission': ('ro/a/logs', _read_only(errno.EACCES),
+                                      'the directory cannot be created there: you have no '
+                                      'permission to write in ro'),
+    'existing, no permission': ('ro', _read_only(errno.EACCES), 'cannot write in it: you have '
+                                'no permission to write in ro'),
+}
+
+
+@pytest.mark.parametrize('flag', ['--log-dir', '--checkpoint-dir'])
+@pytest.mark.parametrize('script', ['reproduce_mnist', 'reproduce_cifar10', 'grid_search'])
+@pytest.mark.parametrize('case', sorted(OUTPUT_DIRS))
+def test_an_output_directory_that_cannot_be_made_says_why_in_plain_words(
+        workdir, monkeypatch, case, script, flag):
+    """`--log-dir /proc/x` said "cannot write in /proc (No such file or directory)", and
+    grid_search.py did not check its directories at all before training."""
+    path, setup, says = OUTPUT_DIRS[case]
+    if setup is not None:
+        setup(workdir, monkeypatch)
+    listing = _tree(workdir)
+    with pytest.raises(SystemExit) as stop:
+        _run_script(script, [flag, path], monkeypatch)
+    assert str(stop.value).startswith('error: %s %s: %s' % (flag, path, says)), stop.value
+    assert str(stop.value).endswith('; choose a writable directory with %s' % flag)
+    assert 'No such file or directory' not in str(stop.value)
+    assert _tree(workdir) == listing
+
+
+@pytest.mark.parametrize('kvstore,variable', [('dist_sync', 'DMLC_TASK_ID'),
+                                              ('dist_sync', 'OMPI_COMM_WORLD_RANK'),
+                                              ('horovod', 'HOROVOD_RANK')])
+@pytest.mark.parametrize('source', ['unofficial files', 'embedded sample'])
+def test_data_warnings_are_one_log_line_once_a_job(workdir, monkeypatch, caplog, capsys,
+                                                   kvstore, variable, source):
+    """Every worker of a job printed the checksum warnings (one a file, in Python's raw
+    warnings format) and the sample notice; rank 0 logs each once."""
+    monkeypatch.setattr(cli, 'train_run', lambda *a, **k: None)
+    (workdir / 'site' / 'horovod').mkdir(parents=True)      # found, as where it is installed
+    (workdir / 'site' / 'horovod' / '__init__.py').write_text('')
+    monkeypatch.syspath_prepend(str(workdir / 'site'))
+    monkeypatch.setenv('DMLC_NUM_WORKER', '2')
+    monkeypatch.setenv('HOROVOD_SIZE', '2')
+    argv = ['--kvstore', kvstore, '--settings', 'mnist_logreg', '--methods', 'arsg', '--seeds',
+            '0']
+    if source == 'unofficial files':
+        (workdir / 'a').mkdir()
+        _write_mnist(workdir / 'a', n_train=40, n_test=20, gz=True)
+        argv += ['--data-dir', 'a']
+    said = []
+    for rank in (0, 1):
+        monkeypatch.setenv(variable, str(rank))
+        caplog.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', UserWarning)
+            cli.main('mnist', argv)
+        said.append([r.getMessage() for r in caplog.records
+                     if r.levelno >= logging.WARNING and r.name.startswith('namsg.experiments')])
+        assert 'notice:' not in capsys.readouterr().err
+    assert len(said[0]) == 1 and said[1] == [], said
+    assert ('differ from the official release' if source == 'unofficial files'
+            else 'embedded 5,000-image MNIST sample') in said[0][0]
+
+
+def test_grid_search_names_its_flag(workdir, monkeypatch):
+    with pytest.raises(SystemExit, match='error: --methods: unknown LAMB'):
+        _grid_search(monkeypatch).main(['--methods', 'LAMB'])
 
 
 def test_a_mistyped_data_dir_is_neither_created_nor_downloaded_into(workdir, monkeypatch):
@@ -267,3 +456,59 @@ def test_the_reference_is_found_from_any_working_directory(tmp_path, monkeypatch
     out = _run(['--data-dir', 'a'], capsys)
     checkout_logs = Path(cli.__file__).resolve().parents[2] / 'logs' / 'mnist'
     assert 'No reference runs of the same protocol in `%s`' % checkout_logs in out
+
+
+def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeypatch, capsys):
+    """A damaged log of a grid point, or Ctrl-C, ended grid_search.py in a traceback."""
+    from namsg.experiments.grid import tuple_name
+    from namsg.experiments.hparams import grid_tuples
+    module = _load_script('grid_search')
+    log = (workdir / 'runs' / 'grid' / 'logs' / 'mnist_logreg' / 'SGD' /
+           (tuple_name('SGD', grid_tuples('SGD')[0]) + '.jsonl'))
+    log.parent.mkdir(parents=True)
+    log.write_text('{"type": "header", "run": "x"}\n{"type": "epo')
+    monkeypatch.setattr(train.Prepared, 'train_batches', lambda *a: pytest.fail('training'))
+    with pytest.raises(SystemExit, match=r'error: .*\.jsonl: line 2 is not a complete JSON '
+                                         r'record.*move the log away'):
+        module.main(['--methods', 'SGD', '--epochs', '1'])
+    assert log.read_text() == '{"type": "header", "run": "x"}\n{"type": "epo'
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(module, 'run_grid', interrupted)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        module.main(['--methods', 'SGD', '--epochs', '1'])
+    assert stop.value.code == 130
+    assert 'interrupted: the same command skips the finished points and resumes' in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize('script', ['reproduce_mnist', 'reproduce_cifar10', 'grid_search'])
+def test_ctrl_c_while_the_data_loads_is_one_line(workdir, monkeypatch, capsys, script):
+    """Ctrl-C during the data's download or decoding ended in a KeyboardInterrupt traceback."""
+    (workdir / 'd').mkdir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    for name in ('load_mnist', 'load_cifar10'):
+        monkeypatch.setattr(data, name, interrupted)
+    with pytest.raises(SystemExit) as stop:
+        try:
+            _run_script(script, ['--data-dir', 'd'], monkeypatch)
+        except KeyboardInterrupt:
+            pytest.fail('a KeyboardInterrupt traceback')
+    assert stop.value.code == 130
+    assert capsys.readouterr().out == ('interrupted while loading the data; nothing was '
+                                       'written (files already downloaded are kept); the same '
+                                       'command starts again\n')
+    assert _tree(workdir) == ['d']
+
+
+def test_gpus_are_checked_where_cuda_has_no_driver(workdir, monkeypatch):
+    """A CUDA build of MXNet on a machine without a driver raises when asked for its GPUs."""
+    def no_driver():
+        raise cli.mx.base.MXNetError('CUDA: CUDA driver version is insufficient')
+    monkeypatch.setattr(cli.mx.context, 'num_gpus', no_driver)
+    with pytest.raises(SystemExit, match='error: --gpus 0: no GPU 0; MXNet sees 0 GPUs here'):
+        cli.main('mnist', ['--gpus', '0'])

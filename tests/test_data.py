@@ -1,7 +1,14 @@
 """The offline data readers, on tiny files written here in the real formats."""
 
 import gzip
+import hashlib
+import io
+import re
 import struct
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,16 +39,26 @@ def _write_mnist(directory, n_train=6, n_test=4, gz=True, seed=0):
 
 
 @pytest.mark.parametrize('gz', [True, False])
-def test_mnist_round_trip_warns_about_unofficial_checksums(tmp_path, gz):
+def test_mnist_round_trip_logs_unofficial_checksums_in_one_line(tmp_path, gz, caplog):
+    """The checksum warning came as Python's raw `file.py:123: UserWarning: ...`, one per
+    file; it is one log line naming the files, the official SHA-1s and what it means."""
     arrays = _write_mnist(tmp_path, gz=gz)
-    if gz:
-        with pytest.warns(UserWarning, match='differs from the official'):
-            dataset = data.load_mnist(tmp_path, download=False)
-    else:
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')          # no warnings.warn any more
         dataset = data.load_mnist(tmp_path, download=False)
     np.testing.assert_array_equal(dataset.train.images, arrays['train_images'])
     np.testing.assert_array_equal(dataset.test.labels, arrays['test_labels'])
     assert dataset.train.labels.dtype == np.int32 and str(tmp_path) in dataset.source
+    records = [r for r in caplog.records if r.name == 'namsg.experiments.data']
+    if not gz:
+        assert records == []                    # no official checksum of unpacked files
+        return
+    assert [r.levelname for r in records] == ['WARNING']
+    message = records[0].getMessage()
+    assert '\n' not in message and str(tmp_path) in message
+    for name, sha1 in data.MNIST_FILES.values():
+        assert '%s.gz (SHA-1 ' % name in message and 'official %s' % sha1 in message
+    assert 'results are unaffected' in message and 'results are not those' in message
 
 
 def test_missing_mnist_files_are_named_with_where_to_put_them(tmp_path):
@@ -50,6 +67,72 @@ def test_missing_mnist_files_are_named_with_where_to_put_them(tmp_path):
     with pytest.raises(data.DataError, match='t10k-labels-idx1-ubyte') as info:
         data.load_mnist(tmp_path, download=False)
     assert str(tmp_path) in str(info.value) and data.DATA_DIR_ENV in str(info.value)
+
+
+def _urlopen(answer):
+    """urlopen stand-in: ``answer`` is the bytes served, or the exception raised; records the
+    URLs asked for (no test reaches the network)."""
+    asked = []
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        if isinstance(answer, Exception):
+            raise answer
+        return io.BytesIO(answer)
+    urlopen.asked = asked
+    return urlopen
+
+
+@pytest.mark.parametrize('answer,why', [
+    (urllib.error.URLError(OSError(-3, 'Temporary failure in name resolution')),
+     r'The download failed: cannot reach (https?://\S+/t10k-images-idx3-ubyte.gz) '
+     r'\(\[Errno -3\] Temporary failure in name resolution\)'),
+    (urllib.error.HTTPError('u', 403, 'Forbidden', {}, None),
+     r'The download failed: (https?://\S+/t10k-images-idx3-ubyte.gz) answered HTTP 403 '
+     r'\(Forbidden\)'),
+    (b'<html>a captive portal</html>',
+     r'The download failed: (https?://\S+/t10k-images-idx3-ubyte.gz) sent 29 bytes that '
+     r'are not the official file \(SHA-1 [0-9a-f]{40}, expected c3a25af1')],
+    ids=['no network', 'HTTP 403', 'wrong bytes'])
+def test_a_failed_download_says_why_and_which_files_to_fetch_by_hand(tmp_path, monkeypatch,
+                                                                     answer, why):
+    """It said only that the files 'could not be downloaded'."""
+    _write_mnist(tmp_path, gz=False)
+    for name in ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'):
+        (tmp_path / name).unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    urlopen = _urlopen(answer)
+    monkeypatch.setattr(urllib.request, 'urlopen', urlopen)
+    with pytest.raises(data.DataError) as info:
+        data.load_mnist(tmp_path)
+    message = str(info.value)
+    match = re.search(why, message)
+    assert match, message
+    assert urlopen.asked == [match.group(1)]    # the URL tried is the one named
+    assert ('Download t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz by hand (from %s'
+            % match.group(1).rsplit('/', 1)[0]) in message
+    assert 'into %s' % tmp_path in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before    # nothing left behind
+
+
+def test_downloaded_files_are_checked_then_renamed_into_place(tmp_path, monkeypatch):
+    source = tmp_path / 'source'
+    source.mkdir()
+    arrays = _write_mnist(source, gz=True)
+    served = {name: (source / (name + '.gz')).read_bytes() for name, _ in
+              data.MNIST_FILES.values()}
+    # These files stand for the official ones: their SHA-1s are the expected ones here.
+    monkeypatch.setattr(data, 'MNIST_FILES', {
+        key: (name, hashlib.sha1(served[name]).hexdigest())
+        for key, (name, _) in data.MNIST_FILES.items()})
+    monkeypatch.setattr(urllib.request, 'urlopen', lambda url, timeout=None: io.BytesIO(
+        served[url.rsplit('/', 1)[1][:-len('.gz')]]))
+    target = tmp_path / 'target'
+    target.mkdir()
+    dataset = data.load_mnist(target)
+    np.testing.assert_array_equal(dataset.train.images, arrays['train_images'])
+    assert sorted(p.name for p in target.iterdir()) == sorted(n + '.gz' for n in served)
+    assert all((target / (n + '.gz')).stat().st_mode & 0o444 == 0o444 for n in served)
 
 
 def test_truncated_idx_file_is_named(tmp_path):
@@ -64,7 +147,8 @@ def test_corrupt_gzip_file_is_named(tmp_path):
     _write_mnist(tmp_path, gz=True)
     path = tmp_path / 'train-labels-idx1-ubyte.gz'
     path.write_bytes(path.read_bytes()[:20])
-    with pytest.raises(data.DataError, match='train-labels-idx1-ubyte.gz'):
+    with pytest.raises(data.DataError, match='train-labels-idx1-ubyte.gz: cannot read it .*; '
+                                             'replace the file with an intact copy'):
         data.read_idx(path)
 
 
@@ -249,3 +333,69 @@ def test_damaged_cifar10_files_are_named(tmp_path):
         data.load_cifar10(images)
     with pytest.raises(data.DataError, match='does not exist'):
         data.load_cifar10(tmp_path / 'typo')
+
+
+def _unreadable(monkeypatch, *targets):
+    """Reading ``targets`` fails as a file without read permission does. Simulated: permission
+    bits do not stop root, which runs these tests here."""
+    real_open, real_read_bytes = open, data.Path.read_bytes
+
+    def refuse(path):
+        if Path(path).name in targets:
+            raise PermissionError(13, 'Permission denied', str(path))
+
+    def fake_open(path, *args, **kwargs):
+        refuse(path)
+        return real_open(path, *args, **kwargs)
+
+    def read_bytes(path):
+        refuse(path)
+        return real_read_bytes(path)
+    monkeypatch.setattr(data, 'open', fake_open, raising=False)    # read_idx and _sha1
+    monkeypatch.setattr(data.gzip, 'open', lambda path, *a, **k: (refuse(path), gzip.GzipFile(
+        fileobj=real_open(path, 'rb')))[1])
+    monkeypatch.setattr(data.Path, 'read_bytes', read_bytes)
+
+
+def test_unreadable_files_are_named_not_a_traceback(tmp_path, monkeypatch):
+    """An unreadable gzip'd MNIST file ended in a PermissionError traceback from the checksum,
+    an unreadable batch of CIFAR-10's Python release in one from read_bytes."""
+    (tmp_path / 'mnist').mkdir()
+    _write_mnist(tmp_path / 'mnist', gz=True)
+    folder = write_cifar_python(tmp_path / 'cifar')
+    _unreadable(monkeypatch, 'train-labels-idx1-ubyte.gz', 'data_batch_4', 'data_batch_2.bin')
+    with pytest.raises(data.DataError, match=r'train-labels-idx1-ubyte.gz: cannot read it '
+                                             r'\(Permission denied\)$'):
+        data.load_mnist(tmp_path / 'mnist', download=False)     # not "replace the file"
+    with pytest.raises(data.DataError, match=r'data_batch_4: cannot read it \(Permission '
+                                             r'denied\)'):
+        data.load_cifar10(folder)
+    with pytest.raises(data.DataError, match=r'data_batch_2.bin: cannot read it \(Permission '
+                                             r'denied\)'):
+        data.load_cifar10(write_cifar_binary(tmp_path / 'bin'))
+
+
+def test_cifar10_archives_and_gaps_say_what_to_do(tmp_path):
+    """The binary release's archive was read as a Python release that "lacks" every batch; a
+    file that is no archive was to be "replaced with an intact copy"; missing batches were
+    listed with nothing to do."""
+    import tarfile
+    binary = write_cifar_binary(tmp_path / 'bin')
+    archive = tmp_path / 'cifar-10-binary.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(binary, arcname='cifar-10-batches-bin')
+    with pytest.raises(data.DataError, match='cifar-10-binary.tar.gz holds no batch of the '
+                                             'CIFAR-10 Python release .* unpack any other'):
+        data.load_cifar10(archive)
+    with pytest.raises(data.DataError, match='data_batch_1.bin: cannot read it as a tar '
+                                             'archive .* give the folder that holds CIFAR-10'):
+        data.load_cifar10(binary / 'data_batch_1.bin')
+    (binary / 'test_batch.bin').unlink()
+    with pytest.raises(data.DataError, match='missing in .*: test_batch.bin; unpack the whole '
+                                             'cifar-10-binary.tar.gz again'):
+        data.load_cifar10(binary)
+    python = write_cifar_python(tmp_path / 'py')
+    (python / 'data_batch_5').unlink()
+    with pytest.raises(data.DataError, match='lacks data_batch_5; unpack the whole '
+                                             'cifar-10-python.tar.gz again'):
+        data.load_cifar10(python)

@@ -113,13 +113,14 @@ def test_cifar10_preparation_normalises_with_training_statistics():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_command_line_runs_on_the_embedded_sample_outside_logs(tmp_path, capsys, monkeypatch):
+def test_command_line_runs_on_the_embedded_sample_outside_logs(tmp_path, capsys, monkeypatch,
+                                                              caplog):
     monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
     monkeypatch.chdir(tmp_path)
     cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'arsg', '--scale', '0.1',
                        '--no-progress'])
     out = capsys.readouterr()
-    assert 'embedded 5,000-image MNIST sample' in out.err
+    assert 'embedded 5,000-image MNIST sample' in caplog.text     # a warning logged
     assert 'mnist_logreg/ARSG/seed0 epoch 2:' in out.out
     assert not (tmp_path / 'logs').exists()          # logs/ is for runs on real data
     header, records = train.read_log(tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg' /

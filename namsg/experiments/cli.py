@@ -6,6 +6,11 @@ with the data loaded, every run's existing log and checkpoint. Only then does tr
 """
 
 import argparse
+import contextlib
+import errno
+import importlib.util
+import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -35,6 +40,18 @@ REFERENCE_DIR = 'logs'
 _CHECKOUT_REFERENCE = Path(__file__).resolve().parents[2] / REFERENCE_DIR
 #: Seconds between progress lines when the output is not a terminal.
 PROGRESS_EVERY = 30.0
+#: What gives a process its rank in a job before any kvstore exists, by launcher: namsg_dist
+#: launch and dmlc_tracker's local and SGE back ends (DMLC_TASK_ID), horovodrun, MPI.
+RANK_VARIABLES = {'dist': ('DMLC_TASK_ID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK'),
+                  'horovod': ('HOROVOD_RANK', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK')}
+#: Kernel file systems, which hold no ordinary files: an output directory cannot be made there.
+KERNEL_FILE_SYSTEMS = {'proc': 'the kernel\'s process information',
+                       'sysfs': 'the kernel\'s device information',
+                       'cgroup': 'control groups', 'cgroup2': 'control groups',
+                       'debugfs': 'kernel debugging', 'securityfs': 'kernel security',
+                       'tracefs': 'kernel tracing', 'configfs': 'kernel configuration'}
+
+logger = logging.getLogger(__name__)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -149,6 +166,19 @@ def contexts_from(gpus):
         ids = [int(i) for i in gpus.split(',') if i.strip()]
     except ValueError:
         raise SystemExit('error: --gpus takes comma-separated GPU ids, e.g. 0,1; got %r' % gpus)
+    if ids:
+        # An absent GPU would fail only in the first run, with MXNet's message.
+        try:
+            available = mx.context.num_gpus()
+        except mx.base.MXNetError:        # a CUDA build on a machine without a driver
+            available = 0
+        absent = [i for i in ids if not 0 <= i < available]
+        if absent:
+            raise SystemExit('error: --gpus %s: no GPU %s; MXNet sees %d GPU%s here%s; leave '
+                             '--gpus empty to train on the CPU'
+                             % (gpus, ', '.join(map(str, absent)), available,
+                                '' if available == 1 else 's',
+                                ' (ids 0 to %d)' % (available - 1) if available else ''))
     return [mx.gpu(i) for i in ids] if ids else [mx.cpu()]
 
 
@@ -166,36 +196,154 @@ def check_boost(protocols, methods):
                                   0.5 / (unscaled.boost_epoch - 1)))
 
 
+def _file_system(path):
+    """The type of the file system that holds ``path`` (from /proc/self/mounts), else None."""
+    try:
+        table = Path('/proc/self/mounts').read_text()
+    except OSError:
+        return None
+    mounts = [line.split()[1:3] for line in table.splitlines()]
+    resolved = str(Path(path).resolve())
+    best = max((point for point, _ in mounts
+                if resolved == point or resolved.startswith(point.rstrip('/') + '/')),
+               key=len, default=None)
+    return dict(mounts).get(best) if best else None
+
+
+def _unwritable(folder, error):
+    """Why nothing can be written in the existing ``folder``, in plain words."""
+    kind = _file_system(folder)
+    if kind in KERNEL_FILE_SYSTEMS:
+        return ('%s is part of a %s file system (%s), which holds no ordinary files'
+                % (folder, kind, KERNEL_FILE_SYSTEMS[kind]))
+    reasons = {errno.EACCES: 'you have no permission to write in %s',
+               errno.EPERM: 'you have no permission to write in %s',
+               errno.EROFS: '%s is on a read-only file system',
+               errno.ENOSPC: 'the disk that holds %s is full',
+               errno.EDQUOT: 'your disk quota on the disk that holds %s is used up'}
+    if error.errno in reasons:
+        return reasons[error.errno] % folder
+    return 'writing in %s fails (%s)' % (folder, error.strerror or error)
+
+
 def check_writable(flag, path):
-    """Refuse an output directory that cannot be created or written, before any work; creates
-    nothing (the probe is an unnamed temporary file where the system has those)."""
+    """Refuse an output directory that cannot be created or written, before any work, saying
+    why in plain words; creates nothing (the probe is an unnamed temporary file where the system
+    has those)."""
     path = Path(path)
     existing = path
-    while not existing.exists() and existing != existing.parent:
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise SystemExit('error: %s %s: %s is a file, not a directory; choose another %s'
-                         % (flag, path, existing, flag))
+        kind = ('a broken symbolic link' if existing.is_symlink() and not existing.exists()
+                else 'a file')
+        problem = ('it is %s, not a directory' % kind if existing == path else
+                   'the directory cannot be created there: %s is %s, not a directory'
+                   % (existing, kind))
+    else:
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+            return
+        except OSError as e:
+            problem = '%s: %s' % ('cannot write in it' if existing == path else
+                                  'the directory cannot be created there',
+                                  _unwritable(existing, e))
+    raise SystemExit('error: %s %s: %s; choose a writable directory with %s'
+                     % (flag, path, problem, flag))
+
+
+def launcher_rank(kvstore):
+    """This process's rank in its job as the launcher set it before any kvstore exists (see
+    RANK_VARIABLES); 0 outside a job, and where the launcher sets none (dmlc_tracker's ssh)."""
+    if not (kvstore.startswith('dist') or kvstore == 'horovod'):
+        return 0
+    for name in RANK_VARIABLES['horovod' if kvstore == 'horovod' else 'dist']:
+        if os.environ.get(name, '').strip().isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+@contextlib.contextmanager
+def _quiet(quiet):
+    """Warnings and notes of namsg.experiments held back inside the block when ``quiet`` (on the
+    workers of a job other than rank 0: said once a job); errors still pass."""
+    log = logging.getLogger(__package__)
+    level = log.level
+    if quiet:
+        log.setLevel(logging.ERROR)
     try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as e:
-        raise SystemExit('error: %s %s: cannot write in %s (%s); choose a writable directory '
-                         'with %s' % (flag, path, existing, e.strerror or e, flag))
+        yield
+    finally:
+        log.setLevel(level)
+
+
+class _LevelFormatter(logging.Formatter):
+    """``warning: message``, as the scripts' ``error: ...`` lines."""
+
+    def format(self, record):
+        return '%s: %s' % (record.levelname.lower(), super().format(record))
+
+
+def setup_logging():
+    """Log lines on stderr as ``warning: ...`` (namsg.experiments' from INFO on, the data
+    download's progress; others' from WARNING), unless the program has configured logging."""
+    if logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LevelFormatter('%(message)s'))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger(__package__).setLevel(logging.INFO)
+
+
+def _data_folder(data_dir_flag):
+    """'data folder <path> (from --data-dir)' or '... (from $NAMSG_DATA_DIR)': how every data
+    error names the folder and where its path came from."""
+    return 'data folder %s (from %s)' % (datasets.data_dir_from(data_dir_flag),
+                                         '--data-dir' if data_dir_flag
+                                         else '$' + datasets.DATA_DIR_ENV)
+
+
+def check_data_dir(experiment, data_dir_flag):
+    """Refuse a data folder (flag or $NAMSG_DATA_DIR) that does not exist: it is never created."""
+    data_dir = datasets.data_dir_from(data_dir_flag)
+    if data_dir is not None and not data_dir.exists():
+        raise SystemExit('error: %s does not exist; give the folder that holds the data%s'
+                         % (_data_folder(data_dir_flag), '; to have MNIST downloaded, create '
+                            'the folder first' if experiment == 'mnist' else ''))
 
 
 def load_data(experiment, data_dir_flag):
+    """The data set from the flag's folder, else $NAMSG_DATA_DIR's, else (MNIST only) the
+    embedded sample. A DataError names the folder and where its path came from."""
     data_dir = datasets.data_dir_from(data_dir_flag)
-    if experiment == 'mnist':
-        if data_dir is None:
-            print('notice: no --data-dir and no $%s: using the embedded 5,000-image MNIST '
-                  'sample. It is not the full set; the results are not comparable with the '
-                  'paper\'s.' % datasets.DATA_DIR_ENV, file=sys.stderr)
-            return datasets.load_mnist_sample()
-        return datasets.load_mnist(data_dir)
     if data_dir is None:
+        if experiment == 'mnist':
+            logger.warning('no --data-dir and no $%s: using the embedded 5,000-image MNIST '
+                           'sample. It is not the full set; the results are not comparable '
+                           'with the paper\'s.', datasets.DATA_DIR_ENV)
+            return datasets.load_mnist_sample()
         raise datasets.DataError('CIFAR-10 needs --data-dir (or $%s): %s'
                                  % (datasets.DATA_DIR_ENV, datasets.CIFAR_LAYOUTS))
-    return datasets.load_cifar10(data_dir)
+    try:
+        return (datasets.load_mnist if experiment == 'mnist' else datasets.load_cifar10)(data_dir)
+    except datasets.DataError as e:
+        raise datasets.DataError('%s: %s' % (_data_folder(data_dir_flag), e)) from e
+
+
+def load_data_or_exit(experiment, data_dir_flag, kvstore='device'):
+    """load_data for a script: its log lines set up (said on rank 0 alone in a job), a data
+    error turned into ``error: ...`` and exit status 1."""
+    setup_logging()
+    try:
+        with _quiet(launcher_rank(kvstore) != 0):
+            return load_data(experiment, data_dir_flag)
+    except datasets.DataError as e:
+        raise SystemExit('error: %s' % e)
+    except KeyboardInterrupt:
+        # A download is renamed into place only whole: nothing is half-written.
+        _echo('interrupted while loading the data; nothing was written (files already '
+              'downloaded are kept); the same command starts again')
+        raise SystemExit(130)
 
 
 def main(experiment, argv=None):
@@ -207,18 +355,17 @@ def main(experiment, argv=None):
     except ValueError as e:
         raise SystemExit('error: --scale: %s' % e)
     check_boost(protocols, methods)
-    if args.progress_every < 0:
+    if not args.progress_every >= 0:      # NaN too
         raise SystemExit('error: --progress-every takes seconds >= 0, got %g'
                          % args.progress_every)
     contexts = contexts_from(args.gpus)
+    if args.kvstore == 'horovod' and importlib.util.find_spec('horovod') is None:
+        # Else the first run's store would fail, after the data and every run were checked.
+        raise SystemExit('error: --kvstore horovod: Horovod is not installed here; install it '
+                         'built for MXNet (README, "Scaling out with Horovod") and start the '
+                         'job with horovodrun, or choose another --kvstore')
+    check_data_dir(experiment, args.data_dir)
     data_dir = datasets.data_dir_from(args.data_dir)
-    if data_dir is not None and not data_dir.exists():
-        raise SystemExit('error: --data-dir %s does not exist (%s); give the folder that holds '
-                         'the data%s' % (
-                             data_dir, 'given by the flag' if args.data_dir else
-                             'from $%s' % datasets.DATA_DIR_ENV,
-                             '; to have MNIST downloaded, create the folder first' if
-                             experiment == 'mnist' else ''))
     sample = data_dir is None and experiment == 'mnist'
     log_dir, checkpoint_dir = output_dirs(experiment, sample, args.kvstore)
     if args.log_dir is not None:
@@ -231,10 +378,7 @@ def main(experiment, argv=None):
     check_writable('--log-dir', log_dir)
     check_writable('--checkpoint-dir', checkpoint_dir)
 
-    try:
-        dataset = load_data(experiment, args.data_dir)
-    except datasets.DataError as e:
-        raise SystemExit('error: %s' % e)
+    dataset = load_data_or_exit(experiment, args.data_dir, args.kvstore)
     prepared = PREPARE[experiment](dataset)
     fingerprint = dataset.fingerprint()
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(

@@ -3,23 +3,29 @@ sample, and CIFAR-10 (the official Python release, folder or ``.tar.gz``; the bi
 or an image folder with one sub-folder per class).
 
 The data directory comes from a flag or the ``NAMSG_DATA_DIR`` environment variable. Nothing
-here needs the network; where MNIST files are missing from an existing directory, Gluon's
-downloader is tried once and a failure says which files to put where. Checksums are compared with the official ones and only
-warned about, because valid re-encodings (such as the copy on the development machines) differ.
+here needs the network; where MNIST files are missing from an existing directory, they are
+fetched once from Gluon's dataset repository, and a failure says why (the URL, the network error
+or HTTP status) and which files to put where. Checksums are compared with the official ones and
+only logged (one line, logger ``namsg.experiments.data``), because valid re-encodings (such as
+the copy on the development machines) differ.
 """
 
 import gzip
 import hashlib
+import logging
 import os
-import socket
 import struct
-import warnings
+import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 DATA_DIR_ENV = 'NAMSG_DATA_DIR'
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(Exception):
@@ -75,9 +81,11 @@ def read_idx(path):
     try:
         with opener(path, 'rb') as f:
             raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError('%s: cannot read it (%s); replace the file with an intact copy'
-                        % (path, e)) from e
+    except (OSError, EOFError) as e:
+        # A damaged gzip stream has no errno; a system refusal (permissions, I/O) has one.
+        raise DataError('%s: cannot read it (%s)%s' % (
+            path, e.strerror or e if getattr(e, 'errno', None) else e,
+            '' if getattr(e, 'errno', None) else '; replace the file with an intact copy')) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError('%s: not an IDX file of unsigned bytes (bad magic number); is it the '
                         'right file?' % path)
@@ -109,32 +117,67 @@ def _sha1(path):
     return digest.hexdigest()
 
 
+#: Where missing MNIST files are fetched from: Gluon's dataset repository ($MXNET_GLUON_REPO
+#: overrides its base URL), which serves the official gzip'd files.
+MNIST_REPO_NAMESPACE = 'gluon/dataset/mnist'
+
+
+def mnist_url(name=None):
+    """The URL of the official gzip'd MNIST file ``name`` (e.g. 'train-images-idx3-ubyte'), or
+    of the folder that holds the four."""
+    from mxnet.gluon.utils import _get_repo_file_url
+    return _get_repo_file_url(MNIST_REPO_NAMESPACE, name + '.gz' if name else '')
+
+
 def _download_mnist(data_dir, names, timeout=30):
-    """Fetch the official gzip'd ``names`` into the existing ``data_dir`` through Gluon's
-    downloader, one attempt each (checked against the official SHA-1); False at the first
-    failure."""
-    from mxnet.gluon.utils import _get_repo_file_url, download
+    """Fetch the official gzip'd ``names`` into the existing ``data_dir``, one attempt each.
+
+    Each file is checked against the official SHA-1 before it is renamed into place, so nothing
+    partial or foreign is left in ``data_dir``. Returns None when all arrived, else why the
+    first failure happened (a sentence naming the URL and the network error or HTTP status, or
+    the file that could not be saved); the files fetched before it stay.
+    """
     sha1 = dict(MNIST_FILES.values())
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
-    try:
-        for name in names:
-            download(_get_repo_file_url('gluon/dataset/mnist', name + '.gz'),
-                     path=str(data_dir), sha1_hash=sha1[name], retries=1)
-        return True
-    except Exception:  # noqa: BLE001 -- any network or server failure means "not available"
-        return False
-    finally:
-        socket.setdefaulttimeout(previous)
+    for name in names:
+        url = mnist_url(name)
+        logger.info('downloading %s.gz from %s', name, url)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            return '%s answered HTTP %d (%s)' % (url, e.code, e.reason)
+        except urllib.error.URLError as e:
+            return 'cannot reach %s (%s)' % (url, e.reason)
+        except OSError as e:      # a timeout or a connection dropped while reading
+            return 'the download from %s failed (%s)' % (url, e)
+        digest = hashlib.sha1(raw).hexdigest()
+        if digest != sha1[name]:
+            return ('%s sent %d bytes that are not the official file (SHA-1 %s, expected %s)'
+                    % (url, len(raw), digest, sha1[name]))
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=data_dir, prefix='.%s.gz.' % name)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(raw)
+            os.chmod(tmp, 0o644)          # mkstemp's 0600 would hide a shared data folder
+            os.replace(tmp, data_dir / (name + '.gz'))
+            tmp = None
+        except OSError as e:
+            return 'cannot save %s.gz in %s (%s)' % (name, data_dir, e.strerror or e)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    return None
 
 
 def load_mnist(data_dir, download=True):
     """MNIST from ``data_dir``: the four standard files, gzip'd or not.
 
-    ``data_dir`` must exist (it is never created). Missing files are downloaded into it through
-    Gluon, one attempt each, when ``download`` and the network allow it; otherwise DataError
-    says which files to put where. A gzip'd file whose SHA-1 differs from
-    the official release gives a warning, not an error.
+    ``data_dir`` must exist (it is never created). Missing files are downloaded into it from
+    Gluon's dataset repository, one attempt each, when ``download`` and the network allow it;
+    otherwise DataError says why the download failed and which files to put where. Gzip'd files
+    whose SHA-1 differs from the official release are named in one warning logged on
+    ``namsg.experiments.data``, not an error.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -145,21 +188,31 @@ def load_mnist(data_dir, download=True):
                            else 'does not exist', DATA_DIR_ENV))
     paths = {key: _find(data_dir, name) for key, (name, _) in MNIST_FILES.items()}
     missing = [MNIST_FILES[key][0] for key, p in paths.items() if p is None]
+    why = 'They are not downloaded (download=False)'
     if missing and download:
-        if _download_mnist(data_dir, missing):
-            paths = {key: _find(data_dir, name) for key, (name, _) in MNIST_FILES.items()}
-            missing = [MNIST_FILES[key][0] for key, p in paths.items() if p is None]
+        failure = _download_mnist(data_dir, missing)
+        why = 'The download failed: %s' % failure if failure else 'They did not download'
+        paths = {key: _find(data_dir, name) for key, (name, _) in MNIST_FILES.items()}
+        missing = [MNIST_FILES[key][0] for key, p in paths.items() if p is None]
     if missing:
-        raise DataError('MNIST files missing in %s: %s. Put the standard files there (each as '
-                        'NAME or NAME.gz), or pass --data-dir (or set %s) to a directory that '
-                        'has them; they could not be downloaded.'
-                        % (data_dir, ', '.join(missing), DATA_DIR_ENV))
-    for key, path in paths.items():
-        official = MNIST_FILES[key][1]
-        if path.suffix == '.gz' and _sha1(path) != official:
-            warnings.warn('%s differs from the official MNIST release (SHA-1 %s); using it '
-                          'anyway' % (path, official))
+        raise DataError(
+            'MNIST files missing in %s: %s. %s. Download %s by hand (from %s, or any copy of '
+            'the official release) into %s, each as NAME.gz or unpacked as NAME, or pass '
+            '--data-dir (or set %s) to a folder that has them'
+            % (data_dir, ', '.join(missing), why, ', '.join(n + '.gz' for n in missing),
+               mnist_url(), data_dir, DATA_DIR_ENV))
     arrays = {key: read_idx(path) for key, path in paths.items()}
+    unofficial = ['%s (SHA-1 %s, official %s)' % (path.name, digest, MNIST_FILES[key][1])
+                  for key, path in paths.items() if path.suffix == '.gz'
+                  for digest in [_sha1(path)] if digest != MNIST_FILES[key][1]]
+    if unofficial:
+        logger.warning(
+            'MNIST files in %s differ from the official release: %s. They are used as they '
+            'are. If they are a recompression of the official files, results are unaffected; '
+            'if their pixels or labels differ, results are not those of the official data '
+            '(each run\'s log records the data\'s fingerprint, and a run resumes only on data '
+            'with the same fingerprint).'
+            % (data_dir, '; '.join(unofficial)))
     for split in ('train', 'test'):
         images, labels = arrays[split + '_images'], arrays[split + '_labels']
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -223,11 +276,15 @@ def _check_labels(labels, where):
                         % (where, labels.min(), labels.max()))
 
 
-def _read_cifar_batch(path):
+def _read_bytes(path):
     try:
-        raw = np.fromfile(path, dtype=np.uint8)
+        return path.read_bytes()
     except OSError as e:
-        raise DataError('%s: cannot read it (%s)' % (path, e)) from e
+        raise DataError('%s: cannot read it (%s)' % (path, e.strerror or e)) from e
+
+
+def _read_cifar_batch(path):
+    raw = np.frombuffer(_read_bytes(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % _CIFAR_RECORD:
         raise DataError('%s: %d bytes is not a whole number of CIFAR-10 records (%d bytes '
                         'each); the file is truncated or corrupt' % (path, raw.size,
@@ -260,7 +317,8 @@ def _python_release(files, where):
     """(train, test) splits from {name: bytes} of the Python release's batches."""
     missing = [n for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST if n not in files]
     if missing:
-        raise DataError('CIFAR-10 Python release in %s lacks %s' % (where, ', '.join(missing)))
+        raise DataError('the CIFAR-10 Python release in %s lacks %s; unpack the whole '
+                        'cifar-10-python.tar.gz again' % (where, ', '.join(missing)))
     batches = [_read_cifar_pickle(files[n], '%s/%s' % (where, n))
                for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST]
     return (Split(np.concatenate([b[0] for b in batches[:5]]),
@@ -275,8 +333,14 @@ def _python_tarball(path):
             files = {Path(m.name).name: tar.extractfile(m).read() for m in tar
                      if m.isfile() and Path(m.name).name in wanted}
     except (OSError, EOFError, tarfile.TarError) as e:
-        raise DataError('%s: cannot read the archive (%s); replace it with an intact copy'
-                        % (path, e)) from e
+        raise DataError('%s: cannot read it as a tar archive (%s); if it is '
+                        'cifar-10-python.tar.gz, replace it with an intact copy, else give the '
+                        'folder that holds CIFAR-10' % (path, ' '.join(str(e).split()))) from e
+    if not files:
+        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s); of the '
+                        'archives only cifar-10-python.tar.gz is read as it is: unpack any '
+                        'other (e.g. cifar-10-binary.tar.gz) and give its folder'
+                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST)))
     return _python_release(files, path)
 
 
@@ -326,7 +390,7 @@ def load_cifar10(data_dir):
                        % data_dir)
     for candidate in (data_dir / 'cifar-10-batches-py', data_dir):
         if (candidate / 'data_batch_1').is_file():
-            files = {n: (candidate / n).read_bytes() for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST
+            files = {n: _read_bytes(candidate / n) for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST
                      if (candidate / n).is_file()}
             return Dataset(*_python_release(files, candidate),
                            source='CIFAR-10 Python release in %s' % candidate)
@@ -338,7 +402,8 @@ def load_cifar10(data_dir):
             missing = [n for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES
                        if not (candidate / n).is_file()]
             if missing:
-                raise DataError('CIFAR-10 binary files missing in %s: %s'
+                raise DataError('CIFAR-10 binary files missing in %s: %s; unpack the whole '
+                                'cifar-10-binary.tar.gz again'
                                 % (candidate, ', '.join(missing)))
             train = [_read_cifar_batch(candidate / n) for n in CIFAR_TRAIN_FILES]
             test = _read_cifar_batch(candidate / CIFAR_TEST_FILES[0])
