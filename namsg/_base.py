@@ -173,8 +173,8 @@ class ElementwiseOptimizer(Optimizer):
 
     # -- what subclasses write -------------------------------------------------------------
     def _state_slots(self, weight, zeros):
-        """The state tuple for ``weight``; ``zeros()`` makes one zero array of the state dtype
-        on the weight's context."""
+        """The state arrays for ``weight``, a tuple (``create_state`` appends the update
+        count); ``zeros()`` makes one zero array of the state dtype on the weight's context."""
         raise NotImplementedError
 
     def _step(self, weight, g, state, lr, t):

@@ -300,6 +300,8 @@ def _rewrite_without_counts(fname, with_optimizer):
         pickle.dump((states, saved[1]) if with_optimizer else states, f)
 
 
+# The counts come from the optimizer in the file: nothing to warn about.
+@pytest.mark.filterwarnings('error:optimizer states without their update counts')
 @pytest.mark.parametrize('case_id,fused', RESUME_CASES, ids=RESUME_IDS)
 def test_trainer_states_saved_without_counts_still_resume(tmp_path, case_id, fused):
     """Trainer.save_states files of namsg 0.1.0 (states without counts, the optimizer with
