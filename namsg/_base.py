@@ -1,11 +1,12 @@
 """What the element-wise optimizers of this package share: MXNet's gradient preprocessing,
 float32 state for float16 weights, the lazy update of row_sparse gradients and weights, and
-update counts that belong to the parameter rather than to the device.
+update counts that belong to the parameter rather than to the device, saved with its state.
 
 A subclass writes ``_state_slots(weight)`` and ``_step(weight, g, state, lr, t)`` for dense
 arrays; this base class turns them into MXNet's ``create_state`` / ``update``.
 """
 
+import warnings
 import weakref
 
 import numpy
@@ -19,9 +20,9 @@ from ._checks import check_learning_rate
 from ._checks import check_floating_weight, clip_threshold
 
 # The update counts each optimizer object had when this process first counted with it, per
-# parameter: what it was unpickled with (Trainer.load_states, Module.load_optimizer_states, a
-# kvstore server), or nothing for a new one. Kept outside the object so that it is never
-# pickled: a count restored here is from the file, not from a device of this process.
+# parameter: what it was unpickled with (Trainer.load_states, a kvstore server), or nothing for
+# a new one. Kept outside the object so that it is never pickled: a count restored here is from
+# the file, not from a device of this process.
 _RESTORED_COUNTS = weakref.WeakKeyDictionary()
 
 
@@ -46,6 +47,66 @@ def continue_update_counts(optimizer, indices):
     for idx in indices:
         if idx not in optimizer._index_update_count and idx in restored:
             optimizer._index_update_count[idx] = restored[idx]
+
+
+class UpdateCount:
+    """The update count t of one parameter, the last element of its state tuple.
+
+    MXNet keeps the counts in the optimizer (``_index_update_count``), and
+    ``Updater.get_states(dump_optimizer=False)``, which is what ``Module.save_optimizer_states``
+    and ``KVStore.save_optimizer_states`` write, saves the states without it: a resumed Module
+    restarted t at ``begin_num_update``. Carried in the state, the count is saved and loaded
+    with it (``Updater.sync_state_context`` passes it through unchanged, as anything that is
+    neither an NDArray nor a tuple). MXNet's counting stays the optimizer's; this is a copy,
+    written after each update and read where the state comes from a file.
+
+    ``value``: the count after the state's last update (an int), None before its first.
+    Pickled by its qualified name ``namsg._base.UpdateCount``: saved states need it there.
+    """
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def __repr__(self):
+        return 'UpdateCount(%r)' % (self.value,)
+
+
+def split_count(state):
+    """``(slots, count)``: the state tuple without its :class:`UpdateCount`, and that count; count
+    is None for a state saved by namsg 0.1.0, which carried none."""
+    if isinstance(state, tuple) and state and isinstance(state[-1], UpdateCount):
+        return state[:-1], state[-1]
+    return state, None
+
+
+def resume_counts(optimizer, indices, counts):
+    """Before ``optimizer`` counts an update of ``indices``: set the count of each whose state
+    carries another count (``counts``, from :func:`split_count`; the state was loaded) to that
+    one. MXNet's ``_update_count`` then counts on from it, not from ``begin_num_update``."""
+    warned = False
+    for idx, count in zip(indices, counts):
+        if count is None:
+            # A state saved without its count: the counts of a restored optimizer
+            # (Trainer.save_states) or begin_num_update take over, as they did in namsg 0.1.0.
+            if not (warned or idx in optimizer._index_update_count or optimizer.begin_num_update
+                    or idx in restored_update_counts(optimizer)):
+                warned = True
+                warnings.warn(
+                    'optimizer states without their update counts (saved by namsg 0.1.0, e.g. '
+                    'by Module.save_optimizer_states): %s counts its updates from '
+                    'begin_num_update=0 again, which restarts what depends on the step t (bias '
+                    'corrections, warm-up, Lookahead\'s k-cycle, lr_scheduler). Pass '
+                    'begin_num_update=<number of updates done> with these states.'
+                    % type(optimizer).__name__, stacklevel=2)
+        elif count.value is not None and optimizer._index_update_count.get(idx) != count.value:
+            optimizer._index_update_count[idx] = count.value
+
+
+def store_counts(optimizer, indices, counts):
+    """After ``optimizer`` counted an update of ``indices``: copy each count into its state."""
+    for idx, count in zip(indices, counts):
+        if count is not None:
+            count.value = optimizer._index_update_count[idx]
 
 
 def all_rows(array):
@@ -112,8 +173,8 @@ class ElementwiseOptimizer(Optimizer):
 
     # -- what subclasses write -------------------------------------------------------------
     def _state_slots(self, weight, zeros):
-        """The state tuple for ``weight``; ``zeros()`` makes one zero array of the state dtype
-        on the weight's context."""
+        """The state arrays for ``weight``, a tuple (``create_state`` appends the update
+        count); ``zeros()`` makes one zero array of the state dtype on the weight's context."""
         raise NotImplementedError
 
     def _step(self, weight, g, state, lr, t):
@@ -129,7 +190,7 @@ class ElementwiseOptimizer(Optimizer):
         # for row_sparse weights too: it is read and written by rows.
         dtype = numpy.float32 if weight.dtype == numpy.float16 else weight.dtype
         return self._state_slots(weight, lambda: nd.zeros(weight.shape, weight.context,
-                                                          dtype=dtype))
+                                                          dtype=dtype)) + (UpdateCount(),)
 
     def create_state_multi_precision(self, index, weight):
         # MXNet's version warns that float16 weights without multi_precision accumulate in
@@ -161,9 +222,17 @@ class ElementwiseOptimizer(Optimizer):
         continue_update_counts(self, index if isinstance(index, (list, tuple)) else [index])
         super()._update_count(index)
 
+    def _count_with_states(self, indices, counts):
+        """MXNet's ``_update_count(indices)``, continuing from the counts the states carry
+        (``counts``: their :class:`UpdateCount` or None) and copying the new ones into them."""
+        resume_counts(self, indices, counts)
+        self._update_count(indices)
+        store_counts(self, indices, counts)
+
     def update(self, index, weight, grad, state):
         assert isinstance(weight, NDArray) and isinstance(grad, NDArray)
-        self._update_count(index)
+        state, count = split_count(state)
+        self._count_with_states([index], [count])
         lr = self._get_lr(index)
         wd = self._get_wd(index)
         t = self._index_update_count[index]

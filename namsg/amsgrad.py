@@ -36,7 +36,8 @@ class AMSGrad(ElementwiseOptimizer):
 
     MXNet's own arguments (wd, rescale_grad, clip_gradient, lr_scheduler, multipliers,
     multi_precision, ...) work as for every MXNet optimizer. State per parameter:
-    ``(m, v, vhat)``, float32 for float16 weights.
+    ``(m, v, vhat, count)``, float32 for float16 weights; ``count`` is the update count
+    (:class:`namsg._base.UpdateCount`), saved with the states.
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):

@@ -9,7 +9,7 @@ from mxnet.ndarray.sparse import BaseSparseNDArray
 from mxnet.optimizer import Optimizer, register
 
 from . import kernels
-from ._base import ElementwiseOptimizer
+from ._base import ElementwiseOptimizer, split_count
 from ._checks import (check_bounds, check_choice, check_positive, check_unit_interval,
                       clip_threshold)
 
@@ -24,7 +24,8 @@ class ARSG(ElementwiseOptimizer):
     r"""The ARSG optimizer (adaptive remote stochastic gradient; NAMSG was its earlier name).
 
     Algorithm 1 of the paper, with MXNet's gradient conventions. At step t of a parameter
-    (t counts that parameter's own updates, from ``begin_num_update`` + 1)::
+    (t counts that parameter's own updates, from ``begin_num_update`` + 1; loaded states
+    continue the count they were saved with)::
 
         g     = clip(rescale_grad * grad + wd * w, clip_gradient)
         m     = beta1 * m + (1 - beta1) * g
@@ -87,9 +88,11 @@ class ARSG(ElementwiseOptimizer):
     float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by zero.
 
     State, per parameter, a tuple of NDArrays on the weight's context (float32 for float16
-    weights, otherwise the weight's dtype): ``(m, v, vhat)`` for 'amsgrad', ``(m, v)`` for
-    'adam', ``(m,)`` for 'none'. With ``multi_precision`` the base class wraps it as
-    ``(float32 master weight, state)``.
+    weights, otherwise the weight's dtype) and the parameter's update count t:
+    ``(m, v, vhat, count)`` for 'amsgrad', ``(m, v, count)`` for 'adam', ``(m, count)`` for
+    'none' (``count``: a :class:`namsg._base.UpdateCount`, so that states saved without the
+    optimizer, as ``Module.save_optimizer_states`` saves them, resume t). With
+    ``multi_precision`` the base class wraps it as ``(float32 master weight, state)``.
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1,
@@ -143,16 +146,17 @@ class ARSG(ElementwiseOptimizer):
         return not any(isinstance(a, BaseSparseNDArray) for a in weights + grads)
 
     def _fused_update(self, indices, weights, grads, states):
-        self._update_count(indices)
+        masters = None
+        if self.multi_precision and weights[0].dtype == numpy.float16:
+            masters, states = [s[0] for s in states], [s[1] for s in states]
+        states, counts = zip(*(split_count(s) for s in states))
+        self._count_with_states(indices, counts)
         lrs = self._get_lrs(indices)
         wds = self._get_wds(indices)
         if self.preconditioner == 'adam':
             scales = [(1.0 - self.beta2 ** self._index_update_count[i]) ** -0.5 for i in indices]
         else:
             scales = [1.0] * len(indices)
-        masters = None
-        if self.multi_precision and weights[0].dtype == numpy.float16:
-            masters, states = [s[0] for s in states], [s[1] for s in states]
         kernels.arsg_update(weights, grads, states, masters, lrs, wds, scales,
                             beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon, mu=self.mu,
                             rescale_grad=self.rescale_grad,

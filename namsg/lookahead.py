@@ -8,8 +8,8 @@ from mxnet.optimizer import Optimizer, create, register
 
 from . import kvstore_sync
 from .radam import RAdam
-from ._base import (ElementwiseOptimizer, all_rows, continue_update_counts, dense_rows,
-                    write_rows)
+from ._base import (ElementwiseOptimizer, UpdateCount, all_rows, continue_update_counts,
+                    dense_rows, resume_counts, split_count, store_counts, write_rows)
 from ._checks import check_floating_weight
 
 __all__ = ['Lookahead', 'Ranger']
@@ -39,10 +39,12 @@ class Lookahead(Optimizer):
     alpha : float, default 0.5
         Slow-weight step size, in (0, 1] (1 makes Lookahead a no-op).
 
-    State per parameter: ``(phi, inner_state)``, ``phi`` in float32 for float16 weights and
-    dense for ``row_sparse`` weights (the slow step moves every row). Weights must be floating
-    point: others raise ValueError in ``create_state``. With
-    ``multi_precision`` the base class wraps it as ``(float32 master, (phi, inner_state))``.
+    State per parameter: ``(phi, inner_state, count)``, ``phi`` in float32 for float16 weights
+    and dense for ``row_sparse`` weights (the slow step moves every row); ``count`` is the inner
+    optimizer's update count (:class:`namsg._base.UpdateCount`), which the k-cycle follows,
+    saved with the states whatever the inner optimizer. Weights must be floating point: others
+    raise ValueError in ``create_state``. With ``multi_precision`` the base class wraps it as
+    ``(float32 master, (phi, inner_state, count))``.
     """
 
     # Attributes that belong to the wrapper; every other one is the inner optimizer's.
@@ -104,7 +106,7 @@ class Lookahead(Optimizer):
         # They are dense for a row_sparse weight: every row takes the slow step.
         slow = _dense(weight).astype(
             numpy.float32 if weight.dtype == numpy.float16 else weight.dtype)
-        return (slow, self.optimizer.create_state(index, weight))
+        return (slow, self.optimizer.create_state(index, weight), UpdateCount())
 
     def create_state_multi_precision(self, index, weight):
         # The inner optimizers of this package keep float32 state for float16 weights, and the
@@ -116,13 +118,16 @@ class Lookahead(Optimizer):
         return Optimizer.create_state_multi_precision(self, index, weight)
 
     def update(self, index, weight, grad, state):
-        slow, inner_state = state
-        # The k-cycle follows the inner count, which must continue on another device for any
-        # inner optimizer (this package's do it themselves, MXNet's do not).
+        (slow, inner_state), count = split_count(state)
+        # The k-cycle follows the inner count, which must continue from loaded states and on
+        # another device for any inner optimizer (this package's do it themselves, MXNet's
+        # do not).
+        resume_counts(self.optimizer, [index], [count])
         continue_update_counts(self.optimizer, [index])
         # Through update_multi_precision, the inner optimizer's fastest path (for a weight that
         # is not float16 this is its plain update).
         self.optimizer.update_multi_precision(index, weight, grad, inner_state)
+        store_counts(self.optimizer, [index], [count])
         # The inner update counted this step (per parameter, per device).
         if self.optimizer._index_update_count[index] % self.k == 0:
             slow += self.alpha * (_dense(weight).astype(slow.dtype, copy=False) - slow)

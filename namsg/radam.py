@@ -47,7 +47,8 @@ class RAdam(ElementwiseOptimizer):
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
 
-    State per parameter: ``(m, v)``, float32 for float16 weights.
+    State per parameter: ``(m, v, count)``, float32 for float16 weights; ``count`` is the
+    update count t (:class:`namsg._base.UpdateCount`), saved with the states.
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,

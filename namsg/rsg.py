@@ -38,7 +38,7 @@ class RSG(ARSG):
         For ``row_sparse`` gradients, update only the rows present.
 
     Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
-    State, per parameter: ``(m,)``.
+    State, per parameter: ``(m, count)``, ``count`` the update count (see :class:`namsg.ARSG`).
     """
 
     def __init__(self, learning_rate=0.01, beta=0.999, mu=0.1, **kwargs):

@@ -1,7 +1,10 @@
 """ARSG through gluon.Trainer (contexts, kvstores, update on kvstore or not, checkpoints) and
 through the Module API, against the NumPy reference on a linear least-squares model."""
 
+import copy
+import functools
 import itertools
+import pickle
 
 import mxnet as mx
 import numpy as np
@@ -207,9 +210,13 @@ RESUME_CASES = [('adam_preconditioner', False), ('adam_preconditioner', True),
                 ('begin_num_update_adam', True), ('radam', None), ('ranger', None),
                 ('lookahead_arsg', False), ('lookahead_arsg', True), ('lookahead_sgd', None),
                 ('amsgrad', None), ('rsg', True)]
-# Lookahead around an MXNet optimizer (no NumPy reference in cases.py, so not in its table).
+# Lookahead around an MXNet optimizer (no NumPy reference in cases.py, so not in its table),
+# and RSG with a scheduler, whose step otherwise does not depend on the count.
 EXTRA_CASES = {'lookahead_sgd': ('lookahead', dict(optimizer='sgd', learning_rate=0.05,
-                                                   momentum=0.9, k=3, alpha=0.5))}
+                                                   momentum=0.9, k=3, alpha=0.5)),
+               'rsg_lr_scheduler': ('rsg', dict(learning_rate=0.05, beta=0.9, mu=0.2,
+                                                lr_scheduler=mx.lr_scheduler.FactorScheduler(
+                                                    step=10, factor=0.5, base_lr=0.05)))}
 RESUME_IDS = [path_id(c, f) for c, f in RESUME_CASES]
 
 
@@ -221,8 +228,10 @@ def _case_optimizer(case_id):
 
 def _case_kwargs(case_id, fused):
     if case_id in EXTRA_CASES:
-        return dict(EXTRA_CASES[case_id][1])
-    kwargs = CASES_BY_ID[case_id].make_kwargs()
+        # A fresh scheduler per run: FactorScheduler keeps where it is.
+        kwargs = copy.deepcopy(EXTRA_CASES[case_id][1])
+    else:
+        kwargs = CASES_BY_ID[case_id].make_kwargs()
     if fused is not None:
         kwargs['fused'] = fused
     return kwargs
@@ -269,6 +278,146 @@ def test_states_saved_on_one_device_resume_on_another(tmp_path, case_id, fused, 
     for ctx in loaded_on:
         for a, b in zip(_weights(net, ctx), uninterrupted):
             np.testing.assert_array_equal(a, b)
+
+
+def _without_counts(state):
+    """``state`` laid out as namsg 0.1.0 saved it: the same tuples of arrays without the update
+    counts (anything that is neither an array, a tuple nor MXNet's None state)."""
+    if isinstance(state, tuple):
+        return tuple(_without_counts(s) for s in state
+                     if s is None or isinstance(s, (tuple, mx.nd.NDArray)))
+    return state
+
+
+def _rewrite_without_counts(fname, with_optimizer):
+    """Rewrite a states file (Trainer's ``(states, optimizer)`` or Module's states) as namsg
+    0.1.0 wrote it."""
+    with open(fname, 'rb') as f:
+        saved = pickle.load(f)
+    states = saved[0] if with_optimizer else saved
+    states = {index: _without_counts(state) for index, state in states.items()}
+    with open(fname, 'wb') as f:
+        pickle.dump((states, saved[1]) if with_optimizer else states, f)
+
+
+# The counts come from the optimizer in the file: nothing to warn about.
+@pytest.mark.filterwarnings('error:optimizer states without their update counts')
+@pytest.mark.parametrize('case_id,fused', RESUME_CASES, ids=RESUME_IDS)
+def test_trainer_states_saved_without_counts_still_resume(tmp_path, case_id, fused):
+    """Trainer.save_states files of namsg 0.1.0 (states without counts, the optimizer with
+    them) load and resume the uninterrupted run, on another device too."""
+    optimizer = _case_optimizer(case_id)
+    x, y, w0, b0 = _data(seed=3)
+    steps, half = 8, 5
+    net = _make_net(w0, b0, [mx.cpu(0)])
+    _train(net, gluon.Trainer(net.collect_params(), optimizer, _case_kwargs(case_id, fused)),
+           x, y, [mx.cpu(0)], steps)
+    uninterrupted = _weights(net, mx.cpu(0))
+
+    net = _make_net(w0, b0, [mx.cpu(1)])
+    trainer = gluon.Trainer(net.collect_params(), optimizer, _case_kwargs(case_id, fused))
+    _train(net, trainer, x, y, [mx.cpu(1)], half)
+    trainer.save_states(str(tmp_path / 'trainer.states'))
+    _rewrite_without_counts(str(tmp_path / 'trainer.states'), with_optimizer=True)
+
+    net.save_parameters(str(tmp_path / 'net.params'))
+    resumed = _make_net(w0, b0, [mx.cpu(0)])
+    resumed.load_parameters(str(tmp_path / 'net.params'), ctx=[mx.cpu(0)])
+    trainer = gluon.Trainer(resumed.collect_params(), optimizer, _case_kwargs(case_id, fused))
+    trainer.load_states(str(tmp_path / 'trainer.states'))
+    _train(resumed, trainer, x[half * BATCH:], y[half * BATCH:], [mx.cpu(0)], steps - half)
+    for a, b in zip(_weights(resumed, mx.cpu(0)), uninterrupted):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- resuming a Module from its checkpoint ----------------------------------------------------
+
+# Every optimizer the package registers, on both ARSG paths, each with an update that depends on
+# the parameter's step count t; ARSG's 'amsgrad' preconditioner, RSG and AMSGrad depend on it
+# only through an lr_scheduler (here halving lr after update 10).
+MODULE_RESUME_CASES = [('lr_scheduler', False), ('lr_scheduler', True),
+                       ('adam_preconditioner', False), ('adam_preconditioner', True),
+                       ('rsg_lr_scheduler', False), ('rsg_lr_scheduler', True),
+                       ('amsgrad_wd_clip_scheduler', None), ('radam', None), ('ranger', None),
+                       ('lookahead_arsg', False), ('lookahead_arsg', True),
+                       ('lookahead_sgd', None)]
+MODULE_RESUME_IDS = [path_id(c, f) for c, f in MODULE_RESUME_CASES]
+# (contexts, kvstore, where the update runs). Module drops a kvstore for one device and
+# otherwise updates on it unless MXNET_UPDATE_ON_KVSTORE=0. The updater's keys are
+# device-and-parameter numbers in the Module, parameter names on the kvstore.
+MODULE_SETUPS = {'no-kvstore': ('cpu0', None, 'module'),
+                 'local-updater-in-module': ('cpu0+cpu1', 'local', 'module'),
+                 'local-update-on-kvstore': ('cpu0+cpu1', 'local', 'kvstore'),
+                 'device-update-on-kvstore': ('cpu0+cpu1', 'device', 'kvstore')}
+# Resumed after epoch 1, that is update 7 of 14: past RAdam's warm-up (6 updates with
+# beta2 = 0.9), in the middle of every k-cycle (k = 3, 4, 5), before the lr_scheduler's step.
+MODULE_EPOCHS, MODULE_BATCHES = 2, 7
+
+
+def _module_fit(monkeypatch, setup, case_id, fused, prefix, begin_epoch, **resume_params):
+    """``Module.fit`` up to epoch MODULE_EPOCHS, saving a checkpoint with the optimizer states
+    after every epoch (``mx.callback.module_checkpoint``); from ``prefix``'s checkpoint of
+    ``begin_epoch`` (``Module.load``) if > 0, with ``resume_params`` added to the optimizer's.
+    Returns the final parameters as NumPy."""
+    contexts, kvstore, update_on = MODULE_SETUPS[setup]
+    monkeypatch.setenv('MXNET_UPDATE_ON_KVSTORE', '1' if update_on == 'kvstore' else '0')
+    x, y, w0, b0 = _data(seed=4)
+    names = dict(data_names=['data'], label_names=['label'], context=CONTEXTS[contexts])
+    if begin_epoch:
+        mod = mx.mod.Module.load(prefix, begin_epoch, load_optimizer_states=True, **names)
+        initial = None
+    else:
+        data, label = mx.sym.Variable('data'), mx.sym.Variable('label')
+        fc = mx.sym.FullyConnected(data, num_hidden=OUT, name='fc')
+        mod = mx.mod.Module(mx.sym.MakeLoss(0.5 * mx.sym.mean(mx.sym.square(fc - label), axis=1)),
+                            **names)
+        initial = {'fc_weight': mx.nd.array(w0), 'fc_bias': mx.nd.array(b0)}
+    rows = MODULE_BATCHES * BATCH
+    mod.fit(mx.io.NDArrayIter(x[:rows], y[:rows], batch_size=BATCH, label_name='label'),
+            begin_epoch=begin_epoch, num_epoch=MODULE_EPOCHS, kvstore=kvstore,
+            optimizer=_case_optimizer(case_id),
+            optimizer_params=dict(_case_kwargs(case_id, fused), **resume_params),
+            eval_metric=mx.metric.Loss(), arg_params=initial,
+            epoch_end_callback=mx.callback.module_checkpoint(mod, prefix,
+                                                             save_optimizer_states=True))
+    assert mod._update_on_kvstore == (update_on == 'kvstore')
+    return [a.asnumpy() for _, a in sorted(mod.get_params()[0].items())]
+
+
+@pytest.mark.filterwarnings('ignore:Parameters already initialized')
+@pytest.mark.parametrize('setup', list(MODULE_SETUPS))
+@pytest.mark.parametrize('case_id,fused', MODULE_RESUME_CASES, ids=MODULE_RESUME_IDS)
+def test_module_checkpoint_resumes_the_uninterrupted_run(monkeypatch, tmp_path, case_id, fused,
+                                                         setup):
+    """Checkpoints with optimizer states after every epoch; Module.load of epoch 1 and
+    fit(begin_epoch=1): the uninterrupted run's weights, bit for bit, with no begin_num_update.
+    Module saves the states without the optimizer, whose counts they were: the counts restarted
+    at begin_num_update (RAdam's warm-up, Lookahead's k-cycle, the 'adam' bias correction and
+    the lr_scheduler started over)."""
+    run = functools.partial(_module_fit, monkeypatch, setup, case_id, fused,
+                            str(tmp_path / 'model'))
+    uninterrupted = run(0)
+    for a, b in zip(run(MODULE_EPOCHS // 2), uninterrupted):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings('ignore:Parameters already initialized')
+@pytest.mark.parametrize('setup', ['no-kvstore', 'local-update-on-kvstore'])
+@pytest.mark.parametrize('case_id,fused', MODULE_RESUME_CASES, ids=MODULE_RESUME_IDS)
+def test_module_checkpoint_without_counts_warns_and_resumes_with_begin_num_update(
+        monkeypatch, tmp_path, case_id, fused, setup):
+    """A Module checkpoint of namsg 0.1.0 has no counts: it still loads, resuming warns that
+    the counts restart, and begin_num_update = the updates done resumes the uninterrupted run."""
+    prefix = str(tmp_path / 'model')
+    run = functools.partial(_module_fit, monkeypatch, setup, case_id, fused, prefix)
+    uninterrupted = run(0)
+    _rewrite_without_counts('%s-%04d.states' % (prefix, MODULE_EPOCHS // 2),
+                            with_optimizer=False)
+    with pytest.warns(UserWarning, match='begin_num_update=<number of updates done>'):
+        run(MODULE_EPOCHS // 2)
+    resumed = run(MODULE_EPOCHS // 2, begin_num_update=MODULE_EPOCHS // 2 * MODULE_BATCHES)
+    for a, b in zip(resumed, uninterrupted):
+        np.testing.assert_array_equal(a, b)
 
 
 def _module_embedding_weight(case, fused, sparse, steps=6):

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import namsg
 from namsg import reference as ref
+from namsg._base import UpdateCount
 from cases import CASES_BY_ID, PATH_IDS, PATHS
 from harness import apply_steps, make_problem, make_updater, run_mxnet
 
@@ -85,8 +86,10 @@ def test_state_is_a_plain_tuple_on_the_weights_context(preconditioner, slots):
     opt = namsg.ARSG(preconditioner=preconditioner, epsilon=1e-3)
     weight = mx.nd.ones((4, 2), ctx=mx.cpu(1), dtype='float64')
     state = opt.create_state_multi_precision(0, weight)
-    assert type(state) is tuple and len(state) == slots
-    assert all(s.context == mx.cpu(1) and s.dtype == np.float64 for s in state)
+    # The arrays, then the update count that is saved with them (Module checkpoints).
+    assert type(state) is tuple and len(state) == slots + 1
+    assert all(s.context == mx.cpu(1) and s.dtype == np.float64 for s in state[:slots])
+    assert isinstance(state[-1], UpdateCount) and state[-1].value is None
     np.testing.assert_array_equal(state[0].asnumpy(), 0)
     if preconditioner == 'amsgrad':
         np.testing.assert_array_equal(state[2].asnumpy(), 1e-3)
@@ -95,8 +98,9 @@ def test_state_is_a_plain_tuple_on_the_weights_context(preconditioner, slots):
 def test_multi_precision_state_is_master_copy_then_float32_state():
     opt = namsg.ARSG(multi_precision=True)
     state = opt.create_state_multi_precision(0, mx.nd.ones((3,), dtype='float16'))
-    master, inner = state
+    master, (*inner, count) = state
     assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in inner)
+    assert isinstance(count, UpdateCount)
 
 
 @pytest.mark.parametrize('case_id', ['everything', 'rsg_mu_changed', 'amsgrad', 'radam',
@@ -116,6 +120,27 @@ def test_pickle_round_trip_mid_run_continues_identically(case_id):
     apply_steps(resumed, case, ws, grads[12:], first_step=13)
     for w, e in zip(ws, expected):
         np.testing.assert_array_equal(w.asnumpy(), e)
+
+
+@pytest.mark.parametrize('multi_precision', [False, True], ids=['float64', 'float16-mp'])
+@pytest.mark.parametrize('case,fused', PATHS, ids=PATH_IDS)
+def test_states_saved_without_the_optimizer_continue_identically(case, fused, multi_precision):
+    """Updater.get_states(dump_optimizer=False), which Module.save_optimizer_states and
+    KVStore.save_optimizer_states write, set on a new optimizer's Updater mid-run: the run
+    continues as if uninterrupted. The update counts used to restart at begin_num_update."""
+    dtype = 'float16' if multi_precision else 'float64'
+    weights, grads = make_problem(30, seed=7)
+    expected, _ = run_mxnet(case, weights, grads, dtype=dtype, multi_precision=multi_precision,
+                            fused=fused)
+
+    updater = make_updater(case, multi_precision, fused)
+    ws = [mx.nd.array(w, dtype=dtype) for w in weights]
+    apply_steps(updater, case, ws, grads[:13])
+    resumed = make_updater(case, multi_precision, fused)
+    resumed.set_states(updater.get_states(dump_optimizer=False))
+    apply_steps(resumed, case, ws, grads[13:], first_step=14)
+    for w, e in zip(ws, expected):
+        np.testing.assert_array_equal(w.asnumpy().astype(np.float64), e)
 
 
 def _row_sparse(dense, rows):
