@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -102,14 +103,116 @@ def run(command):
     os.execvp(command[0], command)
 
 
+# -- workers that end with an error ------------------------------------------------------------
+
+def install_worker_exit_hooks():
+    """End this process, a worker of a ``dist_*`` job, at once when its program ends with an
+    error: an uncaught exception after its traceback, with status 1 (130 for KeyboardInterrupt),
+    and ``sys.exit(n)`` that reaches the top level with n not 0 or None, after its message, with
+    status n (1 for a message). Otherwise the interpreter's shutdown would run the kvstore's
+    destructor, which waits in ps-lite's exit barrier for the other workers while they wait for
+    this one in push/pull: the job would hang. A ``sys.exit`` that the program catches, and
+    normal ends (``sys.exit()``, ``sys.exit(0)``, the end of the script) behave as before: the
+    barrier then ends the job cleanly. ``atexit`` handlers do not run on the error paths
+    (``finally`` blocks and ``with`` exits do: the stack has unwound). ``raise SystemExit(n)``
+    written out is not covered (call ``sys.exit``).
+
+    ``import namsg`` installs this in a process with ``DMLC_ROLE=worker``; ``launch`` also has
+    every worker it starts on this machine install it at interpreter start (a ``sitecustomize``
+    module on their PYTHONPATH), namsg imported or not. Installing twice changes nothing."""
+    if getattr(sys.exit, '_namsg_worker_exit', False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        previous(kind, value, traceback)
+        _exit_now(130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+    def worker_exit(status=None):
+        raise _WorkerExit(status)
+
+    worker_exit._namsg_worker_exit = True
+    worker_exit.__doc__ = sys.exit.__doc__
+    sys.excepthook = excepthook
+    sys.exit = worker_exit
+
+
+class _WorkerExit(SystemExit):
+    """What ``sys.exit`` raises in a worker (see install_worker_exit_hooks). The interpreter
+    drops an uncaught one after the stack has unwound, with no Python frame left, and before it
+    frees the traceback (whose frames may hold the kvstore); a caught one is dropped by Python
+    code. Only the first ends the process."""
+
+    def __del__(self):
+        if sys._getframe(0).f_back is not None or sys.is_finalizing():
+            return
+        code = self.code
+        if code is None or (isinstance(code, int) and code == 0):
+            return
+        if not isinstance(code, int):
+            # The interpreter prints a non-integer status after dropping the exception.
+            try:
+                print(code, file=sys.stderr)
+            except Exception:       # noqa: BLE001 (a broken stderr must not keep us waiting)
+                pass
+            code = 1
+        _exit_now(code)
+
+
+def _exit_now(status):
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    # Skip the interpreter's shutdown: see install_worker_exit_hooks.
+    os._exit(status)
+
+
+#: The sitecustomize module through which launch_local's workers install the hooks above.
+_WORKER_SITE = '''"""Written by namsg_dist.launch_local for its workers: installs
+namsg_dist.install_worker_exit_hooks(), then runs the sitecustomize module this one hides."""
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if os.environ.get('DMLC_ROLE') == 'worker':
+    (sys.modules.get('namsg_dist') or _load('namsg_dist', %r)).install_worker_exit_hooks()
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.machinery.PathFinder.find_spec(
+    'sitecustomize', [p for p in sys.path if os.path.abspath(p or os.curdir) != _here])
+if _spec is not None and _spec.origin:
+    _load('sitecustomize', _spec.origin)
+'''
+
+
+def _worker_site(directory):
+    """Write the workers' sitecustomize module into ``directory``; returns ``directory``."""
+    with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
+        f.write(_WORKER_SITE % os.path.abspath(__file__))
+    return directory
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
 
-def _role_env(role, num_workers, num_servers, port, task_id, extra=None):
-    """The environment dmlc_tracker gives each process of a job (see dmlc_tracker.tracker)."""
+def _role_env(role, num_workers, num_servers, port, task_id, extra=None, site=None):
+    """The environment dmlc_tracker gives each process of a job (see dmlc_tracker.tracker);
+    a worker also gets ``site`` (see _worker_site) first on its PYTHONPATH."""
     env = dict(os.environ, **(extra or {}))
     env.update(DMLC_ROLE=role, DMLC_PS_ROOT_URI='127.0.0.1', DMLC_PS_ROOT_PORT=str(port),
                DMLC_NUM_WORKER=str(num_workers), DMLC_NUM_SERVER=str(num_servers),
@@ -117,6 +220,8 @@ def _role_env(role, num_workers, num_servers, port, task_id, extra=None):
     # ps-lite picks the interface from these; loopback keeps the job on this machine.
     env.setdefault('DMLC_NODE_HOST', '127.0.0.1')
     env.setdefault('DMLC_INTERFACE', 'lo')
+    if role == 'worker' and site:
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [site, env.get('PYTHONPATH')]))
     return env
 
 
@@ -176,10 +281,12 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     workers (``command``), all on 127.0.0.1. Output lines are forwarded with a
     ``[worker 0]``-style prefix to ``out`` (default stdout).
 
-    Returns 0 when every worker exited 0; otherwise the first non-zero worker status (the job
-    ends as soon as one worker fails), 124 on timeout, or 128 + N after signal N of
-    :data:`STOP_SIGNALS` (when called from the main thread). Every process started, and every
-    process in their process groups, is ended before returning."""
+    Returns 0 when every worker exited 0; otherwise the first non-zero worker status (128 + N
+    for a worker killed by signal N; the job ends as soon as one worker fails), 124 on
+    timeout, or 128 + N after signal N of :data:`STOP_SIGNALS` (when called from the main
+    thread). Every process started, and every process in their process groups, is ended before
+    returning. Python workers install :func:`install_worker_exit_hooks` at start, so that one
+    ending with an error does not hang the job."""
     if num_workers < 1 or num_servers < 1:
         raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
                          '%d workers and %d servers' % (num_workers, num_servers))
@@ -194,13 +301,15 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     status = 0
     # A stop signal only sets a flag: the loops below check it, so the cleanup never starts
     # between a Popen and the bookkeeping of its process.
-    with _signal_handlers(lambda signum, frame: stopped.append(signum)):
+    with _signal_handlers(lambda signum, frame: stopped.append(signum)), \
+            tempfile.TemporaryDirectory(prefix='namsg_dist-') as site:
+        _worker_site(site)
         try:
             for role, index, cmd in plan:
                 if stopped:
                     break
                 proc = subprocess.Popen(
-                    cmd, env=_role_env(role, num_workers, num_servers, port, index, env),
+                    cmd, env=_role_env(role, num_workers, num_servers, port, index, env, site),
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
                 procs.append((role, index, proc))
                 thread = threading.Thread(target=_forward, daemon=True,
@@ -210,7 +319,7 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
             workers = [p for role, _, p in procs if role == 'worker']
             while not stopped:
                 codes = [p.poll() for p in workers]     # every one: any() would stop early
-                status = next((code for code in codes if code), 0)
+                status = next((code if code > 0 else 128 - code for code in codes if code), 0)
                 if status or None not in codes:
                     break
                 if time.monotonic() > deadline:

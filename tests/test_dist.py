@@ -158,6 +158,83 @@ def test_worker_raising_after_the_kvstore_is_up_ends_the_job_with_its_status(tmp
     assert ended - failed < 10, out.getvalue()[-3000:]
 
 
+# A worker that does not import namsg: rank 1 leaves after the first step as HOW says, while
+# rank 0 waits for it in push/pull; 'caught' catches its sys.exit(3) and trains on. Locals of
+# main() hold the kvstore, whose destructor (ps-lite's exit barrier) is what used to hang.
+LEAVING_WORKER = """
+import os, signal, sys
+import mxnet as mx
+
+def main():
+    kv = mx.kv.create('dist_sync')
+    kv.init(0, mx.nd.zeros(4))
+    a = mx.nd.ones(4)
+    for step in range(4):
+        kv.pushpull(0, a, out=a)
+        a.wait_to_read()
+        if kv.rank == 1 and step == 0:
+            how = os.environ['HOW']
+            print('rank 1 leaves:', how, flush=True)
+            if how == 'caught':
+                try:
+                    sys.exit(3)
+                except SystemExit:
+                    pass
+            elif how == 'message':
+                sys.exit('rank 1 gives up')
+            elif how == 'raise':
+                raise RuntimeError('rank 1 fails')
+            elif how == 'kill':
+                os.kill(os.getpid(), signal.SIGKILL)
+            else:
+                sys.exit(int(how))
+    assert a.asnumpy()[0] == 2 ** 4, a.asnumpy()
+    print('rank', kv.rank, 'done', flush=True)
+
+main()
+"""
+
+
+@pytest.mark.parametrize('how,expected', [('3', 3), ('message', 1), ('raise', 1),
+                                          ('kill', 128 + signal.SIGKILL), ('caught', 0)])
+def test_worker_leaving_without_namsg_ends_the_job_with_its_status(tmp_path, how, expected):
+    """A worker that never imports namsg and ends with sys.exit(3), sys.exit('message'), an
+    exception or SIGKILL while the other waits for it: the job ends within seconds with its
+    status (128 + N for signal N). Before the fix the first three hung in ps-lite's exit barrier
+    until --timeout (status 124), and the killed one gave -9. A sys.exit the worker catches
+    changes nothing: the job finishes with 0."""
+    script = tmp_path / 'leaving_worker.py'
+    script.write_text(LEAVING_WORKER)
+    out = _TimedOut()
+    status = namsg_dist.launch_local([sys.executable, str(script)], num_workers=2,
+                                     num_servers=1, timeout=60, env=dict(HOW=how), out=out)
+    ended = time.monotonic()
+    left = next(t for t, text in out.times if 'rank 1 leaves' in text)
+    assert status == expected, out.getvalue()[-3000:]
+    assert ended - left < 10, out.getvalue()[-3000:]
+    if how == 'message':
+        assert '[worker 1] rank 1 gives up' in out.getvalue()
+    if how == 'caught':
+        assert out.getvalue().count('done') == 2
+
+
+def test_worker_exit_hooks_leave_python_alone_outside_the_cases_they_cover(tmp_path):
+    """In one process with the hooks: a caught sys.exit, sys.exit(0) and the end of the script
+    exit as Python does; a thread's sys.exit ends only the thread."""
+    root = Path(__file__).resolve().parent.parent
+    prologue = 'import sys, threading; sys.path.insert(0, %r); import namsg_dist; ' \
+               'namsg_dist.install_worker_exit_hooks(); ' % str(root)
+    cases = [('try:\n    sys.exit(5)\nexcept SystemExit:\n    pass\nprint("on")', 0, 'on'),
+             ('sys.exit(0)', 0, ''), ('sys.exit()', 0, ''), ('sys.exit(4)', 4, ''),
+             ('t = threading.Thread(target=sys.exit, args=(6,)); t.start(); t.join(); '
+              'print("on")', 0, 'on')]
+    for code, status, output in cases:
+        result = subprocess.run([sys.executable, '-c', prologue + '\n' + code],
+                                capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stdout.strip()) == (status, output), \
+            (code, result.stderr)
+
+
 def _job_processes(token):
     """PIDs of the processes whose environment holds ``token`` (read from /proc)."""
     pids = []
