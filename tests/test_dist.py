@@ -213,7 +213,7 @@ def test_worker_leaving_without_namsg_ends_the_job_with_its_status(tmp_path, how
     assert status == expected, out.getvalue()[-3000:]
     assert ended - left < 10, out.getvalue()[-3000:]
     if how == 'message':
-        assert '[worker 1] rank 1 gives up' in out.getvalue()
+        assert '] rank 1 gives up\n' in out.getvalue()     # the message, on its line
     if how == 'caught':
         assert out.getvalue().count('done') == 2
 
