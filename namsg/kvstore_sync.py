@@ -19,6 +19,7 @@
   (``namsg_dist.install_worker_exit_hooks``).
 """
 
+import inspect
 import os
 import pickle
 import sys
@@ -96,10 +97,15 @@ def multipliers(optimizer):
 def _sending_kvstore(optimizer):
     # MXNet gives no hook when it sends an optimizer: the caller frames tell whether this pickling
     # is KVStore.set_optimizer's, for the servers (it pickles only on a dist worker), and of this
-    # very object (not of an optimizer wrapped inside it, such as Lookahead's inner one).
+    # very object (not of an optimizer wrapped inside it, such as Lookahead's inner one). It
+    # relies on MXNet's own function (its parameter names, self and optimizer, are those of
+    # MXNet 1.5 to 1.9) running on this thread; a wrapper put around it (functools.wraps, as
+    # profilers and loggers do) is seen through. A kvstore class whose set_optimizer pickles the
+    # optimizer itself, without calling MXNet's, is not recognised: changes then stay local.
+    code = inspect.unwrap(KVStore.set_optimizer).__code__
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code is KVStore.set_optimizer.__code__:
+        if frame.f_code is code:
             if frame.f_locals.get('optimizer') is optimizer:
                 return frame.f_locals['self']
             return None

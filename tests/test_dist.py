@@ -467,6 +467,47 @@ def test_boost_of_a_scheduled_step_size_reaches_the_server(monkeypatch):
     assert sent == 1 + 2 * 2
 
 
+def test_settings_reach_the_servers_through_a_wrapped_set_optimizer(monkeypatch):
+    """KVStore.set_optimizer wrapped by a profiler or logger (functools.wraps, *args): the
+    optimizer is still known to run on the servers, and a new step size reaches them (before
+    the fix the wrapper hid MXNet's frame: the change stayed on the worker without a word)."""
+    import functools
+    import mxnet as mx
+    monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
+    original = mx.kv.KVStore.set_optimizer
+
+    @functools.wraps(original)
+    def logged(*args, **kwargs):
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mx.kv.KVStore, 'set_optimizer', logged)
+    server = _server()
+    store = _DistStoreOnAWorker(server._controller())
+    worker = _optimizer('arsg', dict(learning_rate=0.01, mu=0.1))
+    mx.kv.KVStore.set_optimizer(store, worker)
+    worker.set_learning_rate(0.5)
+    assert store.sent == 2 and server.kvstore._updater.optimizer.lr == 0.5
+
+
+def test_copies_of_an_optimizer_on_the_servers_stay_local(monkeypatch):
+    """copy.deepcopy and Updater.get_states(dump_optimizer=True) of an optimizer that runs on the
+    servers neither detach it from them nor send anything; the copy is a local optimizer."""
+    import copy
+    import mxnet as mx
+    monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
+    server = _server()
+    store = _DistStoreOnAWorker(server._controller())
+    worker = _optimizer('arsg', dict(learning_rate=0.01, mu=0.1))
+    mx.kv.KVStore.set_optimizer(store, worker)
+    copied = copy.deepcopy(worker)
+    mx.optimizer.get_updater(worker).get_states(dump_optimizer=True)
+    copied.set_learning_rate(0.3)
+    assert store.sent == 1
+    worker.mu = 0.2
+    assert store.sent == 2 and server.kvstore._updater.optimizer.mu == 0.2
+    assert server.kvstore._updater.optimizer.lr == 0.01
+
+
 def test_mxnet_loses_gluon_multipliers_on_servers_where_namsg_keeps_them():
     """What README's parameter-server section states: MXNet pickles an optimizer without its
     param_dict (its adam then runs every parameter with multiplier 1); namsg's carry them."""
