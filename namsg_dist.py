@@ -31,6 +31,7 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +100,10 @@ def run(command):
         return 0
     if not command:
         raise SystemExit('namsg_dist run: give the worker command after --')
+    try:
+        _check_command(command)
+    except ValueError as e:
+        raise SystemExit('namsg_dist run: %s' % e)
     os.environ[SERVERS_ENV] = '1'      # the job's servers run serve(): see namsg.kvstore_sync
     os.execvp(command[0], command)
 
@@ -204,6 +209,14 @@ def _worker_site(directory):
     return directory
 
 
+def _check_command(command):
+    """Raise ValueError unless ``command[0]`` is an executable file or found on PATH."""
+    if shutil.which(command[0]) is None:
+        raise ValueError('the worker command %r is neither an executable file nor found on PATH '
+                         '(give the program and its arguments after --, e.g. -- python '
+                         'train.py)' % command[0])
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(('127.0.0.1', 0))
@@ -281,7 +294,8 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     workers (``command``), all on 127.0.0.1. Output lines are forwarded with a
     ``[worker 0]``-style prefix to ``out`` (default stdout).
 
-    Returns 0 when every worker exited 0; otherwise the first non-zero worker status (128 + N
+    Raises ValueError, before starting anything, for a job without workers or servers or a
+    ``command`` whose program is not found. Returns 0 when every worker exited 0; otherwise the first non-zero worker status (128 + N
     for a worker killed by signal N; the job ends as soon as one worker fails), 124 on
     timeout, or 128 + N after signal N of :data:`STOP_SIGNALS` (when called from the main
     thread). Every process started, and every process in their process groups, is ended before
@@ -290,6 +304,7 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     if num_workers < 1 or num_servers < 1:
         raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
                          '%d workers and %d servers' % (num_workers, num_servers))
+    _check_command(command)
     out = out or sys.stdout
     port = _free_port()
     server_cmd = [sys.executable, '-m', 'namsg_dist', 'run', '--']

@@ -303,6 +303,19 @@ def test_launcher_refuses_a_job_without_servers():
         namsg_dist.launch_local(['true'], num_workers=1, num_servers=0)
 
 
+def test_launcher_refuses_a_worker_command_it_cannot_find():
+    """Before the fix a mistyped program started the scheduler and the server, then ended in a
+    FileNotFoundError traceback."""
+    with pytest.raises(ValueError, match="'pyhton' is neither an executable file nor found on "
+                                         "PATH"):
+        namsg_dist.launch_local(['pyhton', 'train.py'], num_workers=1, timeout=30)
+    result = subprocess.run([sys.executable, '-m', 'namsg_dist', 'launch', '-n', '1', '--',
+                             'pyhton', 'train.py'], capture_output=True, text=True, timeout=60,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith('namsg_dist launch: the worker command'), result.stderr
+
+
 def _mnist_job(tmp_path, method, scale, workers=2):
     """reproduce_mnist.py on the embedded sample as a dist_sync job of ``workers`` workers: its
     output and its log (header, records)."""
