@@ -115,6 +115,24 @@ def test_settings_and_multipliers_reach_the_servers(tmp_path, optimizer, params,
         np.testing.assert_allclose(r['bias'], expected_b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('optimizer,params,changes', [
+    ('arsg', HP, [[2, 'lr', 0.03], [4, 'mu', 0.3]]),
+    ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, wd=0.05, k=2),
+     [[3, 'lr', 0.02]])], ids=['arsg', 'lookahead_sgd'])
+def test_module_on_the_servers_takes_the_settings(tmp_path, optimizer, params, changes):
+    """The Module API on a 2-worker dist_sync job, updating on the server (Module's default
+    there): a new lr and mu set on the Module's optimizer reach the server, which ends where one
+    process making the same changes does."""
+    results, _ = _launch(tmp_path, 'dist_sync', True, optimizer=optimizer, params=params,
+                         extra=dict(API='module', CHANGES=json.dumps(changes)))
+    expected_w, expected_b = dist_worker.module_run(optimizer, params, STEPS, changes)
+    unchanged_w, _ = dist_worker.module_run(optimizer, params, STEPS, [])
+    assert np.abs(expected_w - unchanged_w).max() > 1e-3     # the changes matter
+    for r in results:
+        np.testing.assert_allclose(r['weight'], expected_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r['bias'], expected_b, rtol=1e-5, atol=1e-6)
+
+
 def test_dist_async_runs_and_converges(tmp_path):
     results, _ = _launch(tmp_path, 'dist_async', True, steps=150,
                          params=dict(HP, learning_rate=0.05), extra=dict(REUSE_BATCH='1'))
