@@ -78,6 +78,14 @@ class Horovod(KVStoreBase):
         for target in out if isinstance(out, (list, tuple)) else [out]:
             result.copyto(target)
 
+    def set_gradient_compression(self, compression_params):
+        """Not supported (``compression_params`` of a Trainer or Module): raises ValueError."""
+        raise ValueError(
+            'the horovod kvstore does not compress gradients (compression_params=%r): drop '
+            'compression_params, or use Horovod\'s own compression with its trainer, '
+            'hvd.DistributedTrainer(params, optimizer, compression=hvd.Compression.fp16)'
+            % (compression_params,))
+
     @staticmethod
     def is_capable(capability):
         """No optimizer runs in the store: the Trainer updates on every rank."""

@@ -219,3 +219,26 @@ def test_several_stores_and_devices(tmp_path):
     assert output.count('weights [-4.5, -45.0]') == 2, output[-5000:]
     assert output.count('refused: the horovod kvstore takes one device per process, got 2: '
                         'start one process per device') == 4, output[-5000:]
+
+
+def test_gradient_compression_is_refused_with_what_to_do():
+    """A Trainer with compression_params on the horovod store (one process, Horovod of size 1)
+    fails before its first update with what to use instead (was an AttributeError:
+    'Horovod' object has no attribute 'set_gradient_compression')."""
+    code = (
+        'import mxnet as mx, namsg\n'
+        'from mxnet import autograd, gluon\n'
+        'net = gluon.nn.Dense(2, in_units=3)\n'
+        'net.initialize()\n'
+        'trainer = gluon.Trainer(net.collect_params(), "arsg", kvstore="horovod",\n'
+        '                        compression_params={"type": "2bit", "threshold": 0.5})\n'
+        'with autograd.record():\n'
+        '    loss = net(mx.nd.ones((1, 3))).sum()\n'
+        'loss.backward()\n'
+        'trainer.step(1)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        'ValueError: the horovod kvstore does not compress gradients'), result.stderr[-3000:]
+    assert 'hvd.Compression.fp16' in result.stderr
