@@ -77,18 +77,37 @@ def _server_class(base):
         def _controller(self):
             mxnet_controller = super()._controller()
 
-            def controller(cmd_id, cmd_body, arg):
+            def take(cmd_id, cmd_body, arg):
                 if cmd_id == 0:
                     command = kvstore_sync.decode_command(cmd_body)
                     if isinstance(command, kvstore_sync.ServerSettings):
                         if self.kvstore._updater is None:
-                            raise RuntimeError('namsg server: settings %s arrived before an '
-                                               'optimizer' % command.settings)
+                            raise RuntimeError('settings %s arrived before an optimizer'
+                                               % command.settings)
                         command.apply(self.kvstore._updater.optimizer)
                         logging.info('namsg server %d: optimizer settings now %s',
                                      self.kvstore.rank, command.settings)
                         return
                 mxnet_controller(cmd_id, cmd_body, arg)
+
+            def controller(cmd_id, cmd_body, arg):
+                # An exception here would reach ctypes, which prints it and serves on: without
+                # the optimizer the workers sent, the server would store the sum of their
+                # gradients as the weights, and the job would end "successfully".
+                try:
+                    take(cmd_id, cmd_body, arg)
+                except Exception as e:      # noqa: BLE001 (any failure ends the server)
+                    logging.exception('namsg server %d: cannot take command %d from a worker',
+                                      self.kvstore.rank, cmd_id)
+                    hint = (' A server imports namsg and the modules in $NAMSG_SERVER_IMPORTS '
+                            '(comma-separated) before it serves: define the optimizer in a '
+                            'module, not in the training script, and name that module there.'
+                            if isinstance(e, (ImportError, AttributeError)) else '')
+                    sys.stderr.write('namsg server %d: error: cannot take what a worker sent '
+                                     '(%s: %s).%s Ending this server and, under `namsg_dist '
+                                     'launch`, the job.\n'
+                                     % (self.kvstore.rank, type(e).__name__, e, hint))
+                    _exit_now(1)
             return controller
     return Server
 
@@ -295,12 +314,13 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     ``[worker 0]``-style prefix to ``out`` (default stdout).
 
     Raises ValueError, before starting anything, for a job without workers or servers or a
-    ``command`` whose program is not found. Returns 0 when every worker exited 0; otherwise the first non-zero worker status (128 + N
-    for a worker killed by signal N; the job ends as soon as one worker fails), 124 on
-    timeout, or 128 + N after signal N of :data:`STOP_SIGNALS` (when called from the main
-    thread). Every process started, and every process in their process groups, is ended before
-    returning. Python workers install :func:`install_worker_exit_hooks` at start, so that one
-    ending with an error does not hang the job."""
+    ``command`` whose program is not found. Returns 0 when every worker exited 0; otherwise the
+    first non-zero status of a worker, the scheduler or a server (128 + N for one killed by
+    signal N; the job ends as soon as one fails), 124 on timeout, or 128 + N after signal N of
+    :data:`STOP_SIGNALS` (when called from the main thread). Every process started, and every
+    process in their process groups, is ended before returning. Python workers install
+    :func:`install_worker_exit_hooks` at start, so that one ending with an error does not hang
+    the job."""
     if num_workers < 1 or num_servers < 1:
         raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
                          '%d workers and %d servers' % (num_workers, num_servers))
@@ -331,11 +351,19 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
                                           args=(proc.stdout, '[%s %d] ' % (role, index), out))
                 thread.start()
                 threads.append(thread)
-            workers = [p for role, _, p in procs if role == 'worker']
             while not stopped:
-                codes = [p.poll() for p in workers]     # every one: any() would stop early
-                status = next((code if code > 0 else 128 - code for code in codes if code), 0)
-                if status or None not in codes:
+                # Every process, every time (any() would stop early): the first one that ended
+                # with an error, a worker or the scheduler or a server (then the workers would
+                # wait for it for ever), ends the job.
+                codes = [(role, index, p.poll()) for role, index, p in procs]
+                failed = next(((role, index, code) for role, index, code in codes if code), None)
+                if failed:
+                    role, index, code = failed
+                    status = code if code > 0 else 128 - code
+                    out.write('namsg_dist: %s %d exited with status %d; ending the job\n'
+                              % (role, index, status))
+                    break
+                if None not in [code for role, _, code in codes if role == 'worker']:
                     break
                 if time.monotonic() > deadline:
                     out.write('namsg_dist: the job exceeded %d s; ending it\n' % timeout)

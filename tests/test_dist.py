@@ -253,6 +253,62 @@ def test_worker_exit_hooks_leave_python_alone_outside_the_cases_they_cover(tmp_p
             (code, result.stderr)
 
 
+# An optimizer of the user's own on the servers: a subclass of MXNet's sgd, defined in the
+# training script or in a module of its own.
+MY_SGD = """
+import mxnet as mx
+
+
+@mx.optimizer.register
+class MySGD(mx.optimizer.SGD):
+    pass
+"""
+MY_SGD_WORKER = """
+import mxnet as mx
+from mxnet import autograd, gluon
+import namsg
+%s
+kv = mx.kv.create('dist_sync')
+net = gluon.nn.Dense(1, in_units=2, use_bias=False)
+net.initialize(mx.init.One())
+trainer = gluon.Trainer(net.collect_params(), 'mysgd', {'learning_rate': 0.1}, kvstore=kv,
+                        update_on_kvstore=True)
+for step in range(3):       # gradient 1 on each worker, summed: w = 1 - 3 * 0.1 * 2
+    with autograd.record():
+        loss = net(mx.nd.ones((1, 2))).sum()
+    loss.backward()
+    trainer.step(1)
+print('weight', [round(float(v), 6) for v in net.weight.data().asnumpy().ravel()], flush=True)
+"""
+
+
+@pytest.mark.parametrize('where', ['script', 'module'])
+def test_servers_take_an_optimizer_of_the_users_own_or_end_the_job(tmp_path, where):
+    """Defined in a module named in $NAMSG_SERVER_IMPORTS, the optimizer runs on the server.
+    Defined in the training script, the server cannot unpickle it: it says what to do and the
+    job ends with status 1 (before the fix the error went to ctypes, the server served on
+    without an optimizer and stored the summed gradients as the weights: both workers ended
+    with [2.0, 2.0] and the job with status 0)."""
+    (tmp_path / 'my_sgd.py').write_text(MY_SGD)
+    script = tmp_path / 'worker.py'
+    script.write_text(MY_SGD_WORKER % (MY_SGD if where == 'script' else 'import my_sgd'))
+    out = io.StringIO()
+    status = namsg_dist.launch_local(
+        [sys.executable, str(script)], num_workers=2, num_servers=1, timeout=60, out=out,
+        env=dict(NAMSG_SERVER_IMPORTS='my_sgd', PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), os.environ.get('PYTHONPATH', '')])))
+    output = out.getvalue()
+    if where == 'module':
+        assert status == 0, output[-3000:]
+        assert output.count('weight [0.4, 0.4]') == 2, output[-3000:]
+    else:
+        assert status == 1, output[-3000:]
+        assert "error: cannot take what a worker sent (AttributeError: Can't get attribute " \
+            "'MySGD'" in output and 'name that module there' in output, output[-3000:]
+        assert 'namsg_dist: server 0 exited with status 1; ending the job' in output
+        assert 'weight' not in output
+
+
 def _job_processes(token):
     """PIDs of the processes whose environment holds ``token`` (read from /proc)."""
     pids = []
