@@ -61,7 +61,10 @@ def serve():
     for name in filter(None, os.environ.get('NAMSG_SERVER_IMPORTS', '').split(',')):
         importlib.import_module(name.strip())
     os.environ['DMLC_ROLE'] = role
-    from mxnet.kvstore import kvstore_server
+    try:
+        from mxnet.kvstore import kvstore_server        # MXNet 1.7 and later: a package
+    except ImportError:
+        from mxnet import kvstore_server                # MXNet 1.5 and 1.6
     # As kvstore_server._init_kvstore_server_module, with namsg's controller.
     _server_class(kvstore_server.KVStoreServer)(mxnet.kv.create('dist')).run()
     sys.exit()    # serves until the job ends
