@@ -156,6 +156,9 @@ def install_worker_exit_hooks():
         _exit_now(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     def worker_exit(status=None):
+        if threading.current_thread() is not threading.main_thread():
+            # Ends the thread alone, which threading does silently for SystemExit itself only.
+            raise SystemExit(status)
         raise _WorkerExit(status)
 
     worker_exit._namsg_worker_exit = True

@@ -249,8 +249,8 @@ def test_worker_exit_hooks_leave_python_alone_outside_the_cases_they_cover(tmp_p
     for code, status, output in cases:
         result = subprocess.run([sys.executable, '-c', prologue + '\n' + code],
                                 capture_output=True, text=True, timeout=60)
-        assert (result.returncode, result.stdout.strip()) == (status, output), \
-            (code, result.stderr)
+        assert (result.returncode, result.stdout.strip(), result.stderr) == \
+            (status, output, ''), code
 
 
 # An optimizer of the user's own on the servers: a subclass of MXNet's sgd, defined in the
