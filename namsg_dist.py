@@ -171,7 +171,7 @@ class _WorkerExit(SystemExit):
     """What ``sys.exit`` raises in a worker (see install_worker_exit_hooks). The interpreter
     drops an uncaught one after the stack has unwound, with no Python frame left, and before it
     frees the traceback (whose frames may hold the kvstore); a caught one is dropped by Python
-    code. Only the first ends the process."""
+    code. Only an uncaught one ends the process."""
 
     def __del__(self):
         if sys._getframe(0).f_back is not None or sys.is_finalizing():

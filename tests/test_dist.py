@@ -388,6 +388,29 @@ def test_launcher_refuses_a_worker_command_it_cannot_find():
                             cwd=str(Path(__file__).resolve().parent.parent))
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert result.stderr.startswith('namsg_dist launch: the worker command'), result.stderr
+    result = subprocess.run([sys.executable, '-m', 'namsg_dist', 'run', '--', 'pyhton'],
+                            capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != 'DMLC_ROLE'},
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    assert result.returncode == 1
+    assert result.stderr.startswith('namsg_dist run: the worker command'), result.stderr
+
+
+def test_workers_sitecustomize_installs_the_hooks_and_runs_the_users_own(tmp_path):
+    """The sitecustomize module on a worker's PYTHONPATH installs the exit hooks and then runs
+    the sitecustomize module it hides (a user's, here one that prints)."""
+    users = tmp_path / 'users'
+    users.mkdir()
+    (users / 'sitecustomize.py').write_text('print("the user\'s sitecustomize ran")\n')
+    site = tmp_path / 'site'
+    site.mkdir()
+    namsg_dist._worker_site(str(site))
+    result = subprocess.run(
+        [sys.executable, '-c', 'import sys; print(getattr(sys.exit, "_namsg_worker_exit", 0))'],
+        env=dict(os.environ, DMLC_ROLE='worker',
+                 PYTHONPATH=os.pathsep.join([str(site), str(users)])),
+        capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["the user's sitecustomize ran", 'True'], result.stderr
 
 
 def _mnist_job(tmp_path, method, scale, workers=2):
