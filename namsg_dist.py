@@ -31,10 +31,12 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -59,7 +61,10 @@ def serve():
     for name in filter(None, os.environ.get('NAMSG_SERVER_IMPORTS', '').split(',')):
         importlib.import_module(name.strip())
     os.environ['DMLC_ROLE'] = role
-    from mxnet.kvstore import kvstore_server
+    try:
+        from mxnet.kvstore import kvstore_server        # MXNet 1.7 and later: a package
+    except ImportError:
+        from mxnet import kvstore_server                # MXNet 1.5 and 1.6
     # As kvstore_server._init_kvstore_server_module, with namsg's controller.
     _server_class(kvstore_server.KVStoreServer)(mxnet.kv.create('dist')).run()
     sys.exit()    # serves until the job ends
@@ -75,18 +80,37 @@ def _server_class(base):
         def _controller(self):
             mxnet_controller = super()._controller()
 
-            def controller(cmd_id, cmd_body, arg):
+            def take(cmd_id, cmd_body, arg):
                 if cmd_id == 0:
                     command = kvstore_sync.decode_command(cmd_body)
                     if isinstance(command, kvstore_sync.ServerSettings):
                         if self.kvstore._updater is None:
-                            raise RuntimeError('namsg server: settings %s arrived before an '
-                                               'optimizer' % command.settings)
+                            raise RuntimeError('settings %s arrived before an optimizer'
+                                               % command.settings)
                         command.apply(self.kvstore._updater.optimizer)
                         logging.info('namsg server %d: optimizer settings now %s',
                                      self.kvstore.rank, command.settings)
                         return
                 mxnet_controller(cmd_id, cmd_body, arg)
+
+            def controller(cmd_id, cmd_body, arg):
+                # An exception here would reach ctypes, which prints it and serves on: without
+                # the optimizer the workers sent, the server would store the sum of their
+                # gradients as the weights, and the job would end "successfully".
+                try:
+                    take(cmd_id, cmd_body, arg)
+                except Exception as e:      # noqa: BLE001 (any failure ends the server)
+                    logging.exception('namsg server %d: cannot take command %d from a worker',
+                                      self.kvstore.rank, cmd_id)
+                    hint = (' A server imports namsg and the modules in $NAMSG_SERVER_IMPORTS '
+                            '(comma-separated) before it serves: define the optimizer in a '
+                            'module, not in the training script, and name that module there.'
+                            if isinstance(e, (ImportError, AttributeError)) else '')
+                    sys.stderr.write('namsg server %d: error: cannot take what a worker sent '
+                                     '(%s: %s).%s Ending this server and, under `namsg_dist '
+                                     'launch`, the job.\n'
+                                     % (self.kvstore.rank, type(e).__name__, e, hint))
+                    _exit_now(1)
             return controller
     return Server
 
@@ -98,8 +122,124 @@ def run(command):
         return 0
     if not command:
         raise SystemExit('namsg_dist run: give the worker command after --')
+    try:
+        _check_command(command)
+    except ValueError as e:
+        raise SystemExit('namsg_dist run: %s' % e)
     os.environ[SERVERS_ENV] = '1'      # the job's servers run serve(): see namsg.kvstore_sync
     os.execvp(command[0], command)
+
+
+# -- workers that end with an error ------------------------------------------------------------
+
+def install_worker_exit_hooks():
+    """End this process, a worker of a ``dist_*`` job, at once when its program ends with an
+    error: an uncaught exception after its traceback, with status 1 (130 for KeyboardInterrupt),
+    and ``sys.exit(n)`` that reaches the top level with n not 0 or None, after its message, with
+    status n (1 for a message). Otherwise the interpreter's shutdown would run the kvstore's
+    destructor, which waits in ps-lite's exit barrier for the other workers while they wait for
+    this one in push/pull: the job would hang. A ``sys.exit`` that the program catches, and
+    normal ends (``sys.exit()``, ``sys.exit(0)``, the end of the script) behave as before: the
+    barrier then ends the job cleanly. ``atexit`` handlers do not run on the error paths
+    (``finally`` blocks and ``with`` exits do: the stack has unwound). ``raise SystemExit(n)``
+    written out is not covered (call ``sys.exit``).
+
+    ``import namsg`` installs this in a process with ``DMLC_ROLE=worker``; ``launch`` also has
+    every worker it starts on this machine install it at interpreter start (a ``sitecustomize``
+    module on their PYTHONPATH), namsg imported or not. Installing twice changes nothing."""
+    if getattr(sys.exit, '_namsg_worker_exit', False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        previous(kind, value, traceback)
+        _exit_now(130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+    def worker_exit(status=None):
+        if threading.current_thread() is not threading.main_thread():
+            # Ends the thread alone, which threading does silently for SystemExit itself only.
+            raise SystemExit(status)
+        raise _WorkerExit(status)
+
+    worker_exit._namsg_worker_exit = True
+    worker_exit.__doc__ = sys.exit.__doc__
+    sys.excepthook = excepthook
+    sys.exit = worker_exit
+
+
+class _WorkerExit(SystemExit):
+    """What ``sys.exit`` raises in a worker (see install_worker_exit_hooks). The interpreter
+    drops an uncaught one after the stack has unwound, with no Python frame left, and before it
+    frees the traceback (whose frames may hold the kvstore); a caught one is dropped by Python
+    code. Only an uncaught one ends the process."""
+
+    def __del__(self):
+        if sys._getframe(0).f_back is not None or sys.is_finalizing():
+            return
+        code = self.code
+        if code is None or (isinstance(code, int) and code == 0):
+            return
+        if not isinstance(code, int):
+            # The interpreter prints a non-integer status after dropping the exception.
+            try:
+                print(code, file=sys.stderr)
+            except Exception:       # noqa: BLE001 (a broken stderr must not keep us waiting)
+                pass
+            code = 1
+        _exit_now(code)
+
+
+def _exit_now(status):
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    # Skip the interpreter's shutdown: see install_worker_exit_hooks.
+    os._exit(status)
+
+
+#: The sitecustomize module through which launch_local's workers install the hooks above.
+_WORKER_SITE = '''"""Written by namsg_dist.launch_local for its workers: installs
+namsg_dist.install_worker_exit_hooks(), then runs the sitecustomize module this one hides."""
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if os.environ.get('DMLC_ROLE') == 'worker':
+    (sys.modules.get('namsg_dist') or _load('namsg_dist', %r)).install_worker_exit_hooks()
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.machinery.PathFinder.find_spec(
+    'sitecustomize', [p for p in sys.path if os.path.abspath(p or os.curdir) != _here])
+if _spec is not None and _spec.origin:
+    _load('sitecustomize', _spec.origin)
+'''
+
+
+def _worker_site(directory):
+    """Write the workers' sitecustomize module into ``directory``; returns ``directory``."""
+    with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
+        f.write(_WORKER_SITE % os.path.abspath(__file__))
+    return directory
+
+
+def _check_command(command):
+    """Raise ValueError unless ``command[0]`` is an executable file or found on PATH."""
+    if shutil.which(command[0]) is None:
+        raise ValueError('the worker command %r is neither an executable file nor found on PATH '
+                         '(give the program and its arguments after --, e.g. -- python '
+                         'train.py)' % command[0])
 
 
 def _free_port():
@@ -108,8 +248,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _role_env(role, num_workers, num_servers, port, task_id, extra=None):
-    """The environment dmlc_tracker gives each process of a job (see dmlc_tracker.tracker)."""
+def _role_env(role, num_workers, num_servers, port, task_id, extra=None, site=None):
+    """The environment dmlc_tracker gives each process of a job (see dmlc_tracker.tracker);
+    a worker also gets ``site`` (see _worker_site) first on its PYTHONPATH."""
     env = dict(os.environ, **(extra or {}))
     env.update(DMLC_ROLE=role, DMLC_PS_ROOT_URI='127.0.0.1', DMLC_PS_ROOT_PORT=str(port),
                DMLC_NUM_WORKER=str(num_workers), DMLC_NUM_SERVER=str(num_servers),
@@ -117,6 +258,8 @@ def _role_env(role, num_workers, num_servers, port, task_id, extra=None):
     # ps-lite picks the interface from these; loopback keeps the job on this machine.
     env.setdefault('DMLC_NODE_HOST', '127.0.0.1')
     env.setdefault('DMLC_INTERFACE', 'lo')
+    if role == 'worker' and site:
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [site, env.get('PYTHONPATH')]))
     return env
 
 
@@ -176,13 +319,18 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     workers (``command``), all on 127.0.0.1. Output lines are forwarded with a
     ``[worker 0]``-style prefix to ``out`` (default stdout).
 
-    Returns 0 when every worker exited 0; otherwise the first non-zero worker status (the job
-    ends as soon as one worker fails), 124 on timeout, or 128 + N after signal N of
+    Raises ValueError, before starting anything, for a job without workers or servers or a
+    ``command`` whose program is not found. Returns 0 when every worker exited 0; otherwise the
+    first non-zero status of a worker, the scheduler or a server (128 + N for one killed by
+    signal N; the job ends as soon as one fails), 124 on timeout, or 128 + N after signal N of
     :data:`STOP_SIGNALS` (when called from the main thread). Every process started, and every
-    process in their process groups, is ended before returning."""
+    process in their process groups, is ended before returning. Python workers install
+    :func:`install_worker_exit_hooks` at start, so that one ending with an error does not hang
+    the job."""
     if num_workers < 1 or num_servers < 1:
         raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
                          '%d workers and %d servers' % (num_workers, num_servers))
+    _check_command(command)
     out = out or sys.stdout
     port = _free_port()
     server_cmd = [sys.executable, '-m', 'namsg_dist', 'run', '--']
@@ -194,24 +342,34 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     status = 0
     # A stop signal only sets a flag: the loops below check it, so the cleanup never starts
     # between a Popen and the bookkeeping of its process.
-    with _signal_handlers(lambda signum, frame: stopped.append(signum)):
+    with _signal_handlers(lambda signum, frame: stopped.append(signum)), \
+            tempfile.TemporaryDirectory(prefix='namsg_dist-') as site:
+        _worker_site(site)
         try:
             for role, index, cmd in plan:
                 if stopped:
                     break
                 proc = subprocess.Popen(
-                    cmd, env=_role_env(role, num_workers, num_servers, port, index, env),
+                    cmd, env=_role_env(role, num_workers, num_servers, port, index, env, site),
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
                 procs.append((role, index, proc))
                 thread = threading.Thread(target=_forward, daemon=True,
                                           args=(proc.stdout, '[%s %d] ' % (role, index), out))
                 thread.start()
                 threads.append(thread)
-            workers = [p for role, _, p in procs if role == 'worker']
             while not stopped:
-                codes = [p.poll() for p in workers]     # every one: any() would stop early
-                status = next((code for code in codes if code), 0)
-                if status or None not in codes:
+                # Every process, every time (any() would stop early): the first one that ended
+                # with an error, a worker or the scheduler or a server (then the workers would
+                # wait for it for ever), ends the job.
+                codes = [(role, index, p.poll()) for role, index, p in procs]
+                failed = next(((role, index, code) for role, index, code in codes if code), None)
+                if failed:
+                    role, index, code = failed
+                    status = code if code > 0 else 128 - code
+                    out.write('namsg_dist: %s %d exited with status %d; ending the job\n'
+                              % (role, index, status))
+                    break
+                if None not in [code for role, _, code in codes if role == 'worker']:
                     break
                 if time.monotonic() > deadline:
                     out.write('namsg_dist: the job exceeded %d s; ending it\n' % timeout)

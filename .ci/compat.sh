@@ -6,7 +6,8 @@
 # only namsg (no MXNet change, none of the experiment packages). Then, against that installed
 # copy: the optimizer parity tests (the NDArray path: the fused operator needs MXNet 1.9, and
 # test_the_path_taken_and_why_is_said_once checks that its absence is reported), the Trainer
-# and Module tests against the NumPy reference, and the install tests that need no extra.
+# and Module tests against the NumPy reference, and the install tests that need no extra; and
+# one 2-worker parameter-server job (namsg_dist; its processes take the clone's namsg).
 # pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
 # in `make test`. NAMSG_COMPAT_MXNET="1.6.0 ..." picks the releases.
 set -euo pipefail
@@ -60,7 +61,8 @@ for version in $VERSIONS; do
         -k 'not fused' test_parity.py test_gluon.py \
         test_kernels.py::test_the_path_taken_and_why_is_said_once \
         test_install.py::test_import_without_mxnet_says_which_package_to_install \
-        test_install.py::test_unsupported_mxnet_release_is_refused_with_the_supported_range)
+        test_install.py::test_unsupported_mxnet_release_is_refused_with_the_supported_range \
+        'test_dist.py::test_settings_and_multipliers_reach_the_servers[arsg-set_learning_rate]')
     (cd "$WORK" && "$venv/bin/python" -c \
         'import namsg, sys; sys.exit(namsg.__file__.startswith(sys.argv[1]))' "$ROOT/") ||
         fail 'the tests would import the clone, not the installed package'

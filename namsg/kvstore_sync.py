@@ -12,12 +12,14 @@
 * Gluon's ``lr_mult`` / ``wd_mult`` live in the optimizer's ``param_dict``, which MXNet drops when
   it pickles an optimizer; namsg's optimizers carry them in ``lr_mult`` / ``wd_mult`` instead
   (:func:`pickled_state`).
-* A worker that raises would wait forever in ps-lite's exit barrier for the other workers (which
-  wait for it in push/pull): in a ``dist_*`` worker process (``DMLC_ROLE=worker``) importing namsg
-  makes an uncaught exception end the process after its traceback, with status 1.
+* A worker that raises or calls ``sys.exit(n)`` would wait forever in ps-lite's exit barrier for
+  the other workers (which wait for it in push/pull): in a ``dist_*`` worker process
+  (``DMLC_ROLE=worker``) importing namsg makes an uncaught exception end the process after its
+  traceback, with status 1, and ``sys.exit(n)`` with status n
+  (``namsg_dist.install_worker_exit_hooks``).
 """
 
-import logging
+import inspect
 import os
 import pickle
 import sys
@@ -95,10 +97,15 @@ def multipliers(optimizer):
 def _sending_kvstore(optimizer):
     # MXNet gives no hook when it sends an optimizer: the caller frames tell whether this pickling
     # is KVStore.set_optimizer's, for the servers (it pickles only on a dist worker), and of this
-    # very object (not of an optimizer wrapped inside it, such as Lookahead's inner one).
+    # very object (not of an optimizer wrapped inside it, such as Lookahead's inner one). It
+    # relies on MXNet's own function (its parameter names, self and optimizer, are those of
+    # MXNet 1.5 to 1.9) running on this thread; a wrapper put around it (functools.wraps, as
+    # profilers and loggers do) is seen through. A kvstore class whose set_optimizer pickles the
+    # optimizer itself, without calling MXNet's, is not recognised: changes then stay local.
+    code = inspect.unwrap(KVStore.set_optimizer).__code__
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code is KVStore.set_optimizer.__code__:
+        if frame.f_code is code:
             if frame.f_locals.get('optimizer') is optimizer:
                 return frame.f_locals['self']
             return None
@@ -181,23 +188,7 @@ def decode_command(body):
 
 # -- failing workers ----------------------------------------------------------------------------
 
-def _exit_on_uncaught_exception():
-    previous = sys.excepthook
-
-    def excepthook(kind, value, traceback):
-        previous(kind, value, traceback)
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        # Skip interpreter shutdown, where the kvstore's destructor waits in ps-lite's exit
-        # barrier for workers that are themselves blocked waiting for this one.
-        os._exit(130 if issubclass(kind, KeyboardInterrupt) else 1)
-
-    sys.excepthook = excepthook
-
-
 if os.environ.get('DMLC_ROLE') == 'worker':
-    _exit_on_uncaught_exception()
+    # An uncaught exception or sys.exit(n) ends the process instead of ps-lite's exit barrier.
+    import namsg_dist
+    namsg_dist.install_worker_exit_hooks()

@@ -9,6 +9,7 @@ the last steps to the same file. Optional environment:
   (trainer.optimizer.mu = value). The worker's optimizer's lr and mu after each step are saved.
 * MULTIPLIERS: JSON {"weight"|"bias": {"lr_mult": x, "wd_mult": y}}.
 * FAIL_RANK, FAIL_AFTER: that rank raises after that many steps.
+* API=module: the same model as a Module (:func:`module_run`), only the final weights saved.
 
 :func:`local_run` trains the same model in one process on every rank's data (the reference).
 """
@@ -98,9 +99,46 @@ def local_run(optimizer, params, steps, workers, changes=(), multipliers=None):
     return net.weight.data().asnumpy(), net.bias.data().asnumpy()
 
 
+def module_run(optimizer, params, steps, changes, kv=None, workers=2):
+    """The same model as a Module (``mod.fit``'s path: init_optimizer, forward_backward,
+    update), on this rank's shard with ``kv``, or without a kvstore on every rank's rows of
+    each batch; ``changes`` as in :func:`apply_change`, made on the Module's optimizer ('lr'
+    sets optimizer.lr, Module having no set_learning_rate). Returns (weight, bias)."""
+    ranks = [kv.rank] if kv is not None else range(workers)
+    shards = [shard(rank, steps) for rank in ranks]
+    rows = BATCH * len(shards)
+    out = mx.sym.LinearRegressionOutput(mx.sym.FullyConnected(
+        mx.sym.Variable('data'), num_hidden=OUT_UNITS, name='fc'), name='lro')
+    mod = mx.mod.Module(out, context=mx.cpu(), label_names=['lro_label'])
+    mod.bind([('data', (rows, IN))], [('lro_label', (rows, OUT_UNITS))])
+    w0, b0 = initial_weights()
+    mod.init_params(arg_params={'fc_weight': mx.nd.array(w0), 'fc_bias': mx.nd.array(b0)})
+    # LinearRegressionOutput's gradient is pred - label: scaled as the Gluon model's L2Loss.
+    mod.init_optimizer(kvstore=kv, optimizer=optimizer, optimizer_params=dict(
+        params, rescale_grad=1.0 / (BATCH * workers * OUT_UNITS)))
+    for k in range(steps):
+        x = np.concatenate([x[k * BATCH:(k + 1) * BATCH] for x, _ in shards])
+        y = np.concatenate([y[k * BATCH:(k + 1) * BATCH] for _, y in shards])
+        mod.forward_backward(mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(y)]))
+        mod.update()
+        for step, kind, value in changes:
+            if step == k + 1:
+                setattr(mod._optimizer, 'lr' if kind == 'lr' else kind, value)
+    arg_params, _ = mod.get_params()
+    return arg_params['fc_weight'].asnumpy(), arg_params['fc_bias'].asnumpy()
+
+
 def main():
     steps = int(os.environ['STEPS'])
     kv = mx.kv.create(os.environ['KVSTORE'])
+    if os.environ.get('API') == 'module':
+        weight, bias = module_run(os.environ['OPTIMIZER'],
+                                  json.loads(os.environ['OPTIMIZER_PARAMS']), steps,
+                                  json.loads(os.environ.get('CHANGES', '[]')), kv,
+                                  kv.num_workers)
+        np.savez(os.path.join(os.environ['OUT'], 'rank%d.npz' % kv.rank), weight=weight,
+                 bias=bias)
+        return
     contexts = [mx.cpu(i) for i in range(int(os.environ.get('CONTEXTS', '1')))]
     net, trainer = build(contexts, os.environ['OPTIMIZER'],
                          json.loads(os.environ['OPTIMIZER_PARAMS']),

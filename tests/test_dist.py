@@ -115,6 +115,24 @@ def test_settings_and_multipliers_reach_the_servers(tmp_path, optimizer, params,
         np.testing.assert_allclose(r['bias'], expected_b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('optimizer,params,changes', [
+    ('arsg', HP, [[2, 'lr', 0.03], [4, 'mu', 0.3]]),
+    ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, wd=0.05, k=2),
+     [[3, 'lr', 0.02]])], ids=['arsg', 'lookahead_sgd'])
+def test_module_on_the_servers_takes_the_settings(tmp_path, optimizer, params, changes):
+    """The Module API on a 2-worker dist_sync job, updating on the server (Module's default
+    there): a new lr and mu set on the Module's optimizer reach the server, which ends where one
+    process making the same changes does."""
+    results, _ = _launch(tmp_path, 'dist_sync', True, optimizer=optimizer, params=params,
+                         extra=dict(API='module', CHANGES=json.dumps(changes)))
+    expected_w, expected_b = dist_worker.module_run(optimizer, params, STEPS, changes)
+    unchanged_w, _ = dist_worker.module_run(optimizer, params, STEPS, [])
+    assert np.abs(expected_w - unchanged_w).max() > 1e-3     # the changes matter
+    for r in results:
+        np.testing.assert_allclose(r['weight'], expected_w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r['bias'], expected_b, rtol=1e-5, atol=1e-6)
+
+
 def test_dist_async_runs_and_converges(tmp_path):
     results, _ = _launch(tmp_path, 'dist_async', True, steps=150,
                          params=dict(HP, learning_rate=0.05), extra=dict(REUSE_BATCH='1'))
@@ -156,6 +174,139 @@ def test_worker_raising_after_the_kvstore_is_up_ends_the_job_with_its_status(tmp
     failed = next(t for t, text in out.times if 'fails after 2 steps' in text)
     assert status == 1, out.getvalue()[-3000:]
     assert ended - failed < 10, out.getvalue()[-3000:]
+
+
+# A worker that does not import namsg: rank 1 leaves after the first step as HOW says, while
+# rank 0 waits for it in push/pull; 'caught' catches its sys.exit(3) and trains on. Locals of
+# main() hold the kvstore, whose destructor (ps-lite's exit barrier) is what used to hang.
+LEAVING_WORKER = """
+import os, signal, sys
+import mxnet as mx
+
+def main():
+    kv = mx.kv.create('dist_sync')
+    kv.init(0, mx.nd.zeros(4))
+    a = mx.nd.ones(4)
+    for step in range(4):
+        kv.pushpull(0, a, out=a)
+        a.wait_to_read()
+        if kv.rank == 1 and step == 0:
+            how = os.environ['HOW']
+            print('rank 1 leaves:', how, flush=True)
+            if how == 'caught':
+                try:
+                    sys.exit(3)
+                except SystemExit:
+                    pass
+            elif how == 'message':
+                sys.exit('rank 1 gives up')
+            elif how == 'raise':
+                raise RuntimeError('rank 1 fails')
+            elif how == 'kill':
+                os.kill(os.getpid(), signal.SIGKILL)
+            else:
+                sys.exit(int(how))
+    assert a.asnumpy()[0] == 2 ** 4, a.asnumpy()
+    print('rank', kv.rank, 'done', flush=True)
+
+main()
+"""
+
+
+@pytest.mark.parametrize('how,expected', [('3', 3), ('message', 1), ('raise', 1),
+                                          ('kill', 128 + signal.SIGKILL), ('caught', 0)])
+def test_worker_leaving_without_namsg_ends_the_job_with_its_status(tmp_path, how, expected):
+    """A worker that never imports namsg and ends with sys.exit(3), sys.exit('message'), an
+    exception or SIGKILL while the other waits for it: the job ends within seconds with its
+    status (128 + N for signal N). Before the fix the first three hung in ps-lite's exit barrier
+    until --timeout (status 124), and the killed one gave -9. A sys.exit the worker catches
+    changes nothing: the job finishes with 0."""
+    script = tmp_path / 'leaving_worker.py'
+    script.write_text(LEAVING_WORKER)
+    out = _TimedOut()
+    status = namsg_dist.launch_local([sys.executable, str(script)], num_workers=2,
+                                     num_servers=1, timeout=60, env=dict(HOW=how), out=out)
+    ended = time.monotonic()
+    left = next(t for t, text in out.times if 'rank 1 leaves' in text)
+    assert status == expected, out.getvalue()[-3000:]
+    assert ended - left < 10, out.getvalue()[-3000:]
+    if how == 'message':
+        assert '] rank 1 gives up\n' in out.getvalue()     # the message, on its line
+    if how == 'caught':
+        assert out.getvalue().count('done') == 2
+
+
+def test_worker_exit_hooks_leave_python_alone_outside_the_cases_they_cover(tmp_path):
+    """In one process with the hooks: a caught sys.exit, sys.exit(0) and the end of the script
+    exit as Python does; a thread's sys.exit ends only the thread."""
+    root = Path(__file__).resolve().parent.parent
+    prologue = 'import sys, threading; sys.path.insert(0, %r); import namsg_dist; ' \
+               'namsg_dist.install_worker_exit_hooks(); ' % str(root)
+    cases = [('try:\n    sys.exit(5)\nexcept SystemExit:\n    pass\nprint("on")', 0, 'on'),
+             ('sys.exit(0)', 0, ''), ('sys.exit()', 0, ''), ('sys.exit(4)', 4, ''),
+             ('t = threading.Thread(target=sys.exit, args=(6,)); t.start(); t.join(); '
+              'print("on")', 0, 'on')]
+    for code, status, output in cases:
+        result = subprocess.run([sys.executable, '-c', prologue + '\n' + code],
+                                capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stdout.strip(), result.stderr) == \
+            (status, output, ''), code
+
+
+# An optimizer of the user's own on the servers: a subclass of MXNet's sgd, defined in the
+# training script or in a module of its own.
+MY_SGD = """
+import mxnet as mx
+
+
+@mx.optimizer.register
+class MySGD(mx.optimizer.SGD):
+    pass
+"""
+MY_SGD_WORKER = """
+import mxnet as mx
+from mxnet import autograd, gluon
+import namsg
+%s
+kv = mx.kv.create('dist_sync')
+net = gluon.nn.Dense(1, in_units=2, use_bias=False)
+net.initialize(mx.init.One())
+trainer = gluon.Trainer(net.collect_params(), 'mysgd', {'learning_rate': 0.1}, kvstore=kv,
+                        update_on_kvstore=True)
+for step in range(3):       # gradient 1 on each worker, summed: w = 1 - 3 * 0.1 * 2
+    with autograd.record():
+        loss = net(mx.nd.ones((1, 2))).sum()
+    loss.backward()
+    trainer.step(1)
+print('weight', [round(float(v), 6) for v in net.weight.data().asnumpy().ravel()], flush=True)
+"""
+
+
+@pytest.mark.parametrize('where', ['script', 'module'])
+def test_servers_take_an_optimizer_of_the_users_own_or_end_the_job(tmp_path, where):
+    """Defined in a module named in $NAMSG_SERVER_IMPORTS, the optimizer runs on the server.
+    Defined in the training script, the server cannot unpickle it: it says what to do and the
+    job ends with status 1 (before the fix the error went to ctypes, the server served on
+    without an optimizer and stored the summed gradients as the weights: both workers ended
+    with [2.0, 2.0] and the job with status 0)."""
+    (tmp_path / 'my_sgd.py').write_text(MY_SGD)
+    script = tmp_path / 'worker.py'
+    script.write_text(MY_SGD_WORKER % (MY_SGD if where == 'script' else 'import my_sgd'))
+    out = io.StringIO()
+    status = namsg_dist.launch_local(
+        [sys.executable, str(script)], num_workers=2, num_servers=1, timeout=60, out=out,
+        env=dict(NAMSG_SERVER_IMPORTS='my_sgd', PYTHONPATH=os.pathsep.join(
+            [str(tmp_path), os.environ.get('PYTHONPATH', '')])))
+    output = out.getvalue()
+    if where == 'module':
+        assert status == 0, output[-3000:]
+        assert output.count('weight [0.4, 0.4]') == 2, output[-3000:]
+    else:
+        assert status == 1, output[-3000:]
+        assert "error: cannot take what a worker sent (AttributeError: Can't get attribute " \
+            "'MySGD'" in output and 'name that module there' in output, output[-3000:]
+        assert 'namsg_dist: server 0 exited with status 1; ending the job' in output
+        assert 'weight' not in output
 
 
 def _job_processes(token):
@@ -224,6 +375,42 @@ def test_job_over_its_time_is_ended(tmp_path):
 def test_launcher_refuses_a_job_without_servers():
     with pytest.raises(ValueError, match='server'):
         namsg_dist.launch_local(['true'], num_workers=1, num_servers=0)
+
+
+def test_launcher_refuses_a_worker_command_it_cannot_find():
+    """Before the fix a mistyped program started the scheduler and the server, then ended in a
+    FileNotFoundError traceback."""
+    with pytest.raises(ValueError, match="'pyhton' is neither an executable file nor found on "
+                                         "PATH"):
+        namsg_dist.launch_local(['pyhton', 'train.py'], num_workers=1, timeout=30)
+    result = subprocess.run([sys.executable, '-m', 'namsg_dist', 'launch', '-n', '1', '--',
+                             'pyhton', 'train.py'], capture_output=True, text=True, timeout=60,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith('namsg_dist launch: the worker command'), result.stderr
+    result = subprocess.run([sys.executable, '-m', 'namsg_dist', 'run', '--', 'pyhton'],
+                            capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != 'DMLC_ROLE'},
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    assert result.returncode == 1
+    assert result.stderr.startswith('namsg_dist run: the worker command'), result.stderr
+
+
+def test_workers_sitecustomize_installs_the_hooks_and_runs_the_users_own(tmp_path):
+    """The sitecustomize module on a worker's PYTHONPATH installs the exit hooks and then runs
+    the sitecustomize module it hides (a user's, here one that prints)."""
+    users = tmp_path / 'users'
+    users.mkdir()
+    (users / 'sitecustomize.py').write_text('print("the user\'s sitecustomize ran")\n')
+    site = tmp_path / 'site'
+    site.mkdir()
+    namsg_dist._worker_site(str(site))
+    result = subprocess.run(
+        [sys.executable, '-c', 'import sys; print(getattr(sys.exit, "_namsg_worker_exit", 0))'],
+        env=dict(os.environ, DMLC_ROLE='worker',
+                 PYTHONPATH=os.pathsep.join([str(site), str(users)])),
+        capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["the user's sitecustomize ran", 'True'], result.stderr
 
 
 def _mnist_job(tmp_path, method, scale, workers=2):
@@ -388,6 +575,47 @@ def test_boost_of_a_scheduled_step_size_reaches_the_server(monkeypatch):
     assert (served.learning_rate, served.mu) == (local.learning_rate, local.mu) == \
         (0.01 * 0.5 ** 2 * 0.125, 0.4)
     assert sent == 1 + 2 * 2
+
+
+def test_settings_reach_the_servers_through_a_wrapped_set_optimizer(monkeypatch):
+    """KVStore.set_optimizer wrapped by a profiler or logger (functools.wraps, *args): the
+    optimizer is still known to run on the servers, and a new step size reaches them (before
+    the fix the wrapper hid MXNet's frame: the change stayed on the worker without a word)."""
+    import functools
+    import mxnet as mx
+    monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
+    original = mx.kv.KVStore.set_optimizer
+
+    @functools.wraps(original)
+    def logged(*args, **kwargs):
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mx.kv.KVStore, 'set_optimizer', logged)
+    server = _server()
+    store = _DistStoreOnAWorker(server._controller())
+    worker = _optimizer('arsg', dict(learning_rate=0.01, mu=0.1))
+    mx.kv.KVStore.set_optimizer(store, worker)
+    worker.set_learning_rate(0.5)
+    assert store.sent == 2 and server.kvstore._updater.optimizer.lr == 0.5
+
+
+def test_copies_of_an_optimizer_on_the_servers_stay_local(monkeypatch):
+    """copy.deepcopy and Updater.get_states(dump_optimizer=True) of an optimizer that runs on the
+    servers neither detach it from them nor send anything; the copy is a local optimizer."""
+    import copy
+    import mxnet as mx
+    monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
+    server = _server()
+    store = _DistStoreOnAWorker(server._controller())
+    worker = _optimizer('arsg', dict(learning_rate=0.01, mu=0.1))
+    mx.kv.KVStore.set_optimizer(store, worker)
+    copied = copy.deepcopy(worker)
+    mx.optimizer.get_updater(worker).get_states(dump_optimizer=True)
+    copied.set_learning_rate(0.3)
+    assert store.sent == 1
+    worker.mu = 0.2
+    assert store.sent == 2 and server.kvstore._updater.optimizer.mu == 0.2
+    assert server.kvstore._updater.optimizer.lr == 0.01
 
 
 def test_mxnet_loses_gluon_multipliers_on_servers_where_namsg_keeps_them():

@@ -1,7 +1,8 @@
 """Horovod as a way to scale out (issue 16): 2 ranks on loopback with Gloo, under horovodrun.
 
 Each launch runs tests/horovod_worker.py, whose ranks train through hvd.DistributedTrainer,
-gluon.Trainer(kvstore='horovod') and gluon.Trainer(kvstore=mx.kv.create('horovod')). Checked
+gluon.Trainer(kvstore='horovod') and gluon.Trainer(kvstore=mx.kv.create('horovod')), and a
+Module with either store. Checked
 here: the weights equal the NumPy reference on the gradients averaged over the ranks, on both the
 fused and the NDArray path; the boost, the new learning rate and the new mu reach every rank;
 a run saved by rank 0 and resumed on every rank ends exactly as the straight one; and the fused
@@ -149,3 +150,95 @@ def test_training_script_in_horovod_mode(tmp_path):
     assert epochs[1]['boost'] is not None          # ARSGB boosts at epoch 2 at this scale
     assert epochs[-1]['val_acc'] > 0.6
     assert [p.name for p in (tmp_path / 'checkpoints').rglob('epoch-*')] == ['epoch-0003']
+
+
+# Two Trainers on 'horovod' stores stepping one after the other (as a GAN's generator and
+# discriminator do), then a Trainer and a Module given two devices in one process.
+SEVERAL_STORES = """
+import sys
+import mxnet as mx
+from mxnet import autograd, gluon
+import horovod.mxnet as hvd
+import namsg
+
+hvd.init()
+rank = hvd.rank()
+stores = []
+for scale in (1.0, 10.0):
+    params = gluon.ParameterDict()
+    params.get('w', shape=(1000,)).initialize(mx.init.Zero())
+    stores.append((params, gluon.Trainer(params, 'sgd', {'learning_rate': 1.0},
+                                         kvstore='horovod'), scale))
+for step in range(3):
+    for params, trainer, scale in stores:
+        with autograd.record():      # gradient scale * (rank + 1): mean 1.5 * scale
+            loss = (params['w'].data() * (scale * (rank + 1))).sum()
+        loss.backward()
+        trainer.step(1)
+print('weights', [float(p['w'].data()[0].asscalar()) for p, _, _ in stores], flush=True)
+
+
+def module_on(contexts):
+    data = mx.sym.Variable('data')
+    out = mx.sym.LinearRegressionOutput(mx.sym.FullyConnected(data, num_hidden=2), name='lro')
+    mod = mx.mod.Module(out, context=contexts, label_names=['lro_label'])
+    mod.bind([('data', (4, 3))], [('lro_label', (4, 2))])
+    mod.init_params()
+    mod.init_optimizer(kvstore='horovod', optimizer='arsg')
+
+
+contexts = [mx.cpu(0), mx.cpu(1)]
+net = gluon.nn.Dense(2, in_units=3)
+net.initialize(ctx=contexts)
+trainer = gluon.Trainer(net.collect_params(), 'arsg', kvstore='horovod')
+with autograd.record():
+    losses = [net(x).sum() for x in gluon.utils.split_and_load(mx.nd.ones((4, 3)), contexts)]
+autograd.backward(losses)
+for make in (lambda: trainer.step(4), lambda: module_on(contexts)):
+    try:
+        make()
+    except ValueError as e:
+        print('refused:', e, flush=True)
+
+"""
+
+
+def test_several_stores_and_devices(tmp_path):
+    """Two Trainers with kvstore='horovod' stepping one after the other average each its own
+    gradients (before the fix both stores named their allreduce of key 0 alike and Horovod
+    stopped the job: "a tensor with the same name as another tensor that is currently being
+    processed"). Two devices in one process are refused before any update, with what to do,
+    by a Trainer and by a Module (before the fix: the Module's store lacked ``init``)."""
+    script = tmp_path / 'several_stores.py'
+    script.write_text(SEVERAL_STORES)
+    result = subprocess.run([str(HOROVODRUN), '--gloo', '-np', '2', '-H', 'localhost:2',
+                             sys.executable, str(script)], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert output.count('weights [-4.5, -45.0]') == 2, output[-5000:]
+    assert output.count('refused: the horovod kvstore takes one device per process, got 2: '
+                        'start one process per device') == 4, output[-5000:]
+
+
+def test_gradient_compression_is_refused_with_what_to_do():
+    """A Trainer with compression_params on the horovod store (one process, Horovod of size 1)
+    fails before its first update with what to use instead (was an AttributeError:
+    'Horovod' object has no attribute 'set_gradient_compression')."""
+    code = (
+        'import mxnet as mx, namsg\n'
+        'from mxnet import autograd, gluon\n'
+        'net = gluon.nn.Dense(2, in_units=3)\n'
+        'net.initialize()\n'
+        'trainer = gluon.Trainer(net.collect_params(), "arsg", kvstore="horovod",\n'
+        '                        compression_params={"type": "2bit", "threshold": 0.5})\n'
+        'with autograd.record():\n'
+        '    loss = net(mx.nd.ones((1, 3))).sum()\n'
+        'loss.backward()\n'
+        'trainer.step(1)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        'ValueError: the horovod kvstore does not compress gradients'), result.stderr[-3000:]
+    assert 'hvd.Compression.fp16' in result.stderr
