@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from namsg.experiments import cli
-from namsg.experiments.grid import first_stage, run_grid, subset, summary_table, tuple_name
+from namsg.experiments.grid import (check_grid, first_stage, run_grid, subset, summary_table,
+                                    tuple_name)
 from namsg.experiments.hparams import METHODS, PROTOCOLS
 from namsg.experiments.train import PREPARE, CheckpointError, write_atomic
 
@@ -34,13 +35,29 @@ def parse_args(argv=None):
                         help='data directory (default: $NAMSG_DATA_DIR; MNIST falls back to '
                              'the embedded sample)')
     parser.add_argument('--log-dir', default='runs/grid/logs',
-                        help='one log per grid point, and grid_summary.md (default: '
-                             'runs/grid/logs)')
-    parser.add_argument('--checkpoint-dir', default='runs/grid/checkpoints',
-                        help='checkpoints per grid point (default: runs/grid/checkpoints)')
+                        help='one log per grid point, <log dir>/<setting>/<method>/<tuple>.jsonl, '
+                             'and <log dir>/<setting>/grid_summary.md (default: runs/grid/logs)')
+    parser.add_argument('--checkpoint-dir', default=None,
+                        help='checkpoints per grid point, read on resume (default: the log '
+                             'dir\'s checkpoints/ sub-folder, runs/grid/logs/checkpoints)')
     parser.add_argument('--gpus', default='', help='comma-separated GPU ids (default: empty, '
                                                    'the CPU)')
     return parser.parse_args(argv)
+
+
+def check_boost(protocol, methods):
+    """ARSGB boosted from epoch 1 is not ARSGB: refuse an --epochs budget that moves the boost
+    there, as reproduce_*.py refuse such a --scale (``cli.check_boost``, whose words name
+    --scale)."""
+    if 'ARSGB' not in methods or protocol.boost_epoch > 1:
+        return
+    full = PROTOCOLS[protocol.setting]
+    least = min(e for e in range(1, full.epochs + 1)
+                if full.scaled(e / full.epochs).boost_epoch > 1)
+    raise SystemExit('error: --epochs %d moves ARSGB\'s boost in %s to epoch 1 of %d (boosted '
+                     'from the start, so it would not be ARSGB); use --epochs %d or more, or '
+                     'leave ARSGB out of --methods'
+                     % (protocol.epochs, protocol.setting, protocol.epochs, least))
 
 
 def main(argv=None):
@@ -57,14 +74,28 @@ def main(argv=None):
         raise SystemExit('error: --search-iterations must be >= 1, got %d'
                          % args.search_iterations)
     protocol = protocol.scaled(epochs / protocol.epochs)._replace(epochs=epochs)
+    check_boost(protocol, methods)
+    # As reproduce_*.py: the checkpoints follow the log dir, so that two searches with other
+    # log dirs (and other budgets) never meet in one checkpoint folder.
+    checkpoint_dir = (args.checkpoint_dir if args.checkpoint_dir is not None
+                      else str(Path(args.log_dir) / 'checkpoints'))
     contexts = cli.contexts_from(args.gpus)
     cli.check_data_dir(protocol.dataset, args.data_dir)
     cli.check_writable('--log-dir', args.log_dir)
-    cli.check_writable('--checkpoint-dir', args.checkpoint_dir)
+    cli.check_writable('--checkpoint-dir', checkpoint_dir)
     dataset = cli.load_data_or_exit(protocol.dataset, args.data_dir)
     prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
+    fingerprint = dataset.fingerprint()
+    for method in methods:
+        # Every point's log and checkpoint, before the first-stage search or any training.
+        try:
+            check_grid(protocol, method, prepared, args.log_dir, checkpoint_dir,
+                       contexts=contexts, command=command, data_source=dataset.source,
+                       data_fingerprint=fingerprint)
+        except CheckpointError as e:
+            raise SystemExit('error: %s' % e)
     print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, args.log_dir))
     results = {}
     try:
@@ -77,9 +108,9 @@ def main(argv=None):
                 print('%s first stage (%d iterations): picks a = %g; ranking %s' % (
                     method, iterations, search.best,
                     ', '.join('%g: %.5f' % r for r in search.ranking)))
-            rows = run_grid(protocol, method, prepared, args.log_dir, args.checkpoint_dir,
+            rows = run_grid(protocol, method, prepared, args.log_dir, checkpoint_dir,
                             contexts=contexts, echo=print, command=command,
-                            data_source=dataset.source, data_fingerprint=dataset.fingerprint())
+                            data_source=dataset.source, data_fingerprint=fingerprint)
             results[method] = (rows, search)
             print('\n%s, best first (final training loss after %d epochs):' % (method, epochs))
             for row in rows:

@@ -42,6 +42,7 @@ def test_grid_and_first_stage_write_a_summary_under_runs(mnist_dir, capsys):
     assert 'not in the grid' not in rows[0]
     logs = sorted(Path('runs/grid/logs/mnist_logreg/ARSG').glob('*.jsonl'))
     assert len(logs) == 7
+    assert len(list(Path('runs/grid/logs/checkpoints/mnist_logreg/ARSG').iterdir())) == 7
     assert not Path('logs').exists()
 
 
@@ -66,3 +67,69 @@ def test_summary_table_ranks_table_a1s_tuple():
     table = grid.summary_table('mnist_logreg', {'ARSG': (rows, None)})
     assert '| ARSG | 2 | a0.1_b10.999_b20.99_mu0.1 (0.20000) | a0.05_b10.999_b20.99_mu0.1 | ' \
            '2 (0.30000) | - |' in table
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
+
+
+def test_checkpoints_follow_the_log_dir(mnist_dir):
+    """The checkpoints stayed in runs/grid/checkpoints whatever --log-dir said, so a second
+    search in another log dir with another budget stopped on the first one's checkpoints."""
+    module = _script()
+    module.main(['--methods', 'SGD', '--epochs', '1', '--subset', '60', '--log-dir', 'a',
+                 '--data-dir', str(mnist_dir)])
+    module.main(['--methods', 'SGD', '--epochs', '2', '--subset', '30', '--log-dir', 'b',
+                 '--data-dir', str(mnist_dir)])
+    points = len(hparams.grid_tuples('SGD'))
+    for folder in ('a', 'b'):
+        assert len(list(Path(folder, 'mnist_logreg', 'SGD').glob('*.jsonl'))) == points
+        assert len(list(Path(folder, 'checkpoints', 'mnist_logreg', 'SGD').glob(
+            '*/epoch-*/state.json'))) == points
+    assert not Path('runs').exists()
+
+
+def _damage(path, what):
+    if what == 'damaged log':
+        path.parent.mkdir(parents=True)
+        path.write_text('{"type": "header", "run": "x"}\n{"type": "epo')
+    else:           # a checkpoint of another configuration
+        (path / 'epoch-0001').mkdir(parents=True)
+        (path / 'epoch-0001' / 'state.json').write_text(
+            '{"config": {"run": "x"}, "epoch": 1, "records": []}')
+
+
+@pytest.mark.parametrize('what, says', [('damaged log', 'line 2 is not a complete JSON record'),
+                                        ('other checkpoint', 'by another configuration')])
+def test_every_points_log_and_checkpoint_are_checked_before_any_work(mnist_dir, monkeypatch,
+                                                                     what, says):
+    """A damaged log of the last point stopped the search only when it got there, after the
+    first-stage search and the other points had been trained."""
+    module = _script()
+    for name in ('run_grid', 'first_stage'):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('work started'))
+    tuple_name = grid.tuple_name('ARSG', hparams.grid_tuples('ARSG')[-1])
+    path = Path('g', *(['checkpoints'] if what != 'damaged log' else []), 'mnist_logreg', 'ARSG',
+                tuple_name + ('.jsonl' if what == 'damaged log' else ''))
+    _damage(path, what)
+    listing = _tree('.')
+    with pytest.raises(SystemExit, match='error: .*%s.*%s' % (tuple_name, says)):
+        module.main(['--methods', 'SGD,ARSG', '--epochs', '1', '--log-dir', 'g',
+                     '--data-dir', str(mnist_dir)])
+    assert _tree('.') == listing
+
+
+@pytest.mark.parametrize('setting, epochs, least', [('mnist_logreg', 1, 3), ('mnist_logreg', 2, 3),
+                                                    ('mnist_cnn', 1, 2)])
+def test_arsgb_boosted_from_the_start_is_refused(mnist_dir, monkeypatch, setting, epochs, least):
+    """--methods ARSGB --epochs 2 boosted ARSGB from epoch 1 without a word."""
+    module = _script()
+    for name in ('run_grid', 'first_stage'):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('work started'))
+    with pytest.raises(SystemExit, match=r'error: --epochs %d moves ARSGB\'s boost in %s to '
+                                         r'epoch 1 of %d \(boosted from the start, so it would '
+                                         r'not be ARSGB\); use --epochs %d or more'
+                                         % (epochs, setting, epochs, least)):
+        module.main(['--setting', setting, '--methods', 'SGD,ARSGB', '--epochs', str(epochs),
+                     '--data-dir', str(mnist_dir)])
+    assert list(Path('.').iterdir()) == []

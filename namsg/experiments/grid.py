@@ -12,7 +12,7 @@ from mxnet import gluon
 from ..boost import search_step_size
 from . import models
 from .hparams import GRIDS, TABLE_A1, TUPLE_FIELDS, epsilon_for, grid_tuples, to_mxnet
-from .train import Prepared, train_run
+from .train import Prepared, run_header, run_state, train_run
 
 
 def subset(prepared, size):
@@ -32,19 +32,39 @@ def _score(loss):
     return loss if math.isfinite(loss) else math.inf
 
 
+def _points(protocol, method, log_dir, checkpoint_dir):
+    """(tuple, optimizer overrides, log path, checkpoint dir) of every point of ``method``'s
+    grid, in the grid's order."""
+    epsilon = epsilon_for(method, protocol.setting)
+    for values in grid_tuples(method):
+        name = '%s/%s/%s' % (protocol.setting, method, tuple_name(method, values))
+        yield (values, to_mxnet(method, values, epsilon).kwargs,
+               Path(log_dir) / (name + '.jsonl'), Path(checkpoint_dir) / name)
+
+
+def check_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
+               kvstore='device', command=None, data_source='', data_fingerprint=None):
+    """Check every point's existing log and checkpoint as :func:`run_grid` will (each point is
+    :func:`~namsg.experiments.train.run_state` of seed 0), writing nothing: raises
+    CheckpointError, naming the file and what to do, for one that is damaged or of another
+    configuration. Called for every method before the first-stage search or any training."""
+    for values, overrides, log_path, checkpoints in _points(protocol, method, log_dir,
+                                                            checkpoint_dir):
+        run_state(run_header(protocol, method, 0, prepared, contexts, kvstore, overrides,
+                             command, data_source, data_fingerprint), log_path, checkpoints)
+
+
 def run_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
              kvstore='device', echo=None, command=None, data_source='', data_fingerprint=None):
     """Train ``method`` at every point of its grid under ``protocol`` (already budgeted), seed 0;
     returns rows (tuple, final train loss, best val acc) sorted best first (lowest final
     training loss; diverged runs last). Runs are logged and resumed like any other run."""
     rows = []
-    epsilon = epsilon_for(method, protocol.setting)
-    for values in grid_tuples(method):
-        name = '%s/%s/%s' % (protocol.setting, method, tuple_name(method, values))
-        overrides = to_mxnet(method, values, epsilon).kwargs
-        records = train_run(protocol, method, 0, prepared, Path(log_dir) / (name + '.jsonl'),
-                            Path(checkpoint_dir) / name, contexts=contexts, kvstore=kvstore,
-                            overrides=overrides, command=command, data_source=data_source,
+    for values, overrides, log_path, checkpoints in _points(protocol, method, log_dir,
+                                                            checkpoint_dir):
+        records = train_run(protocol, method, 0, prepared, log_path, checkpoints,
+                            contexts=contexts, kvstore=kvstore, overrides=overrides,
+                            command=command, data_source=data_source,
                             data_fingerprint=data_fingerprint)
         row = dict(tuple=tuple(values), final_train_loss=records[-1]['train_loss'],
                    best_val_acc=max(r['val_acc'] for r in records))
