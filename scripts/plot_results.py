@@ -3,9 +3,11 @@ optionally beside reference runs (e.g. the committed ones in logs/) of the same 
 that a rerun shows whether it reproduces them."""
 
 import argparse
+from pathlib import Path
 
-from namsg.experiments.cli import HelpFormatter
+from namsg.experiments.cli import HelpFormatter, check_writable
 from namsg.experiments.plots import write_report
+from namsg.experiments.train import LogError
 
 
 def build_parser():
@@ -31,8 +33,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    summary = write_report(args.log_dir, args.out_dir, args.target, args.reference,
-                           args.data_note)
+    # Every input before any drawing: a mistyped folder is named as such, not as "no runs".
+    for flag, folder in (('--log-dir', args.log_dir), ('--reference', args.reference)):
+        if folder is not None and not Path(folder).is_dir():
+            raise SystemExit('error: %s %s %s; give the folder that holds the '
+                             '<setting>/<method>/seed<k>.jsonl logs'
+                             % (flag, folder, 'is not a directory' if Path(folder).exists()
+                                else 'does not exist'))
+    check_writable('--out-dir', args.out_dir or args.log_dir)
+    try:
+        summary = write_report(args.log_dir, args.out_dir, args.target, args.reference,
+                               args.data_note)
+    except LogError as e:
+        raise SystemExit('error: %s' % e)
     if not summary:
         raise SystemExit('error: --log-dir %s: no finished runs (no complete '
                          '<setting>/<method>/seed<k>.jsonl logs)' % args.log_dir)

@@ -256,3 +256,74 @@ def test_readme_results_tables_are_those_of_the_committed_logs():
     assert plots.fill_results_blocks(readme, ROOT) == readme, (
         'a results table in the README differs from the logs it cites: run '
         '`python scripts/results_tables.py`')
+
+
+# --- scripts/plot_results.py's input -----------------------------------------------------------
+
+def _copy_reference_run(log_dir):
+    import shutil
+    source = ROOT / 'logs' / 'mnist' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl'
+    target = log_dir / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl'
+    target.parent.mkdir(parents=True)
+    shutil.copy(source, target)
+    return target
+
+
+@pytest.fixture
+def plot_results(tmp_path, monkeypatch):
+    """scripts/plot_results.py's main, run in an empty folder with one finished run in runs/."""
+    from test_cli import _load_script
+    monkeypatch.chdir(tmp_path)
+    _copy_reference_run(tmp_path / 'runs')
+    (tmp_path / 'afile').write_text('')
+    return _load_script('plot_results').main
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob('*'))
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--log-dir', 'typo'], '--log-dir typo does not exist'),
+    (['--log-dir', 'afile'], '--log-dir afile is not a directory'),
+    (['--log-dir', 'runs', '--reference', 'typo'], '--reference typo does not exist'),
+    (['--log-dir', 'runs', '--reference', 'afile'], '--reference afile is not a directory')])
+def test_plot_results_names_a_mistyped_folder(plot_results, tmp_path, argv, says):
+    """A mistyped --log-dir said "no finished runs"; a mistyped --reference drew the runs alone
+    and exited 0 with "No reference runs of the same protocol"."""
+    listing = _listing(tmp_path)
+    with pytest.raises(SystemExit, match='^error: %s; give the folder that holds the ' % says):
+        plot_results(argv)
+    assert _listing(tmp_path) == listing
+
+
+@pytest.mark.parametrize('where', ['log', 'reference'])
+def test_plot_results_names_a_damaged_log(plot_results, tmp_path, where):
+    """A damaged log ended plot_results.py in a LogError traceback."""
+    reference = _copy_reference_run(tmp_path / 'ref')
+    log = reference if where == 'reference' else \
+        tmp_path / 'runs' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl'
+    log.write_text(log.read_text().splitlines()[0] + '\n{"type": "epo')
+    listing = _listing(tmp_path)
+    with pytest.raises(SystemExit, match=r'^error: .*seed0\.jsonl: line 2 is not a complete '
+                                         r'JSON record'):
+        plot_results(['--log-dir', 'runs', '--reference', 'ref'])
+    assert _listing(tmp_path) == listing
+
+
+@pytest.mark.parametrize('out_dir', [None, 'ro', 'afile', '/proc/namsg'])
+def test_plot_results_refuses_an_output_folder_it_cannot_write(plot_results, tmp_path,
+                                                               monkeypatch, out_dir):
+    """An output folder it could not write ended in a PermissionError traceback from PIL after
+    the logs were read (simulated for root, whom permission bits do not stop)."""
+    import errno
+    from test_cli import _refuse_writes_in
+    (tmp_path / 'ro').mkdir()
+    _refuse_writes_in(tmp_path / ('runs' if out_dir is None else 'ro'), errno.EACCES,
+                      monkeypatch)
+    monkeypatch.setattr(plots, 'plot_setting', lambda *a, **k: pytest.fail('drawing'))
+    listing = _listing(tmp_path)
+    with pytest.raises(SystemExit, match='^error: --out-dir %s: .*; choose a writable directory '
+                                         'with --out-dir$' % (out_dir or 'runs')):
+        plot_results(['--log-dir', 'runs'] + ([] if out_dir is None else ['--out-dir', out_dir]))
+    assert _listing(tmp_path) == listing
