@@ -16,13 +16,19 @@ import namsg  # noqa: F401  (registers 'arsg' and 'rsg')
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--epochs', type=int, default=5, help='epochs to train (default: 5)')
+    parser.add_argument('--epochs', type=int, default=5,
+                        help='epochs to train, >= 1 (default: 5)')
     parser.add_argument('--batch-size', type=int, default=256,
-                        help='minibatch size (default: 256)')
+                        help='minibatch size, >= 1 (default: 256)')
     parser.add_argument('--samples', type=int, default=20000,
-                        help='synthetic training samples (default: 20000)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
-    return parser.parse_args(argv)
+                        help='synthetic training samples, >= 1 (default: 20000)')
+    parser.add_argument('--seed', type=int, default=0, help='random seed, >= 0 (default: 0)')
+    args = parser.parse_args(argv)
+    for flag, value, least in (('--epochs', args.epochs, 1), ('--batch-size', args.batch_size, 1),
+                               ('--samples', args.samples, 1), ('--seed', args.seed, 0)):
+        if value < least:
+            parser.error('argument %s: must be an integer >= %d, got %d' % (flag, least, value))
+    return args
 
 
 def make_data(samples, seed, features=64, classes=10):

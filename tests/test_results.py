@@ -327,3 +327,56 @@ def test_plot_results_refuses_an_output_folder_it_cannot_write(plot_results, tmp
                                          'with --out-dir$' % (out_dir or 'runs')):
         plot_results(['--log-dir', 'runs'] + ([] if out_dir is None else ['--out-dir', out_dir]))
     assert _listing(tmp_path) == listing
+
+
+# --- scripts/demo.py and scripts/plot_dynamics.py's flags ---------------------------------------
+
+def _usage_error(script, work, argv, monkeypatch, capsys):
+    """The last line argparse prints when scripts/<script>.py refuses ``argv`` (exit status 2)
+    before ``work``, its function that does the work, is called."""
+    from test_cli import _load_script
+    module = _load_script(script)
+    monkeypatch.setattr(module, work, lambda *a, **k: pytest.fail('work started'))
+    with pytest.raises(SystemExit) as stop:
+        module.main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--epochs', '0'], '--epochs: must be an integer >= 1, got 0'),
+    (['--epochs', '-1'], '--epochs: must be an integer >= 1, got -1'),
+    (['--batch-size', '0'], '--batch-size: must be an integer >= 1, got 0'),
+    (['--batch-size', '-5'], '--batch-size: must be an integer >= 1, got -5'),
+    (['--samples', '0'], '--samples: must be an integer >= 1, got 0'),
+    (['--seed', '-1'], '--seed: must be an integer >= 0, got -1')])
+def test_demo_refuses_sizes_out_of_range(monkeypatch, capsys, argv, says):
+    """--epochs 0 printed an empty table; --batch-size 0 or -5 ended in a traceback."""
+    assert _usage_error('demo', 'train', argv, monkeypatch, capsys).endswith(
+        'error: argument ' + says)
+
+
+@pytest.mark.parametrize('argv, says', [
+    (['--beta', '1.0'], '--beta: must lie in (0, 1), strictly between 0 and 1; got 1'),
+    (['--beta', '-1'], '--beta: must lie in (0, 1), strictly between 0 and 1; got -1'),
+    (['--beta', '0'], '--beta: must lie in (0, 1), strictly between 0 and 1; got 0'),
+    (['--beta', 'nan'], '--beta: must lie in (0, 1), strictly between 0 and 1; got nan'),
+    (['--out', 'missing/f.png'], '--out: the folder missing does not exist; create it first'),
+    (['--out', 'afile/f.png'], '--out: the folder afile is not a directory'),
+    (['--out', 'f.txt'], '--out: f.txt does not end in an image extension; use one of '),
+    (['--out', 'f'], '--out: f does not end in an image extension; use one of ')])
+def test_plot_dynamics_refuses_a_meaningless_beta_or_an_unwritable_out(
+        tmp_path, monkeypatch, capsys, argv, says):
+    """--beta 1.0 or -1 drew a meaningless figure; --out in a missing folder or with a
+    non-image extension ended in a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'afile').write_text('')
+    assert 'error: argument ' + says in _usage_error('plot_dynamics', 'plot_figure1', argv,
+                                                     monkeypatch, capsys)
+    assert _listing(tmp_path) == ['afile']
+
+
+def test_plot_dynamics_writes_the_format_of_its_extension(tmp_path):
+    from test_cli import _load_script
+    _load_script('plot_dynamics').main(['--out', str(tmp_path / 'f.svg'), '--beta', '0.9'])
+    assert (tmp_path / 'f.svg').read_text().lstrip().startswith('<?xml')
