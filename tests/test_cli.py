@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from namsg.experiments import cli, data, train
-from test_data import _write_mnist
+from test_data import _write_mnist, cifar_sizes  # noqa: F401 -- autouse: CIFAR-10's sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,11 @@ BAD_INPUT = [
     (['--seeds', ''], None, '--seeds'),
     (['--seeds', '-1'], None, '--seeds'),
     (['--seeds', '0,x'], None, '--seeds'),
+    (['--seeds', '0,,1'], None, "--seeds .*got '0,,1'"),
+    (['--seeds', '0,'], None, "--seeds .*got '0,'"),
+    (['--data-dir', ''], None, '--data-dir is empty; give a folder'),
+    (['--log-dir', ' '], None, '--log-dir is empty'),
+    (['--checkpoint-dir', ''], None, '--checkpoint-dir is empty'),
     (['--methods', 'LAMB'], None, '--methods: unknown LAMB'),
     (['--settings', 'cifar10_fine'], None, '--settings: unknown cifar10_fine'),
     (['--scale', '2'], None, '--scale'),
@@ -430,21 +436,102 @@ def test_cifar10_trains_from_each_layout_as_one_run(tmp_path, monkeypatch, capsy
         assert 'cifar10_fine/SGD/seed0: finished earlier' in capsys.readouterr().out
 
 
-def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
-    """Ctrl-C ended in a KeyboardInterrupt traceback from inside an MXNet op."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / 'a').mkdir()
-    _write_mnist(tmp_path / 'a', n_train=40, n_test=20, gz=False)
+def _mnist_folder(root):
+    (root / 'a').mkdir()
+    _write_mnist(root / 'a', n_train=40, n_test=20, gz=False)
+    return root / 'a'
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(cli, 'train_run', interrupted)
+
+def _cifar_folder(root):
+    from test_data import write_cifar_python
+    return write_cifar_python(root / 'a')
+
+
+# Two epochs of SGD on each data set: (flags, set-up returning the data folder).
+TWO_EPOCHS = {'mnist': (['--settings', 'mnist_logreg', '--scale', '0.1'], _mnist_folder),
+              'cifar10': (['--settings', 'cifar10_fine', '--scale', '0.025'], _cifar_folder)}
+
+
+def _run_files(experiment):
+    """(log, checkpoint folder) of TWO_EPOCHS[experiment]'s run, from the working directory."""
+    name = '%s/SGD/seed0' % TWO_EPOCHS[experiment][0][1]
+    run = Path('runs') / experiment
+    return run / (name + '.jsonl'), run / 'checkpoints' / name
+
+
+def _two_epochs(experiment, root, monkeypatch, interrupt_at=None):
+    """Run TWO_EPOCHS[experiment] in ``root``, the working directory (its data written on the
+    first call), with Ctrl-C as epoch ``interrupt_at`` begins."""
+    flags, setup = TWO_EPOCHS[experiment]
+    folder = root / 'a' if (root / 'a').exists() else setup(root)
+    original, calls = train.Prepared.train_batches, []
+
+    def batches(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(train.Prepared, 'train_batches', batches)
+    try:
+        cli.main(experiment, flags + ['--methods', 'sgd', '--seeds', '0', '--no-progress',
+                                      '--data-dir', str(folder)])
+    finally:
+        monkeypatch.setattr(train.Prepared, 'train_batches', original)
+
+
+@pytest.mark.parametrize('experiment', sorted(TWO_EPOCHS))
+def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, experiment):
+    """Ctrl-C ended in a KeyboardInterrupt traceback from inside an MXNet op; then, in the
+    first epoch, promised a resume "from its last complete epoch (checkpoints in ...)" where
+    there was none."""
+    monkeypatch.chdir(tmp_path)
+    run = '%s/SGD/seed0' % TWO_EPOCHS[experiment][0][1]
     with pytest.raises(SystemExit) as stop:
-        _run(['--data-dir', 'a'], capsys)
+        _two_epochs(experiment, tmp_path, monkeypatch, interrupt_at=1)
     assert stop.value.code == 130
-    out = capsys.readouterr().out
-    assert 'interrupted: mnist_logreg/ARSG/seed0 stopped in an epoch; the same command resumes' \
-           in out
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        'interrupted: %s stopped in an epoch; no epoch was complete: the same command starts '
+        'it again from the beginning' % run)
+    with pytest.raises(SystemExit):
+        _two_epochs(experiment, tmp_path, monkeypatch, interrupt_at=2)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        'interrupted: %s stopped in an epoch; the same command resumes it from its last '
+        'complete epoch (checkpoint %s)' % (run, _run_files(experiment)[1] / 'epoch-0001'))
+
+
+def test_ctrl_c_in_a_dist_job_says_its_log_must_be_moved_away(tmp_path):
+    """A dist_* job keeps no checkpoint: "the same command resumes it" was wrong."""
+    log = tmp_path / 'seed0.jsonl'
+    assert cli._after_interrupt(True, log, tmp_path / 'ck') == (
+        'no epoch was complete: the same command starts it again from the beginning')
+    log.write_text('{}')
+    assert cli._after_interrupt(True, log, tmp_path / 'ck') == (
+        'a dist_* job keeps no checkpoint, so it cannot resume: move its log %s away and the '
+        'same command starts it again from the beginning' % log)
+
+
+@pytest.mark.parametrize('experiment', sorted(TWO_EPOCHS))
+def test_a_damaged_checkpoint_is_an_error_before_any_training(tmp_path, monkeypatch, capsys,
+                                                             experiment):
+    """A checkpoint file cut short gave "resuming from ..." and then a traceback."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        _two_epochs(experiment, tmp_path, monkeypatch, interrupt_at=2)
+    log, checkpoints = _run_files(experiment)
+    states = checkpoints / 'epoch-0001' / 'trainer.states'
+    states.write_bytes(states.read_bytes()[:100])
+    before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+    capsys.readouterr()
+    monkeypatch.setattr(cli, 'train_run', lambda *a, **k: pytest.fail('training started'))
+    with pytest.raises(SystemExit, match=r'^error: checkpoint %s is damaged: %s cannot be read '
+                                         r'\(UnpicklingError: .*\); restore the checkpoint '
+                                         r'folder from a copy to resume, or move %s and the log '
+                                         r'%s away' % tuple(map(re.escape, map(str, (
+                                             checkpoints / 'epoch-0001', states, checkpoints,
+                                             log))))):
+        _two_epochs(experiment, tmp_path, monkeypatch)
+    assert capsys.readouterr().out == ''
+    assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before
 
 
 def test_the_reference_is_found_from_any_working_directory(tmp_path, monkeypatch, capsys):

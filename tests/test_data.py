@@ -15,6 +15,16 @@ import pytest
 
 from namsg.experiments import data
 
+#: CIFAR-10's split sizes, read before any test shrinks them.
+FULL_CIFAR_SIZES = dict(data.CIFAR_SIZES)
+
+
+@pytest.fixture(autouse=True)
+def cifar_sizes(monkeypatch):
+    """CIFAR-10's split sizes made those of the small files written here (_cifar_arrays: two
+    training images a batch, four test images). Autouse: other test files import it."""
+    monkeypatch.setattr(data, 'CIFAR_SIZES', dict(train=10, test=4))
+
 
 def _idx_bytes(array):
     header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim)
@@ -187,7 +197,8 @@ def _write_cifar(directory, per_batch=3, seed=0):
     return written
 
 
-def test_cifar10_round_trip(tmp_path):
+def test_cifar10_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, 'CIFAR_SIZES', dict(train=15, test=3))
     written = _write_cifar(tmp_path)
     dataset = data.load_cifar10(tmp_path)
     assert dataset.train.images.shape == (15, 32, 32, 3)
@@ -197,7 +208,8 @@ def test_cifar10_round_trip(tmp_path):
     np.testing.assert_array_equal(dataset.train.labels[:3], written['data_batch_1.bin'][1])
 
 
-def test_cifar10_truncated_and_missing_files_are_named(tmp_path):
+def test_cifar10_truncated_and_missing_files_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, 'CIFAR_SIZES', dict(train=15, test=3))
     _write_cifar(tmp_path)
     root = tmp_path / 'cifar-10-batches-bin'
     (root / 'data_batch_3.bin').write_bytes((root / 'data_batch_3.bin').read_bytes()[:-7])
@@ -399,3 +411,68 @@ def test_cifar10_archives_and_gaps_say_what_to_do(tmp_path):
     with pytest.raises(data.DataError, match='lacks data_batch_5; unpack the whole '
                                              'cifar-10-python.tar.gz again'):
         data.load_cifar10(python)
+
+
+def _drop_last_image_of_batch_3(folder):
+    """data_batch_3 of the Python release with its last image (and label) left out."""
+    import pickle
+    path = folder / 'data_batch_3'
+    batch = pickle.loads(path.read_bytes(), encoding='bytes')
+    path.write_bytes(pickle.dumps({b'data': batch[b'data'][:-1],
+                                   b'labels': batch[b'labels'][:-1]}))
+
+
+def _python_tarball_short(root):
+    import tarfile
+    folder = write_cifar_python(root / 'unpacked')
+    _drop_last_image_of_batch_3(folder)
+    path = root / 'cifar-10-python.tar.gz'
+    with tarfile.open(path, 'w:gz') as tar:
+        tar.add(folder, arcname='cifar-10-batches-py')
+    return path
+
+
+def _binary_short(root):
+    folder = write_cifar_binary(root)
+    path = folder / 'data_batch_3.bin'
+    path.write_bytes(path.read_bytes()[:-(1 + 3 * 32 * 32)])     # one whole record less
+    return folder
+
+
+def _python_short(root):
+    folder = write_cifar_python(root)
+    _drop_last_image_of_batch_3(folder)
+    return folder
+
+
+def _images_short(root):
+    folder = write_cifar_images(root)
+    next((folder / 'test' / 'cat').iterdir()).unlink()
+    return folder
+
+
+# (set-up returning the data path, what the error must say)
+SHORT_CIFAR = {
+    'binary': (_binary_short, r'data_batch_3.bin holds 1 images where CIFAR-10 has 2: it is cut '
+                              r'short or not CIFAR-10; unpack the whole cifar-10-binary.tar.gz '
+                              r'again'),
+    'python folder': (_python_short, r'data_batch_3 holds 1 images where CIFAR-10 has 2: .*; '
+                                     r'unpack the whole cifar-10-python.tar.gz again'),
+    'python tar.gz': (_python_tarball_short, r'cifar-10-python.tar.gz/data_batch_3 holds 1 '
+                                             r'images where CIFAR-10 has 2: .*; replace '
+                                             r'.*cifar-10-python.tar.gz with an intact copy'),
+    'image folder': (_images_short, r'test \(its class folders\) holds 3 images where CIFAR-10 '
+                                    r'has 4: .*; copy the whole split again'),
+}
+
+
+@pytest.mark.parametrize('layout', sorted(SHORT_CIFAR))
+def test_a_cifar10_batch_cut_short_at_a_record_boundary_is_refused(tmp_path, layout):
+    """data_batch_3.bin with 6,000 of its 10,000 records was read as 46,000 training images."""
+    setup, message = SHORT_CIFAR[layout]
+    with pytest.raises(data.DataError, match=message):
+        data.load_cifar10(setup(tmp_path))
+
+
+def test_cifar10_sizes_are_the_official_ones():
+    assert FULL_CIFAR_SIZES == dict(train=50000, test=10000)

@@ -1,6 +1,8 @@
 """The shared training loop: logs, checkpoints, exact resume, boost and step-size drop,
 CIFAR-10 augmentation, the command line."""
 
+import json
+import re
 
 import numpy as np
 import pytest
@@ -221,3 +223,56 @@ def test_logs_are_readable_as_the_umask_allows(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / 'a.jsonl').stat().st_mode) == 0o644
+
+
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize('name,damage', [
+    ('trainer.states', _cut_short), ('net.params', _cut_short), ('state.json', _cut_short),
+    ('state.json', lambda path: path.write_text('')),
+    ('state.json', lambda path: path.write_text('{}')), ('net.params', lambda path: path.unlink())])
+def test_a_damaged_checkpoint_is_named_before_any_training_and_nothing_is_written(
+        tmp_path, monkeypatch, name, damage):
+    """A checkpoint file cut short ended, after "resuming from ...", in an UnpicklingError,
+    MXNetError (Invalid NDArray file format) or JSONDecodeError traceback."""
+    data = _tiny_mnist()
+    train.train_run(PROTOCOL._replace(epochs=1), 'ARSGB', 0, data, tmp_path / 'r.jsonl',
+                    tmp_path / 'ck')
+    checkpoint = tmp_path / 'ck' / 'epoch-0001'
+    state = json.loads((checkpoint / 'state.json').read_text())
+    state['config']['protocol']['epochs'] = 3       # as if interrupted after epoch 1 of 3
+    (checkpoint / 'state.json').write_text(json.dumps(state))
+    damage(checkpoint / name)
+    before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+    monkeypatch.setattr(train.Prepared, 'train_batches', lambda *a, **k: pytest.fail('trained'))
+    lines = []
+    with pytest.raises(train.CheckpointError) as error:
+        train.train_run(PROTOCOL, 'ARSGB', 0, data, tmp_path / 'r.jsonl', tmp_path / 'ck',
+                        echo=lines.append)
+    message = str(error.value)
+    assert re.match(r'checkpoint %s is damaged: %s (is missing|cannot be read \(\w+: .+\));'
+                    % (checkpoint, checkpoint / name), message), message
+    assert message.endswith('restore the checkpoint folder from a copy to resume, or move %s '
+                            'and the log %s away to rerun this run from the start'
+                            % (tmp_path / 'ck', tmp_path / 'r.jsonl')), message
+    assert lines == []                                      # no "resuming from ..."
+    assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before
+
+
+def test_an_unfinished_distributed_log_says_there_is_no_checkpoint_to_restore(tmp_path):
+    """A dist_* run keeps no checkpoint, yet the advice was to restore it."""
+    data = _tiny_mnist()
+    header = train.run_header(PROTOCOL, 'ARSG', 0, data, kvstore='dist_sync', workers=2)
+    train.write_log(tmp_path / 'r.jsonl', header, [dict(type='epoch', epoch=1)])
+    with pytest.raises(train.CheckpointError) as error:
+        train.run_state(header, tmp_path / 'r.jsonl', tmp_path / 'ck', distributed=True)
+    message = str(error.value)
+    assert 'has 1 of 3 epochs and there is no checkpoint (a dist_* job keeps none' in message
+    assert 'restore' not in message and message.endswith('move the log away to train this run '
+                                                         'from the start')
+    (tmp_path / 'r.jsonl').write_text('{"type": "hea')
+    with pytest.raises(train.CheckpointError, match=r'no checkpoint \(a dist_\* job keeps none.*'
+                                                    r'move the log away'):
+        train.run_state(header, tmp_path / 'r.jsonl', tmp_path / 'ck', distributed=True)

@@ -24,7 +24,8 @@ from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .plots import write_report
-from .train import PREPARE, CheckpointError, run_header, run_name, run_state, train_run
+from .train import (PREPARE, CheckpointError, Checkpoints, run_header, run_name, run_state,
+                    train_run)
 
 EXPERIMENTS = {
     'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4', section='B.1'),
@@ -149,10 +150,10 @@ def _split(text, allowed, flag):
 
 
 def parse_seeds(text):
-    """Comma-separated integers >= 0 (NumPy's generators take no negative seed)."""
-    items = [t.strip() for t in text.split(',') if t.strip()]
+    """Comma-separated integers >= 0 (NumPy's generators take no negative seed); an empty item
+    (``0,,1``, ``0,``) is refused as a typo, not skipped."""
     try:
-        seeds = [int(t) for t in items]
+        seeds = [int(t) for t in text.split(',')]
     except ValueError:
         seeds = None
     if not seeds or any(s < 0 or s >= 2 ** 31 for s in seeds):
@@ -364,6 +365,12 @@ def main(experiment, argv=None):
         raise SystemExit('error: --kvstore horovod: Horovod is not installed here; install it '
                          'built for MXNet (README, "Scaling out with Horovod") and start the '
                          'job with horovodrun, or choose another --kvstore')
+    for flag, value in (('--data-dir', args.data_dir), ('--log-dir', args.log_dir),
+                        ('--checkpoint-dir', args.checkpoint_dir)):
+        if value is not None and not value.strip():
+            # Else '' is no --data-dir at all, and the current directory for the others.
+            raise SystemExit('error: %s is empty; give a folder, or leave the flag out for its '
+                             'default' % flag)
     check_data_dir(experiment, args.data_dir)
     data_dir = datasets.data_dir_from(args.data_dir)
     sample = data_dir is None and experiment == 'mnist'
@@ -418,10 +425,8 @@ def main(experiment, argv=None):
             raise SystemExit('error: %s' % e)
         except KeyboardInterrupt:
             # Checkpoints are whole epochs, renamed into place: nothing is half-written.
-            _echo('interrupted: %s stopped in an epoch; the same command resumes it from its '
-                  'last complete epoch%s' % (run_name(protocol, method, seed), '' if distributed
-                                            else ' (checkpoints in %s)'
-                                            % paths['checkpoint_dir']))
+            _echo('interrupted: %s stopped in an epoch; %s'
+                  % (run_name(protocol, method, seed), _after_interrupt(distributed, **paths)))
             raise SystemExit(130)
     # Runs on the sample are not compared with reference runs on the full set.
     reference = None if sample else reference_dir(experiment, args.kvstore)
@@ -452,6 +457,18 @@ def reference_dir(experiment, kvstore):
         if (root / name).is_dir():
             return root / name
     return None
+
+
+def _after_interrupt(distributed, log_path, checkpoint_dir):
+    """What the same command does with a run interrupted in an epoch, from what is on disk."""
+    if distributed and log_path.is_file():
+        return ('a dist_* job keeps no checkpoint, so it cannot resume: move its log %s away and '
+                'the same command starts it again from the beginning' % log_path)
+    latest = None if distributed else Checkpoints(checkpoint_dir).latest()
+    if latest is None:
+        return 'no epoch was complete: the same command starts it again from the beginning'
+    return ('the same command resumes it from its last complete epoch (checkpoint %s)'
+            % latest)
 
 
 def _echo(line):

@@ -268,6 +268,26 @@ CIFAR_LAYOUTS = ('the official Python release (cifar-10-batches-py/ or cifar-10-
                  'the binary release (cifar-10-batches-bin/), or an image folder '
                  '(train/<class>/*, test/<class>/*)')
 _CIFAR_RECORD = 1 + 3 * 32 * 32
+#: Images in each split of CIFAR-10. Each batch file of both releases holds a fifth of the
+#: training split or the whole test split (10,000 records): a file cut short at a record
+#: boundary reads as valid, and only its count shows it. An image folder must hold all of them
+#: too: a partial copy must not pass for the data set.
+CIFAR_SIZES = dict(train=50000, test=10000)
+_UNPACK_BINARY = 'unpack the whole cifar-10-binary.tar.gz again'
+_UNPACK_PYTHON = 'unpack the whole cifar-10-python.tar.gz again'
+
+
+def _check_count(count, expected, where, advice):
+    """Refuse a batch file or an image folder's split that does not hold ``expected``
+    images."""
+    if count != expected:
+        raise DataError('%s holds %d images where CIFAR-10 has %d: it is cut short or not '
+                        'CIFAR-10; %s' % (where, count, expected, advice))
+
+
+def _batch_size(split):
+    """Images in each batch file of ``split`` ('train': one of five, 'test': the one)."""
+    return CIFAR_SIZES[split] // (len(CIFAR_PY_TRAIN) if split == 'train' else 1)
 
 
 def _check_labels(labels, where):
@@ -283,22 +303,23 @@ def _read_bytes(path):
         raise DataError('%s: cannot read it (%s)' % (path, e.strerror or e)) from e
 
 
-def _read_cifar_batch(path):
+def _read_cifar_batch(path, split):
     raw = np.frombuffer(_read_bytes(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % _CIFAR_RECORD:
         raise DataError('%s: %d bytes is not a whole number of CIFAR-10 records (%d bytes '
                         'each); the file is truncated or corrupt' % (path, raw.size,
                                                                    _CIFAR_RECORD))
     records = raw.reshape(-1, _CIFAR_RECORD)
+    _check_count(len(records), _batch_size(split), path, _UNPACK_BINARY)
     labels = records[:, 0].astype(np.int32)
     _check_labels(labels, path)
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)   # to N, H, W, C
     return images, labels
 
 
-def _read_cifar_pickle(raw, where):
-    """One batch of the Python release: a pickled dict with b'data' (N x 3072 uint8, R, G, B
-    planes) and b'labels'."""
+def _read_cifar_pickle(raw, where, split, again=_UNPACK_PYTHON):
+    """One batch of ``split`` of the Python release: a pickled dict with b'data' (N x 3072
+    uint8, R, G, B planes) and b'labels'. ``again``: what to do when it is short."""
     import pickle
     try:
         batch = pickle.loads(raw, encoding='bytes')
@@ -309,17 +330,20 @@ def _read_cifar_pickle(raw, where):
                         'with an intact copy' % (where, type(e).__name__, e)) from e
     if len(images) != len(labels):
         raise DataError('%s: %d images but %d labels' % (where, len(images), len(labels)))
+    _check_count(len(labels), _batch_size(split), where, again)
     _check_labels(labels, where)
     return images.transpose(0, 2, 3, 1), labels
 
 
-def _python_release(files, where):
-    """(train, test) splits from {name: bytes} of the Python release's batches."""
+def _python_release(files, where, again=_UNPACK_PYTHON):
+    """(train, test) splits from {name: bytes} of the Python release's batches; ``again``:
+    what to do when one is short."""
     missing = [n for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST if n not in files]
     if missing:
         raise DataError('the CIFAR-10 Python release in %s lacks %s; unpack the whole '
                         'cifar-10-python.tar.gz again' % (where, ', '.join(missing)))
-    batches = [_read_cifar_pickle(files[n], '%s/%s' % (where, n))
+    batches = [_read_cifar_pickle(files[n], '%s/%s' % (where, n),
+                                  'test' if n in CIFAR_PY_TEST else 'train', again)
                for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST]
     return (Split(np.concatenate([b[0] for b in batches[:5]]),
                   np.concatenate([b[1] for b in batches[:5]])), Split(*batches[5]))
@@ -341,18 +365,21 @@ def _python_tarball(path):
                         'archives only cifar-10-python.tar.gz is read as it is: unpack any '
                         'other (e.g. cifar-10-binary.tar.gz) and give its folder'
                         % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST)))
-    return _python_release(files, path)
+    return _python_release(files, path, 'replace %s with an intact copy' % path)
 
 
-def _image_folder_split(root):
-    """One split of an image folder through Gluon's ImageFolderDataset: classes are the
+def _image_folder_split(root, split):
+    """``split`` of an image folder through Gluon's ImageFolderDataset: classes are the
     sub-folders in sorted order (CIFAR-10's label order is alphabetical), images in file-name
-    order."""
+    order; all CIFAR_SIZES[split] of them."""
     from mxnet.gluon.data.vision import ImageFolderDataset
     dataset = ImageFolderDataset(str(root), flag=1)
     if list(dataset.synsets) != list(CIFAR_CLASSES):
         raise DataError('%s: class folders %s; CIFAR-10 needs exactly %s'
                         % (root, ', '.join(dataset.synsets) or '(none)', ', '.join(CIFAR_CLASSES)))
+    _check_count(len(dataset), CIFAR_SIZES[split], '%s (its class folders)' % root,
+                 'copy the whole split again (a subset is refused, so that a partial copy '
+                 'cannot pass for the data set)')
     images = np.empty((len(dataset), 32, 32, 3), dtype=np.uint8)
     labels = np.empty(len(dataset), dtype=np.int32)
     for i in range(len(dataset)):
@@ -378,7 +405,9 @@ def load_cifar10(data_dir):
       (read by Gluon's ``ImageFolderDataset``; any format OpenCV decodes).
 
     The three give identical arrays for identical pixels in the same order. DataError says
-    what is missing or damaged, naming the file.
+    what is missing or damaged, naming the file; a batch file, or an image folder's split, with
+    fewer or more images than CIFAR_SIZES says (e.g. cut short at a record boundary) is
+    refused.
     """
     data_dir = Path(data_dir)
     if not data_dir.exists():
@@ -402,16 +431,15 @@ def load_cifar10(data_dir):
             missing = [n for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES
                        if not (candidate / n).is_file()]
             if missing:
-                raise DataError('CIFAR-10 binary files missing in %s: %s; unpack the whole '
-                                'cifar-10-binary.tar.gz again'
-                                % (candidate, ', '.join(missing)))
-            train = [_read_cifar_batch(candidate / n) for n in CIFAR_TRAIN_FILES]
-            test = _read_cifar_batch(candidate / CIFAR_TEST_FILES[0])
+                raise DataError('CIFAR-10 binary files missing in %s: %s; %s'
+                                % (candidate, ', '.join(missing), _UNPACK_BINARY))
+            train = [_read_cifar_batch(candidate / n, 'train') for n in CIFAR_TRAIN_FILES]
+            test = _read_cifar_batch(candidate / CIFAR_TEST_FILES[0], 'test')
             return Dataset(Split(np.concatenate([t[0] for t in train]),
                                  np.concatenate([t[1] for t in train])),
                            Split(*test), source='CIFAR-10 binary files in %s' % candidate)
     if (data_dir / 'train').is_dir() and (data_dir / 'test').is_dir():
-        return Dataset(_image_folder_split(data_dir / 'train'),
-                       _image_folder_split(data_dir / 'test'),
+        return Dataset(_image_folder_split(data_dir / 'train', 'train'),
+                       _image_folder_split(data_dir / 'test', 'test'),
                        source='CIFAR-10 image folder %s' % data_dir)
     raise DataError('no CIFAR-10 data found in %s; it takes %s' % (data_dir, CIFAR_LAYOUTS))

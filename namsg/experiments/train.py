@@ -162,6 +162,14 @@ class CheckpointError(Exception):
     """A checkpoint or a log exists but belongs to another configuration."""
 
 
+class CheckpointDamaged(Exception):
+    """A file of a checkpoint is missing or cannot be read (``path``, ``why``)."""
+
+    def __init__(self, path, why):
+        super().__init__('%s %s' % (path, why))
+        self.path, self.why = path, why
+
+
 class Checkpoints:
     """``root/epoch-NNNN/`` directories, each complete or absent: written under a temporary
     name, then renamed. The newest complete one is the resume point; older ones are removed."""
@@ -169,11 +177,47 @@ class Checkpoints:
     def __init__(self, root):
         self.root = Path(root)
 
+    #: The files of a checkpoint, and the keys of its state.json.
+    FILES = ('net.params', 'trainer.states', 'state.json')
+    STATE_KEYS = ('config', 'epoch', 'iteration', 'records', 'policy')
+
     def latest(self):
+        """The newest ``epoch-NNNN`` directory, or None. Each was renamed into place whole, so
+        one that is incomplete was damaged afterwards: ``read`` says so."""
         if not self.root.is_dir():
             return None
-        done = sorted(p for p in self.root.glob('epoch-*') if (p / 'state.json').is_file())
+        done = sorted(p for p in self.root.glob('epoch-*') if p.is_dir())
         return done[-1] if done else None
+
+    @classmethod
+    def read(cls, checkpoint):
+        """The state.json of ``checkpoint`` (a dict), after reading each of its files as
+        ``train_run`` will load it; CheckpointDamaged names the first file that is missing or
+        cannot be read. Writes nothing."""
+        import pickle
+        state = None
+        for name in cls.FILES:
+            path = checkpoint / name
+            if not path.is_file():
+                raise CheckpointDamaged(path, 'is missing')
+            try:
+                if name == 'net.params':
+                    mx.nd.load(str(path))
+                elif name == 'trainer.states':
+                    pickle.loads(path.read_bytes())     # what Trainer.load_states unpickles
+                else:
+                    state = json.loads(path.read_text())
+                    missing = [k for k in cls.STATE_KEYS if k not in state]
+                    if missing:
+                        raise ValueError('no %s in it' % ', '.join(missing))
+            except Exception as e:   # noqa: BLE001 -- any failure to read means a damaged file
+                # MXNet's message ends with its C++ check; the traceback before it names no file.
+                lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+                last = lines[-1] if lines else 'empty or cut short'
+                kind = type(e).__name__
+                raise CheckpointDamaged(path, 'cannot be read (%s: %s)' % (
+                    kind, last[len(kind) + 2:] if last.startswith(kind + ': ') else last)) from e
+        return state
 
     def save(self, epoch, net, trainer, state):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -254,15 +298,31 @@ class RunState(NamedTuple):
     note: str = ''
 
 
+#: Why a dist_* run cannot resume (said where a resume is asked for).
+_NO_CHECKPOINT = ('(a dist_* job keeps none: MXNet cannot save the optimizer states that live '
+                  'on its servers, so it cannot resume)')
+
+
 def run_state(header, log_path, checkpoint_dir, distributed=False):
     """What ``train_run`` will do with the run of ``header``, from its log and checkpoints,
     writing nothing. Raises CheckpointError, naming the file and what to do, when they belong
-    to another configuration or the log is damaged with no checkpoint to rebuild it from.
+    to another configuration, the newest checkpoint is damaged (a file missing or unreadable),
+    or the log is damaged with no checkpoint to rebuild it from. ``distributed``: a ``dist_*``
+    run, which has no checkpoints.
     Called for every run before any is trained, and by train_run itself."""
     epochs = header['protocol']['epochs']
     latest = None if distributed else Checkpoints(checkpoint_dir).latest()
     if latest is not None:
-        state = json.loads((latest / 'state.json').read_text())
+        try:
+            state = Checkpoints.read(latest)
+        except CheckpointDamaged as e:
+            # Checkpoints are renamed into place whole: this is damage from outside, and
+            # silently training from the start would overwrite the epochs logged so far.
+            raise CheckpointError(
+                'checkpoint %s is damaged: %s; restore the checkpoint folder from a copy to '
+                'resume, or move %s%s away to rerun this run from the start'
+                % (latest, e, checkpoint_dir,
+                           '' if log_path is None else ' and the log %s' % log_path)) from e
         _check_config(state['config'], header, 'checkpoint %s was made' % latest,
                       'remove it or choose another --checkpoint-dir')
         note = ('finished earlier (%s): skipped' % latest if state['epoch'] >= epochs else
@@ -274,14 +334,20 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
     try:
         logged_header, logged = read_log(log_path)
     except LogError as e:
-        raise CheckpointError('%s; there is no checkpoint in %s to rebuild it from: move the '
+        raise CheckpointError('%s; there is no checkpoint %s to rebuild it from: move the '
                               'log away (or delete it) to rerun this run from the start'
-                              % (e, checkpoint_dir)) from e
+                              % (e, _NO_CHECKPOINT if distributed else 'in %s' % checkpoint_dir)
+                              ) from e
     _check_config(_config_of(logged_header), header, 'log %s was written' % log_path,
                   'choose another --log-dir or move it away')
     if len(logged) == epochs:      # finished, and its checkpoints are gone
         return RunState('finished', logged, note='finished earlier (%d epochs in %s): skipped'
                         % (epochs, log_path))
+    if distributed:
+        raise CheckpointError(
+            '%s has %d of %d epochs and there is no checkpoint %s; training again would '
+            'overwrite it: move the log away to train this run from the start'
+            % (log_path, len(logged), epochs, _NO_CHECKPOINT))
     raise CheckpointError(
         '%s has %d of %d epochs but no checkpoint in %s to resume from; training again would '
         'overwrite it: restore the checkpoint (a run committed unfinished has it under '
@@ -398,7 +464,7 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     checkpoints = Checkpoints(checkpoint_dir)
     records, first_epoch, iteration = [], 1, 0
     if state.kind == 'resume':
-        saved = json.loads((state.checkpoint / 'state.json').read_text())
+        saved = json.loads((state.checkpoint / 'state.json').read_text())   # read whole above
         net.load_parameters(str(state.checkpoint / 'net.params'), ctx=contexts)
         trainer.load_states(str(state.checkpoint / 'trainer.states'))
         if policy is not None:      # it follows the trainer's new optimizer by itself
