@@ -177,8 +177,9 @@ class Checkpoints:
     def __init__(self, root):
         self.root = Path(root)
 
-    #: The files of a checkpoint, and the keys of its state.json.
-    FILES = ('net.params', 'trainer.states', 'state.json')
+    #: The files of a checkpoint (in the order ``read`` checks them), and the keys of its
+    #: state.json.
+    FILES = ('state.json', 'net.params', 'trainer.states')
     STATE_KEYS = ('config', 'epoch', 'iteration', 'records', 'policy')
 
     def latest(self):
@@ -190,10 +191,12 @@ class Checkpoints:
         return done[-1] if done else None
 
     @classmethod
-    def read(cls, checkpoint):
+    def read(cls, checkpoint, check=None):
         """The state.json of ``checkpoint`` (a dict), after reading each of its files as
         ``train_run`` will load it; CheckpointDamaged names the first file that is missing or
-        cannot be read. Writes nothing."""
+        cannot be read. ``check(state)``, if given, runs as soon as state.json is read: a
+        checkpoint of another configuration is named as such, whatever its other files hold.
+        Writes nothing."""
         import pickle
         state = None
         for name in cls.FILES:
@@ -207,9 +210,13 @@ class Checkpoints:
                     pickle.loads(path.read_bytes())     # what Trainer.load_states unpickles
                 else:
                     state = json.loads(path.read_text())
+                    if check is not None and isinstance(state, dict) and 'config' in state:
+                        check(state)
                     missing = [k for k in cls.STATE_KEYS if k not in state]
                     if missing:
                         raise ValueError('no %s in it' % ', '.join(missing))
+            except CheckpointError:
+                raise
             except Exception as e:   # noqa: BLE001 -- any failure to read means a damaged file
                 # MXNet's message ends with its C++ check; the traceback before it names no file.
                 lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
@@ -314,7 +321,9 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
     latest = None if distributed else Checkpoints(checkpoint_dir).latest()
     if latest is not None:
         try:
-            state = Checkpoints.read(latest)
+            state = Checkpoints.read(latest, lambda state: _check_config(
+                state['config'], header, 'checkpoint %s was made' % latest,
+                'remove it or choose another --checkpoint-dir'))
         except CheckpointDamaged as e:
             # Checkpoints are renamed into place whole: this is damage from outside, and
             # silently training from the start would overwrite the epochs logged so far.
@@ -323,8 +332,6 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
                 'resume, or move %s%s away to rerun this run from the start'
                 % (latest, e, checkpoint_dir,
                            '' if log_path is None else ' and the log %s' % log_path)) from e
-        _check_config(state['config'], header, 'checkpoint %s was made' % latest,
-                      'remove it or choose another --checkpoint-dir')
         note = ('finished earlier (%s): skipped' % latest if state['epoch'] >= epochs else
                 'resuming from %s: continuing at epoch %d of %d' % (latest, state['epoch'] + 1,
                                                                      epochs))
