@@ -2,6 +2,7 @@
 
 from mxnet.optimizer import register
 
+from ._checks import check_unit_interval, of_value
 from .arsg import ARSG
 
 __all__ = ['RSG']
@@ -40,6 +41,9 @@ class RSG(ARSG):
     Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
     State, per parameter: ``(m, count)``, ``count`` the update count (see :class:`namsg.ARSG`).
     """
+
+    # beta is stored as beta1: name it as the user does.
+    CHECKS = dict(ARSG.CHECKS, beta1=of_value(check_unit_interval, 'beta'))
 
     def __init__(self, learning_rate=0.01, beta=0.999, mu=0.1, **kwargs):
         for name in ('beta1', 'beta2', 'epsilon', 'preconditioner'):
