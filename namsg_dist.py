@@ -321,13 +321,13 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     ``[worker 0]``-style prefix to ``out`` (default stdout).
 
     Raises ValueError, before starting anything, for a job without workers or servers, a
-    ``timeout`` that is not > 0 seconds or a ``command`` whose program is not found. Returns 0 when every worker exited 0; otherwise the
-    first non-zero status of a worker, the scheduler or a server (128 + N for one killed by
-    signal N; the job ends as soon as one fails), 124 on timeout, or 128 + N after signal N of
-    :data:`STOP_SIGNALS` (when called from the main thread). Every process started, and every
-    process in their process groups, is ended before returning. Python workers install
-    :func:`install_worker_exit_hooks` at start, so that one ending with an error does not hang
-    the job."""
+    ``timeout`` that is not > 0 seconds or a ``command`` whose program is not found. Returns 0
+    when every worker exited 0; otherwise the first non-zero status of a worker, the scheduler
+    or a server (128 + N for one killed by signal N; the job ends as soon as one fails), 124 on
+    timeout, or 128 + N after signal N of :data:`STOP_SIGNALS` (when called from the main
+    thread). Every process started, and every process in their process groups, is ended before
+    returning. Python workers install :func:`install_worker_exit_hooks` at start, so that one
+    ending with an error does not hang the job."""
     if num_workers < 1 or num_servers < 1:
         raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
                          '%d workers and %d servers' % (num_workers, num_servers))

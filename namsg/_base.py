@@ -149,6 +149,8 @@ class ElementwiseOptimizer(Optimizer):
         ``row_sparse`` weights (``gluon.contrib.nn.SparseEmbedding``,
         ``Parameter(stype='row_sparse')``) are updated the same way, with dense state.
 
+    Each hyper-parameter listed in the class's ``CHECKS`` is checked whenever it is assigned,
+    in the constructor and after (``opt.beta1 = 1.0`` raises ValueError as ``beta1=1.0`` does).
     ``clip_gradient`` follows MXNet: None, 0 or a negative value means no clipping.
     Weights must be floating point; other dtypes raise ValueError before any state exists.
     """

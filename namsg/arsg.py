@@ -55,7 +55,8 @@ class ARSG(ElementwiseOptimizer):
     Parameters
     ----------
     learning_rate : float, default 0.001
-        The step size alpha, >= 0 (or None to take it from ``lr_scheduler``).
+        The step size alpha, >= 0. None takes ``lr_scheduler``'s ``base_lr``, or without one
+        MXNet's ``Optimizer`` default 0.01 (as for every MXNet optimizer).
     beta1 : float, default 0.999
         Decay rate of the momentum m, in [0, 1).
     beta2 : float, default 0.99

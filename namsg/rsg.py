@@ -28,7 +28,8 @@ class RSG(ARSG):
     Parameters
     ----------
     learning_rate : float, default 0.01
-        The step size alpha, >= 0 (or None to take it from ``lr_scheduler``).
+        The step size alpha, >= 0. None takes ``lr_scheduler``'s ``base_lr``, or without one
+        MXNet's ``Optimizer`` default 0.01 (as for every MXNet optimizer).
     beta : float, default 0.999
         Decay rate of the momentum m, in [0, 1).
     mu : float, default 0.1
