@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -319,17 +320,18 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     workers (``command``), all on 127.0.0.1. Output lines are forwarded with a
     ``[worker 0]``-style prefix to ``out`` (default stdout).
 
-    Raises ValueError, before starting anything, for a job without workers or servers or a
-    ``command`` whose program is not found. Returns 0 when every worker exited 0; otherwise the
-    first non-zero status of a worker, the scheduler or a server (128 + N for one killed by
-    signal N; the job ends as soon as one fails), 124 on timeout, or 128 + N after signal N of
-    :data:`STOP_SIGNALS` (when called from the main thread). Every process started, and every
-    process in their process groups, is ended before returning. Python workers install
-    :func:`install_worker_exit_hooks` at start, so that one ending with an error does not hang
-    the job."""
+    Raises ValueError, before starting anything, for a job without workers or servers, a
+    ``timeout`` that is not > 0 seconds or a ``command`` whose program is not found. Returns 0
+    when every worker exited 0; otherwise the first non-zero status of a worker, the scheduler
+    or a server (128 + N for one killed by signal N; the job ends as soon as one fails), 124 on
+    timeout, or 128 + N after signal N of :data:`STOP_SIGNALS` (when called from the main
+    thread). Every process started, and every process in their process groups, is ended before
+    returning. Python workers install :func:`install_worker_exit_hooks` at start, so that one
+    ending with an error does not hang the job."""
     if num_workers < 1 or num_servers < 1:
         raise ValueError('a parameter-server job needs >= 1 worker and >= 1 server, got '
                          '%d workers and %d servers' % (num_workers, num_servers))
+    _check_timeout(timeout)
     _check_command(command)
     out = out or sys.stdout
     port = _free_port()
@@ -411,6 +413,39 @@ def _launch_with_dmlc_tracker(args, command):
     return 0
 
 
+def _check_timeout(seconds):
+    """Refuse a time limit that would end the job at once (or before it started)."""
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValueError('--timeout %r: the job\'s time limit must be a finite number of '
+                         'seconds > 0' % (seconds,))
+    return seconds
+
+
+def _timeout_argument(text):
+    try:
+        return _check_timeout(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError('%r: give the job\'s time limit, a number of seconds '
+                                         '> 0' % (text,)) from e
+
+
+def _check_hosts(parser, args):
+    """ssh needs a host file (dmlc_tracker only asserts it), and a host file given for ssh or
+    mpi must be readable and list a host: checked before dmlc_tracker starts anything."""
+    if args.launcher == 'ssh' and args.hostfile is None:
+        parser.error('--launcher ssh needs -H/--hostfile FILE, a file with one host per line')
+    if args.hostfile is None:
+        return
+    try:
+        with open(args.hostfile) as hosts:
+            listed = [line for line in hosts if line.strip()]
+    except OSError as e:
+        parser.error('-H/--hostfile %s cannot be read (%s): give a file with one host per '
+                     'line' % (args.hostfile, e.strerror or e))
+    if not listed:
+        parser.error('-H/--hostfile %s lists no host: give one host per line' % args.hostfile)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog='python -m namsg_dist', description=(
         'Parameter-server jobs whose servers can load namsg optimizers.'))
@@ -423,8 +458,8 @@ def parse_args(argv=None):
     launch.add_argument('-s', '--num-servers', type=int, default=1, help='server processes')
     launch.add_argument('--launcher', default='local', choices=('local', 'ssh', 'mpi'),
                         help='where the processes run')
-    launch.add_argument('--timeout', type=float, default=3600,
-                        help='seconds before a local job is ended')
+    launch.add_argument('--timeout', type=_timeout_argument, default=3600,
+                        help='seconds before a local job is ended, > 0')
     launch.add_argument('-H', '--hostfile', default=None,
                         help='ssh/mpi: file with one host per line')
     launch.add_argument('--host-ip', default=None,
@@ -435,6 +470,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.command and args.command[0] == '--':
         args.command = args.command[1:]
+    if args.action == 'launch':
+        _check_hosts(launch, args)
     return args
 
 

@@ -16,8 +16,7 @@ from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
 from . import kvstore_sync
-from ._checks import check_learning_rate
-from ._checks import check_floating_weight, clip_threshold
+from ._checks import BASE_CHECKS, check_floating_weight, checked, clip_threshold
 
 # The update counts each optimizer object had when this process first counted with it, per
 # parameter: what it was unpickled with (Trainer.load_states, a kvstore server), or nothing for
@@ -150,22 +149,26 @@ class ElementwiseOptimizer(Optimizer):
         ``row_sparse`` weights (``gluon.contrib.nn.SparseEmbedding``,
         ``Parameter(stype='row_sparse')``) are updated the same way, with dense state.
 
+    Each hyper-parameter listed in the class's ``CHECKS`` is checked whenever it is assigned,
+    in the constructor and after (``opt.beta1 = 1.0`` raises ValueError as ``beta1=1.0`` does).
     ``clip_gradient`` follows MXNet: None, 0 or a negative value means no clipping.
     Weights must be floating point; other dtypes raise ValueError before any state exists.
     """
 
-    def __init__(self, learning_rate=0.001, lazy_update=True, **kwargs):
-        super().__init__(learning_rate=check_learning_rate(learning_rate), **kwargs)
-        self.lazy_update = bool(lazy_update)
+    #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).
+    CHECKS = BASE_CHECKS
 
-    def set_learning_rate(self, lr):
-        check_learning_rate(lr)
-        super().set_learning_rate(lr)
+    def __init__(self, learning_rate=0.001, lazy_update=True, **kwargs):
+        # learning_rate reaches the check as MXNet's Optimizer assigns it (self.lr): None
+        # without an lr_scheduler has become MXNet's default 0.01 there.
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.lazy_update = lazy_update
 
     # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
     def __setattr__(self, name, value):
-        # Changes of lr, lr_scheduler and mu also reach the servers this optimizer runs on.
-        kvstore_sync.set_setting(self, name, value, super().__setattr__)
+        # Checked as in the constructor, before anything changes; changes of lr, lr_scheduler
+        # and mu also reach the servers this optimizer runs on.
+        kvstore_sync.set_setting(self, name, checked(self, name, value), super().__setattr__)
 
     def __getstate__(self):
         # MXNet drops param_dict, and with it Gluon's lr_mult / wd_mult: carry them.

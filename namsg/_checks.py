@@ -2,34 +2,72 @@
 parameter, the value given and the range that is allowed."""
 
 import math
+import numbers
 
 import numpy
 
 
+def _require_number(name, value, allowed):
+    """Refuse a ``value`` that is not a real number (a str, None, a bool), naming its type."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, numpy.bool_)):
+        raise ValueError('%s=%r is a %s, not a number: give a number %s'
+                         % (name, value, type(value).__name__, allowed))
+
+
 def check_unit_interval(name, value):
-    """Accept ``value`` in [0, 1) (decay rates, the observation factor)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) \
-            or not 0.0 <= value < 1.0:
+    """Accept a number in [0, 1) (decay rates, the observation factor)."""
+    _require_number(name, value, 'in [0, 1)')
+    if math.isnan(value) or not 0.0 <= value < 1.0:
         raise ValueError('%s=%r is out of range: it must be a number in [0, 1)' % (name, value))
     return float(value)
 
 
 def check_positive(name, value):
-    """Accept a finite ``value`` > 0 (epsilon)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) \
-            or not math.isfinite(value) or value <= 0.0:
+    """Accept a finite number > 0 (epsilon)."""
+    _require_number(name, value, '> 0')
+    if not math.isfinite(value) or value <= 0.0:
         raise ValueError('%s=%r is out of range: it must be a finite number > 0' % (name, value))
     return float(value)
 
 
-def check_learning_rate(value):
-    """Accept None (the lr_scheduler decides) or a finite number >= 0."""
-    if value is None:
+def check_learning_rate(value, scheduled):
+    """Accept a finite number >= 0, or None when an lr_scheduler (``scheduled``) sets the step
+    size. MXNet's Optimizer turns learning_rate=None without a scheduler into 0.01 before it is
+    assigned; what reaches this check as None then is ``set_learning_rate(None)``."""
+    if value is None and scheduled:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) \
-            or not math.isfinite(value) or value < 0.0:
+    if value is None:
+        raise ValueError('learning_rate=None without an lr_scheduler: give a number >= 0 (None '
+                         'is for an optimizer whose lr_scheduler sets the step size)')
+    _require_number('learning_rate', value, '>= 0')
+    if not math.isfinite(value) or value < 0.0:
         raise ValueError('learning_rate=%r is out of range: it must be a finite number >= 0 '
                          '(or None to take it from lr_scheduler)' % (value,))
+    return float(value)
+
+
+def check_bool(name, value):
+    """Accept True or False (not any truthy value: lazy_update='no' would mean True)."""
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise ValueError('%s=%r is a %s: give True or False' % (name, value, type(value).__name__))
+    return bool(value)
+
+
+def check_integer_at_least(name, value, low):
+    """Accept an integer >= ``low`` (Lookahead's k)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, numpy.bool_)) \
+            or value < low:
+        raise ValueError('%s=%r is out of range: it must be an integer >= %d' % (name, value, low))
+    return int(value)
+
+
+def check_number_in(name, value, low, high, low_open):
+    """Accept a number in (low, high] (``low_open``) or [low, high] (high may be inf)."""
+    bracket = '(' if low_open else '['
+    allowed = 'in %s%g, %g]' % (bracket, low, high) if math.isfinite(high) else '>= %g' % low
+    _require_number(name, value, allowed)
+    if math.isnan(value) or value > high or value < low or (low_open and value == low):
+        raise ValueError('%s=%r is out of range: it must be a number %s' % (name, value, allowed))
     return float(value)
 
 
@@ -46,8 +84,8 @@ def check_bounds(lower_bound, upper_bound):
     for name, value in (('lower_bound', lower_bound), ('upper_bound', upper_bound)):
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                   or math.isnan(value)):
-            raise ValueError('%s=%r is not a number: give a float or None (no bound)'
-                             % (name, value))
+            raise ValueError('%s=%r is a %s, not a number: give a float or None (no bound)'
+                             % (name, value, type(value).__name__))
     if lower_bound is not None and upper_bound is not None and lower_bound > upper_bound:
         raise ValueError('lower_bound=%r is above upper_bound=%r: the feasible box is empty'
                          % (lower_bound, upper_bound))
@@ -73,3 +111,37 @@ def clip_threshold(clip_gradient):
     if clip_gradient is None or not clip_gradient > 0:
         return None
     return float(clip_gradient)
+
+
+# -- the hyper-parameters of an optimizer class, checked on every assignment -----------------
+# An optimizer class lists its checks in ``CHECKS``, {attribute: check(optimizer, value) ->
+# the value to store}; its __setattr__ applies them (see :func:`checked`), so the constructor
+# and a later ``opt.beta1 = ...`` are held to the same rule.
+
+def of_value(check, name, *args):
+    """A CHECKS entry that calls ``check(name, value, *args)`` and ignores the optimizer."""
+    return lambda optimizer, value: check(name, value, *args)
+
+
+def checked(optimizer, name, value):
+    """``value`` as the check that ``optimizer``'s class lists for ``name`` returns it (or
+    unchanged if none is listed). Raises ValueError for a value the check refuses."""
+    check = getattr(type(optimizer), 'CHECKS', {}).get(name)
+    return value if check is None else check(optimizer, value)
+
+
+def _scheduled(optimizer):
+    return optimizer.__dict__.get('lr_scheduler') is not None
+
+
+#: What every optimizer of this package checks (MXNet's Optimizer assigns ``lr``).
+BASE_CHECKS = {
+    'lr': lambda optimizer, value: check_learning_rate(value, _scheduled(optimizer)),
+    'lazy_update': of_value(check_bool, 'lazy_update'),
+}
+
+#: The moments' decay rates and epsilon of the adaptive methods.
+ADAPTIVE_CHECKS = dict(BASE_CHECKS,
+                       beta1=of_value(check_unit_interval, 'beta1'),
+                       beta2=of_value(check_unit_interval, 'beta2'),
+                       epsilon=of_value(check_positive, 'epsilon'))

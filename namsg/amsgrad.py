@@ -4,7 +4,7 @@ from mxnet import ndarray as nd
 from mxnet.optimizer import register
 
 from ._base import ElementwiseOptimizer
-from ._checks import check_positive, check_unit_interval
+from ._checks import ADAPTIVE_CHECKS
 
 __all__ = ['AMSGrad']
 
@@ -40,11 +40,14 @@ class AMSGrad(ElementwiseOptimizer):
     (:class:`namsg._base.UpdateCount`), saved with the states.
     """
 
+    CHECKS = ADAPTIVE_CHECKS
+
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        self.beta1 = check_unit_interval('beta1', beta1)
-        self.beta2 = check_unit_interval('beta2', beta2)
-        self.epsilon = check_positive('epsilon', epsilon)
+        # Each assignment is checked (CHECKS).
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
 
     def _state_slots(self, weight, zeros):
         return (zeros(), zeros(), zeros())

@@ -10,8 +10,8 @@ from mxnet.optimizer import Optimizer, register
 
 from . import kernels
 from ._base import ElementwiseOptimizer, split_count
-from ._checks import (check_bounds, check_choice, check_positive, check_unit_interval,
-                      clip_threshold)
+from ._checks import (ADAPTIVE_CHECKS, check_bounds, check_choice, check_unit_interval,
+                      clip_threshold, of_value)
 
 __all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
 
@@ -55,7 +55,8 @@ class ARSG(ElementwiseOptimizer):
     Parameters
     ----------
     learning_rate : float, default 0.001
-        The step size alpha, >= 0 (or None to take it from ``lr_scheduler``).
+        The step size alpha, >= 0. None takes ``lr_scheduler``'s ``base_lr``, or without one
+        MXNet's ``Optimizer`` default 0.01 (as for every MXNet optimizer).
     beta1 : float, default 0.999
         Decay rate of the momentum m, in [0, 1).
     beta2 : float, default 0.99
@@ -95,23 +96,33 @@ class ARSG(ElementwiseOptimizer):
     ``multi_precision`` the base class wraps it as ``(float32 master weight, state)``.
     """
 
+    CHECKS = dict(
+        ADAPTIVE_CHECKS,
+        mu=of_value(check_unit_interval, 'mu'),
+        preconditioner=of_value(check_choice, 'preconditioner', PRECONDITIONERS),
+        fused=lambda optimizer, value: _check_fused(value),
+        # Each bound against the other one as it stands (the constructor sets lower first).
+        lower_bound=lambda optimizer, value: check_bounds(
+            value, optimizer.__dict__.get('upper_bound'))[0],
+        upper_bound=lambda optimizer, value: check_bounds(
+            optimizer.__dict__.get('lower_bound'), value)[1])
+
     def __init__(self, learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1,
                  preconditioner='amsgrad', lower_bound=None, upper_bound=None, fused=None,
                  **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        if fused not in (None, True, False):
-            raise ValueError('fused=%r: give True, False or None ($%s decides)'
-                             % (fused, kernels.SWITCH))
         self.fused = fused
         # Updater hands this many parameters of one dtype to one update_multi_precision call;
         # the fused operator updates them all in one call.
         self.aggregate_num = int(os.environ.get('NAMSG_AGGREGATION_SIZE', '128'))
-        self.beta1 = check_unit_interval('beta1', beta1)
-        self.beta2 = check_unit_interval('beta2', beta2)
-        self.epsilon = check_positive('epsilon', epsilon)
+        # Each assignment is checked (CHECKS).
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
         self.mu = mu
-        self.preconditioner = check_choice('preconditioner', preconditioner, PRECONDITIONERS)
-        self.lower_bound, self.upper_bound = check_bounds(lower_bound, upper_bound)
+        self.preconditioner = preconditioner
+        self.lower_bound = lower_bound
+        self.upper_bound = upper_bound
 
     @property
     def mu(self):
@@ -120,7 +131,8 @@ class ARSG(ElementwiseOptimizer):
 
     @mu.setter
     def mu(self, value):
-        self._mu = check_unit_interval('mu', value)
+        # Checked in __setattr__ (CHECKS); stored as _mu, the name saved states carry.
+        self.__dict__['_mu'] = value
 
     def set_obs_fac_mu(self, mu):
         """Set the observation factor (the name used by the paper's own MXNet class)."""
@@ -201,6 +213,13 @@ class ARSG(ElementwiseOptimizer):
             lower = -numpy.inf if self.lower_bound is None else self.lower_bound
             upper = numpy.inf if self.upper_bound is None else self.upper_bound
             nd.clip(weight, lower, upper, out=weight)
+
+
+def _check_fused(fused):
+    if fused not in (None, True, False):
+        raise ValueError('fused=%r: give True, False or None ($%s decides)'
+                         % (fused, kernels.SWITCH))
+    return fused
 
 
 #: The paper's own MXNet class was named ``Arsg``; its constructor

@@ -77,6 +77,15 @@ class ObservationBoost:
     factor : float or None, default None
         Step-size factor per boost; None computes tau*(2 mu)/tau*(mu) from the optimizer's
         beta1 and mu at the time of the boost.
+
+    Raises
+    ------
+    ValueError
+        At construction, for arguments out of range and for an optimizer the policy could not
+        boost when due: one without ``mu`` (ARSG with any preconditioner and RSG have it, MXNet's
+        own optimizers and Ranger do not), or whose mu does not stay in (0, 1) through the
+        boosts the policy can make (``max_boosts`` with ``auto``, else at most one per entry of
+        ``boost_epochs``): mu must lie in (0, 2**-boosts), e.g. (0, 0.5) for one boost.
     """
 
     def __init__(self, target, boost_epochs=(), auto=False, window=3, threshold=0.02,
@@ -98,9 +107,43 @@ class ObservationBoost:
         self.threshold = float(threshold)
         self.max_boosts = int(max_boosts)
         self.factor = factor
+        # A boost is due hours into training: refuse an optimizer it cannot boost now.
+        self._check_boostable(self.optimizer, self.max_boosts if self.auto
+                              else min(self.max_boosts, len(self.boost_epochs)))
         self.boosts = []          # one dict per boost done: see boost()
         self.losses = []          # (epoch, mean training loss) as reported to epoch_end
         self._auto_due = None     # the epoch an automatic boost is due at
+
+    def _check_boostable(self, opt, boosts):
+        """Raise ValueError unless ``opt`` can take ``boosts`` boosts in a row: it has the
+        observation factor mu (and beta1 unless ``factor`` is given), and mu stays in (0, 1)
+        when doubled that many times."""
+        needed = ('mu',) if self.factor is not None else ('mu', 'beta1')
+        missing = [name for name in needed if not hasattr(opt, name)]
+        if missing:
+            raise ValueError(
+                'ObservationBoost cannot boost the optimizer %s: it has no %s. The boost doubles '
+                'the observation factor mu of ARSG (any preconditioner) or RSG, e.g. '
+                "gluon.Trainer(params, 'arsg', {'mu': 0.05})"
+                % (type(opt).__name__, ' or '.join(missing)))
+        if boosts < 1:
+            return
+        mu, limit = opt.mu, 0.5 ** boosts
+        if not 0 < mu < limit:
+            raise ValueError(
+                'ObservationBoost cannot boost mu=%r %d time(s): each boost doubles mu, which '
+                'must stay below 1, so mu must lie in (0, %g); start from a smaller mu (OBSB '
+                'starts small, e.g. 0.05) or allow fewer boosts (max_boosts)'
+                % (mu, boosts, limit))
+        if self.factor is None:
+            # The factors from the optimizer's beta1 (ValueError where the analysis has none).
+            try:
+                for boost in range(boosts):
+                    dynamics.boost_factor(opt.beta1, mu * 2 ** boost)
+            except ValueError as e:
+                raise ValueError('ObservationBoost cannot compute the step-size factor of a boost '
+                                 'from beta1=%r (%s): give the factor (factor=...)'
+                                 % (opt.beta1, e)) from e
 
     @property
     def optimizer(self):
@@ -246,8 +289,10 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     Raises
     ------
     ValueError
-        For an empty or non-positive grid, ``iterations`` or ``window`` out of range, parameters
-        not initialized, or ``batches`` that yield nothing.
+        For an empty or non-positive grid, ``iterations`` or ``window`` out of range, an
+        optimizer that cannot be created with ``optimizer_params``, a ``loss_fn`` that is not
+        callable, parameters not initialized, or ``batches`` that yield nothing; all before
+        any training.
     """
     step_sizes = [float(a) for a in step_sizes]
     if not step_sizes or any(not a > 0 for a in step_sizes):
@@ -260,6 +305,20 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     if not 1 <= window <= iterations:
         raise ValueError('window=%r is out of range: it must lie in [1, iterations=%d]'
                          % (window, iterations))
+    if not callable(loss_fn):
+        raise ValueError('loss_fn=%r is not callable: give loss_fn(output, label), e.g. '
+                         'gluon.loss.SoftmaxCrossEntropyLoss()' % (loss_fn,))
+    optimizer_params = dict({'mu': 0.05} if optimizer_params is None else optimizer_params)
+    try:
+        # The optimizer every candidate gets, made once here so that a wrong name or argument
+        # is reported before any batch is read or any training is done.
+        mx.optimizer.create(optimizer, **dict(optimizer_params, learning_rate=step_sizes[0]))
+    except (TypeError, ValueError) as e:
+        raise ValueError('search_step_size cannot create optimizer=%r with optimizer_params=%r: '
+                         '%s. The default optimizer_params, {\'mu\': 0.05}, is for arsg and rsg; '
+                         'give optimizer_params for another optimizer' % (optimizer,
+                                                                           optimizer_params, e)) \
+            from e
     params = net.collect_params()
     try:
         saved = {name: [d.copy() for d in p.list_data()] for name, p in params.items()}
@@ -275,9 +334,7 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     try:
         for a in step_sizes:
             mx.random.seed(seed)
-            trainer = gluon.Trainer(params, optimizer,
-                                    dict({'mu': 0.05} if optimizer_params is None
-                                         else optimizer_params, learning_rate=a),
+            trainer = gluon.Trainer(params, optimizer, dict(optimizer_params, learning_rate=a),
                                     kvstore=None if len(contexts) == 1 else 'device')
             losses[a] = [_train_step(net, trainer, loss_fn, x, y, contexts) for x, y in replay]
             _restore(params, saved)

@@ -1,7 +1,5 @@
 """Lookahead (Zhang et al., 2019) around any MXNet optimizer, and RANGER = Lookahead(RAdam)."""
 
-import numbers
-
 import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer, create, register
@@ -10,7 +8,8 @@ from . import kvstore_sync
 from .radam import RAdam
 from ._base import (ElementwiseOptimizer, UpdateCount, all_rows, continue_update_counts,
                     dense_rows, resume_counts, split_count, store_counts, write_rows)
-from ._checks import check_floating_weight
+from ._checks import (check_floating_weight, check_integer_at_least, check_number_in, checked,
+                      of_value)
 
 __all__ = ['Lookahead', 'Ranger']
 
@@ -49,6 +48,9 @@ class Lookahead(Optimizer):
 
     # Attributes that belong to the wrapper; every other one is the inner optimizer's.
     _OWN = frozenset(('optimizer', 'k', 'alpha', 'aggregate_num'))
+    #: The wrapper's own checks (the inner optimizer checks its attributes itself).
+    CHECKS = dict(k=of_value(check_integer_at_least, 'k', 1),
+                  alpha=of_value(check_number_in, 'alpha', 0.0, 1.0, True))
 
     def __init__(self, optimizer='sgd', k=5, alpha=0.5, **kwargs):
         if isinstance(optimizer, str):
@@ -59,15 +61,10 @@ class Lookahead(Optimizer):
         elif kwargs:
             raise ValueError('Lookahead got optimizer arguments %s for an optimizer instance: '
                              'set them on the instance' % sorted(kwargs))
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
-            raise ValueError('k=%r is out of range: it must be an integer >= 1' % (k,))
-        if not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
-            raise ValueError('alpha=%r is out of range: it must be a number in (0, 1]'
-                             % (alpha,))
         # Optimizer.__init__ is not called: its attributes are the inner optimizer's.
         object.__setattr__(self, 'optimizer', optimizer)
-        object.__setattr__(self, 'k', int(k))
-        object.__setattr__(self, 'alpha', float(alpha))
+        self.k = k              # checked (CHECKS)
+        self.alpha = alpha
         # Updater would hand lists of parameters to an aggregating inner optimizer (MXNet's
         # sgd aggregates 4); the slow-weight step is per parameter.
         object.__setattr__(self, 'aggregate_num', 0)
@@ -80,7 +77,7 @@ class Lookahead(Optimizer):
 
     def __setattr__(self, name, value):
         if name in Lookahead._OWN:
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, checked(self, name, value))
         else:
             # The wrapper is what the servers run: it forwards lr, lr_scheduler and mu to them.
             kvstore_sync.set_setting(self, name, value,

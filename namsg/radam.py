@@ -6,7 +6,7 @@ from mxnet import ndarray as nd
 from mxnet.optimizer import register
 
 from ._base import ElementwiseOptimizer
-from ._checks import check_positive, check_unit_interval
+from ._checks import ADAPTIVE_CHECKS, check_number_in, of_value
 
 __all__ = ['RAdam']
 
@@ -51,16 +51,18 @@ class RAdam(ElementwiseOptimizer):
     update count t (:class:`namsg._base.UpdateCount`), saved with the states.
     """
 
+    # rectify_threshold >= 4: r_t is undefined below.
+    CHECKS = dict(ADAPTIVE_CHECKS, rectify_threshold=of_value(
+        check_number_in, 'rectify_threshold', 4.0, math.inf, False))
+
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
                  rectify_threshold=5.0, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        self.beta1 = check_unit_interval('beta1', beta1)
-        self.beta2 = check_unit_interval('beta2', beta2)
-        self.epsilon = check_positive('epsilon', epsilon)
-        if not isinstance(rectify_threshold, (int, float)) or not rectify_threshold >= 4:
-            raise ValueError('rectify_threshold=%r is out of range: it must be a number >= 4'
-                             % (rectify_threshold,))
-        self.rectify_threshold = float(rectify_threshold)
+        # Each assignment is checked (CHECKS).
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.rectify_threshold = rectify_threshold
 
     def _state_slots(self, weight, zeros):
         return (zeros(), zeros())

@@ -2,6 +2,7 @@
 
 from mxnet.optimizer import register
 
+from ._checks import check_unit_interval, of_value
 from .arsg import ARSG
 
 __all__ = ['RSG']
@@ -27,7 +28,8 @@ class RSG(ARSG):
     Parameters
     ----------
     learning_rate : float, default 0.01
-        The step size alpha, >= 0 (or None to take it from ``lr_scheduler``).
+        The step size alpha, >= 0. None takes ``lr_scheduler``'s ``base_lr``, or without one
+        MXNet's ``Optimizer`` default 0.01 (as for every MXNet optimizer).
     beta : float, default 0.999
         Decay rate of the momentum m, in [0, 1).
     mu : float, default 0.1
@@ -40,6 +42,9 @@ class RSG(ARSG):
     Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
     State, per parameter: ``(m, count)``, ``count`` the update count (see :class:`namsg.ARSG`).
     """
+
+    # beta is stored as beta1: name it as the user does.
+    CHECKS = dict(ARSG.CHECKS, beta1=of_value(check_unit_interval, 'beta'))
 
     def __init__(self, learning_rate=0.01, beta=0.999, mu=0.1, **kwargs):
         for name in ('beta1', 'beta2', 'epsilon', 'preconditioner'):

@@ -132,3 +132,47 @@ def test_state_round_trip_with_trainer_checkpoint_boosts_exactly_once(tmp_path):
     assert resumed.optimizer.mu == 0.1
     assert resumed.learning_rate == pytest.approx(0.1 * dynamics.boost_factor(0.999, 0.05))
     assert restored.boosts == policy.boosts and restored.losses == policy.losses
+
+
+@pytest.mark.parametrize('optimizer,params,policy,problem', [
+    ('arsg', dict(mu=0.6), dict(boost_epochs=[2]), r'mu=0\.6 .*\(0, 0\.5\)'),
+    ('arsg', dict(mu=0.0), dict(boost_epochs=[2]), r'mu=0\.0 .*\(0, 0\.5\)'),
+    ('rsg', dict(mu=0.3), dict(auto=True, max_boosts=2), r'mu=0\.3 2 time.*\(0, 0\.25\)'),
+    ('rsg', dict(mu=0.3, beta=0.0), dict(boost_epochs=[2]), 'beta1=0.0.*factor='),
+    ('adam', {}, dict(boost_epochs=[2]), r'Adam: it has no mu\. .*ARSG'),
+    ('ranger', {}, dict(auto=True), 'Ranger: it has no mu'),
+])
+def test_a_trainer_the_policy_cannot_boost_is_refused_at_construction(optimizer, params, policy,
+                                                                       problem):
+    """The trial: ObservationBoost(trainer, boost_epochs=[2]) took these and failed only at the
+    boost epoch, hours into training (ValueError, or AttributeError 'Adam' has no 'mu')."""
+    net = gluon.nn.Dense(1)
+    net.initialize()
+    trainer = gluon.Trainer(net.collect_params(), optimizer, params)
+    with pytest.raises(ValueError, match=problem):
+        ObservationBoost(trainer, **policy)
+
+
+def test_a_boostable_optimizer_with_no_boost_due_is_accepted_whatever_its_mu():
+    assert ObservationBoost(namsg.ARSG(mu=0.6)).boosts == []
+    assert ObservationBoost(namsg.ARSG(mu=0.3), auto=True, max_boosts=1).boosts == []
+
+
+@pytest.mark.parametrize('kwargs,problem', [
+    (dict(optimizer='adam'), "create optimizer='adam'.*optimizer_params"),
+    (dict(optimizer='no-such-optimizer', optimizer_params={}), 'no-such-optimizer'),
+    (dict(optimizer_params={'mu': 1.5}), 'mu=1.5'),
+    (dict(loss_fn='l2'), 'loss_fn'),
+])
+def test_step_size_search_refuses_bad_arguments_before_reading_a_batch(kwargs, problem):
+    from namsg.boost import search_step_size
+
+    def batches():
+        raise AssertionError('a batch was read before the arguments were checked')
+        yield  # pragma: no cover
+
+    net = gluon.nn.Dense(1)
+    net.initialize()
+    with pytest.raises(ValueError, match=problem):
+        search_step_size(net, batches(), **dict(dict(loss_fn=gluon.loss.L2Loss(), iterations=2),
+                                                **kwargs))

@@ -652,3 +652,34 @@ def test_settings_changes_fail_loudly_without_namsg_servers(monkeypatch):
     mx.kv.KVStore.set_optimizer(plain_store, worker)
     with pytest.raises(RuntimeError, match='not started by `python -m namsg_dist`'):
         worker.set_learning_rate(0.5)
+
+
+@pytest.mark.parametrize('arguments,problem', [
+    (['--timeout', '-5'], "argument --timeout: '-5': give the job's time limit"),
+    (['--timeout', '0'], "argument --timeout: '0'"),
+    (['--timeout', 'inf'], "argument --timeout: 'inf'"),
+    (['--launcher', 'ssh'], '--launcher ssh needs -H/--hostfile FILE'),
+    (['--launcher', 'ssh', '-H', 'missing-file'], '-H/--hostfile missing-file cannot be read'),
+    (['--launcher', 'mpi', '-H', 'missing-file'], '-H/--hostfile missing-file cannot be read'),
+    (['--launcher', 'ssh', '-H', 'empty-file'], '-H/--hostfile empty-file lists no host'),
+])
+def test_launch_refuses_bad_arguments_before_starting_anything(tmp_path, arguments, problem):
+    """The trial: --timeout -5 or 0 started the job, which ended "exceeded -5 s" (status 124);
+    ssh without -H ended in dmlc_tracker's AssertionError, -H missing-file in a
+    FileNotFoundError traceback."""
+    (tmp_path / 'empty-file').write_text('\n')
+    started = tmp_path / 'started'
+    result = subprocess.run(
+        [sys.executable, '-m', 'namsg_dist', 'launch', '-n', '1'] + arguments +
+        ['--', sys.executable, '-c', 'open(%r, "w")' % str(started)],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr
+    assert problem in result.stderr
+    assert not started.exists()
+
+
+def test_launch_local_refuses_a_timeout_that_is_not_positive():
+    for timeout in (0, -5, float('nan')):
+        with pytest.raises(ValueError, match='time limit must be a finite number of seconds > 0'):
+            namsg_dist.launch_local(['true'], num_workers=1, timeout=timeout)

@@ -56,9 +56,23 @@ BAD_ARGUMENTS = [
     ('arsg', dict(preconditioner='adagrad'), 'preconditioner'),
     ('arsg', dict(lower_bound=1.0, upper_bound=0.0), 'lower_bound'),
     ('arsg', dict(upper_bound='1'), 'upper_bound'),
-    ('rsg', dict(beta=1.0), 'beta1'),
+    ('rsg', dict(beta=1.0), r'^beta=1\.0 is out of range'),
     ('rsg', dict(beta2=0.9), 'beta2'),
     ('rsg', dict(mu=2.0), 'mu'),
+    # Of the wrong type: named as such, not as "out of range"; lazy_update takes no truthy str.
+    ('arsg', dict(learning_rate='0.01'), r"^learning_rate='0\.01' is a str, not a number"),
+    ('arsg', dict(beta1='0.9'), r"^beta1='0\.9' is a str, not a number"),
+    ('arsg', dict(lazy_update='no'), r"^lazy_update='no' is a str: give True or False"),
+    ('amsgrad', dict(lazy_update=1), '^lazy_update=1 is a int'),
+    ('amsgrad', dict(beta2=1.0), 'beta2'),
+    ('amsgrad', dict(epsilon=0.0), 'epsilon'),
+    ('radam', dict(beta1=1.0), 'beta1'),
+    ('radam', dict(rectify_threshold=3), 'rectify_threshold'),
+    ('radam', dict(rectify_threshold='5'), "rectify_threshold='5' is a str"),
+    ('ranger', dict(epsilon=-1.0), 'epsilon'),
+    ('ranger', dict(k=0), 'k'),
+    ('ranger', dict(alpha=0.0), 'alpha'),
+    ('ranger', dict(lazy_update='no'), 'lazy_update'),
 ]
 
 
@@ -79,6 +93,74 @@ def test_invalid_mu_and_lr_set_later_are_refused():
     with pytest.raises(ValueError, match='learning_rate'):
         opt.set_learning_rate(-1.0)
     assert opt.mu == 0.1
+
+
+# Each hyper-parameter assigned after creation, as `trainer.optimizer.beta1 = 1.0` does: held
+# to the constructor's check. (optimizer, attribute, refused value, the name in the message)
+BAD_ASSIGNMENTS = [
+    (opt, attribute, value, name)
+    for opt in ('arsg', 'amsgrad', 'radam', 'ranger')
+    for attribute, value, name in [('beta1', 1.0, 'beta1'), ('beta2', -0.5, 'beta2'),
+                                   ('epsilon', -1.0, 'epsilon'), ('epsilon', '1e-8', 'epsilon'),
+                                   ('lazy_update', 'no', 'lazy_update'),
+                                   ('lr', 'x', 'learning_rate')]
+] + [
+    ('rsg', 'beta1', 1.0, 'beta='),
+    ('arsg', 'mu', 1.5, 'mu'),
+    ('arsg', 'preconditioner', 'adagrad', 'preconditioner'),
+    ('arsg', 'fused', 'yes', 'fused'),
+    ('arsg', 'upper_bound', 'x', 'upper_bound'),
+    ('arsg', 'lower_bound', float('nan'), 'lower_bound'),
+    ('radam', 'rectify_threshold', 2.0, 'rectify_threshold'),
+    ('ranger', 'k', 1.5, 'k'),
+    ('ranger', 'alpha', 2.0, 'alpha'),
+    ('ranger', 'rectify_threshold', 1.0, 'rectify_threshold'),
+]
+
+
+@pytest.mark.parametrize('name,attribute,value,message', BAD_ASSIGNMENTS,
+                         ids=['%s-%s=%r' % a[:3] for a in BAD_ASSIGNMENTS])
+def test_hyper_parameters_assigned_later_are_checked_as_in_the_constructor(name, attribute,
+                                                                           value, message):
+    opt = mx.optimizer.create(name)
+    before = getattr(opt, attribute)
+    with pytest.raises(ValueError, match=message):
+        setattr(opt, attribute, value)
+    assert getattr(opt, attribute) == before
+
+
+def test_a_box_assigned_later_must_not_be_empty():
+    opt = namsg.ARSG(lower_bound=-1.0, upper_bound=1.0)
+    with pytest.raises(ValueError, match='lower_bound=2.0 is above upper_bound=1.0'):
+        opt.lower_bound = 2.0
+    opt.upper_bound = 3.0
+    opt.lower_bound = 2.0
+    assert (opt.lower_bound, opt.upper_bound) == (2.0, 3.0)
+
+
+def test_learning_rate_none_follows_mxnets_optimizer():
+    """MXNet's Optimizer turns learning_rate=None without an lr_scheduler into 0.01 (with one,
+    the scheduler's base_lr); set_learning_rate(None) would leave no step size: refused."""
+    for name in ('arsg', 'rsg', 'amsgrad', 'radam', 'ranger'):
+        assert mx.optimizer.create(name, learning_rate=None).learning_rate == \
+            mx.optimizer.create('adam', learning_rate=None).learning_rate == 0.01
+        schedule = mx.lr_scheduler.FactorScheduler(10, base_lr=0.3)
+        assert mx.optimizer.create(name, learning_rate=None,
+                                   lr_scheduler=schedule).learning_rate == 0.3
+        opt = mx.optimizer.create(name, learning_rate=0.002)
+        with pytest.raises(ValueError, match='learning_rate=None without an lr_scheduler'):
+            opt.set_learning_rate(None)
+        assert opt.learning_rate == 0.002
+
+
+def test_good_values_assigned_later_take_effect():
+    opt = namsg.Ranger()
+    opt.beta1, opt.epsilon, opt.k, opt.alpha, opt.lazy_update = 0.5, 1e-3, 3, 1, False
+    assert (opt.beta1, opt.epsilon, opt.k, opt.alpha, opt.lazy_update) == (0.5, 1e-3, 3, 1.0,
+                                                                           False)
+    rsg = namsg.RSG()
+    rsg.beta1 = 0.9
+    assert rsg.beta == 0.9
 
 
 @pytest.mark.parametrize('preconditioner,slots', [('amsgrad', 3), ('adam', 2), ('none', 1)])
