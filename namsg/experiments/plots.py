@@ -373,10 +373,10 @@ def results_markdown(sources, root='.', metric=None, reference='ADAM'):
         raise ValueError('results metric %r: choose one of %s'
                          % (metric, ', '.join(RESULT_METRICS)))
     paper = next((PAPER_BEST_VAL_ACC[s] for _, s, _ in sources if s in PAPER_BEST_VAL_ACC), {})
-    named = [('paper (80 epochs, mean +- std of 5 runs)',
-              {m: dict(best_acc='%.4f +- %.4f' % value) for m, value in paper.items()})]
-    if not paper or metric not in (None, 'best_acc'):
-        named = []
+    named = []
+    if paper and metric in (None, 'best_acc'):
+        named.append(('paper (80 epochs, mean +- std of 5 runs)',
+                      {m: dict(best_acc='%.4f +- %.4f' % value) for m, value in paper.items()}))
     for log_dir, setting, label in sources:
         protocol, seeds, cells = source_results(Path(root) / log_dir, setting, reference)
         named.append((_describe_source(label, protocol, seeds), cells))
