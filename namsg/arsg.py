@@ -18,6 +18,9 @@ __all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
 #: The preconditioners of eq. (7) that ARSG offers, see the class docstring.
 PRECONDITIONERS = ('amsgrad', 'adam', 'none')
 
+#: Arrays in a state tuple (before its update count) under each preconditioner.
+_STATE_ARRAYS = {'amsgrad': 3, 'adam': 2, 'none': 1}
+
 
 @register
 class ARSG(ElementwiseOptimizer):
@@ -66,7 +69,9 @@ class ARSG(ElementwiseOptimizer):
     mu : float, default 0.1
         Observation factor, in [0, 1).
     preconditioner : {'amsgrad', 'adam', 'none'}, default 'amsgrad'
-        The preconditioner of eq. (7).
+        The preconditioner of eq. (7). The states' layout follows it, so it is fixed once this
+        optimizer has made states: changing it then raises ValueError, as does a state of
+        another preconditioner's layout (e.g. loaded by ``Module.load_optimizer_states``).
     lower_bound, upper_bound : float or None, default None
         Bounds of the feasible box F; None means unbounded on that side.
     lazy_update : bool, default True
@@ -77,7 +82,7 @@ class ARSG(ElementwiseOptimizer):
         Use the fused operator (one pass per array, many arrays per call; see
         :mod:`namsg.kernels`) for dense arrays on CPU contexts. None follows ``$NAMSG_FUSED``
         (default: fused where it can be built); True requires it; False takes the NDArray path.
-        Both paths compute the same update.
+        Both paths compute the same update. Anything but a bool or None raises ValueError.
 
     Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
     ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
@@ -99,7 +104,7 @@ class ARSG(ElementwiseOptimizer):
     CHECKS = dict(
         ADAPTIVE_CHECKS,
         mu=of_value(check_unit_interval, 'mu'),
-        preconditioner=of_value(check_choice, 'preconditioner', PRECONDITIONERS),
+        preconditioner=lambda optimizer, value: _check_preconditioner(optimizer, value),
         fused=lambda optimizer, value: _check_fused(value),
         # Each bound against the other one as it stands (the constructor sets lower first).
         lower_bound=lambda optimizer, value: check_bounds(
@@ -162,6 +167,8 @@ class ARSG(ElementwiseOptimizer):
         if self.multi_precision and weights[0].dtype == numpy.float16:
             masters, states = [s[0] for s in states], [s[1] for s in states]
         states, counts = zip(*(split_count(s) for s in states))
+        for state in states:
+            self._check_layout(state)
         self._count_with_states(indices, counts)
         lrs = self._get_lrs(indices)
         wds = self._get_wds(indices)
@@ -177,6 +184,8 @@ class ARSG(ElementwiseOptimizer):
                             preconditioner_index=PRECONDITIONERS.index(self.preconditioner))
 
     def _state_slots(self, weight, zeros):
+        # From now on the preconditioner is fixed: the states' layout follows it.
+        self.__dict__['_made_states'] = True
         if self.preconditioner == 'amsgrad':
             vhat = zeros()
             vhat += self.epsilon
@@ -185,7 +194,20 @@ class ARSG(ElementwiseOptimizer):
             return (zeros(), zeros())
         return (zeros(),)
 
+    def _check_layout(self, state):
+        # States loaded from a file (Module.load_optimizer_states keeps the optimizer) may come
+        # from another preconditioner; unchecked, 'amsgrad' would read an 'adam' state's v as m.
+        if len(state) != _STATE_ARRAYS[self.preconditioner]:
+            made_by = [p for p, n in _STATE_ARRAYS.items() if n == len(state)]
+            raise ValueError(
+                'ARSG(preconditioner=%r) was given a state of %d arrays, %s: load states '
+                'saved with the same preconditioner, or start without states'
+                % (self.preconditioner, len(state),
+                   'the layout of preconditioner=%r' % made_by[0] if made_by
+                   else 'which no preconditioner makes'))
+
     def _step(self, weight, g, state, lr, t):
+        self._check_layout(state)
         m = state[0]
         m *= self.beta1
         m += (1.0 - self.beta1) * g
@@ -215,8 +237,20 @@ class ARSG(ElementwiseOptimizer):
             nd.clip(weight, lower, upper, out=weight)
 
 
+def _check_preconditioner(optimizer, value):
+    check_choice('preconditioner', value, PRECONDITIONERS)
+    current = optimizer.__dict__.get('preconditioner', value)
+    if value != current and optimizer.__dict__.get('_made_states'):
+        raise ValueError(
+            'preconditioner=%r: this ARSG has made states for preconditioner=%r, whose '
+            'layout the new one cannot read; create a new optimizer (with new states) to '
+            'change the preconditioner' % (value, current))
+    return value
+
+
 def _check_fused(fused):
-    if fused not in (None, True, False):
+    # bool only: 1 == True passes a membership test, so fused=1 was taken for True.
+    if fused is not None and not isinstance(fused, (bool, numpy.bool_)):
         raise ValueError('fused=%r: give True, False or None ($%s decides)'
                          % (fused, kernels.SWITCH))
     return fused

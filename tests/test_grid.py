@@ -40,6 +40,9 @@ def test_grid_and_first_stage_write_a_summary_under_runs(mnist_dir, capsys):
     assert rows[0].startswith('| ARSG | 7 |') and rows[1].startswith('| RSG | 8 |')
     # Table A1's ARSG tuple is one of the seven, so it has a rank.
     assert 'not in the grid' not in rows[0]
+    ranking = [line for line in summary.splitlines() if line.startswith('ARSG first stage')]
+    assert len(ranking) == 1 and ranking[0].count('a = ') == 7
+    assert ranking[0].startswith('ARSG first stage, 2 iterations per step size')
     logs = sorted(Path('runs/grid/logs/mnist_logreg/ARSG').glob('*.jsonl'))
     assert len(logs) == 7
     assert len(list(Path('runs/grid/logs/checkpoints/mnist_logreg/ARSG').iterdir())) == 7

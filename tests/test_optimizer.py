@@ -109,6 +109,7 @@ BAD_ASSIGNMENTS = [
     ('arsg', 'mu', 1.5, 'mu'),
     ('arsg', 'preconditioner', 'adagrad', 'preconditioner'),
     ('arsg', 'fused', 'yes', 'fused'),
+    ('arsg', 'fused', 1, 'fused'),
     ('arsg', 'upper_bound', 'x', 'upper_bound'),
     ('arsg', 'lower_bound', float('nan'), 'lower_bound'),
     ('radam', 'rectify_threshold', 2.0, 'rectify_threshold'),
@@ -127,6 +128,34 @@ def test_hyper_parameters_assigned_later_are_checked_as_in_the_constructor(name,
     with pytest.raises(ValueError, match=message):
         setattr(opt, attribute, value)
     assert getattr(opt, attribute) == before
+
+
+@pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
+def test_the_preconditioner_cannot_change_under_existing_states(fused):
+    """A state's layout follows the preconditioner it was made for ('amsgrad': m, v, vhat;
+    'adam': m, v): a changed preconditioner read the other's arrays, or failed in unpacking."""
+    weight, grad = mx.nd.ones((3, 2)), mx.nd.ones((3, 2))
+    made = mx.optimizer.get_updater(namsg.ARSG(preconditioner='adam', fused=fused))
+    made(0, grad, weight)
+    with pytest.raises(ValueError, match="preconditioner='amsgrad': this ARSG has made states "
+                                         "for preconditioner='adam'.*create a new optimizer"):
+        made.optimizer.preconditioner = 'amsgrad'
+    assert made.optimizer.preconditioner == 'adam'
+    made.optimizer.preconditioner = 'adam'           # unchanged: allowed
+
+    # States loaded into another optimizer, as Module.load_optimizer_states does.
+    other = mx.optimizer.get_updater(namsg.ARSG(preconditioner='amsgrad', fused=fused))
+    other.set_states(made.get_states(dump_optimizer=False))
+    before = weight.asnumpy()
+    with pytest.raises(ValueError, match=r"ARSG\(preconditioner='amsgrad'\) was given a state "
+                                         "of 2 arrays, the layout of preconditioner='adam'"):
+        other(0, grad, weight)
+        weight.wait_to_read()
+    np.testing.assert_array_equal(weight.asnumpy(), before)
+
+    fresh = namsg.ARSG(preconditioner='adam')
+    fresh.preconditioner = 'none'                     # no states yet: allowed
+    assert fresh.preconditioner == 'none'
 
 
 def test_a_box_assigned_later_must_not_be_empty():

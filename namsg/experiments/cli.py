@@ -138,14 +138,16 @@ def parse_args(experiment, argv=None):
 
 
 def _split(text, allowed, flag):
-    """The comma-separated names of ``text``, matched to ``allowed`` in any case."""
+    """The comma-separated names of ``text``, matched to ``allowed`` in any case; an empty item
+    (``ARSG,,SGD``, ``ARSG,``) is refused as a typo, as in :func:`parse_seeds`."""
     by_key = {a.lower(): a for a in allowed}
-    items = [t.strip() for t in text.split(',') if t.strip()]
-    unknown = [t for t in items if t.lower() not in by_key]
-    if unknown or not items:
+    items = [t.strip() for t in text.split(',')]
+    unknown = [t for t in items if t and t.lower() not in by_key]
+    if unknown or not all(items):
+        problem = ('unknown %s' % ', '.join(unknown) if unknown
+                   else 'none given' if not any(items) else 'an empty item in %r' % text)
         raise SystemExit('error: %s: %s; choose from %s'
-                         % (flag, 'unknown %s' % ', '.join(unknown) if unknown
-                            else 'none given', ', '.join(allowed)))
+                         % (flag, problem, ', '.join(allowed)))
     return list(dict.fromkeys(by_key[t.lower()] for t in items))
 
 

@@ -101,7 +101,8 @@ def first_stage(protocol, method, prepared, iterations, contexts=None, seed=0):
 
 def summary_table(setting, results):
     """Markdown: per method, the grid's winner, Table A1's tuple and its rank, and the number of
-    trials; ``results`` maps method -> (rows best first, StepSizeSearch or None)."""
+    trials; then the first stage's ranking of each method that ran it. ``results`` maps
+    method -> (rows best first, StepSizeSearch or None)."""
     lines = ['| method | trials | best tuple (final train loss) | Table A1 | its rank '
              '(final train loss) | first-stage search picks a |',
              '|---|---|---|---|---|---|']
@@ -114,4 +115,11 @@ def summary_table(setting, results):
         lines.append('| %s | %d | %s (%.5f) | %s | %s | %s |' % (
             method, len(rows), tuple_name(method, rows[0]['tuple']),
             rows[0]['final_train_loss'], tuple_name(method, paper), rank, picks))
+    for method, (rows, search) in results.items():
+        if search is not None:
+            iterations = len(next(iter(search.losses.values())))
+            lines.append('\n%s first stage, %d iterations per step size, scored by the mean '
+                         'minibatch loss over its last quarter (best first): %s' % (
+                             method, iterations,
+                             ', '.join('a = %g: %.5f' % r for r in search.ranking)))
     return '\n'.join(lines) + '\n'
