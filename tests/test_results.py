@@ -32,6 +32,23 @@ def test_run_grid_ranks_points_by_final_training_loss(tmp_path):
     assert header['optimizer_params']['learning_rate'] == 0.05
 
 
+def test_the_grid_table_is_drawn_back_from_the_points_logs(tmp_path):
+    """The README's grid table (a ``results grid`` block) is read from the logs alone: the same
+    ranking as run_grid's, without the first stage, which leaves no log."""
+    rows = grid.run_grid(PROTOCOL._replace(epochs=1), 'ARSG', _tiny_mnist(), tmp_path / 'logs',
+                         tmp_path / 'ck')
+    setting = PROTOCOL.setting
+    assert grid.rows_from_logs(tmp_path / 'logs', setting, 'ARSG') == rows
+    text = ('x\n<!-- results grid: logs:%s -->\nstale\n<!-- /results -->\ny\n' % setting)
+    table = grid.summary_table(setting, {'ARSG': (rows, None)}, first_stage=False)
+    assert plots.fill_results_blocks(text, root=tmp_path) == text.replace('stale\n', table)
+    assert 'first-stage' not in table and table.count('\n') == 3
+    point = next((tmp_path / 'logs' / setting / 'ARSG').glob('a0.05_*.jsonl'))
+    point.unlink()
+    with pytest.raises(ValueError, match='a0.05_.*no log of this grid point'):
+        plots.fill_results_blocks(text, root=tmp_path)
+
+
 def _fake_run(losses, accs):
     return [dict(train_loss=l, val_acc=a) for l, a in zip(losses, accs)]
 

@@ -12,7 +12,7 @@ from mxnet import gluon
 from ..boost import search_step_size
 from . import models
 from .hparams import GRIDS, TABLE_A1, TUPLE_FIELDS, epsilon_for, grid_tuples, to_mxnet
-from .train import Prepared, run_header, run_state, train_run
+from .train import Prepared, read_log, run_header, run_state, train_run
 
 
 def subset(prepared, size):
@@ -72,7 +72,7 @@ def run_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
             echo('%-40s final train loss %.5f  best val acc %.4f'
                  % (tuple_name(method, values), row['final_train_loss'], row['best_val_acc']))
         rows.append(row)
-    return sorted(rows, key=lambda r: _score(r['final_train_loss']))
+    return _ranked(rows)
 
 
 def first_stage(protocol, method, prepared, iterations, contexts=None, seed=0):
@@ -99,24 +99,49 @@ def first_stage(protocol, method, prepared, iterations, contexts=None, seed=0):
                             optimizer_params=params, ctx=contexts, seed=seed)
 
 
-def summary_table(setting, results):
+def _ranked(rows):
+    return sorted(rows, key=lambda r: _score(r['final_train_loss']))
+
+
+def rows_from_logs(log_dir, setting, method):
+    """The rows :func:`run_grid` returned for ``method`` (best first), read back from the
+    points' logs under ``log_dir``. Raises ValueError naming the first point whose log is
+    missing or unfinished."""
+    rows = []
+    for values in grid_tuples(method):
+        path = Path(log_dir) / setting / method / (tuple_name(method, values) + '.jsonl')
+        if not path.is_file():
+            raise ValueError('%s: no log of this grid point; run the grid search to the end'
+                             % path)
+        header, records = read_log(path)
+        if len(records) < header['protocol']['epochs']:
+            raise ValueError('%s: %d of %d epochs; run the grid search to the end'
+                             % (path, len(records), header['protocol']['epochs']))
+        rows.append(dict(tuple=tuple(values), final_train_loss=records[-1]['train_loss'],
+                         best_val_acc=max(r['val_acc'] for r in records)))
+    return _ranked(rows)
+
+
+def summary_table(setting, results, first_stage=True):
     """Markdown: per method, the grid's winner, Table A1's tuple and its rank, and the number of
-    trials; then the first stage's ranking of each method that ran it. ``results`` maps
-    method -> (rows best first, StepSizeSearch or None)."""
+    trials; with ``first_stage``, the step size the first stage picks and then its ranking for
+    each method that ran it. ``results`` maps method -> (rows best first, StepSizeSearch or
+    None)."""
+    extra = ' first-stage search picks a |' if first_stage else ''
     lines = ['| method | trials | best tuple (final train loss) | Table A1 | its rank '
-             '(final train loss) | first-stage search picks a |',
-             '|---|---|---|---|---|---|']
+             '(final train loss) |' + extra, '|---|---|---|---|---|' + '---|' * bool(extra)]
     for method, (rows, search) in results.items():
         paper = tuple(TABLE_A1[method][setting])
         ranks = [i for i, r in enumerate(rows) if np.allclose(r['tuple'], paper)]
         rank = ('%d (%.5f)' % (ranks[0] + 1, rows[ranks[0]]['final_train_loss'])
                 if ranks else 'not in the grid')
-        picks = '-' if search is None else '%g' % search.best
-        lines.append('| %s | %d | %s (%.5f) | %s | %s | %s |' % (
+        picks = ' %s |' % ('-' if search is None else '%g' % search.best)
+        lines.append('| %s | %d | %s (%.5f) | %s | %s |%s' % (
             method, len(rows), tuple_name(method, rows[0]['tuple']),
-            rows[0]['final_train_loss'], tuple_name(method, paper), rank, picks))
+            rows[0]['final_train_loss'], tuple_name(method, paper), rank,
+            picks if first_stage else ''))
     for method, (rows, search) in results.items():
-        if search is not None:
+        if first_stage and search is not None:
             iterations = len(next(iter(search.losses.values())))
             lines.append('\n%s first stage, %d iterations per step size, scored by the mean '
                          'minibatch loss over its last quarter (best first): %s' % (

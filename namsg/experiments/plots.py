@@ -401,10 +401,33 @@ def results_markdown(sources, root='.', metric=None, reference='ADAM'):
     return '\n'.join(lines) + '\n'
 
 
+def grid_markdown(spec, root='.'):
+    """The grid-search table (:func:`namsg.experiments.grid.summary_table`, without the first
+    stage, which leaves no log) of ``spec`` = ``LOG_DIR:SETTING``, from every point's log of
+    every method found there."""
+    from pathlib import Path
+    from . import grid
+    from .hparams import TABLE_A1
+    log_dir, _, setting = spec.rpartition(':')
+    folder = Path(root) / log_dir / setting
+    methods = [m for m in TABLE_A1 if (folder / m).is_dir()]
+    if not methods:
+        raise ValueError('grid source %r: no method folders in %s' % (spec, folder))
+    return grid.summary_table(setting, {m: (grid.rows_from_logs(Path(root) / log_dir, setting,
+                                                                m), None)
+                                        for m in methods}, first_stage=False)
+
+
 def fill_results_blocks(text, root='.'):
-    """``text`` (Markdown) with every results block's table redrawn from its logs."""
+    """``text`` (Markdown) with every results block's table redrawn from its logs; a block
+    ``<!-- results grid: LOG_DIR:SETTING -->`` holds a grid search's table
+    (:func:`grid_markdown`)."""
     def redraw(match):
-        sources = [parse_results_source(s) for s in match.group('spec').split()]
-        return (match.group(1) + results_markdown(sources, root, match.group('metric'))
-                + match.group('end'))
+        if match.group('metric') == 'grid':
+            table = grid_markdown(match.group('spec').strip(), root)
+        else:
+            table = results_markdown([parse_results_source(s)
+                                      for s in match.group('spec').split()],
+                                     root, match.group('metric'))
+        return match.group(1) + table + match.group('end')
     return RESULTS_BLOCK.sub(redraw, text)
