@@ -5,8 +5,10 @@ each LOG_DIR:SETTING=LABEL (paths relative to the file's folder, underscores in 
 spaces) is one group of columns: final training loss, best validation accuracy, epochs to reach
 ADAM's final training loss, and the training loss before the step-size drop where it falls
 within the runs; CIFAR-10 fine-mode tables add the paper's reported best validation accuracy.
-Runs still in progress appear with the epoch they reached. Without --check the file is
-rewritten in place (atomically) when a table changed."""
+Runs still in progress appear with the epoch they reached. A block `<!-- results grid:
+LOG_DIR:SETTING -->` holds a grid search's table (grid_search.py's summary without the first
+stage), drawn from every point's log. Without --check the file is rewritten in place
+(atomically) when a table changed."""
 
 import argparse
 import sys
