@@ -11,11 +11,13 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
 
+import mxnet as mx
 import numpy as np
 import pytest
 
@@ -420,6 +422,42 @@ def test_interval_lines_are_bounded_by_time(monkeypatch):
         tally.loss += 200.0
     assert lines == ['run epoch 1: batch 3/8, running loss 0.50000, 40 images/s',
                      'run epoch 1: batch 6/8, running loss 0.50000, 40 images/s']
+
+
+class _Sleep(mx.operator.CustomOp):
+    """Identity that takes 0.2 s in MXNet's engine, as a batch's computation does."""
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        time.sleep(0.2)
+        self.assign(out_data[0], req[0], in_data[0])
+
+
+@mx.operator.register('namsg_test_sleep')
+class _SleepProp(mx.operator.CustomOpProp):
+    def create_operator(self, ctx, shapes, dtypes):
+        return _Sleep()
+
+
+def test_progress_counts_batches_computed_not_batches_queued():
+    """The engine runs behind Python: the loop pulled every batch of an epoch at once, and
+    the bar and the progress lines ran ahead of the training by up to an epoch."""
+    pulled = []
+
+    def batches():
+        for i in range(4):
+            pulled.append(time.monotonic())
+            yield i
+
+    tally = train._Tally()
+    weight = mx.nd.ones((2,))
+    start = time.monotonic()
+    for _ in train._Progress(batches(), 4, 'run epoch 1', tally):
+        # Each batch reads the weights the one before it wrote, as in training.
+        weight = mx.nd.Custom(weight, op_type='namsg_test_sleep')
+        tally.add([mx.nd.ones((2, 3))], [mx.nd.zeros((2,))], [weight])
+    # The 4th batch is pulled once the 2nd one's loss is summed: after two of the 0.2 s ops.
+    assert pulled[3] - start >= 0.35
+    assert tally.means() == (1.0, 1.0)
 
 
 def test_cifar10_trains_from_each_layout_as_one_run(tmp_path, monkeypatch, capsys):

@@ -369,13 +369,18 @@ def _load(x, y, contexts):
 
 
 class _Tally:
-    """Summed loss and correct predictions, kept as NDArrays so that nothing waits for the
-    engine until the means are read."""
+    """Summed loss and correct predictions, kept as NDArrays; each batch waits only for the
+    sums of the batch before it."""
 
     def __init__(self):
         self.loss, self.correct, self.count = mx.nd.zeros(1), mx.nd.zeros(1), 0
 
     def add(self, outs, ys, losses):
+        # MXNet's engine is asynchronous and MXNet's own optimizers never wait: without this,
+        # the loop queued a whole epoch in seconds (all its inputs in memory at once) and the
+        # progress bar and lines counted batches queued, not trained. One batch stays in flight.
+        self.loss.wait_to_read()
+        self.correct.wait_to_read()
         for out, y, loss in zip(outs, ys, losses):
             self.loss += loss.sum().as_in_context(mx.cpu())
             self.correct += (out.argmax(axis=1) == y.astype('float32')).sum().as_in_context(
