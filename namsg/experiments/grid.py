@@ -32,12 +32,23 @@ def _score(loss):
     return loss if math.isfinite(loss) else math.inf
 
 
+def _point_name(setting, method, values):
+    """A grid point's path below the log dir (without ``.jsonl``) and the checkpoint dir."""
+    return '%s/%s/%s' % (setting, method, tuple_name(method, values))
+
+
+def _row(values, records):
+    """A point's row: its tuple, final training loss and best validation accuracy."""
+    return dict(tuple=tuple(values), final_train_loss=records[-1]['train_loss'],
+                best_val_acc=max(r['val_acc'] for r in records))
+
+
 def _points(protocol, method, log_dir, checkpoint_dir):
     """(tuple, optimizer overrides, log path, checkpoint dir) of every point of ``method``'s
     grid, in the grid's order."""
     epsilon = epsilon_for(method, protocol.setting)
     for values in grid_tuples(method):
-        name = '%s/%s/%s' % (protocol.setting, method, tuple_name(method, values))
+        name = _point_name(protocol.setting, method, values)
         yield (values, to_mxnet(method, values, epsilon).kwargs,
                Path(log_dir) / (name + '.jsonl'), Path(checkpoint_dir) / name)
 
@@ -66,8 +77,7 @@ def run_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
                             contexts=contexts, kvstore=kvstore, overrides=overrides,
                             command=command, data_source=data_source,
                             data_fingerprint=data_fingerprint)
-        row = dict(tuple=tuple(values), final_train_loss=records[-1]['train_loss'],
-                   best_val_acc=max(r['val_acc'] for r in records))
+        row = _row(values, records)
         if echo is not None:
             echo('%-40s final train loss %.5f  best val acc %.4f'
                  % (tuple_name(method, values), row['final_train_loss'], row['best_val_acc']))
@@ -109,7 +119,7 @@ def rows_from_logs(log_dir, setting, method):
     missing or unfinished."""
     rows = []
     for values in grid_tuples(method):
-        path = Path(log_dir) / setting / method / (tuple_name(method, values) + '.jsonl')
+        path = Path(log_dir) / (_point_name(setting, method, values) + '.jsonl')
         if not path.is_file():
             raise ValueError('%s: no log of this grid point; run the grid search to the end'
                              % path)
@@ -117,8 +127,7 @@ def rows_from_logs(log_dir, setting, method):
         if len(records) < header['protocol']['epochs']:
             raise ValueError('%s: %d of %d epochs; run the grid search to the end'
                              % (path, len(records), header['protocol']['epochs']))
-        rows.append(dict(tuple=tuple(values), final_train_loss=records[-1]['train_loss'],
-                         best_val_acc=max(r['val_acc'] for r in records)))
+        rows.append(_row(values, records))
     return _ranked(rows)
 
 
@@ -127,19 +136,20 @@ def summary_table(setting, results, first_stage=True):
     trials; with ``first_stage``, the step size the first stage picks and then its ranking for
     each method that ran it. ``results`` maps method -> (rows best first, StepSizeSearch or
     None)."""
-    extra = ' first-stage search picks a |' if first_stage else ''
-    lines = ['| method | trials | best tuple (final train loss) | Table A1 | its rank '
-             '(final train loss) |' + extra, '|---|---|---|---|---|' + '---|' * bool(extra)]
+    titles = ['method', 'trials', 'best tuple (final train loss)', 'Table A1',
+              'its rank (final train loss)'] + ['first-stage search picks a'] * first_stage
+    lines = ['| %s |' % ' | '.join(titles), '|' + '---|' * len(titles)]
     for method, (rows, search) in results.items():
         paper = tuple(TABLE_A1[method][setting])
         ranks = [i for i, r in enumerate(rows) if np.allclose(r['tuple'], paper)]
         rank = ('%d (%.5f)' % (ranks[0] + 1, rows[ranks[0]]['final_train_loss'])
                 if ranks else 'not in the grid')
-        picks = ' %s |' % ('-' if search is None else '%g' % search.best)
-        lines.append('| %s | %d | %s (%.5f) | %s | %s |%s' % (
-            method, len(rows), tuple_name(method, rows[0]['tuple']),
-            rows[0]['final_train_loss'], tuple_name(method, paper), rank,
-            picks if first_stage else ''))
+        cells = [method, '%d' % len(rows), '%s (%.5f)' % (tuple_name(method, rows[0]['tuple']),
+                                                          rows[0]['final_train_loss']),
+                 tuple_name(method, paper), rank]
+        if first_stage:
+            cells.append('-' if search is None else '%g' % search.best)
+        lines.append('| %s |' % ' | '.join(cells))
     for method, (rows, search) in results.items():
         if first_stage and search is not None:
             iterations = len(next(iter(search.losses.values())))

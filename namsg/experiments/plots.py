@@ -407,10 +407,10 @@ def grid_markdown(spec, root='.'):
     every method found there."""
     from pathlib import Path
     from . import grid
-    from .hparams import TABLE_A1
+    from .hparams import METHODS
     log_dir, _, setting = spec.rpartition(':')
     folder = Path(root) / log_dir / setting
-    methods = [m for m in TABLE_A1 if (folder / m).is_dir()]
+    methods = [m for m in METHODS if (folder / m).is_dir()]
     if not methods:
         raise ValueError('grid source %r: no method folders in %s' % (spec, folder))
     return grid.summary_table(setting, {m: (grid.rows_from_logs(Path(root) / log_dir, setting,
