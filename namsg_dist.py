@@ -6,9 +6,10 @@ the optimizer and every server unpickles and applies it. An MXNet 1.9.1 server (
 enters its serving loop from inside ``import mxnet``, so a third-party optimizer module imported
 while unpickling meets a half-initialised ``mxnet`` and fails. Here the role is hidden while
 ``mxnet`` and the optimizer modules import, then restored, and only then does the serving loop
-start. Its controller also takes namsg's settings commands: a worker that changes the step
-size, its scheduler or ``mu`` after sending the optimizer (``Trainer.set_learning_rate``, the
-observation boost) has the servers set it on the optimizer they run (namsg.kvstore_sync).
+start. Its controller also takes namsg's settings commands: a worker that changes a setting
+after sending the optimizer (the step size by ``Trainer.set_learning_rate`` or the observation
+boost, ``mu``, ``wd``, a hyper-parameter) has the servers set it on the optimizer they run
+(namsg.kvstore_sync.server_settings).
 
 This module lives outside the ``namsg`` package on purpose: ``python -m namsg.dist`` would run
 ``namsg/__init__.py``, which imports mxnet, before any of this code, and a server would enter its
@@ -73,8 +74,8 @@ def serve():
 
 def _server_class(base):
     """MXNet's KVStoreServer whose controller also takes namsg's settings commands
-    (namsg.kvstore_sync.ServerSettings): a worker changed lr, lr_scheduler or mu of the optimizer
-    the server runs, which keeps its states and update counts."""
+    (namsg.kvstore_sync.ServerSettings): a worker changed settings (lr, wd, mu, ...) of the
+    optimizer the server runs, which keeps its states and update counts."""
     from namsg import kvstore_sync
 
     class Server(base):

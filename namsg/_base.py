@@ -166,8 +166,8 @@ class ElementwiseOptimizer(Optimizer):
 
     # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
     def __setattr__(self, name, value):
-        # Checked as in the constructor, before anything changes; changes of lr, lr_scheduler
-        # and mu also reach the servers this optimizer runs on.
+        # Checked as in the constructor, before anything changes; changes of the settings
+        # (kvstore_sync.server_settings) also reach the servers this optimizer runs on.
         kvstore_sync.set_setting(self, name, checked(self, name, value), super().__setattr__)
 
     def __getstate__(self):

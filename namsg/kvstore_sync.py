@@ -6,9 +6,11 @@
   ``KVStore.set_optimizer``; MXNet then forgets which object went where, so
   ``Trainer.set_learning_rate``, a new ``lr_scheduler`` or ``optimizer.mu = x`` change only the
   worker's copy, which computes nothing. namsg's optimizers notice when they are pickled for the
-  servers and then forward each change of :data:`SERVER_SETTINGS` to them as a command that
-  ``python -m namsg_dist`` servers understand: they set the attribute on the optimizer they
-  already run, keeping its states and update counts. Without such servers the change raises.
+  servers and then forward each change of a setting (:func:`server_settings`: the step size, its
+  scheduler, ``wd``, clipping, the gradient scale and the optimizer's hyper-parameters) to them
+  as a command that ``python -m namsg_dist`` servers understand: they set the attribute on the
+  optimizer they already run, keeping its states and update counts. Without such servers the
+  change raises; so does a change of what shapes the servers' states (:data:`FIXED_ON_SERVERS`).
 * Gluon's ``lr_mult`` / ``wd_mult`` live in the optimizer's ``param_dict``, which MXNet drops when
   it pickles an optimizer; namsg's optimizers carry them in ``lr_mult`` / ``wd_mult`` instead
   (:func:`pickled_state`).
@@ -28,12 +30,18 @@ import threading
 import mxnet as mx
 from mxnet.kvstore import KVStore
 
-__all__ = ['sync_initial_weights', 'SERVER_SETTINGS', 'ServerSettings']
+__all__ = ['sync_initial_weights', 'SERVER_SETTINGS', 'FIXED_ON_SERVERS', 'server_settings',
+           'ServerSettings']
 
-#: Optimizer attributes that a worker forwards to the servers when they change after the
-#: optimizer was sent there: the step size (``set_learning_rate`` sets ``lr``), its scheduler
-#: and the observation factor.
-SERVER_SETTINGS = ('lr', 'lr_scheduler', 'mu')
+#: Attributes of every optimizer that a worker forwards to the servers when they change after
+#: the optimizer was sent there: the step size (``set_learning_rate`` sets ``lr``), its
+#: scheduler, weight decay, clipping and the gradient scale. :func:`server_settings` adds each
+#: optimizer's hyper-parameters.
+SERVER_SETTINGS = ('lr', 'lr_scheduler', 'wd', 'clip_gradient', 'rescale_grad')
+
+#: Attributes that decide the layout of the states the servers hold: once the optimizer runs on
+#: servers, a worker refuses to change them (the servers' states could not follow).
+FIXED_ON_SERVERS = ('preconditioner', 'multi_precision')
 
 #: Set in every process of a job that ``python -m namsg_dist`` starts: its servers understand
 #: :class:`ServerSettings`.
@@ -113,14 +121,56 @@ def _sending_kvstore(optimizer):
     return None
 
 
+def server_settings(optimizer):
+    """The names of ``optimizer``'s attributes whose changes reach the servers it runs on (a
+    frozenset): :data:`SERVER_SETTINGS`, and its hyper-parameters. Those are the attributes its
+    class checks (``CHECKS``: beta1, epsilon, mu, ... for namsg's optimizers; k and alpha for
+    Lookahead), or for an MXNet optimizer (inside Lookahead) the constructor's arguments that
+    it stores under their own name (momentum, beta1, ...); Lookahead adds its inner
+    optimizer's. :data:`FIXED_ON_SERVERS` are left out."""
+    checks = getattr(type(optimizer), 'CHECKS', None)
+    names = set(SERVER_SETTINGS)
+    if checks is not None:
+        names.update(checks)
+    else:
+        for cls in type(optimizer).__mro__:
+            if cls is mx.optimizer.Optimizer:
+                break
+            if '__init__' in vars(cls):
+                names.update(name for name in inspect.signature(cls.__init__).parameters
+                             if name in optimizer.__dict__)
+    inner = optimizer.__dict__.get('optimizer')
+    if isinstance(inner, mx.optimizer.Optimizer):
+        names.update(server_settings(inner))
+    return frozenset(names.difference(FIXED_ON_SERVERS))
+
+
+_MISSING = object()
+
+
+def _same(old, new):
+    return old is new or (type(old) is type(new) and old == new)
+
+
 def set_setting(optimizer, name, value, setter):
-    """``setter(name, value)``, and if ``optimizer`` runs on parameter servers and ``name`` is one
-    of :data:`SERVER_SETTINGS`, the same change on the servers.
+    """``setter(name, value)``, and if ``optimizer`` runs on parameter servers, ``name`` is one of
+    its :func:`server_settings` and ``value`` is new, the same change on the servers.
 
     Raises RuntimeError (before changing anything) when the servers cannot take the change: the
-    job was not started by ``python -m namsg_dist``."""
+    job was not started by ``python -m namsg_dist``, or ``name`` is one of
+    :data:`FIXED_ON_SERVERS`. Assigning the value an attribute already has is never refused nor
+    sent (Trainer.step assigns ``rescale_grad`` at every step)."""
     kvstore = optimizer.__dict__.get('_servers')
-    if kvstore is None or name not in SERVER_SETTINGS:
+    if kvstore is None or _same(getattr(optimizer, name, _MISSING), value):
+        setter(name, value)
+        return
+    if name in FIXED_ON_SERVERS:
+        raise RuntimeError(
+            'cannot change %s of a %s optimizer that runs on the parameter servers of kvstore '
+            '%r: the states the servers hold were made for %s=%r. Set it before the first step '
+            '(before Trainer or Module sends the optimizer to the servers).'
+            % (name, type(optimizer).__name__, kvstore.type, name, getattr(optimizer, name)))
+    if name not in server_settings(optimizer):
         setter(name, value)
         return
     check_servers(optimizer, name)
@@ -160,10 +210,11 @@ class ServerSettings:
 
     def apply(self, optimizer):
         """Set the attributes on the server's ``optimizer`` (its states and counts stay)."""
+        takes = server_settings(optimizer)
         for name, value in self.settings.items():
-            if name not in SERVER_SETTINGS:
-                raise ValueError('namsg server: %r is not a setting the servers take (%s)'
-                                 % (name, ', '.join(SERVER_SETTINGS)))
+            if name not in takes:
+                raise ValueError('namsg server: %r is not a setting the servers take for %s (%s)'
+                                 % (name, type(optimizer).__name__, ', '.join(sorted(takes))))
             setattr(optimizer, name, value)
 
 

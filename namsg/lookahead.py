@@ -1,5 +1,7 @@
 """Lookahead (Zhang et al., 2019) around any MXNet optimizer, and RANGER = Lookahead(RAdam)."""
 
+from functools import partial
+
 import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer, create, register
@@ -76,12 +78,13 @@ class Lookahead(Optimizer):
         return getattr(self.optimizer, name)
 
     def __setattr__(self, name, value):
+        # The wrapper is what the servers run: it forwards changes of its settings (k, alpha
+        # and the inner optimizer's) to them.
         if name in Lookahead._OWN:
-            object.__setattr__(self, name, checked(self, name, value))
+            value = checked(self, name, value)
+            kvstore_sync.set_setting(self, name, value, partial(object.__setattr__, self))
         else:
-            # The wrapper is what the servers run: it forwards lr, lr_scheduler and mu to them.
-            kvstore_sync.set_setting(self, name, value,
-                                     lambda name, value: setattr(self.optimizer, name, value))
+            kvstore_sync.set_setting(self, name, value, partial(setattr, self.optimizer))
 
     def __getstate__(self):
         state = {name: self.__dict__[name] for name in Lookahead._OWN}

@@ -5,8 +5,9 @@ kvstore come from the environment; the final weights go to $OUT/rank<r>.npz, the
 the last steps to the same file. Optional environment:
 
 * CHANGES: JSON list of [step, kind, value], applied after that many steps: kind 'boost'
-  (ObservationBoost with factor value), 'lr' (Trainer.set_learning_rate) or 'mu'
-  (trainer.optimizer.mu = value). The worker's optimizer's lr and mu after each step are saved.
+  (ObservationBoost with factor value), 'lr' (Trainer.set_learning_rate) or another attribute
+  of the optimizer (trainer.optimizer.mu = value, .wd = value, ...). The worker's optimizer's
+  lr and mu after each step are saved.
 * MULTIPLIERS: JSON {"weight"|"bias": {"lr_mult": x, "wd_mult": y}}.
 * FAIL_RANK, FAIL_AFTER: that rank raises after that many steps.
 * API=module: the same model as a Module (:func:`module_run`), only the final weights saved.
@@ -57,10 +58,8 @@ def apply_change(trainer, kind, value, epoch):
         ObservationBoost(trainer, factor=value).boost(epoch)
     elif kind == 'lr':
         trainer.set_learning_rate(value)
-    elif kind == 'mu':
-        trainer.optimizer.mu = value
     else:
-        raise ValueError('unknown change %r' % (kind,))
+        setattr(trainer.optimizer, kind, value)
 
 
 def train(net, trainer, contexts, batches, changes=(), fail_after=None):

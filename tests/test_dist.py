@@ -100,7 +100,9 @@ def test_boost_on_the_servers_equals_the_reference(tmp_path):
     ('arsg', HP, [], {'weight': {'lr_mult': 2.0}, 'bias': {'wd_mult': 0.0}}),
     ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, wd=0.05, k=2),
      [[3, 'lr', 0.02]], {'weight': {'lr_mult': 2.0}, 'bias': {'wd_mult': 0.0}}),
-], ids=['arsg-set_learning_rate', 'rsg-mu', 'arsg-multipliers', 'lookahead_sgd-lr-multipliers'])
+    ('arsg', HP, [[2, 'wd', 0.2], [3, 'beta1', 0.5], [4, 'clip_gradient', 0.05]], None),
+], ids=['arsg-set_learning_rate', 'rsg-mu', 'arsg-multipliers', 'lookahead_sgd-lr-multipliers',
+        'arsg-wd-beta1-clip_gradient'])
 def test_settings_and_multipliers_reach_the_servers(tmp_path, optimizer, params, changes,
                                                     multipliers):
     results, _ = _launch(tmp_path, 'dist_sync', True, optimizer=optimizer, params=params,
@@ -118,11 +120,14 @@ def test_settings_and_multipliers_reach_the_servers(tmp_path, optimizer, params,
 @pytest.mark.parametrize('optimizer,params,changes', [
     ('arsg', HP, [[2, 'lr', 0.03], [4, 'mu', 0.3]]),
     ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, wd=0.05, k=2),
-     [[3, 'lr', 0.02]])], ids=['arsg', 'lookahead_sgd'])
+     [[3, 'lr', 0.02]]),
+    ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, wd=0.05, k=2),
+     [[2, 'momentum', 0.3], [3, 'alpha', 0.9], [3, 'wd', 0.3]])],
+    ids=['arsg', 'lookahead_sgd', 'lookahead_sgd-momentum-alpha-wd'])
 def test_module_on_the_servers_takes_the_settings(tmp_path, optimizer, params, changes):
     """The Module API on a 2-worker dist_sync job, updating on the server (Module's default
-    there): a new lr and mu set on the Module's optimizer reach the server, which ends where one
-    process making the same changes does."""
+    there): a new lr, mu, wd or hyper-parameter set on the Module's optimizer reaches the server,
+    which ends where one process making the same changes does."""
     results, _ = _launch(tmp_path, 'dist_sync', True, optimizer=optimizer, params=params,
                          extra=dict(API='module', CHANGES=json.dumps(changes)))
     expected_w, expected_b = dist_worker.module_run(optimizer, params, STEPS, changes)
@@ -492,6 +497,8 @@ SERVER_CASES = [
     ('lookahead', dict(optimizer='sgd', learning_rate=0.05, momentum=0.9, k=2)),
     ('ranger', dict(learning_rate=0.01, beta2=0.9, k=2)),
 ]
+SERVER_IDS = [c[0] + ('-' + c[1]['preconditioner'] if 'preconditioner' in c[1] else '')
+              for c in SERVER_CASES]
 
 
 def _optimizer(name, kwargs):
@@ -540,9 +547,7 @@ def _set_mu(opt):
     opt.mu = 0.5
 
 
-@pytest.mark.parametrize('name,kwargs', SERVER_CASES,
-                         ids=[c[0] + ('-' + c[1]['preconditioner'] if 'preconditioner' in c[1]
-                                      else '') for c in SERVER_CASES])
+@pytest.mark.parametrize('name,kwargs', SERVER_CASES, ids=SERVER_IDS)
 def test_server_follows_the_workers_settings_and_multipliers(monkeypatch, name, kwargs):
     """The server's copy of each optimizer computes what the worker's own optimizer computes:
     with Gluon's lr_mult / wd_mult, a new step size after 2 steps and a new mu after 4 (where
@@ -558,6 +563,68 @@ def test_server_follows_the_workers_settings_and_multipliers(monkeypatch, name, 
         else served.optimizer._index_update_count
     assert counts == {0: 6, 1: 6}
     assert sent == 1 + 1 + has_mu
+
+
+# A new value for each hyper-parameter of each SERVER_CASES optimizer (server_settings).
+HYPER_CHANGES = {
+    'arsg': dict(beta1=0.8, beta2=0.95, epsilon=1e-4, mu=0.3, lower_bound=1e-3,
+                 upper_bound=10.0, fused=False),
+    'arsg-adam': dict(beta1=0.8, beta2=0.95, epsilon=1e-4, mu=0.3, fused=True),
+    'rsg': dict(beta1=0.8, mu=0.3),
+    'amsgrad': dict(beta1=0.8, beta2=0.95, epsilon=1e-4),
+    'radam': dict(beta1=0.8, beta2=0.95, epsilon=1e-4, rectify_threshold=4.5),
+    'lookahead': dict(momentum=0.5, k=3, alpha=0.7),
+    'ranger': dict(beta1=0.8, beta2=0.95, epsilon=1e-4, rectify_threshold=4.5, k=3, alpha=0.7),
+}
+
+
+def _assign(**values):
+    def change(opt):
+        for name, value in values.items():
+            setattr(opt, name, value)
+    return change
+
+
+@pytest.mark.parametrize('case', SERVER_IDS)
+def test_server_follows_every_setting_the_worker_changes(monkeypatch, case):
+    """wd, clip_gradient and the gradient scale after 2 steps, every hyper-parameter after 4:
+    the server's copy follows each change the worker makes and computes what a local optimizer
+    making the same changes computes (before, only lr, lr_scheduler and mu reached the server,
+    and the other changes stayed on the worker without a word). An unchanged value is not sent."""
+    from namsg import kvstore_sync
+    name, kwargs = SERVER_CASES[SERVER_IDS.index(case)]
+    hyper = HYPER_CHANGES[case]
+    changes = {2: _assign(wd=0.3, clip_gradient=0.2, rescale_grad=0.5), 4: _assign(**hyper),
+               5: _assign(wd=0.3, **hyper)}
+    served, local, sent = _served_and_local(monkeypatch, name, kwargs, changes)
+    for attr in ('wd', 'clip_gradient', 'rescale_grad') + tuple(hyper):
+        assert getattr(served, attr) == getattr(local, attr), attr
+    assert set(hyper) <= kvstore_sync.server_settings(served)
+    assert sent == 1 + 3 + len(hyper)
+
+
+@pytest.mark.parametrize('name,kwargs,attr,value', [
+    ('arsg', dict(preconditioner='amsgrad'), 'preconditioner', 'adam'),
+    ('arsg', {}, 'multi_precision', True),
+    ('ranger', {}, 'multi_precision', True),
+])
+def test_worker_refuses_to_change_what_shapes_the_servers_states(monkeypatch, name, kwargs, attr,
+                                                                  value):
+    """The servers' states were made for the worker's preconditioner and precision: a change
+    after the optimizer was sent is refused on the worker, naming it (before, the worker's copy
+    changed and the servers went on with the old one); assigning the same value is allowed."""
+    import mxnet as mx
+    monkeypatch.setenv('NAMSG_DIST_SERVERS', '1')
+    server = _server()
+    store = _DistStoreOnAWorker(server._controller())
+    worker = _optimizer(name, kwargs)
+    mx.kv.KVStore.set_optimizer(store, worker)
+    old = getattr(worker, attr)
+    setattr(worker, attr, old)
+    with pytest.raises(RuntimeError, match='cannot change %s .* Set it before the first step'
+                       % attr):
+        setattr(worker, attr, value)
+    assert getattr(worker, attr) == old and store.sent == 1
 
 
 def test_boost_of_a_scheduled_step_size_reaches_the_server(monkeypatch):
