@@ -38,7 +38,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -118,7 +117,8 @@ def _server_class(base):
 
 
 def run(command):
-    """Serve if this process is a scheduler or server, else run ``command`` as the worker."""
+    """Serve if this process is a scheduler or server, else run ``command`` as the worker, with
+    :func:`worker_site` first on its PYTHONPATH (exit hooks for Python workers)."""
     if os.environ.get('DMLC_ROLE') in SERVER_ROLES:
         serve()
         return 0
@@ -126,10 +126,11 @@ def run(command):
         raise SystemExit('namsg_dist run: give the worker command after --')
     try:
         _check_command(command)
-    except ValueError as e:
+        env = _with_worker_site(os.environ)     # exit hooks, namsg imported or not
+    except (ValueError, RuntimeError) as e:
         raise SystemExit('namsg_dist run: %s' % e)
-    os.environ[SERVERS_ENV] = '1'      # the job's servers run serve(): see namsg.kvstore_sync
-    os.execvp(command[0], command)
+    env[SERVERS_ENV] = '1'      # the job's servers run serve(): see namsg.kvstore_sync
+    os.execvpe(command[0], command, env)
 
 
 # -- workers that end with an error ------------------------------------------------------------
@@ -146,9 +147,11 @@ def install_worker_exit_hooks():
     (``finally`` blocks and ``with`` exits do: the stack has unwound). ``raise SystemExit(n)``
     written out is not covered (call ``sys.exit``).
 
-    ``import namsg`` installs this in a process with ``DMLC_ROLE=worker``; ``launch`` also has
-    every worker it starts on this machine install it at interpreter start (a ``sitecustomize``
-    module on their PYTHONPATH), namsg imported or not. Installing twice changes nothing."""
+    ``import namsg`` installs this in a process with ``DMLC_ROLE=worker``; every worker that
+    ``launch`` or ``run -- CMD`` starts (on this machine or, by ``run``, under ssh, mpi or
+    another launcher) installs it at interpreter start too, namsg imported or not (the
+    ``sitecustomize`` module in :func:`worker_site`, on its PYTHONPATH). Installing twice
+    changes nothing."""
     if getattr(sys.exit, '_namsg_worker_exit', False):
         return
     previous = sys.excepthook
@@ -202,38 +205,22 @@ def _exit_now(status):
     os._exit(status)
 
 
-#: The sitecustomize module through which launch_local's workers install the hooks above.
-_WORKER_SITE = '''"""Written by namsg_dist.launch_local for its workers: installs
-namsg_dist.install_worker_exit_hooks(), then runs the sitecustomize module this one hides."""
-import importlib.machinery
-import importlib.util
-import os
-import sys
+def worker_site():
+    """The folder of the workers' ``sitecustomize`` module (``namsg/_worker_site``), which
+    installs :func:`install_worker_exit_hooks` at interpreter start; found beside this module
+    without importing namsg (which imports mxnet). Raises RuntimeError if an installation lacks
+    it."""
+    site = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'namsg', '_worker_site')
+    if not os.path.isfile(os.path.join(site, 'sitecustomize.py')):
+        raise RuntimeError('namsg_dist: %s/sitecustomize.py is missing: this installation of '
+                           'namsg is incomplete; reinstall it (pip install namsg)' % site)
+    return site
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-if os.environ.get('DMLC_ROLE') == 'worker':
-    (sys.modules.get('namsg_dist') or _load('namsg_dist', %r)).install_worker_exit_hooks()
-_here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.machinery.PathFinder.find_spec(
-    'sitecustomize', [p for p in sys.path if os.path.abspath(p or os.curdir) != _here])
-if _spec is not None and _spec.origin:
-    _load('sitecustomize', _spec.origin)
-'''
-
-
-def _worker_site(directory):
-    """Write the workers' sitecustomize module into ``directory``; returns ``directory``."""
-    with open(os.path.join(directory, 'sitecustomize.py'), 'w') as f:
-        f.write(_WORKER_SITE % os.path.abspath(__file__))
-    return directory
+def _with_worker_site(env):
+    """``env`` with :func:`worker_site` first on its PYTHONPATH."""
+    return dict(env, PYTHONPATH=os.pathsep.join(filter(None, [worker_site(),
+                                                              env.get('PYTHONPATH')])))
 
 
 def _check_command(command):
@@ -250,9 +237,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _role_env(role, num_workers, num_servers, port, task_id, extra=None, site=None):
+def _role_env(role, num_workers, num_servers, port, task_id, extra=None):
     """The environment dmlc_tracker gives each process of a job (see dmlc_tracker.tracker);
-    a worker also gets ``site`` (see _worker_site) first on its PYTHONPATH."""
+    a worker also gets :func:`worker_site` first on its PYTHONPATH."""
     env = dict(os.environ, **(extra or {}))
     env.update(DMLC_ROLE=role, DMLC_PS_ROOT_URI='127.0.0.1', DMLC_PS_ROOT_PORT=str(port),
                DMLC_NUM_WORKER=str(num_workers), DMLC_NUM_SERVER=str(num_servers),
@@ -260,9 +247,7 @@ def _role_env(role, num_workers, num_servers, port, task_id, extra=None, site=No
     # ps-lite picks the interface from these; loopback keeps the job on this machine.
     env.setdefault('DMLC_NODE_HOST', '127.0.0.1')
     env.setdefault('DMLC_INTERFACE', 'lo')
-    if role == 'worker' and site:
-        env['PYTHONPATH'] = os.pathsep.join(filter(None, [site, env.get('PYTHONPATH')]))
-    return env
+    return _with_worker_site(env) if role == 'worker' else env
 
 
 def _forward(stream, prefix, out):
@@ -334,6 +319,7 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
                          '%d workers and %d servers' % (num_workers, num_servers))
     _check_timeout(timeout)
     _check_command(command)
+    worker_site()
     out = out or sys.stdout
     port = _free_port()
     server_cmd = [sys.executable, '-m', 'namsg_dist', 'run', '--']
@@ -345,15 +331,13 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
     status = 0
     # A stop signal only sets a flag: the loops below check it, so the cleanup never starts
     # between a Popen and the bookkeeping of its process.
-    with _signal_handlers(lambda signum, frame: stopped.append(signum)), \
-            tempfile.TemporaryDirectory(prefix='namsg_dist-') as site:
-        _worker_site(site)
+    with _signal_handlers(lambda signum, frame: stopped.append(signum)):
         try:
             for role, index, cmd in plan:
                 if stopped:
                     break
                 proc = subprocess.Popen(
-                    cmd, env=_role_env(role, num_workers, num_servers, port, index, env, site),
+                    cmd, env=_role_env(role, num_workers, num_servers, port, index, env),
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
                 procs.append((role, index, proc))
                 thread = threading.Thread(target=_forward, daemon=True,

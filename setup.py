@@ -15,7 +15,8 @@ setup(
     long_description=(HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['namsg', 'namsg.*']),
-    package_data={'namsg.kernels': ['*.cc']},
+    # _worker_site/ is not a package: namsg_dist puts it on the workers' PYTHONPATH.
+    package_data={'namsg.kernels': ['*.cc'], 'namsg': ['_worker_site/sitecustomize.py']},
     # Outside the package so that a parameter server can start it before mxnet (see its doc).
     py_modules=['namsg_dist'],
     python_requires='>=3.8',

@@ -407,15 +407,32 @@ def test_workers_sitecustomize_installs_the_hooks_and_runs_the_users_own(tmp_pat
     users = tmp_path / 'users'
     users.mkdir()
     (users / 'sitecustomize.py').write_text('print("the user\'s sitecustomize ran")\n')
-    site = tmp_path / 'site'
-    site.mkdir()
-    namsg_dist._worker_site(str(site))
     result = subprocess.run(
         [sys.executable, '-c', 'import sys; print(getattr(sys.exit, "_namsg_worker_exit", 0))'],
         env=dict(os.environ, DMLC_ROLE='worker',
-                 PYTHONPATH=os.pathsep.join([str(site), str(users)])),
-        capture_output=True, text=True, timeout=60)
+                 PYTHONPATH=os.pathsep.join([namsg_dist.worker_site(), str(users)])),
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert result.stdout.splitlines() == ["the user's sitecustomize ran", 'True'], result.stderr
+
+
+def test_run_gives_any_launchers_workers_the_exit_hooks(tmp_path):
+    """`python -m namsg_dist run -- CMD`, as the ssh and mpi back ends (and other launchers)
+    start every process: a worker that never imports namsg has the exit hooks, so its
+    sys.exit(3) ends it at once with status 3, skipping atexit handlers (which could wait in
+    ps-lite's exit barrier). Before, only the workers of `launch` on this machine had them: this
+    one ran its atexit handler (the path that hangs a job)."""
+    script = tmp_path / 'worker.py'
+    script.write_text('import atexit, sys\n'
+                      'atexit.register(print, "atexit ran", flush=True)\n'
+                      'print("hooks:", getattr(sys.exit, "_namsg_worker_exit", False), flush=True)\n'
+                      'sys.exit(3)\n')
+    root = Path(namsg_dist.__file__).resolve().parent
+    result = subprocess.run(
+        [sys.executable, '-m', 'namsg_dist', 'run', '--', sys.executable, str(script)],
+        env=dict(os.environ, DMLC_ROLE='worker', PYTHONPATH=str(root)),
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == ['hooks: True'], (result.stdout, result.stderr)
 
 
 def _mnist_job(tmp_path, method, scale, workers=2):
