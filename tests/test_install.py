@@ -4,6 +4,7 @@ the scripts name, and one pinned list of the reproduction environment. (.ci/comp
 the package into environments holding older MXNet releases and checks they are left as they
 were.)"""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,18 @@ def test_script_without_the_experiments_extra_names_it():
     assert result.stderr.strip().splitlines()[-1] == (
         "ImportError: namsg's experiment scripts need gluoncv, which the optimizers alone do "
         "not: pip install 'namsg[experiments]' (from a clone: pip install -e '.[experiments]')")
+
+
+def test_a_script_beside_a_folder_named_namsg_imports_the_package(tmp_path):
+    """A script run from the folder that holds the clone (a folder named namsg, with no
+    __init__.py at its top) imports the package, in the environment `make install` builds and in
+    one where the package is installed: before, setuptools' default editable finder lost to that
+    folder, which Python took for an empty namespace package, and 'arsg' was unknown."""
+    (tmp_path / 'namsg').mkdir()
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run(
+        [sys.executable, '-c', 'import importlib.util; '
+         'print(importlib.util.find_spec("namsg").origin)'],
+        capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)
+    assert result.stdout.strip().endswith(os.path.join('namsg', '__init__.py')), \
+        (result.stdout, result.stderr)
