@@ -82,7 +82,9 @@ BAD_INPUT = [
     (['--methods', ' , '], None, '--methods: none given'),
     (['--settings', 'cifar10_fine'], None, '--settings: unknown cifar10_fine'),
     (['--scale', '2'], None, '--scale'),
-    (['--scale', '0.1', '--methods', 'ARSGB'], None, 'boost in mnist_logreg to epoch 1'),
+    (['--scale', '0.1', '--methods', 'ARSGB'], None,
+     r"boost to epoch 1 .* in mnist_logreg \(of 2 epochs\) and mnist_cnn \(of 1 epoch\); "
+     r"use --scale above 0.1,"),
     (['--gpus', 'x'], None, '--gpus'),
     (['--gpus', '0'], None, r'--gpus 0: no GPU 0; MXNet sees 0 GPUs here; leave --gpus empty'),
     (['--progress-every', 'nan'], None, '--progress-every takes seconds >= 0, got nan'),
@@ -308,6 +310,21 @@ def test_an_unknown_kvstore_is_refused_by_argparse(workdir, capsys):
     err = capsys.readouterr().err
     assert "error: argument --kvstore: invalid choice: 'bogus'" in err and 'dist_sync' in err
     assert _tree(workdir) == []
+
+
+def test_the_scale_that_arsgbs_boost_needs_is_the_one_for_every_setting():
+    """--scale 0.01 with both CIFAR-10 settings moves the fine-mode boost (epoch 51) to epoch 1,
+    and the fast-mode one (epoch 21) too: the hint names the bound for both (0.025). Before, it
+    named fine mode's (0.01), and the scales it suggested were then refused for fast mode."""
+    protocols = [cli.PROTOCOLS[s].scaled(0.01) for s in ('cifar10_fine', 'cifar10_fast')]
+    with pytest.raises(SystemExit, match=r'in cifar10_fine \(of 1 epoch\) and cifar10_fast '
+                                         r'\(of 1 epoch\); use --scale above 0.025,'):
+        cli.check_boost(protocols, ['ARSGB'])
+    cli.check_boost([cli.PROTOCOLS[s].scaled(0.026) for s in ('cifar10_fine', 'cifar10_fast')],
+                    ['ARSGB'])
+    with pytest.raises(SystemExit, match=r'in cifar10_fast .*use --scale above 0.025,'):
+        cli.check_boost([cli.PROTOCOLS[s].scaled(0.015)
+                         for s in ('cifar10_fine', 'cifar10_fast')], ['ARSGB'])
 
 
 def test_method_and_setting_names_are_taken_in_any_case():

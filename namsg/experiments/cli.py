@@ -189,14 +189,16 @@ def check_boost(protocols, methods):
     """ARSGB boosted from epoch 1 is not ARSGB: refuse a --scale that moves the boost there."""
     if 'ARSGB' not in methods:
         return
-    for p in protocols:
-        if p.boost_epoch <= 1:
-            unscaled = PROTOCOLS[p.setting]
-            raise SystemExit(
-                'error: --scale %g moves ARSGB\'s boost in %s to epoch 1 of %d (boosted from '
-                'the start, so it would not be ARSGB); use --scale above %g, or leave ARSGB out '
-                'of --methods' % (p.scale, p.setting, p.epochs,
-                                  0.5 / (unscaled.boost_epoch - 1)))
+    moved = [p for p in protocols if p.boost_epoch <= 1]
+    if moved:
+        # The scaled boost epoch is round((epoch - 1) * scale) + 1: epoch 1 up to 0.5 / (epoch - 1).
+        # The bound that every setting of the command needs, not only the first one refused.
+        lowest = max(0.5 / (PROTOCOLS[p.setting].boost_epoch - 1) for p in protocols)
+        raise SystemExit(
+            'error: --scale %g moves ARSGB\'s boost to epoch 1 (boosted from the start, so it '
+            'would not be ARSGB) in %s; use --scale above %g, or leave ARSGB out of --methods'
+            % (moved[0].scale, ' and '.join('%s (of %d epoch%s)' % (
+                p.setting, p.epochs, '' if p.epochs == 1 else 's') for p in moved), lowest))
 
 
 def _file_system(path):
