@@ -391,9 +391,37 @@ def test_runs_are_identified_by_their_data_not_its_path(tmp_path, monkeypatch, c
     log = tmp_path / 'runs' / 'mnist' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl'
     before = log.read_text()
     with pytest.raises(SystemExit, match=r'error: log .*seed0.jsonl was written by another '
-                                         r'configuration \(data: '):
+                                         r'configuration of this run \(other data: '):
         _run(['--data-dir', 'c'], capsys)
     assert log.read_text() == before
+
+
+def test_a_run_made_on_other_data_says_so_and_how_to_keep_both(tmp_path, monkeypatch, capsys):
+    """The same command on other data than a run's (here: another copy of MNIST; in the report,
+    the embedded sample after a full-data run): the message says the data differ, in words, with
+    where this command reads it, and how to keep both runs. Before, it printed the two data
+    dicts and advised removing the checkpoint, which only met the log's refusal next."""
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (('a', 0), ('c', 1)):
+        (tmp_path / name).mkdir()
+        _write_mnist(tmp_path / name, n_train=40, n_test=20, gz=False, seed=seed)
+    _run(['--data-dir', 'a'], capsys)
+    run_dir = tmp_path / 'runs' / 'mnist'
+    before = sorted((p, p.read_bytes()) for p in run_dir.rglob('*') if p.is_file())
+    with pytest.raises(SystemExit) as refused:
+        _run(['--data-dir', 'c'], capsys)
+    message = str(refused.value)
+    assert re.search(r'checkpoint .*epoch-0001 was made by another configuration of this run '
+                     r'\(other data: 40 training / 20 validation images, digest \w+ then; 40 '
+                     r'training / 20 validation images, digest \w+ now, from MNIST files in c '
+                     r'\(give the --data-dir it was trained on to resume it\)\)\. Its files are '
+                     r'kept: to train this configuration, choose another --log-dir and '
+                     r'--checkpoint-dir, or move the log .*seed0.jsonl and the checkpoints in '
+                     r'.*seed0 away', message), message
+    assert 'remove' not in message
+    assert sorted((p, p.read_bytes()) for p in run_dir.rglob('*') if p.is_file()) == before
+    out = _run(['--data-dir', 'c', '--log-dir', 'other', '--checkpoint-dir', 'other/ck'], capsys)
+    assert 'mnist_logreg/ARSG/seed0 epoch 1:' in out
 
 
 def test_progress_lines_and_resume_notes_reach_the_output(tmp_path, monkeypatch):

@@ -322,8 +322,8 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
     if latest is not None:
         try:
             state = Checkpoints.read(latest, lambda state: _check_config(
-                state['config'], header, 'checkpoint %s was made' % latest,
-                'remove it or choose another --checkpoint-dir'))
+                state['config'], header, 'checkpoint %s was made' % latest, log_path,
+                checkpoint_dir))
         except CheckpointDamaged as e:
             # Checkpoints are renamed into place whole: this is damage from outside, and
             # silently training from the start would overwrite the epochs logged so far.
@@ -346,7 +346,7 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
                               % (e, _NO_CHECKPOINT if distributed else 'in %s' % checkpoint_dir)
                               ) from e
     _check_config(_config_of(logged_header), header, 'log %s was written' % log_path,
-                  'choose another --log-dir or move it away')
+                  log_path, None if distributed else checkpoint_dir)
     if len(logged) == epochs:      # finished, and its checkpoints are gone
         return RunState('finished', logged, note='finished earlier (%d epochs in %s): skipped'
                         % (epochs, log_path))
@@ -564,11 +564,37 @@ def _config_of(header):
     return {k: v for k, v in header.items() if k not in ('versions', 'command', 'data_source')}
 
 
-def _check_config(saved, header, what, advice):
-    """Raise CheckpointError unless ``saved`` (a config read back from JSON) is this run's."""
+def _describe_data(data):
+    """A header's ``data`` entry in words (older logs hold a string)."""
+    if not isinstance(data, dict):
+        return repr(data)
+    return '%s training / %s validation images, digest %s' % (
+        format(data.get('train'), ','), format(data.get('test'), ','), data.get('sha256'))
+
+
+def _check_config(saved, header, what, log_path, checkpoint_dir):
+    """Raise CheckpointError unless ``saved`` (a config read back from JSON) is this run's,
+    saying what differs and how to keep both: the run's log and checkpoints go together, so
+    the advice names both (removing one of them only meets the other's refusal)."""
     now = json.loads(json.dumps(_config_of(header)))
-    if saved != now:
-        keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise CheckpointError('%s by another configuration (%s); %s' % (
-            what, ', '.join('%s: %r then, %r now' % (k, saved.get(k), now.get(k)) for k in keys),
-            advice))
+    if saved == now:
+        return
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    differences = []
+    for k in keys:
+        if k == 'data':
+            differences.append('other data: %s then; %s now, from %s (give the --data-dir it '
+                               'was trained on to resume it)'
+                               % (_describe_data(saved.get(k)), _describe_data(now.get(k)),
+                                  header.get('data_source', 'unknown source')))
+        else:
+            differences.append('%s: %r then, %r now' % (k, saved.get(k), now.get(k)))
+    kept = [(flag, files) for flag, files, path in [
+        ('--log-dir', 'the log %s' % log_path, log_path),
+        ('--checkpoint-dir', 'the checkpoints in %s' % checkpoint_dir, checkpoint_dir)]
+        if path is not None]
+    raise CheckpointError(
+        '%s by another configuration of this run (%s). Its files are kept: to train this '
+        'configuration, choose another %s, or move %s away'
+        % (what, '; '.join(differences), ' and '.join(flag for flag, _ in kept),
+           ' and '.join(files for _, files in kept)))
