@@ -7,11 +7,40 @@ import numbers
 import numpy
 
 
+def _a(value):
+    """'a str', 'an int': the type of ``value`` with its article."""
+    kind = type(value).__name__
+    return ('an ' if kind[:1] in 'aeiou' else 'a ') + kind
+
+
 def _require_number(name, value, allowed):
     """Refuse a ``value`` that is not a real number (a str, None, a bool), naming its type."""
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, numpy.bool_)):
-        raise ValueError('%s=%r is a %s, not a number: give a number %s'
-                         % (name, value, type(value).__name__, allowed))
+        raise ValueError('%s=%r is %s, not a number: give a number %s'
+                         % (name, value, _a(value), allowed))
+
+
+def check_finite_above(name, value, low, low_open):
+    """Accept a finite number >= ``low`` (> ``low`` if ``low_open``): weight decay, the
+    gradient scale."""
+    allowed = '%s %g' % ('>' if low_open else '>=', low)
+    _require_number(name, value, allowed)
+    if not math.isfinite(value) or value < low or (low_open and value == low):
+        raise ValueError('%s=%r is out of range: it must be a finite number %s'
+                         % (name, value, allowed))
+    return float(value)
+
+
+def check_clip_gradient(value):
+    """Accept None or a number that is not nan (MXNet's convention: <= 0 turns clipping off,
+    see :func:`clip_threshold`)."""
+    if value is None:
+        return None
+    _require_number('clip_gradient', value, '(the threshold; <= 0 or None: no clipping)')
+    if math.isnan(value):
+        raise ValueError('clip_gradient=nan is not a threshold: give a number (<= 0 or None '
+                         'for no clipping)')
+    return float(value)
 
 
 def check_unit_interval(name, value):
@@ -49,7 +78,7 @@ def check_learning_rate(value, scheduled):
 def check_bool(name, value):
     """Accept True or False (not any truthy value: lazy_update='no' would mean True)."""
     if not isinstance(value, (bool, numpy.bool_)):
-        raise ValueError('%s=%r is a %s: give True or False' % (name, value, type(value).__name__))
+        raise ValueError('%s=%r is %s: give True or False' % (name, value, _a(value)))
     return bool(value)
 
 
@@ -82,10 +111,11 @@ def check_choice(name, value, choices):
 def check_bounds(lower_bound, upper_bound):
     """Accept None or finite numbers with lower_bound <= upper_bound."""
     for name, value in (('lower_bound', lower_bound), ('upper_bound', upper_bound)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                  or math.isnan(value)):
-            raise ValueError('%s=%r is a %s, not a number: give a float or None (no bound)'
-                             % (name, value, type(value).__name__))
+        if value is None:
+            continue
+        _require_number(name, value, 'or None (no bound)')
+        if math.isnan(value):
+            raise ValueError('%s=nan is not a bound: give a number or None (no bound)' % name)
     if lower_bound is not None and upper_bound is not None and lower_bound > upper_bound:
         raise ValueError('lower_bound=%r is above upper_bound=%r: the feasible box is empty'
                          % (lower_bound, upper_bound))
@@ -138,6 +168,10 @@ def _scheduled(optimizer):
 BASE_CHECKS = {
     'lr': lambda optimizer, value: check_learning_rate(value, _scheduled(optimizer)),
     'lazy_update': of_value(check_bool, 'lazy_update'),
+    # MXNet's Optimizer assigns these too (Trainer.step sets rescale_grad at every step).
+    'wd': of_value(check_finite_above, 'wd', 0.0, False),
+    'rescale_grad': of_value(check_finite_above, 'rescale_grad', 0.0, True),
+    'clip_gradient': lambda optimizer, value: check_clip_gradient(value),
 }
 
 #: The moments' decay rates and epsilon of the adaptive methods.

@@ -63,7 +63,18 @@ BAD_ARGUMENTS = [
     ('arsg', dict(learning_rate='0.01'), r"^learning_rate='0\.01' is a str, not a number"),
     ('arsg', dict(beta1='0.9'), r"^beta1='0\.9' is a str, not a number"),
     ('arsg', dict(lazy_update='no'), r"^lazy_update='no' is a str: give True or False"),
-    ('amsgrad', dict(lazy_update=1), '^lazy_update=1 is a int'),
+    ('amsgrad', dict(lazy_update=1), '^lazy_update=1 is an int: give True or False'),
+    ('arsg', dict(lower_bound=float('nan')), r'^lower_bound=nan is not a bound'),
+    # MXNet's own settings, which reached the update unchecked: nan weights, or a TypeError in
+    # the first step.
+    ('arsg', dict(wd=float('nan')), r'^wd=nan is out of range: it must be a finite number >= 0'),
+    ('arsg', dict(wd=-1.0), r'^wd=-1\.0 is out of range'),
+    ('rsg', dict(wd='0.1'), r"^wd='0\.1' is a str, not a number"),
+    ('arsg', dict(rescale_grad=0.0), r'^rescale_grad=0\.0 is out of range: .* > 0'),
+    ('amsgrad', dict(rescale_grad=float('inf')), '^rescale_grad=inf is out of range'),
+    ('arsg', dict(clip_gradient='a'), r"^clip_gradient='a' is a str, not a number"),
+    ('radam', dict(clip_gradient=float('nan')), '^clip_gradient=nan is not a threshold'),
+    ('ranger', dict(wd=-0.1), '^wd=-0.1 is out of range'),
     ('amsgrad', dict(beta2=1.0), 'beta2'),
     ('amsgrad', dict(epsilon=0.0), 'epsilon'),
     ('radam', dict(beta1=1.0), 'beta1'),
@@ -103,7 +114,8 @@ BAD_ASSIGNMENTS = [
     for attribute, value, name in [('beta1', 1.0, 'beta1'), ('beta2', -0.5, 'beta2'),
                                    ('epsilon', -1.0, 'epsilon'), ('epsilon', '1e-8', 'epsilon'),
                                    ('lazy_update', 'no', 'lazy_update'),
-                                   ('lr', 'x', 'learning_rate')]
+                                   ('lr', 'x', 'learning_rate'), ('wd', -1.0, 'wd'),
+                                   ('clip_gradient', 'a', 'clip_gradient')]
 ] + [
     ('rsg', 'beta1', 1.0, 'beta='),
     ('arsg', 'mu', 1.5, 'mu'),
