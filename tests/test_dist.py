@@ -454,8 +454,10 @@ def _mnist_job(tmp_path, method, scale, workers=2):
 
 def test_training_script_runs_as_a_two_worker_job(tmp_path):
     """reproduce_mnist.py through the launcher: rank 0 alone writes the log, which records the
-    job's shape; each worker trained on half of every epoch (whole batches only)."""
-    _, header, records = _mnist_job(tmp_path, 'ARSG', 0.1)
+    job's shape, and says how to draw the plots (both workers did); each worker trained on half
+    of every epoch (whole batches only)."""
+    out, header, records = _mnist_job(tmp_path, 'ARSG', 0.1)
+    assert out.count('plots: python scripts/plot_results.py') == 1, out[-3000:]
     assert header['workers'] == 2 and header['kvstore'] == 'dist_sync'
     assert [r['iteration'] for r in records] == [7, 14]     # 4,000 images / 2 / 256, whole
     assert records[-1]['val_acc'] > 0.5

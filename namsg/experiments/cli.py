@@ -444,9 +444,11 @@ def main(experiment, argv=None):
     elif reference.resolve() == Path(log_dir).resolve():
         reference = None
     if distributed or args.kvstore == 'horovod':
-        # Every worker of the job runs this; drawing is left to plot_results.py afterwards.
-        _echo('plots: python scripts/plot_results.py --log-dir %s%s'
-              % (log_dir, '' if reference is None else ' --reference %s' % reference))
+        # Every worker of the job runs this; drawing is left to plot_results.py afterwards,
+        # and rank 0 alone says how (it wrote the logs).
+        if launcher_rank(args.kvstore) == 0:
+            _echo('plots: python scripts/plot_results.py --log-dir %s%s'
+                  % (log_dir, '' if reference is None else ' --reference %s' % reference))
         return
     summary = write_report(log_dir, reference_dir=reference)
     if summary:
