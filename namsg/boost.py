@@ -24,6 +24,7 @@ The policy's first stage, the short step-size search with a small mu, is
 """
 
 import itertools
+import logging
 import math
 from typing import Dict, List, NamedTuple, Tuple
 
@@ -32,6 +33,8 @@ from mxnet import autograd, gluon
 from mxnet.lr_scheduler import LRScheduler
 
 from . import dynamics, kvstore_sync
+
+logger = logging.getLogger(__name__)
 
 __all__ = ['ObservationBoost', 'ScaledScheduler', 'search_step_size', 'StepSizeSearch',
            'STEP_SIZES']
@@ -54,7 +57,8 @@ class ScaledScheduler(LRScheduler):
 
 
 class ObservationBoost:
-    """OBSB for a training loop: boosts at given epochs, or when the loss flattens, or both.
+    """OBSB for a training loop: boosts at given epochs, or when the loss flattens, or both;
+    with neither (``boost_epochs`` empty, ``auto`` False) only when :meth:`boost` is called.
 
     Parameters
     ----------
@@ -233,6 +237,19 @@ class StepSizeSearch(NamedTuple):
     ranking: List[Tuple[float, float]]
     losses: Dict[float, List[float]]
 
+    @property
+    def at_edge(self):
+        """Whether ``best`` is the smallest or the largest of several candidates: the best step
+        size may then lie outside the grid."""
+        grid = [a for a, _ in self.ranking]
+        return len(grid) > 1 and self.best in (min(grid), max(grid))
+
+    def __repr__(self):
+        # The per-iteration losses would fill a screen: their shape only.
+        return 'StepSizeSearch(best=%g, ranking=[%s], losses: %d step sizes x %d iterations)' % (
+            self.best, ', '.join('(%g, %.4g)' % r for r in self.ranking), len(self.losses),
+            max(map(len, self.losses.values()), default=0))
+
 
 def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
                      optimizer='arsg', optimizer_params=None, window=None, ctx=None,
@@ -284,7 +301,9 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     -------
     StepSizeSearch
         ``best``, ``ranking`` (best first) and ``losses``. Ties go to the larger step size
-        (as fast in loss, faster in progress); diverged candidates rank last.
+        (as fast in loss, faster in progress); diverged candidates rank last. A best step size
+        at either end of the grid is logged as a warning (``found.at_edge``): the grid may not
+        hold the optimum.
 
     Raises
     ------
@@ -347,7 +366,14 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
         return value if math.isfinite(value) else math.inf
 
     ranking = sorted(((a, score(a)) for a in step_sizes), key=lambda r: (r[1], -r[0]))
-    return StepSizeSearch(ranking[0][0], ranking, losses)
+    found = StepSizeSearch(ranking[0][0], ranking, losses)
+    if found.at_edge:
+        logger.warning('search_step_size: the best step size, %g, is the %s of the grid (%s): '
+                       'a %s one may be better; extend step_sizes to check', found.best,
+                       'largest' if found.best == max(step_sizes) else 'smallest',
+                       ', '.join('%g' % a for a in sorted(step_sizes)),
+                       'larger' if found.best == max(step_sizes) else 'smaller')
+    return found
 
 
 def _take_batches(batches, iterations):

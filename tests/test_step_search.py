@@ -64,6 +64,27 @@ def test_picks_the_step_size_the_reference_ranks_first():
                                                 rel=1e-4)
 
 
+def test_a_choice_at_the_edge_of_the_grid_is_said_and_the_result_prints_short(caplog):
+    """A grid whose largest step size wins (its optimum lies above): a warning says so and
+    ``at_edge`` is set; inside the grid, neither. The result's repr gives the ranking and the
+    shape of the losses, not every per-iteration loss (it filled a screen)."""
+    batches, w0 = _problem()
+    inside = search_step_size(_net(w0), batches, gluon.loss.L2Loss(), ITERATIONS,
+                              optimizer_params={'mu': 0.05})
+    assert not inside.at_edge and not caplog.records
+    low = [a for a in STEP_SIZES if a < inside.best]
+    with caplog.at_level('WARNING', logger='namsg.boost'):
+        edge = search_step_size(_net(w0), batches, gluon.loss.L2Loss(), ITERATIONS,
+                                step_sizes=low, optimizer_params={'mu': 0.05})
+    assert edge.best == max(low) and edge.at_edge
+    assert ('the best step size, %g, is the largest of the grid' % max(low)) in caplog.text
+    assert 'a larger one may be better' in caplog.text
+    text = repr(edge)
+    assert text.startswith('StepSizeSearch(best=%g, ranking=[(%g, ' % (edge.best, edge.best))
+    assert text.endswith('losses: %d step sizes x %d iterations)' % (len(low), ITERATIONS))
+    assert len(text) < 300          # the 200 losses alone took about 4,000 characters
+
+
 def test_restores_the_network_and_replays_the_same_minibatches():
     batches, w0 = _problem(1)
     net = _net(w0)
