@@ -13,15 +13,10 @@ install: $(VENV)/.installed
 
 # The pinned versions that made the committed logs (MXNet 1.9.1 CPU among them), with the package
 # and its extras; the package alone installs no MXNet (README, Installation).
-# Editable in setuptools' compat mode: this folder goes on sys.path, so that a script run from
-# the folder holding the clone (itself named namsg) imports the package. Setuptools' default
-# editable finder comes after the folder, which Python then takes for an empty namespace
-# package ('Cannot find optimizer arsg').
 $(VENV)/.installed: setup.py requirements-reproduce.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-reproduce.txt \
-	    --config-settings editable_mode=compat -e '.[experiments,test]'
+	$(PY) -m pip install --quiet -r requirements-reproduce.txt -e '.[experiments,test]'
 	touch $@
 
 reproduce: install

@@ -15,6 +15,12 @@ setup(
     long_description=(HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['namsg', 'namsg.*']),
+    # Stated although it is the default: with it an editable install (pip install -e, make
+    # install) puts this folder on sys.path, so that a script run from the folder holding the
+    # clone (itself named namsg) imports the package. Without it setuptools' editable finder
+    # came after that folder, which Python took for an empty namespace package ('Cannot find
+    # optimizer arsg').
+    package_dir={'': '.'},
     # _worker_site/ is not a package: namsg_dist puts it on the workers' PYTHONPATH.
     package_data={'namsg.kernels': ['*.cc'], 'namsg': ['_worker_site/sitecustomize.py']},
     # Outside the package so that a parameter server can start it before mxnet (see its doc).

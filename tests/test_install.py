@@ -102,7 +102,8 @@ def test_a_script_beside_a_folder_named_namsg_imports_the_package(tmp_path):
     """A script run from the folder that holds the clone (a folder named namsg, with no
     __init__.py at its top) imports the package, in the environment `make install` builds and in
     one where the package is installed: before, setuptools' default editable finder lost to that
-    folder, which Python took for an empty namespace package, and 'arsg' was unknown."""
+    folder, which Python took for an empty namespace package, and 'arsg' was unknown (setup.py's
+    package_dir has the editable install put the clone's folder on sys.path instead)."""
     (tmp_path / 'namsg').mkdir()
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     result = subprocess.run(
