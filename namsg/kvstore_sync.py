@@ -166,7 +166,7 @@ def set_setting(optimizer, name, value, setter):
         return
     if name in FIXED_ON_SERVERS:
         raise RuntimeError(
-            'cannot change %s of a %s optimizer that runs on the parameter servers of kvstore '
+            'cannot change %s of the %s optimizer that runs on the parameter servers of kvstore '
             '%r: the states the servers hold were made for %s=%r. Set it before the first step '
             '(before Trainer or Module sends the optimizer to the servers).'
             % (name, type(optimizer).__name__, kvstore.type, name, getattr(optimizer, name)))
@@ -187,7 +187,7 @@ def check_servers(optimizer, what):
     kvstore = optimizer.__dict__.get('_servers')
     if kvstore is not None and os.environ.get(SERVERS_ENV) != '1':
         raise RuntimeError(
-            'cannot change %s of a %s optimizer that runs on the parameter servers of kvstore '
+            'cannot change %s of the %s optimizer that runs on the parameter servers of kvstore '
             '%r: the servers keep the optimizer they were sent, and only servers started by '
             '`python -m namsg_dist` can change it (this process lacks %s=1, which namsg_dist '
             'sets). Start the job with `python -m namsg_dist launch` (or every process with '
