@@ -53,10 +53,7 @@ def check_unit_interval(name, value):
 
 def check_positive(name, value):
     """Accept a finite number > 0 (epsilon)."""
-    _require_number(name, value, '> 0')
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError('%s=%r is out of range: it must be a finite number > 0' % (name, value))
-    return float(value)
+    return check_finite_above(name, value, 0.0, True)
 
 
 def check_learning_rate(value, scheduled):

@@ -368,11 +368,12 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     ranking = sorted(((a, score(a)) for a in step_sizes), key=lambda r: (r[1], -r[0]))
     found = StepSizeSearch(ranking[0][0], ranking, losses)
     if found.at_edge:
+        top = found.best == max(step_sizes)
         logger.warning('search_step_size: the best step size, %g, is the %s of the grid (%s): '
                        'a %s one may be better; extend step_sizes to check', found.best,
-                       'largest' if found.best == max(step_sizes) else 'smallest',
+                       'largest' if top else 'smallest',
                        ', '.join('%g' % a for a in sorted(step_sizes)),
-                       'larger' if found.best == max(step_sizes) else 'smaller')
+                       'larger' if top else 'smaller')
     return found
 
 
