@@ -585,6 +585,71 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
         'complete epoch (checkpoint %s)' % (run, _run_files(experiment)[1] / 'epoch-0001'))
 
 
+# The other process of the test below: the command of argv[3:], paused as its first epoch
+# begins (it makes the file argv[1]) until the file argv[2] exists.
+_PAUSED = r"""
+import os, sys, time
+from namsg.experiments import cli, train
+original = train.Prepared.train_batches
+def batches(self, *args, **kwargs):
+    if not os.path.exists(sys.argv[2]):
+        open(sys.argv[1], 'w').close()
+        while not os.path.exists(sys.argv[2]):
+            time.sleep(0.02)
+    return original(self, *args, **kwargs)
+train.Prepared.train_batches = batches
+cli.main('mnist', sys.argv[3:])
+"""
+
+
+def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path, monkeypatch):
+    """Processes started with overlapping runs (the same command twice; --settings a,b beside
+    --settings b) trained the runs they shared at once, each rewriting the other's log and
+    checkpoints. Now each trains the runs no other holds, then waits for the others'."""
+    import socket
+    import subprocess
+    folder = _mnist_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    flags = ['--settings', 'mnist_logreg', '--scale', '0.1', '--seeds', '0', '--no-progress',
+             '--data-dir', str(folder)]
+    started, go = tmp_path / 'started', tmp_path / 'go'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+    other = subprocess.Popen([sys.executable, '-c', _PAUSED, str(started), str(go)] + flags +
+                             ['--methods', 'SGD'], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not started.exists():
+            assert other.poll() is None and time.time() < deadline, 'the other process failed'
+            time.sleep(0.05)
+        lines = []
+
+        def echo(line):
+            lines.append(line)
+            if 'waiting for' in line:
+                go.touch()          # the other process trains its epochs now
+        monkeypatch.setattr(cli, '_echo', echo)
+        cli.main('mnist', flags + ['--methods', 'SGD,ADAM'])
+    finally:
+        go.touch()
+        out = other.communicate(timeout=120)[0]
+    assert other.returncode == 0, out
+    log = Path('runs/mnist/mnist_logreg/SGD/seed0.jsonl')
+    assert lines[1:] == [
+        'mnist_logreg/SGD/seed0 is being trained by another process, pid %d on %s (it holds '
+        'the lock on %s): put off until the other runs are done'
+        % (other.pid, socket.gethostname(), log)] + [
+        line for line in lines if line.startswith('mnist_logreg/ADAM/seed0 epoch')] + [
+        'mnist_logreg/SGD/seed0: waiting for pid %d on %s to finish or stop it'
+        % (other.pid, socket.gethostname()),
+        'mnist_logreg/SGD/seed0: finished earlier (%s): skipped'
+        % Path('runs/mnist/checkpoints/mnist_logreg/SGD/seed0/epoch-0002')], lines
+    assert 'mnist_logreg/SGD/seed0 epoch 2:' in out
+    header, records = train.read_log(log)
+    assert len(records) == 2 and '--methods SGD' in header['command']      # the other's
+    assert list(tmp_path.rglob('.*.lock')) == []
+
+
 def test_ctrl_c_in_a_dist_job_says_its_log_must_be_moved_away(tmp_path):
     """A dist_* job keeps no checkpoint: "the same command resumes it" was wrong."""
     log = tmp_path / 'seed0.jsonl'

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from namsg.experiments import grid, hparams
+from namsg.experiments import grid, hparams, train
 from test_data import _write_mnist
 
 SCRIPT = Path(__file__).resolve().parent.parent / 'scripts' / 'grid_search.py'
@@ -136,3 +136,27 @@ def test_arsgb_boosted_from_the_start_is_refused(mnist_dir, monkeypatch, setting
         module.main(['--setting', setting, '--methods', 'SGD,ARSGB', '--epochs', str(epochs),
                      '--data-dir', str(mnist_dir)])
     assert list(Path('.').iterdir()) == []
+
+
+def test_a_point_another_search_trains_comes_last(mnist_dir, monkeypatch, capsys):
+    """Two searches of one grid (e.g. --methods A,B beside --methods B) trained the points
+    they shared at once; now a point another process holds is put off, then waited for."""
+    from test_train import Holder
+    first, *rest = hparams.grid_tuples('SGD')
+    log = Path('g', 'mnist_logreg', 'SGD', grid.tuple_name('SGD', first) + '.jsonl')
+    real = getattr(grid, 'train_all', None)     # None before points could be put off
+
+    def train_all(runs, train, echo=None):
+        def released(line):
+            echo(line)
+            if 'waiting for' in line:
+                holder.release()        # the other process is done without training it
+        return real(runs, train, released)
+    monkeypatch.setattr(grid, 'train_all', train_all, raising=False)
+    with Holder(log) as holder:
+        _script().main(['--methods', 'SGD', '--epochs', '1', '--subset', '30', '--log-dir', 'g',
+                        '--data-dir', str(mnist_dir)])
+    points = [line.split()[0] for line in capsys.readouterr().out.splitlines()
+              if 'final train loss' in line and not line.startswith('|')]
+    assert points == [grid.tuple_name('SGD', t) for t in rest + [first]]
+    assert len(train.read_log(log)[1]) == 1 and list(Path('.').rglob('.*.lock')) == []

@@ -24,8 +24,8 @@ from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .plots import write_report
-from .train import (PREPARE, CheckpointError, Checkpoints, run_header, run_name, run_state,
-                    train_run)
+from .train import (PREPARE, CheckpointError, Checkpoints, check_run, run_header, run_name,
+                    train_all, train_run)
 
 EXPERIMENTS = {
     'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4', section='B.1'),
@@ -408,7 +408,7 @@ def main(experiment, argv=None):
                                     data_fingerprint=fingerprint,
                                     workers=job_workers(args.kvstore))
                 try:
-                    run_state(header, distributed=distributed, **paths)
+                    check_run(header, **paths)
                 except CheckpointError as e:
                     raise SystemExit('error: %s' % e)
                 runs.append((protocol, method, seed, paths))
@@ -417,21 +417,27 @@ def main(experiment, argv=None):
           % (dataset.source, len(prepared.train_y), len(prepared.test_y), log_dir))
     bar = not args.no_progress and sys.stderr.isatty()
     every = None if args.no_progress or bar else args.progress_every
-    for protocol, method, seed, paths in runs:
+
+    def train(run, wait):
+        protocol, method, seed, paths = run
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', DeprecationWarning)
-                train_run(protocol, method, seed, prepared, contexts=contexts,
-                          kvstore=args.kvstore, progress=bar, progress_every=every,
-                          command=command, data_source=dataset.source,
-                          data_fingerprint=fingerprint, echo=_echo, **paths)
+                return train_run(protocol, method, seed, prepared, contexts=contexts,
+                                 kvstore=args.kvstore, progress=bar, progress_every=every,
+                                 command=command, data_source=dataset.source,
+                                 data_fingerprint=fingerprint, echo=_echo, wait=wait, **paths)
         except CheckpointError as e:
             raise SystemExit('error: %s' % e)
         except KeyboardInterrupt:
             # Checkpoints are whole epochs, renamed into place: nothing is half-written.
-            _echo('interrupted: %s stopped in an epoch; %s'
-                  % (run_name(protocol, method, seed), _after_interrupt(distributed, **paths)))
+            _echo('interrupted: %s stopped %s; %s'
+                  % (run_name(protocol, method, seed),
+                     '(waiting for another process, or in an epoch)' if wait else 'in an epoch',
+                     _after_interrupt(distributed, **paths)))
             raise SystemExit(130)
+
+    train_all(runs, train, echo=_echo)
     # Runs on the sample are not compared with reference runs on the full set.
     reference = None if sample else reference_dir(experiment, args.kvstore)
     if sample:

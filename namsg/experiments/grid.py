@@ -12,7 +12,7 @@ from mxnet import gluon
 from ..boost import search_step_size
 from . import models
 from .hparams import GRIDS, TABLE_A1, TUPLE_FIELDS, epsilon_for, grid_tuples, to_mxnet
-from .train import Prepared, read_log, run_header, run_state, train_run
+from .train import Prepared, check_run, read_log, run_header, train_all, train_run
 
 
 def subset(prepared, size):
@@ -56,12 +56,12 @@ def _points(protocol, method, log_dir, checkpoint_dir):
 def check_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
                kvstore='device', command=None, data_source='', data_fingerprint=None):
     """Check every point's existing log and checkpoint as :func:`run_grid` will (each point is
-    :func:`~namsg.experiments.train.run_state` of seed 0), writing nothing: raises
+    :func:`~namsg.experiments.train.check_run` of seed 0), writing nothing: raises
     CheckpointError, naming the file and what to do, for one that is damaged or of another
     configuration. Called for every method before the first-stage search or any training."""
     for values, overrides, log_path, checkpoints in _points(protocol, method, log_dir,
                                                             checkpoint_dir):
-        run_state(run_header(protocol, method, 0, prepared, contexts, kvstore, overrides,
+        check_run(run_header(protocol, method, 0, prepared, contexts, kvstore, overrides,
                              command, data_source, data_fingerprint), log_path, checkpoints)
 
 
@@ -69,19 +69,22 @@ def run_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
              kvstore='device', echo=None, command=None, data_source='', data_fingerprint=None):
     """Train ``method`` at every point of its grid under ``protocol`` (already budgeted), seed 0;
     returns rows (tuple, final train loss, best val acc) sorted best first (lowest final
-    training loss; diverged runs last). Runs are logged and resumed like any other run."""
-    rows = []
-    for values, overrides, log_path, checkpoints in _points(protocol, method, log_dir,
-                                                            checkpoint_dir):
+    training loss; diverged runs last). Runs are logged and resumed like any other run; a
+    point another process is training comes last (see
+    :func:`~namsg.experiments.train.train_all`), so two searches of one grid share it out."""
+    def train(point, wait):
+        values, overrides, log_path, checkpoints = point
         records = train_run(protocol, method, 0, prepared, log_path, checkpoints,
                             contexts=contexts, kvstore=kvstore, overrides=overrides,
                             command=command, data_source=data_source,
-                            data_fingerprint=data_fingerprint)
+                            data_fingerprint=data_fingerprint, wait=wait)
         row = _row(values, records)
         if echo is not None:
             echo('%-40s final train loss %.5f  best val acc %.4f'
                  % (tuple_name(method, values), row['final_train_loss'], row['best_val_acc']))
-        rows.append(row)
+        return row
+
+    rows = train_all(list(_points(protocol, method, log_dir, checkpoint_dir)), train, echo)
     return _ranked(rows)
 
 

@@ -6,15 +6,23 @@ the configuration and versions; its checkpoints are whole directories renamed in
 interrupted run resumes from its last complete epoch and ends as an uninterrupted one would.
 """
 
+import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional
+
+try:
+    import fcntl
+except ImportError:     # Windows: runs are not locked (see run_lock)
+    fcntl = None
 
 import mxnet as mx
 import numpy as np
@@ -25,6 +33,9 @@ from ..boost import ObservationBoost
 from ..horovod_store import create_kvstore
 from . import models
 from .hparams import paper_optimizer
+
+logger = logging.getLogger(__name__)
+
 
 # --- data preparation: one place for the choices the paper leaves open ------------------------
 
@@ -245,6 +256,91 @@ class Checkpoints:
                 shutil.rmtree(old, ignore_errors=True)
 
 
+# --- one process per run --------------------------------------------------------------------
+
+class RunBusy(Exception):
+    """Another process is training run ``run``: it holds the lock of ``path``, a file the run
+    writes (``holder``: 'pid N on HOST', as that process wrote it, or None)."""
+
+    def __init__(self, run, path, holder):
+        super().__init__('%s is being trained by another process%s (it holds the lock on %s)'
+                         % (run, ', ' + holder if holder else '', path))
+        self.run, self.path, self.holder = run, path, holder
+
+
+def _lock_file(path):
+    path = Path(path)
+    return path.parent / ('.%s.lock' % path.name)
+
+
+def _lock(path, run, wait):
+    """An open descriptor holding the exclusive flock of ``path``'s lock file (see run_lock),
+    or None where the file system cannot lock."""
+    lock_file = _lock_file(path)
+    while True:
+        fd = os.open(str(lock_file), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip()
+            os.close(fd)
+            raise RunBusy(run, path, holder) from None
+        except OSError as e:        # e.g. ENOLCK on a network file system without locks
+            os.close(fd)
+            logger.warning(
+                '%s is not locked (%s): make sure no other process trains %s at the same '
+                'time', path, e.strerror or e, run)
+            return None
+        except BaseException:       # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        # The last holder removes the file as it lets go: a lock taken on a file opened just
+        # before that protects nothing, as the next process makes a new file. Take it again.
+        try:
+            current = os.stat(str(lock_file))
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            os.ftruncate(fd, 0)
+            os.write(fd, ('pid %d on %s' % (os.getpid(), socket.gethostname())).encode())
+            return fd
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(paths, run, wait=False, create=True):
+    """Hold the files run ``run`` writes (``paths``: its log, its checkpoint folder) for this
+    process alone, so that two processes never train one run at once.
+
+    Each path gets a lock file ``.NAME.lock`` beside it, held with an exclusive ``flock`` and
+    naming this process. Without ``wait``, a path another process holds raises RunBusy at once
+    (and this process holds none of them); with ``wait``, this blocks until the other lets go
+    (Ctrl-C still interrupts). ``create=False`` (a check that writes nothing) skips paths whose
+    folder does not exist yet: no other process has begun writing there. On leaving, the lock
+    files are removed; a process that dies, even by SIGKILL, loses its locks with it, so a lock
+    file it leaves behind locks nothing. Without flock (Windows; a file system that refuses it,
+    with a warning) the run is not locked.
+    """
+    held = []
+    try:
+        for path in paths:
+            if fcntl is None or path is None:
+                continue
+            if not Path(path).parent.is_dir():
+                if not create:
+                    continue
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd = _lock(path, run, wait)
+            if fd is not None:
+                held.append((path, fd))
+        yield
+    finally:
+        for path, fd in reversed(held):
+            with contextlib.suppress(OSError):
+                os.unlink(str(_lock_file(path)))      # while locked: see _lock
+            os.close(fd)
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 def run_name(protocol, method, seed):
@@ -362,6 +458,44 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
         % (log_path, len(logged), epochs, checkpoint_dir))
 
 
+
+def check_run(header, log_path, checkpoint_dir):
+    """:func:`run_state` as the check before any training makes it, writing nothing: the
+    RunState, or None if another process is training the run (it is checked when its turn
+    comes, by train_run under the run's lock). It reads under the lock, so that no checkpoint
+    is read while another process replaces it. The ranks of a ``dist_*`` or ``horovod`` job
+    read without it; their rank 0 locks the run in train_run."""
+    kvstore = header['kvstore']
+    if kvstore.startswith('dist') or kvstore == 'horovod':
+        return run_state(header, log_path, checkpoint_dir, kvstore.startswith('dist'))
+    try:
+        with run_lock([log_path, checkpoint_dir], header['run'], create=False):
+            return run_state(header, log_path, checkpoint_dir)
+    except RunBusy:
+        return None
+
+
+def train_all(runs, train, echo=None):
+    """``[train(run, wait) for run in runs]``, except that a run another process is training
+    (``train`` raises RunBusy with ``wait=False``) is put off until the others are done, then
+    waited for (``wait=True``): it is then skipped as finished, or resumed where the other
+    process stopped. Processes started with overlapping runs so share them out, and no run is
+    trained by two at once. ``echo`` is told of each run put off and each wait."""
+    results, later = [None] * len(runs), []
+    for i, run in enumerate(runs):
+        try:
+            results[i] = train(run, False)
+        except RunBusy as e:
+            if echo is not None:
+                echo('%s: put off until the other runs are done' % e)
+            later.append((i, e))
+    for i, busy in later:
+        if echo is not None:
+            echo('%s: waiting for %s to finish or stop it'
+                 % (busy.run, busy.holder or 'the other process'))
+        results[i] = train(runs[i], True)
+    return results
+
 def _load(x, y, contexts):
     """A NumPy minibatch split over the contexts."""
     return (gluon.utils.split_and_load(mx.nd.array(x), contexts, even_split=False),
@@ -431,7 +565,7 @@ def _evaluate(net, batches, contexts, loss_fn):
 
 def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contexts=None,
               kvstore='device', overrides=None, progress=False, command=None, data_source='',
-              data_fingerprint=None, echo=None, progress_every=None):
+              data_fingerprint=None, echo=None, progress_every=None, wait=False):
     """Train one run, resuming from its checkpoint if there is one; returns the epoch records.
 
     The log at ``log_path`` is rewritten atomically after every epoch from the records kept in
@@ -442,6 +576,12 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     ``data_source`` (where the data lies) is logged for information; ``data_fingerprint``
     (``Dataset.fingerprint()``) is part of the configuration that must match to resume, so a
     run moves between machines and paths but never onto other data.
+
+    The run's log and checkpoint folder are locked for this process (:func:`run_lock`) from
+    before its state is read until it returns: if another process is training the run, this
+    raises RunBusy at once, or with ``wait`` waits until the other is done and then goes on
+    from what it left (skipped if finished, resumed if stopped). A ``dist_*`` or ``horovod``
+    job cannot wait (its other ranks would train on): its rank 0 raises CheckpointError.
 
     With a ``dist_*`` kvstore (a worker of a job started by ``python -m namsg_dist launch``) the
     optimizer runs on the servers, each worker trains on its shard of every epoch's shuffled
@@ -466,67 +606,80 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
 
     header = run_header(protocol, method, seed, prepared, contexts, kvstore, overrides, command,
                         data_source, data_fingerprint, workers)
-    state = run_state(header, log_path, checkpoint_dir, not checkpointed)
-    if rank != 0:       # after run_state, so that every rank decides alike
-        log_path = echo = None
-    if state.note and echo is not None:
-        echo('%s: %s' % (header['run'], state.note))
-    if state.kind == 'finished':
-        return state.records
-    checkpoints = Checkpoints(checkpoint_dir)
-    records, first_epoch, iteration = [], 1, 0
-    if state.kind == 'resume':
-        saved = json.loads((state.checkpoint / 'state.json').read_text())   # read whole above
-        net.load_parameters(str(state.checkpoint / 'net.params'), ctx=contexts)
-        trainer.load_states(str(state.checkpoint / 'trainer.states'))
-        if policy is not None:      # it follows the trainer's new optimizer by itself
-            policy.load_state_dict(saved['policy'])
-        records, iteration = saved['records'], saved['iteration']
-        first_epoch = saved['epoch'] + 1
+    # Rank 0 alone writes the log and the checkpoints.
+    written = [] if rank != 0 else [log_path] + ([checkpoint_dir] if checkpointed else [])
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_lock(written, header['run'],
+                                        wait=wait and not distributed))
+        except RunBusy as e:
+            if not distributed:
+                raise
+            # Its other ranks would wait for rank 0 for ever: the job ends, saying why.
+            raise CheckpointError('%s; a %s job cannot wait for it: let that process finish '
+                                  'or stop it, then start this job again' % (e, kvstore)) from e
+        state = run_state(header, log_path, checkpoint_dir, not checkpointed)
+        if rank != 0:       # after run_state, so that every rank decides alike
+            log_path = echo = None
+        if state.note and echo is not None:
+            echo('%s: %s' % (header['run'], state.note))
+        if state.kind == 'finished':
+            return state.records
+        checkpoints = Checkpoints(checkpoint_dir)
+        records, first_epoch, iteration = [], 1, 0
+        if state.kind == 'resume':
+            # state.json was read whole by run_state
+            saved = json.loads((state.checkpoint / 'state.json').read_text())
+            net.load_parameters(str(state.checkpoint / 'net.params'), ctx=contexts)
+            trainer.load_states(str(state.checkpoint / 'trainer.states'))
+            if policy is not None:      # it follows the trainer's new optimizer by itself
+                policy.load_state_dict(saved['policy'])
+            records, iteration = saved['records'], saved['iteration']
+            first_epoch = saved['epoch'] + 1
 
-    for epoch in range(first_epoch, protocol.epochs + 1):
-        start = time.time()
-        boost = policy.epoch_begin(epoch) if policy is not None else None
-        # Each epoch's shuffle and augmentation depend only on (seed, epoch): resumable.
-        rng = np.random.default_rng([seed, epoch])
-        mx.random.seed(seed * 100003 + epoch)
-        tally = _Tally()
-        batches = prepared.train_batches(protocol.batch_size, rng, rank, workers,
-                                         whole_batches=distributed)
-        steps = -(-len(prepared.train_y) // (protocol.batch_size * workers))
-        for x, y in _Progress(batches, steps, '%s epoch %d' % (header['run'], epoch), tally,
-                              bar=progress, every=progress_every, echo=echo):
-            xs, ys = _load(x, y, contexts)
-            with autograd.record():
-                outs = [net(xi) for xi in xs]
-                losses = [loss_fn(o, yi) for o, yi in zip(outs, ys)]
-            autograd.backward(losses)
-            trainer.step(len(y))
-            iteration += 1
-            tally.add(outs, ys, losses)
-        train_loss, train_acc = tally.means()
-        val_loss, val_acc = _evaluate(net, prepared.test_batches(protocol.batch_size),
-                                      contexts, loss_fn)
-        optimizer = trainer.optimizer
-        records.append(dict(type='epoch', epoch=epoch, iteration=iteration,
-                            train_loss=train_loss, train_acc=train_acc,
-                            val_loss=val_loss, val_acc=val_acc,
-                            lr=logged_lr(optimizer, iteration),
-                            mu=getattr(optimizer, 'mu', None),
-                            seconds=time.time() - start, boost=boost))
-        if policy is not None:
-            policy.epoch_end(epoch, records[-1]['train_loss'])
-        if checkpointed and rank == 0:
-            checkpoints.save(epoch, net, trainer, dict(
-                config=_config_of(header), epoch=epoch, iteration=iteration, records=records,
-                policy=policy.state_dict() if policy is not None else None))
-        if log_path is not None:
-            write_log(log_path, header, records)
-        if echo is not None:
-            echo(format_record(header['run'], records[-1]))
-    if first_epoch > protocol.epochs and log_path is not None and not _logged(log_path,
-                                                                              records):
-        write_log(log_path, header, records)     # finished earlier, its log lost: rebuild it
+        for epoch in range(first_epoch, protocol.epochs + 1):
+            start = time.time()
+            boost = policy.epoch_begin(epoch) if policy is not None else None
+            # Each epoch's shuffle and augmentation depend only on (seed, epoch): resumable.
+            rng = np.random.default_rng([seed, epoch])
+            mx.random.seed(seed * 100003 + epoch)
+            tally = _Tally()
+            batches = prepared.train_batches(protocol.batch_size, rng, rank, workers,
+                                             whole_batches=distributed)
+            steps = -(-len(prepared.train_y) // (protocol.batch_size * workers))
+            for x, y in _Progress(batches, steps, '%s epoch %d' % (header['run'], epoch), tally,
+                                  bar=progress, every=progress_every, echo=echo):
+                xs, ys = _load(x, y, contexts)
+                with autograd.record():
+                    outs = [net(xi) for xi in xs]
+                    losses = [loss_fn(o, yi) for o, yi in zip(outs, ys)]
+                autograd.backward(losses)
+                trainer.step(len(y))
+                iteration += 1
+                tally.add(outs, ys, losses)
+            train_loss, train_acc = tally.means()
+            val_loss, val_acc = _evaluate(net, prepared.test_batches(protocol.batch_size),
+                                          contexts, loss_fn)
+            optimizer = trainer.optimizer
+            records.append(dict(type='epoch', epoch=epoch, iteration=iteration,
+                                train_loss=train_loss, train_acc=train_acc,
+                                val_loss=val_loss, val_acc=val_acc,
+                                lr=logged_lr(optimizer, iteration),
+                                mu=getattr(optimizer, 'mu', None),
+                                seconds=time.time() - start, boost=boost))
+            if policy is not None:
+                policy.epoch_end(epoch, records[-1]['train_loss'])
+            if checkpointed and rank == 0:
+                checkpoints.save(epoch, net, trainer, dict(
+                    config=_config_of(header), epoch=epoch, iteration=iteration, records=records,
+                    policy=policy.state_dict() if policy is not None else None))
+            if log_path is not None:
+                write_log(log_path, header, records)
+            if echo is not None:
+                echo(format_record(header['run'], records[-1]))
+        if first_epoch > protocol.epochs and log_path is not None and \
+                not _logged(log_path, records):
+            write_log(log_path, header, records)     # finished earlier, its log lost: rebuild it
     return records
 
 
