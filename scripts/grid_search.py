@@ -61,6 +61,11 @@ def check_boost(protocol, methods):
 
 
 def main(argv=None):
+    with cli.sigterm_as_ctrl_c():
+        _main(argv)
+
+
+def _main(argv):
     args = parse_args(argv)
     methods = cli._split(args.methods, METHODS, '--methods')
     protocol = PROTOCOLS[args.setting]
@@ -119,11 +124,11 @@ def main(argv=None):
                                       'diverged' if not math.isfinite(loss) else '%.5f' % loss))
     except CheckpointError as e:
         raise SystemExit('error: %s' % e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # Each point's log and checkpoints are whole epochs, renamed into place.
         print('interrupted: the same command skips the finished points and resumes the '
               'interrupted one from its last complete epoch', flush=True)
-        raise SystemExit(130)
+        raise SystemExit(cli.interrupted_status(e))
     table = summary_table(args.setting, results)
     write_atomic(Path(args.log_dir) / args.setting / 'grid_summary.md',
                  '# B.5 grid on %s, %d epochs per point\n\nData: %s. Command: `%s`\n\n%s'

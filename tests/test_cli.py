@@ -585,21 +585,41 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
         'complete epoch (checkpoint %s)' % (run, _run_files(experiment)[1] / 'epoch-0001'))
 
 
-# The other process of the test below: the command of argv[3:], paused as its first epoch
-# begins (it makes the file argv[1]) until the file argv[2] exists.
+# Another process, running the command of argv[4:], paused as epoch argv[3] begins (it makes
+# the file argv[1]) until the file argv[2] exists.
 _PAUSED = r"""
 import os, sys, time
 from namsg.experiments import cli, train
-original = train.Prepared.train_batches
+original, epochs = train.Prepared.train_batches, []
 def batches(self, *args, **kwargs):
-    if not os.path.exists(sys.argv[2]):
+    epochs.append(1)
+    if len(epochs) == int(sys.argv[3]):
         open(sys.argv[1], 'w').close()
         while not os.path.exists(sys.argv[2]):
             time.sleep(0.02)
     return original(self, *args, **kwargs)
 train.Prepared.train_batches = batches
-cli.main('mnist', sys.argv[3:])
+cli.main('mnist', sys.argv[4:])
 """
+
+
+def _paused(root, epoch, flags):
+    """(process, go): _PAUSED running ``flags`` in ``root``, already paused as ``epoch``
+    begins; making the file ``go`` lets it go on."""
+    import subprocess
+    started, go = root / 'started', root / 'go'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+    process = subprocess.Popen([sys.executable, '-c', _PAUSED, str(started), str(go),
+                                str(epoch)] + flags, env=env, cwd=str(root),
+                               stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not started.exists():
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            pytest.fail('the other process failed: %s' % process.communicate()[0])
+        time.sleep(0.05)
+    return process, go
 
 
 def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path, monkeypatch):
@@ -607,21 +627,12 @@ def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path
     --settings b) trained the runs they shared at once, each rewriting the other's log and
     checkpoints. Now each trains the runs no other holds, then waits for the others'."""
     import socket
-    import subprocess
     folder = _mnist_folder(tmp_path)
     monkeypatch.chdir(tmp_path)
     flags = ['--settings', 'mnist_logreg', '--scale', '0.1', '--seeds', '0', '--no-progress',
              '--data-dir', str(folder)]
-    started, go = tmp_path / 'started', tmp_path / 'go'
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
-    other = subprocess.Popen([sys.executable, '-c', _PAUSED, str(started), str(go)] + flags +
-                             ['--methods', 'SGD'], env=env, stdout=subprocess.PIPE, text=True)
+    other, go = _paused(tmp_path, 1, flags + ['--methods', 'SGD'])
     try:
-        deadline = time.time() + 120
-        while not started.exists():
-            assert other.poll() is None and time.time() < deadline, 'the other process failed'
-            time.sleep(0.05)
         lines = []
 
         def echo(line):
@@ -648,6 +659,43 @@ def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path
     header, records = train.read_log(log)
     assert len(records) == 2 and '--methods SGD' in header['command']      # the other's
     assert list(tmp_path.rglob('.*.lock')) == []
+
+
+def test_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
+    """SIGTERM (kill, timeout, a batch scheduler's time limit) ended the process at once,
+    without a word, leaving its runs' lock files behind."""
+    import signal
+    folder = _mnist_folder(tmp_path)
+    flags = ['--settings', 'mnist_logreg', '--scale', '0.1', '--methods', 'SGD', '--seeds', '0',
+             '--no-progress', '--data-dir', str(folder)]
+    process, _ = _paused(tmp_path, 2, flags)       # epoch 1 done, paused in epoch 2
+    process.send_signal(signal.SIGTERM)
+    out = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM, out
+    assert out.splitlines()[-1] == (
+        'interrupted: mnist_logreg/SGD/seed0 stopped in an epoch; the same command resumes it '
+        'from its last complete epoch (checkpoint %s)'
+        % Path('runs/mnist/checkpoints/mnist_logreg/SGD/seed0/epoch-0001')), out
+    assert list(tmp_path.rglob('.*.lock')) == []
+    monkeypatch.chdir(tmp_path)
+    cli.main('mnist', flags)
+    assert 'mnist_logreg/SGD/seed0: resuming from' in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL       # as it was
+
+
+def test_sigterm_stops_a_grid_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
+    import signal
+    module = _load_script('grid_search')
+
+    def terminated(*args, **kwargs):
+        raise cli.Terminated()
+    monkeypatch.setattr(module, 'run_grid', terminated)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        module.main(['--methods', 'SGD', '--epochs', '1', '--data-dir',
+                     str(_mnist_folder(tmp_path))])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().out.splitlines()[-1].startswith('interrupted: the same command')
 
 
 def test_ctrl_c_in_a_dist_job_says_its_log_must_be_moved_away(tmp_path):

@@ -12,9 +12,11 @@ import importlib.util
 import logging
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import warnings
 from pathlib import Path
 
@@ -344,14 +346,50 @@ def load_data_or_exit(experiment, data_dir_flag, kvstore='device'):
             return load_data(experiment, data_dir_flag)
     except datasets.DataError as e:
         raise SystemExit('error: %s' % e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # A download is renamed into place only whole: nothing is half-written.
         _echo('interrupted while loading the data; nothing was written (files already '
               'downloaded are kept); the same command starts again')
-        raise SystemExit(130)
+        raise SystemExit(interrupted_status(e))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit), taken as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """Within the block, SIGTERM stops the command as Ctrl-C does (raising Terminated): the
+    same "interrupted: ..." line saying what the same command will do, the runs' locks let go,
+    and exit status 143 (see :func:`interrupted_status`) instead of a silent death. A handler
+    set already (a launcher's) is left alone, as is SIGTERM outside the main thread."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_status(error):
+    """The exit status after ``error`` (a KeyboardInterrupt): 128 + the signal, as a shell
+    reports a process the signal ended (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
 
 
 def main(experiment, argv=None):
+    """The reproduction command of ``experiment`` ('mnist' or 'cifar10') on ``argv``."""
+    with sigterm_as_ctrl_c():
+        _main(experiment, argv)
+
+
+def _main(experiment, argv):
     args = parse_args(experiment, argv)
     settings = _split(args.settings, EXPERIMENTS[experiment]['settings'], '--settings')
     methods = _split(args.methods, METHODS, '--methods')
@@ -429,13 +467,13 @@ def main(experiment, argv=None):
                                  data_fingerprint=fingerprint, echo=_echo, wait=wait, **paths)
         except CheckpointError as e:
             raise SystemExit('error: %s' % e)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             # Checkpoints are whole epochs, renamed into place: nothing is half-written.
             _echo('interrupted: %s stopped %s; %s'
                   % (run_name(protocol, method, seed),
                      '(waiting for another process, or in an epoch)' if wait else 'in an epoch',
                      _after_interrupt(distributed, **paths)))
-            raise SystemExit(130)
+            raise SystemExit(interrupted_status(e))
 
     train_all(runs, train, echo=_echo)
     # Runs on the sample are not compared with reference runs on the full set.
