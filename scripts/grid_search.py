@@ -12,7 +12,8 @@ from namsg.experiments import cli
 from namsg.experiments.grid import (check_grid, first_stage, run_grid, subset, summary_table,
                                     tuple_name)
 from namsg.experiments.hparams import METHODS, PROTOCOLS
-from namsg.experiments.train import PREPARE, CheckpointError, write_atomic
+from namsg.experiments.files import write_atomic
+from namsg.experiments.train import PREPARE, CheckpointError
 
 
 def parse_args(argv=None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from namsg.experiments.cli import HelpFormatter
 from namsg.experiments.plots import fill_results_blocks
-from namsg.experiments.train import write_atomic
+from namsg.experiments.files import write_atomic
 
 
 def build_parser():

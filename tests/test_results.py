@@ -1,5 +1,7 @@
 """Grid search and the figures / summary made from logs."""
 
+from pathlib import Path
+
 import pytest
 
 from namsg.experiments import grid, hparams, plots, train
@@ -82,7 +84,7 @@ def test_plots_are_written_from_logs(tmp_path):
     assert (tmp_path / 'figure1.png').stat().st_size > 1000
 
 
-ROOT = __import__('pathlib').Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_one_epoch_runs_are_drawn_with_the_boost_the_drop_and_the_reference():
@@ -397,3 +399,25 @@ def test_plot_dynamics_writes_the_format_of_its_extension(tmp_path):
     from test_cli import _load_script
     _load_script('plot_dynamics').main(['--out', str(tmp_path / 'f.svg'), '--beta', '0.9'])
     assert (tmp_path / 'f.svg').read_text().lstrip().startswith('<?xml')
+
+
+def test_an_interrupted_report_leaves_the_plot_it_had(tmp_path, monkeypatch):
+    """savefig wrote the PNG in place: Ctrl-C, SIGTERM or a second process writing the same
+    report at the end of its runs left a plot cut short."""
+    import shutil
+    from matplotlib.figure import Figure
+    source = ROOT / 'logs' / 'mnist' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl'
+    target = tmp_path / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl'
+    target.parent.mkdir(parents=True)
+    shutil.copy(source, target)
+    plots.write_report(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+    assert tmp_path / 'mnist_logreg.png' in before and tmp_path / 'summary.md' in before
+
+    def cut_short(fig, fname, **kwargs):
+        Path(fname).write_bytes(b'\x89PNG\r\n')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Figure, 'savefig', cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        plots.write_report(tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before

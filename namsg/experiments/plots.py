@@ -11,9 +11,19 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .. import dynamics  # noqa: E402
+from .files import replacing, write_atomic  # noqa: E402
 
 FIGURE1_MUS = (0.0, 0.001, 0.05, 0.1, 0.2, 0.4)
 FIGURE1_RANGES = ((-0.003, 0.01), (-1.0, 20.0))
+
+
+def _save(fig, path):
+    """``fig`` as a PNG at ``path``, written whole or not at all (see files.replacing); closed."""
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def plot_figure1(path, beta=0.999, mus=FIGURE1_MUS, ranges=FIGURE1_RANGES, points=2001):
@@ -36,8 +46,7 @@ def plot_figure1(path, beta=0.999, mus=FIGURE1_MUS, ranges=FIGURE1_RANGES, point
             axes[row, col].legend(fontsize=8)
     axes[0, 1].set_ylim(0.95, 1.01)   # the wide range: r_g > 1 shoots up past divergence
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # --- results of the experiments, from their logs ---------------------------------------------
@@ -154,8 +163,7 @@ def plot_setting(method_runs, title, path, reference_runs=None, events=None, cap
     fig.tight_layout(rect=(0, 0.03 * len(lines) if caption else 0, 1, 1))
     if path is None:        # the caller inspects the figure, then closes it
         return fig
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return None
 
 
@@ -276,7 +284,7 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
             sections += ['No reference runs of the same protocol in `%s`.' % reference_dir, '']
     summary = '\n'.join(sections)
     if sections:
-        (out_dir / 'summary.md').write_text(summary)
+        write_atomic(out_dir / 'summary.md', summary)
     return summary
 
 

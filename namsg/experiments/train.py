@@ -32,6 +32,7 @@ import namsg
 from ..boost import ObservationBoost
 from ..horovod_store import create_kvstore
 from . import models
+from .files import write_atomic
 from .hparams import paper_optimizer
 
 logger = logging.getLogger(__name__)
@@ -113,31 +114,6 @@ PREPARE = {'mnist': prepare_mnist, 'cifar10': prepare_cifar10}
 
 
 # --- files -----------------------------------------------------------------------------------
-
-def write_atomic(path, text):
-    """Write text to path through a temporary file and a rename: readers see the old or the new
-    file, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name + '.')
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())      # as open() would make it; mkstemp makes 0600
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 def write_log(path, header, records):
     write_atomic(path, ''.join(json.dumps(line) + '\n' for line in [header] + records))
