@@ -48,9 +48,10 @@ for version in $VERSIONS; do
     venv=$WORK/mxnet-$version
     "$PYTHON" -m venv "$venv"
     "$venv/bin/pip" install --quiet "mxnet==$version" 'numpy<1.24'
-    forms=$WHEEL
-    [[ $version == 1.8.* ]] && forms="$WHEEL $SDIST $ROOT"     # the scenario: all three
-    for form in $forms; do
+    forms=("$WHEEL")
+    # The scenario: all three. An array, as the clone's path may hold spaces.
+    [[ $version == 1.8.* ]] && forms=("$WHEEL" "$SDIST" "$ROOT")
+    for form in "${forms[@]}"; do
         install_leaves_the_rest "$venv" "$form"
         "$venv/bin/pip" uninstall --quiet --yes namsg
     done
