@@ -219,6 +219,15 @@ def test_results_table_by_method_draws_every_metric_from_the_logs(tmp_path):
     assert rows['SGD'] == '| SGD | 0.9151 +- 0.0021 | not run | not run | not run | not run |'
 
 
+def test_a_run_in_progress_before_the_drop_is_not_called_not_run(tmp_path):
+    """A source whose only run had not reached the drop yet said "not run" for its method."""
+    _write_fake_log(tmp_path / 'runs', 'cifar10_fine', 'SGD', 0, [0.9, 0.7], [0.5, 0.6],
+                    dict(FAKE_PROTOCOL, epochs=4, lr_drop_iteration=35))
+    table = plots.results_markdown([('runs', 'cifar10_fine', 'fine')], tmp_path,
+                                   metric='before_drop').splitlines()
+    assert table[2] == '| fine (4 epochs, 1 seed) | - |'
+
+
 def test_results_table_by_metric_has_a_row_per_source(tmp_path):
     _fake_cifar_logs(tmp_path / 'a')
     _write_fake_log(tmp_path / 'b', 'cifar10_fast', 'SGD', 0, [0.7, 0.2, 0.1],

@@ -326,7 +326,8 @@ def _loss_before_drop(protocol, records):
 def source_results(log_dir, setting, reference='ADAM'):
     """The results of the runs of ``setting`` under ``log_dir``, runs in progress included:
     (protocol, seed counts, {method: {metric: cell text}}) with the metrics of RESULT_METRICS
-    (means over seeds; 'before_drop' only where the drop falls within the runs). Raises
+    (means over seeds; 'before_drop' where the protocol has a step-size drop, '-' for runs that
+    have not reached it yet). Raises
     ValueError when there are no such runs or they were made under different protocols."""
     runs = load_runs(log_dir, headers=True, unfinished=True).get(setting, {})
     if not runs:
@@ -341,7 +342,8 @@ def source_results(log_dir, setting, reference='ADAM'):
     done = {m: min(len(r) for _, r in pairs) for m, pairs in runs.items()}
     finished = {m: [r for _, r in pairs] for m, pairs in runs.items() if done[m] == epochs}
     rows = {r['method']: r for r in summary_rows(finished, reference)}
-    with_drop = any(_loss_before_drop(protocol, r) for pairs in runs.values() for _, r in pairs)
+    # From the protocol: runs in progress that have not reached the drop yet still get a cell.
+    with_drop = protocol.get('lr_drop_iteration') is not None
     cells = {}
     for method, pairs in runs.items():
         if method in rows:
