@@ -339,7 +339,7 @@ def _lock_files(root):
 
 
 @pytest.mark.parametrize('held', ['log', 'checkpoints'])
-def test_a_run_another_process_trains_is_refused_at_once_writing_nothing(tmp_path, held):
+def test_a_run_another_process_trains_is_refused_writing_nothing(tmp_path, held):
     """Two processes trained one run at once: each rewrote the other's log and checkpoints
     (and could fail as one renamed its checkpoint over the other's)."""
     log, checkpoints = tmp_path / 'logs' / 'run.jsonl', tmp_path / 'ck' / 'run'
@@ -354,6 +354,22 @@ def test_a_run_another_process_trains_is_refused_at_once_writing_nothing(tmp_pat
         assert _lock_files(tmp_path) == [holder.lock_file]      # the other's, untouched
         header = train.run_header(PROTOCOL, 'ARSG', 0, _tiny_mnist())
         assert train.check_run(header, log, checkpoints) is None
+
+
+def test_a_lock_held_only_for_a_check_is_waited_for_not_taken_for_a_run_in_training(tmp_path):
+    """Two processes started together walk the same runs in step, each holding a run's lock
+    for the milliseconds its check (or its skip as finished) takes: the one that came second
+    put finished runs off as "being trained by another process"."""
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    header = train.run_header(PROTOCOL, 'SGD', 0, _tiny_mnist())
+    with Holder(log) as holder:
+        threading.Timer(0.5, holder.release).start()
+        assert train.check_run(header, log, checkpoints) is not None
+    with Holder(checkpoints) as holder:
+        threading.Timer(0.5, holder.release).start()
+        with train.run_lock([log, checkpoints], 'mnist_logreg/SGD/seed0'):
+            assert _lock_files(tmp_path) == [tmp_path / '.ck.lock', tmp_path / '.run.jsonl.lock']
+    assert _lock_files(tmp_path) == []
 
 
 def test_a_lock_left_by_a_killed_process_locks_nothing(tmp_path):

@@ -249,10 +249,18 @@ def _lock_file(path):
     return path.parent / ('.%s.lock' % path.name)
 
 
+# A process that only checks a run, or skips it as finished, holds its lock for milliseconds;
+# one that trains it holds it for the whole run. Two processes started together walk the same
+# runs in step, so a lock held no longer than this is the other's check, not a run being trained
+# (without the wait, finished runs were put off as "being trained by another process").
+_CHECK_HOLD = 3.0       # seconds
+
+
 def _lock(path, run, wait):
     """An open descriptor holding the exclusive flock of ``path``'s lock file (see run_lock),
     or None where the file system cannot lock."""
     lock_file = _lock_file(path)
+    deadline = time.monotonic() + _CHECK_HOLD
     while True:
         fd = os.open(str(lock_file), os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -260,6 +268,9 @@ def _lock(path, run, wait):
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip()
             os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             raise RunBusy(run, path, holder) from None
         except OSError as e:        # e.g. ENOLCK on a network file system without locks
             os.close(fd)
@@ -289,8 +300,8 @@ def run_lock(paths, run, wait=False, create=True):
     process alone, so that two processes never train one run at once.
 
     Each path gets a lock file ``.NAME.lock`` beside it, held with an exclusive ``flock`` and
-    naming this process. Without ``wait``, a path another process holds raises RunBusy at once
-    (and this process holds none of them); with ``wait``, this blocks until the other lets go
+    naming this process. Without ``wait``, a path another process holds for longer than a check
+    takes (3 s) raises RunBusy (and this process holds none of them); with ``wait``, this blocks until the other lets go
     (Ctrl-C still interrupts). ``create=False`` (a check that writes nothing) skips paths whose
     folder does not exist yet: no other process has begun writing there. On leaving, the lock
     files are removed; a process that dies, even by SIGKILL, loses its locks with it, so a lock
@@ -555,7 +566,7 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
 
     The run's log and checkpoint folder are locked for this process (:func:`run_lock`) from
     before its state is read until it returns: if another process is training the run, this
-    raises RunBusy at once, or with ``wait`` waits until the other is done and then goes on
+    raises RunBusy (after 3 s), or with ``wait`` waits until the other is done and then goes on
     from what it left (skipped if finished, resumed if stopped). A ``dist_*`` or ``horovod``
     job cannot wait (its other ranks would train on): its rank 0 raises CheckpointError.
 
