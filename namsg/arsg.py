@@ -18,8 +18,9 @@ __all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
 #: The preconditioners of eq. (7) that ARSG offers, see the class docstring.
 PRECONDITIONERS = ('amsgrad', 'adam', 'none')
 
-#: Arrays in a state tuple (before its update count) under each preconditioner.
-_STATE_ARRAYS = {'amsgrad': 3, 'adam': 2, 'none': 1}
+#: The arrays of a state tuple (before its update count) under each preconditioner of eq. (7):
+#: the momentum m, the second moment v and its running maximum vhat.
+_STATE_SLOTS = {'amsgrad': ('m', 'v', 'vhat'), 'adam': ('m', 'v'), 'none': ('m',)}
 
 
 @register
@@ -186,19 +187,16 @@ class ARSG(ElementwiseOptimizer):
     def _state_slots(self, weight, zeros):
         # From now on the preconditioner is fixed: the states' layout follows it.
         self.__dict__['_made_states'] = True
+        slots = tuple(zeros() for _ in _STATE_SLOTS[self.preconditioner])
         if self.preconditioner == 'amsgrad':
-            vhat = zeros()
-            vhat += self.epsilon
-            return (zeros(), zeros(), vhat)
-        if self.preconditioner == 'adam':
-            return (zeros(), zeros())
-        return (zeros(),)
+            slots[2][:] = self.epsilon          # vhat starts at epsilon (paper, Sec. 2)
+        return slots
 
     def _check_layout(self, state):
         # States loaded from a file (Module.load_optimizer_states keeps the optimizer) may come
         # from another preconditioner; unchecked, 'amsgrad' would read an 'adam' state's v as m.
-        if len(state) != _STATE_ARRAYS[self.preconditioner]:
-            made_by = [p for p, n in _STATE_ARRAYS.items() if n == len(state)]
+        if len(state) != len(_STATE_SLOTS[self.preconditioner]):
+            made_by = [p for p, slots in _STATE_SLOTS.items() if len(slots) == len(state)]
             raise ValueError(
                 'ARSG(preconditioner=%r) was given a state of %d arrays, %s: load states '
                 'saved with the same preconditioner, or start without states'
