@@ -8,6 +8,7 @@ stopped after RESUME_AT steps, saved by rank 0 and resumed on every rank from ra
 The results go to OUT/rank<r>.json.
 """
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -167,6 +168,9 @@ def barrier():
 
 def main(out, order):
     import_in_order(order)
+    # After MXNet's own handler, which prints no Python stack: a rank that crashes in native
+    # code (a CI run under load saw a segfault once) then shows where each thread of it was.
+    faulthandler.enable()
     from namsg import kernels
     hvd.init()
     rank = hvd.rank()

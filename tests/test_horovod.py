@@ -49,7 +49,7 @@ def launch(request, tmp_path_factory):
                              sys.executable, str(HERE / 'horovod_worker.py'), str(out), order],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, 'horovodrun failed (exit code %d):\n%s' % (
-        result.returncode, (result.stdout + result.stderr)[-5000:])
+        result.returncode, (result.stdout + result.stderr)[-30000:])
     return fused, [json.loads((out / ('rank%d.json' % r)).read_text()) for r in range(2)]
 
 
