@@ -301,8 +301,8 @@ def run_lock(paths, run, wait=False, create=True):
 
     Each path gets a lock file ``.NAME.lock`` beside it, held with an exclusive ``flock`` and
     naming this process. Without ``wait``, a path another process holds for longer than a check
-    takes (3 s) raises RunBusy (and this process holds none of them); with ``wait``, this blocks until the other lets go
-    (Ctrl-C still interrupts). ``create=False`` (a check that writes nothing) skips paths whose
+    takes (3 s) raises RunBusy (and this process holds none of them); with ``wait``, this blocks
+    until the other lets go (Ctrl-C still interrupts). ``create=False`` (a check that writes nothing) skips paths whose
     folder does not exist yet: no other process has begun writing there. On leaving, the lock
     files are removed; a process that dies, even by SIGKILL, loses its locks with it, so a lock
     file it leaves behind locks nothing. Without flock (Windows; a file system that refuses it,
