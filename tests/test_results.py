@@ -280,7 +280,7 @@ def test_results_tables_script_redraws_a_stale_table_and_check_reports_it(tmp_pa
 
 def test_readme_results_tables_are_those_of_the_committed_logs():
     readme = (ROOT / 'README.md').read_text()
-    assert len(plots.RESULTS_BLOCK.findall(readme)) >= 3
+    assert len(plots.RESULTS_BLOCK.findall(readme)) >= 1
     assert plots.fill_results_blocks(readme, ROOT) == readme, (
         'a results table in the README differs from the logs it cites: run '
         '`python scripts/results_tables.py`')

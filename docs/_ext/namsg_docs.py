@@ -1,0 +1,97 @@
+"""Sphinx extension of namsg's documentation: results tables drawn from the committed logs at
+build time, and the offline cross-reference inventories.
+
+Directives (in MyST pages, as ```` ```{results-table} ````):
+
+``results-table``
+    One argument per source, ``LOG_DIR:SETTING=LABEL`` (LOG_DIR relative to the repository's
+    root, underscores in LABEL print as spaces), as in the README's ``<!-- results -->`` blocks;
+    option ``:metric:`` (a key of :data:`namsg.experiments.plots.RESULT_METRICS`) for a row per
+    source and a column per method. The table is
+    :func:`namsg.experiments.plots.results_markdown`, the code behind
+    ``scripts/results_tables.py``, so the docs and the README cannot disagree.
+``grid-table``
+    One argument, ``LOG_DIR:SETTING``: B.5's grid search drawn from every point's log
+    (:func:`namsg.experiments.plots.grid_markdown`).
+
+A source that holds no runs fails the build (an error, not a warning), naming the source.
+"""
+
+import zlib
+from pathlib import Path
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Names from outside the package that the pages and docstrings refer to, by inventory:
+#: {inventory: [(name, domain:role, page#anchor)]}. Offline builds cannot fetch the projects'
+#: own inventories, so these small ones are written at each build; add a name here when a
+#: docstring starts referring to it (the nitpicky build says which).
+EXTERNAL = {
+    'python': [],
+    'numpy': [],
+    'mxnet': [],
+}
+
+
+def _write_inventory(path, project, entries):
+    """An ``objects.inv`` (Sphinx inventory version 2) holding ``entries``."""
+    header = ('# Sphinx inventory version 2\n# Project: %s\n# Version: \n'
+              '# The remainder of this file is compressed using zlib.\n' % project)
+    body = ''.join('%s %s 1 %s -\n' % (name, role, uri) for name, role, uri in entries)
+    path.write_bytes(header.encode() + zlib.compress(body.encode()))
+
+
+def write_inventories(app, config):
+    """Write the inventories that conf.py's intersphinx_mapping names, before intersphinx
+    reads them."""
+    for project, (_, location) in config.intersphinx_mapping.items():
+        path = Path(location if isinstance(location, str) else location[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_inventory(path, project, EXTERNAL[project])
+
+
+class _MarkdownTable(SphinxDirective):
+    has_content = False
+
+    def markdown(self):
+        raise NotImplementedError
+
+    def run(self):
+        try:
+            text = self.markdown()
+        except ValueError as e:
+            raise self.error('%s: %s' % (self.name, e))
+        container = nodes.container(classes=['results-table'])
+        self.state.nested_parse(StringList(text.splitlines(), source=self.get_source_info()[0]),
+                                self.content_offset, container)
+        return [container]
+
+
+class ResultsTable(_MarkdownTable):
+    required_arguments = 1
+    final_argument_whitespace = True
+    option_spec = {'metric': str}
+
+    def markdown(self):
+        from namsg.experiments.plots import parse_results_source, results_markdown
+        sources = [parse_results_source(s) for s in self.arguments[0].split()]
+        return results_markdown(sources, root=ROOT, metric=self.options.get('metric'))
+
+
+class GridTable(_MarkdownTable):
+    required_arguments = 1
+
+    def markdown(self):
+        from namsg.experiments.plots import grid_markdown
+        return grid_markdown(self.arguments[0], root=ROOT)
+
+
+def setup(app):
+    app.connect('config-inited', write_inventories)
+    app.add_directive('results-table', ResultsTable)
+    app.add_directive('grid-table', GridTable)
+    return {'parallel_read_safe': True, 'parallel_write_safe': True}

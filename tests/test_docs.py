@@ -1,0 +1,131 @@
+"""The documentation: every Python example in the README and the docs runs, the site builds with
+warnings as errors (every cross-reference resolves), and its HTML has no broken internal link
+or missing image."""
+
+import html.parser
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / 'docs'
+PAGES = [ROOT / 'README.md'] + sorted(p for p in DOCS.rglob('*.md') if '_build' not in p.parts)
+
+# A Python block runs unless the line before its fence is this comment, which must say why
+# (e.g. it needs horovodrun), and which test runs the same code instead.
+NOT_RUN = re.compile(r'<!-- not run: (.+?) -->')
+FENCE = re.compile(r'^(?P<indent> *)```(?P<info>[^\n`]*)\n(?P<code>.*?)^(?P=indent)```',
+                   re.M | re.S)
+
+
+def python_blocks(text):
+    """[(line number, code, reason not run or None)] of the ```python blocks of a page."""
+    blocks = []
+    for match in FENCE.finditer(text):
+        if match.group('info').strip() not in ('python', 'py', '{code-block} python'):
+            continue
+        before = text[:match.start()].rstrip().splitlines()
+        skip = NOT_RUN.fullmatch(before[-1].strip()) if before else None
+        blocks.append((text.count('\n', 0, match.start()) + 1,
+                       textwrap.dedent(match.group('code')), skip and skip.group(1)))
+    return blocks
+
+
+def _page_id(path):
+    return str(path.relative_to(ROOT))
+
+
+def test_the_pages_have_examples_and_every_skip_says_why():
+    blocks = {p: python_blocks(p.read_text()) for p in PAGES}
+    assert sum(len(b) for b in blocks.values()) >= 10
+    for page, page_blocks in blocks.items():
+        for line, _, reason in page_blocks:
+            assert reason is None or len(reason) > 20, (page, line)
+
+
+@pytest.mark.parametrize('page', [p for p in PAGES
+                                  if any(r is None for *_, r in python_blocks(p.read_text()))],
+                         ids=_page_id)
+def test_the_examples_of_a_page_run(page, tmp_path):
+    """A page's blocks run in order in one interpreter, as a reader pastes them, in an empty
+    folder (what they write stays there)."""
+    script = []
+    for line, code, reason in python_blocks(page.read_text()):
+        if reason is None:
+            script.append('# %s, line %d\n%s' % (page.name, line, code))
+    env = dict(os.environ, MPLBACKEND='Agg', PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, '-c', '\n'.join(script)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, '%s:\n%s\n%s' % (page, result.stdout[-3000:],
+                                                   result.stderr[-6000:])
+
+
+# -- the site ------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory):
+    """The site built as `make docs` builds it, with -W (warnings are errors) and -n (nitpicky:
+    every cross-reference must resolve)."""
+    out = tmp_path_factory.mktemp('html')
+    result = subprocess.run([sys.executable, '-m', 'sphinx', '-W', '-n', '--keep-going', '-q',
+                             '-b', 'html', '-d', str(out / '.doctrees'), str(DOCS), str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-8000:]
+    return out
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.links, self.images = set(), [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if 'id' in attrs:
+            self.ids.add(attrs['id'])
+        if tag == 'a' and attrs.get('href'):
+            self.links.append(attrs['href'])
+        if tag == 'img' and attrs.get('src'):
+            self.images.append(attrs['src'])
+        if tag == 'link' and attrs.get('rel') == 'stylesheet':
+            self.links.append(attrs['href'])
+
+
+def _parse(path):
+    parser = _Links()
+    parser.feed(path.read_text(errors='replace'))
+    return parser
+
+
+def test_the_site_builds_with_warnings_as_errors_and_has_every_page(site):
+    built = {p.relative_to(site).with_suffix('') for p in site.rglob('*.html')}
+    sources = {p.relative_to(DOCS).with_suffix('') for p in PAGES[1:]}
+    assert sources <= built, sources - built
+
+
+def test_no_internal_link_is_broken_and_no_image_is_missing(site):
+    pages = {p: _parse(p) for p in site.rglob('*.html')}
+    broken = []
+    for page, parsed in pages.items():
+        for url in parsed.links + parsed.images:
+            parts = urlsplit(url)
+            if parts.scheme or parts.netloc or url.startswith('mailto:'):
+                continue        # external: not checked offline
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            if target.is_dir():
+                target = target / 'index.html'
+            if not target.is_file():
+                broken.append('%s: %s (no such file)' % (page.relative_to(site), url))
+            elif parts.fragment and target.suffix == '.html':
+                ids = pages[target].ids if target in pages else _parse(target).ids
+                if unquote(parts.fragment) not in ids:
+                    broken.append('%s: %s (no such anchor)' % (page.relative_to(site), url))
+    assert not broken, '\n'.join(broken)
+    images = [i for parsed in pages.values() for i in parsed.images]
+    assert any(i.endswith('.png') for i in images)
