@@ -1,8 +1,11 @@
-"""The documentation: every Python example in the README and the docs runs, the site builds with
-warnings as errors (every cross-reference resolves), and its HTML has no broken internal link
-or missing image."""
+"""The documentation: every Python example in the README, the docs and the docstrings runs, the
+site builds with warnings as errors (every cross-reference resolves), and its HTML has no broken
+internal link or missing image."""
 
+import doctest
 import html.parser
+import importlib
+import pkgutil
 import os
 import re
 import subprocess
@@ -64,6 +67,22 @@ def test_the_examples_of_a_page_run(page, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, '%s:\n%s\n%s' % (page, result.stdout[-3000:],
                                                    result.stderr[-6000:])
+
+
+def _modules():
+    import namsg
+    names = ['namsg', 'namsg_dist'] + [m.name for m in pkgutil.walk_packages(namsg.__path__,
+                                                                             'namsg.')]
+    return [n for n in names if not n.endswith('__main__')]
+
+
+@pytest.mark.parametrize('name', _modules())
+def test_the_docstring_examples_run(name, tmp_path, monkeypatch):
+    """The ``>>>`` examples of every module's docstrings, which the API reference shows."""
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, name
 
 
 # -- the site ------------------------------------------------------------------------------

@@ -110,3 +110,10 @@ def test_eq15_as_printed_overstates_the_variance_for_complex_eigenvalues():
     assert dyn.error_variance_limit_lyapunov(0.01, 0.999, 0.1) == pytest.approx(0.00275,
                                                                                 abs=5e-6)
     assert printed(2.0, 0.999, 0.1) == pytest.approx(dyn.error_variance_limit(2.0, 0.999, 0.1))
+
+
+def test_boost_factor_refuses_a_mu_that_the_boost_would_double_to_one_or_more():
+    """mu in [0.5, 1) is a valid ARSG mu but cannot be boosted; the error says so in terms of mu
+    (it came from tau_star as 'mu=1.2' before)."""
+    with pytest.raises(ValueError, match=r'boost_factor needs mu in \(0, 0.5\).*mu=0.6'):
+        dyn.boost_factor(0.999, 0.6)
