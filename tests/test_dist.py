@@ -341,12 +341,23 @@ STUBBORN_WORKER = ('import signal, time; signal.signal(signal.SIGTERM, signal.SI
 def test_signals_to_the_launcher_end_every_process_of_the_job(signals):
     """Before the fix SIGTERM or SIGHUP killed the launcher alone, and a second Ctrl-C during
     its cleanup left the workers running."""
+    # launcher, scheduler, server, 2 workers
+    status = _end_a_job(signals, ['-n', '2', '-s', '1'], Path(__file__).parent.parent, {},
+                        lambda count: count == 5)
+    assert status == 128 + signals[0]
+
+
+def _end_a_job(signals, arguments, cwd, env, started):
+    """Launch a job of STUBBORN_WORKERs (``arguments``: the launcher's), send ``signals`` to the
+    launcher once two workers are up (``started(count)`` checks how many of the job's processes
+    run then), and check that none of the job's processes is left. Returns the launcher's
+    status."""
     token = 'NAMSG_TEST_JOB=%d-%d' % (os.getpid(), time.monotonic_ns())
     name, value = token.split('=')
     launcher = subprocess.Popen(
-        [sys.executable, '-m', 'namsg_dist', 'launch', '-n', '2', '-s', '1', '--timeout', '120',
-         '--', sys.executable, '-c', STUBBORN_WORKER],
-        env=dict(os.environ, **{name: value}), cwd=str(Path(__file__).parent.parent),
+        [sys.executable, '-m', 'namsg_dist', 'launch'] + arguments +
+        ['--timeout', '120', '--', sys.executable, '-c', STUBBORN_WORKER],
+        env=dict(os.environ, **dict(env, **{name: value})), cwd=str(cwd),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         ready = 0
@@ -354,16 +365,16 @@ def test_signals_to_the_launcher_end_every_process_of_the_job(signals):
             line = launcher.stdout.readline()
             assert line, 'the launcher ended before its workers were up'
             ready += line.decode().strip().endswith('ready')
-        assert len(_job_processes(token)) == 5      # launcher, scheduler, server, 2 workers
+        assert started(len(_job_processes(token)))
         for sig in signals:
             launcher.send_signal(sig)
             time.sleep(1)
-        status = launcher.wait(timeout=15)
-        deadline = time.monotonic() + 5
+        status = launcher.wait(timeout=20)
+        deadline = time.monotonic() + 10
         while _job_processes(token) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _job_processes(token) == []
-        assert status == 128 + signals[0]
+        return status
     finally:
         for pid in _job_processes(token):
             os.kill(pid, signal.SIGKILL)
@@ -886,36 +897,13 @@ def test_a_signal_ends_an_ssh_job_here_and_on_its_hosts(fake_ssh):
     """SIGTERM to the launcher of an ssh job ends the scheduler here and the servers and
     workers on the hosts (which ssh, without a terminal, leaves running): each remote side ends
     its processes when its ssh connection ends."""
-    token = 'NAMSG_TEST_JOB=%d-%d' % (os.getpid(), time.monotonic_ns())
-    name, value = token.split('=')
-    launcher = subprocess.Popen(
-        [sys.executable, '-m', 'namsg_dist', 'launch', '--launcher', 'ssh', '-H', 'hosts',
-         '--host-ip', '127.0.0.1', '-n', '2', '-s', '1', '--timeout', '120',
-         '--', sys.executable, '-c', STUBBORN_WORKER],
-        env=dict(os.environ, PYTHONPATH=str(Path(namsg_dist.__file__).resolve().parent),
-                 **{name: value}),   # NAMSG_* reaches the hosts
-        cwd=str(fake_ssh), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    try:
-        ready = 0
-        while ready < 2:
-            line = launcher.stdout.readline()
-            assert line, 'the launcher ended before its workers were up'
-            ready += line.decode().strip().endswith('ready')
-        # launcher, scheduler, and per server or worker: the remote shell and its command
-        assert len(_job_processes(token)) >= 5
-        launcher.send_signal(signal.SIGTERM)
-        status = launcher.wait(timeout=20)
-        deadline = time.monotonic() + 10
-        while _job_processes(token) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _job_processes(token) == []
-        assert status == 128 + signal.SIGTERM
-    finally:
-        for pid in _job_processes(token):
-            os.kill(pid, signal.SIGKILL)
-        launcher.kill()
-        launcher.wait()
+    # The test's variable is NAMSG_*, which reaches the hosts. Launcher, scheduler, and per
+    # server or worker the remote shell and its command.
+    status = _end_a_job([signal.SIGTERM], ['--launcher', 'ssh', '-H', 'hosts', '--host-ip',
+                                           '127.0.0.1', '-n', '2', '-s', '1'], fake_ssh,
+                        dict(PYTHONPATH=str(Path(namsg_dist.__file__).resolve().parent)),
+                        lambda count: count >= 5)
+    assert status == 128 + signal.SIGTERM
 
 
 @pytest.mark.parametrize('text,problem', [
