@@ -492,22 +492,20 @@ def launch_local(command, num_workers, num_servers=1, timeout=600, env=None, out
 #: What an ssh process runs on its host (``sh -c SCRIPT namsg_dist DIR COMMAND...``): enter DIR,
 #: run COMMAND, and end COMMAND's whole process group when ssh's stdin ends (the launcher ended
 #: the job, or died, or the connection broke), which ssh without a terminal does not do itself.
-#: The status is COMMAND's.
-_REMOTE_SCRIPT = r'''cd -- "$1" || {
-    echo "namsg_dist: cannot enter the directory $1 on $DMLC_NODE_HOST" >&2; exit 1; }
-shift
-exec 3<&0 </dev/null
-"$@" 3<&- &
-child=$!
-{ trap '' TERM; while read -r _ <&3; do :; done; kill -TERM 0; sleep 5; kill -KILL 0; } \
-    >/dev/null 2>&1 &
-watcher=$!
-exec 3<&-
-wait "$child"
-status=$?
-kill "$watcher" 2>/dev/null
-exit "$status"
-'''
+#: The status is COMMAND's. One line: a csh login shell refuses a newline inside quotes.
+_REMOTE_SCRIPT = '; '.join([
+    'cd -- "$1" || { echo "namsg_dist: cannot enter the directory $1 on $DMLC_NODE_HOST" >&2; '
+    'exit 1; }',
+    'shift',
+    'exec 3<&0 </dev/null',             # ssh's stdin kept as fd 3, for the watcher alone
+    '"$@" 3<&- & child=$!',
+    "{ trap '' TERM; while read -r _ <&3; do :; done; kill -TERM 0; sleep 5; kill -KILL 0; "
+    '} >/dev/null 2>&1 & watcher=$!',
+    'exec 3<&-',
+    'wait "$child"',
+    'status=$?',
+    'kill "$watcher" 2>/dev/null',
+    'exit "$status"'])
 
 #: The variables an ssh job passes to its hosts (ssh does not pass the environment), besides
 #: DMLC_* that the job sets and ``env``: these, and every one whose name starts with one of
