@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 
-__all__ = ['serve', 'launch_local', 'main']
+__all__ = ['serve', 'launch_local', 'launch_ssh', 'read_hosts', 'main']
 
 SERVER_ROLES = ('server', 'scheduler')
 #: Tells a worker that its job's servers run serve() (namsg.kvstore_sync.SERVERS_ENV; not
@@ -517,9 +517,24 @@ _SSH = ['ssh', '-o', 'StrictHostKeyChecking=no', '-o', 'BatchMode=yes']
 
 
 def read_hosts(path):
-    """(host, ssh port) per line of a host file: ``host``, ``host:port`` or an MPI host file's
-    ``host slots=N`` (as dmlc_tracker reads it); blank lines skipped. Raises ValueError for a
-    file that cannot be read or lists no host."""
+    """The hosts of a host file, as dmlc_tracker reads one.
+
+    Parameters
+    ----------
+    path : str
+        A file with one host per line: ``host``, ``host:port`` (ssh's port) or an MPI host
+        file's ``host slots=N``; blank lines are skipped.
+
+    Returns
+    -------
+    list of (str, str)
+        (host, ssh port) per line, the port ``'22'`` where none is given.
+
+    Raises
+    ------
+    ValueError
+        For a file that cannot be read, lists no host, or has a line of another form.
+    """
     try:
         with open(path) as f:
             lines = [line.strip() for line in f if line.strip()]
@@ -586,23 +601,56 @@ def _sync(hosts, local_dir, remote_dir):
 
 def launch_ssh(command, hosts, num_workers, num_servers=1, timeout=3600, host_ip=None,
                sync_dst_dir=None, env=None, out=None):
-    """Run one job over ssh: the scheduler on this machine, servers and then workers on
-    ``hosts`` in turn (as dmlc_tracker's ssh back end places them), each as ``python -m
-    namsg_dist run -- ...`` in this directory (or ``sync_dst_dir``, copied there first) with
-    the same Python path as here.
+    """Run one parameter-server job over ssh: the scheduler on this machine, the servers and
+    then the workers on ``hosts`` in turn (as dmlc_tracker's ssh back end places them), each as
+    ``python -m namsg_dist run -- ...`` with this machine's Python path, in this directory (or
+    ``sync_dst_dir``, copied there first).
 
-    ``hosts`` is a list of (host, ssh port) (:func:`read_hosts`). Every argument and path is
-    quoted for the remote shell. Each remote process ends with its ssh connection, and the job
-    behaves as :func:`launch_local`'s: output labelled by role and rank, the first failing
-    process ends the job with its status (an unreachable host: ssh's 255), ``timeout`` bounds
-    it, and a stop signal ends every process, here and on the hosts. ssh must log in without a
-    password prompt (it runs with ``BatchMode=yes``). ``host_ip`` is this machine's address as
-    the hosts see it (default: guessed as dmlc_tracker does). The hosts get the job's DMLC_*
-    variables, ``env``, and this environment's OMP_NUM_THREADS, KMP_AFFINITY, LD_LIBRARY_PATH,
-    PYTHONPATH, DMLC_INTERFACE and variables starting with MXNET_, NAMSG_ or PS_.
+    Every path and argument is quoted for the remote shell. The job behaves as
+    :func:`launch_local`'s: output labelled by role and rank, the first failing process ends the
+    job with its status, ``timeout`` bounds it, and a stop signal ends every process, here and on
+    the hosts (each remote process ends with its ssh connection, which ssh without a terminal
+    does not do). ssh runs with ``BatchMode=yes`` (a password prompt would wait for ever) and
+    ``StrictHostKeyChecking=no``, as dmlc_tracker runs it.
 
-    Raises ValueError, before starting anything, for a job without workers, servers or hosts,
-    a bad ``timeout``, no ssh client, or a failed copy to ``sync_dst_dir``."""
+    Parameters
+    ----------
+    command : list of str
+        The worker's program and arguments.
+    hosts : list of (str, str)
+        (host, ssh port), e.g. from :func:`read_hosts`; each host's address as this machine
+        resolves it is the node's ``DMLC_NODE_HOST`` (ps-lite binds to it).
+    num_workers, num_servers : int
+        Processes of each role, >= 1.
+    timeout : float, default 3600
+        Seconds before the job is ended (status 124), > 0.
+    host_ip : str or None, default None
+        This machine's address as the hosts see it (the scheduler's); None guesses it as
+        dmlc_tracker does.
+    sync_dst_dir : str or None, default None
+        Copy this directory there on every host first (rsync over ssh) and run there.
+    env : dict or None, default None
+        Variables for every process of the job. The hosts get these, the job's DMLC_*
+        variables, and this environment's OMP_NUM_THREADS, KMP_AFFINITY, LD_LIBRARY_PATH,
+        PYTHONPATH, DMLC_INTERFACE and those starting with MXNET_, NAMSG_ or PS_ (ssh passes
+        no environment; a command line is visible to every user of both machines, so nothing
+        else is sent).
+    out : file or None, default None
+        Where the labelled output goes (default stdout).
+
+    Returns
+    -------
+    int
+        0 when every worker exited 0; else the first non-zero status of a process (255: ssh
+        could not reach its host or lost the connection, said on a line of its own), 124 on
+        timeout, 128 + N after signal N of :data:`STOP_SIGNALS`.
+
+    Raises
+    ------
+    ValueError
+        Before anything starts: no worker, server or host, a ``timeout`` that is not > 0, no
+        ssh client, or a failed copy to ``sync_dst_dir`` (or no rsync).
+    """
     _check_job(num_workers, num_servers, timeout)
     if not hosts:
         raise ValueError('an ssh job needs at least one host')
