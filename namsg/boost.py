@@ -26,9 +26,12 @@ The policy's first stage, the short step-size search with a small mu, is
 import itertools
 import logging
 import math
+import random
+import threading
 from typing import Dict, List, NamedTuple, Tuple
 
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon
 from mxnet.lr_scheduler import LRScheduler
 
@@ -257,8 +260,33 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     """OBSB's first stage (Section 3): train ``net`` for ``iterations`` minibatches with each
     candidate step size, from the same initial weights on the same minibatches, and pick the one
     with the lowest training loss at the end; the paper does this with a small mu before the
-    observation boost. The network's parameters are restored afterwards (the caller then builds
-    its own Trainer with ``result.best``).
+    observation boost. The caller then builds its own Trainer with ``result.best`` (or keeps the
+    one it has).
+
+    The search leaves everything it touches as it found it, so that training after it is the
+    training that would have run without it:
+
+    - the parameters (weights, ``row_sparse`` weights included, and auxiliary state such as
+      BatchNorm's running statistics) and their gradient buffers;
+    - a Trainer the caller made for ``net``: it stays attached to the parameters (the search
+      trains with Trainers of its own, which the parameters forget afterwards), with its states
+      and kvstore untouched;
+    - the caller's random generators: MXNet's (on every context), NumPy's global one and
+      Python's ``random``. The search runs in a thread of its own, and MXNet keeps one generator
+      per context for each thread, so its Dropout masks, and the random augmentation of a loader
+      it iterates, come from generators of its own seeded with ``seed``; NumPy's and Python's
+      generators, which a shuffling DataLoader draws from, are saved and restored around it. The
+      same ``mx.random.seed`` before the search therefore gives the same random numbers after it
+      as without it, and different seeds different numbers.
+
+    The one lasting change is to a network whose parameters still wait for deferred
+    initialization (shapes not yet known): one forward pass on the first minibatch, in
+    prediction mode (no Dropout draws, BatchNorm statistics unchanged) and in the caller's
+    thread, initializes them, drawing from the caller's MXNet generator as the first forward
+    pass of training would; they stay initialized. (In a network that draws random numbers
+    between such layers, e.g. a ``Sequential`` with Dropout between ``Dense`` layers of unknown
+    input size, training's first step would interleave those draws, so its numbers then differ
+    from a run without the search; run one forward pass before the search to avoid that.)
 
     Example, with a Gluon DataLoader::
 
@@ -272,7 +300,9 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     Parameters
     ----------
     net : gluon.Block
-        Initialized (no deferred shapes left: run one forward pass first).
+        Initialized (``net.initialize()``; deferred shapes are completed as described above).
+        Dense and ``row_sparse`` weights (``gluon.contrib.nn.SparseEmbedding``), dense and
+        ``row_sparse`` gradients.
     batches : iterable of (data, label)
         NDArrays or NumPy arrays, e.g. a ``gluon.data.DataLoader``. The first ``iterations``
         minibatches are taken once (iterating again if it runs out) and replayed for every
@@ -293,9 +323,12 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
         [1, iterations]; None takes the last quarter (at least one).
     ctx : Context or list of Context, default None
         Where to compute; None takes the contexts of the network's parameters. A minibatch is
-        split over several contexts as ``gluon.utils.split_and_load`` does.
+        split over several contexts as ``gluon.utils.split_and_load`` does; the search's
+        Trainers then use ``kvstore='device'`` (``'local'`` on one context for ``row_sparse``
+        weights, which MXNet updates on a kvstore).
     seed : int, default 0
-        ``mx.random.seed`` before each candidate, so that dropout and the like draw alike.
+        Seed of the search's own MXNet generators, set before each candidate so that Dropout
+        and the like draw alike for all of them. The caller's generators are not touched.
 
     Returns
     -------
@@ -310,8 +343,11 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     ValueError
         For an empty or non-positive grid, ``iterations`` or ``window`` out of range, an
         optimizer that cannot be created with ``optimizer_params``, a ``loss_fn`` that is not
-        callable, parameters not initialized, or ``batches`` that yield nothing; all before
-        any training.
+        callable or parameters never initialized (``net.initialize()`` not called), all before
+        any batch is read; for ``batches`` that yield nothing, before any training.
+    KeyboardInterrupt
+        An interrupt stops the search after the minibatch in progress; everything above is
+        restored first.
     """
     step_sizes = [float(a) for a in step_sizes]
     if not step_sizes or any(not a > 0 for a in step_sizes):
@@ -339,26 +375,40 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
                                                                            optimizer_params, e)) \
             from e
     params = net.collect_params()
-    try:
-        saved = {name: [d.copy() for d in p.list_data()] for name, p in params.items()}
-    except RuntimeError as e:     # deferred initialization
-        raise ValueError('search_step_size needs initialized parameters: run one forward pass '
-                         'through the network first (%s)' % e) from e
+    never = [name for name, p in params.items() if not _initialized(p) and not _deferred(p)]
+    if never:
+        raise ValueError('search_step_size needs an initialized network: %s %s not initialized; '
+                         'call net.initialize() first' % (', '.join(never),
+                                                          'is' if len(never) == 1 else 'are'))
     if ctx is None:
         ctx = next(iter(params.values())).list_ctx()
     contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
-    replay = _take_batches(batches, iterations)
+    sparse = any(p._stype != 'default' for p in params.values())
+    kvstore = 'device' if len(contexts) > 1 else 'local' if sparse else None
 
-    losses = {}
+    stop = threading.Event()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    trainers = {name: p._trainer for name, p in params.items()}
     try:
-        for a in step_sizes:
-            mx.random.seed(seed)
-            trainer = gluon.Trainer(params, optimizer, dict(optimizer_params, learning_rate=a),
-                                    kvstore=None if len(contexts) == 1 else 'device')
-            losses[a] = [_train_step(net, trainer, loss_fn, x, y, contexts) for x, y in replay]
-            _restore(params, saved)
+        replay = _in_own_thread(stop, _take_batches, batches, iterations, seed)
+        # A row_sparse weight is read through a Trainer's kvstore (even in a forward pass): one
+        # for those that have none yet, initialized with the whole weight they still hold.
+        unattached = [p for p in params.values() if p._stype != 'default' and p._trainer is None]
+        if unattached:
+            gluon.Trainer(unattached, 'sgd', kvstore='local')
+        _finish_deferred_init(net, params, replay[0][0], contexts)
+        snapshot = _Snapshot(params)
+        try:
+            losses = _in_own_thread(stop, _try_candidates, stop, snapshot, net, loss_fn, replay,
+                                    contexts, step_sizes, optimizer, optimizer_params, kvstore,
+                                    seed)
+        finally:
+            snapshot.restore()
     finally:
-        _restore(params, saved)
+        # The caller's Trainers, not the search's: set_data and row_sparse reads go through it.
+        _attach(params, trainers)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
     def score(a):
         tail = losses[a][-window:]
@@ -377,8 +427,52 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
     return found
 
 
-def _take_batches(batches, iterations):
+# Gluon's Parameter has no public test for "initialized" that does not raise, nor a public
+# storage type, and which Trainer a parameter belongs to (which the search must restore) is
+# held only by its private fields; they are the same from MXNet 1.5 to 1.9.
+def _initialized(param):
+    return param._data is not None
+
+
+def _deferred(param):
+    return bool(param._deferred_init)
+
+
+def _in_own_thread(stop, fn, *args):
+    """``fn(*args)`` in a new thread, returning its result or raising its exception here.
+
+    MXNet's resource manager, which holds the random generators of every context, is
+    per thread (``dmlc::ThreadLocalStore``), so the thread's draws and ``mx.random.seed`` calls
+    leave the caller's generators as they were. On an interrupt while waiting, ``stop`` is set
+    and the thread is waited for (``fn`` checks ``stop`` between minibatches) before the
+    interrupt goes on, so that nothing trains while the caller restores the parameters."""
+    outcome, done = {}, threading.Event()
+
+    def run():
+        try:
+            outcome['result'] = fn(*args)
+        except BaseException as e:          # re-raised in the caller's thread below
+            outcome['error'] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name='namsg-search_step_size', daemon=True).start()
+    # Event.wait, not Thread.join: a join interrupted by Ctrl-C marks a running thread as
+    # stopped on some Pythons (3.11), and the next join returns at once.
+    try:
+        done.wait()
+    except BaseException:
+        stop.set()
+        done.wait()
+        raise
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome['result']
+
+
+def _take_batches(batches, iterations, seed):
     """The first ``iterations`` minibatches, re-iterating ``batches`` when it runs out."""
+    mx.random.seed(seed)    # this thread's generators, for a loader's random augmentation
     taken = []
     while len(taken) < iterations:
         before = len(taken)
@@ -391,6 +485,101 @@ def _take_batches(batches, iterations):
              mx.nd.array(y) if not isinstance(y, mx.nd.NDArray) else y) for x, y in taken]
 
 
+def _finish_deferred_init(net, params, x, contexts):
+    """Give parameters waiting for their shapes their values, as the first forward pass of
+    training would: in the caller's thread (its generator), in prediction mode (no Dropout
+    draws, no BatchNorm statistics)."""
+    if not any(_deferred(p) for p in params.values()):
+        return
+    first = gluon.utils.split_and_load(x, contexts, even_split=False)[0]
+    with autograd.pause(train_mode=False):
+        net(first)
+    waiting = [name for name, p in params.items() if not _initialized(p)]
+    if waiting:
+        raise ValueError('search_step_size: %s still %s for deferred initialization after a '
+                         'forward pass on the first minibatch (not used by the network?); '
+                         'initialize %s explicitly' % (', '.join(waiting),
+                                                       'waits' if len(waiting) == 1 else 'wait',
+                                                       'it' if len(waiting) == 1 else 'them'))
+
+
+class _Snapshot:
+    """What each parameter holds (values and gradients), to restore after the search, and the
+    values each candidate starts from.
+
+    A ``row_sparse`` weight holds only the rows last pulled from its Trainer's kvstore, which
+    holds the whole weight (MXNet updates row_sparse weights there): the candidates start from
+    all its rows, pulled once here, and the rows it held are put back at the end. MXNet allows
+    one Trainer per ``row_sparse`` parameter: each candidate starts with none."""
+
+    def __init__(self, params):
+        self.params = params
+        self.found, self.start, self.grads = {}, {}, {}
+        for name, p in params.items():
+            if p._stype == 'default':
+                self.found[name] = self.start[name] = [d.copy() for d in p.list_data()]
+            else:
+                self.found[name] = [d.copy() for d in p._data]
+                rows = mx.nd.arange(p.shape[0], ctx=p.list_ctx()[0], dtype='int64')
+                self.start[name] = [d.copy() for d in p.list_row_sparse_data(rows)]
+            if p.grad_req != 'null':
+                self.grads[name] = [g.copy() for g in p.list_grad()]
+
+    def reset(self):
+        """A candidate's starting point: every row of the saved values, zero gradients and no
+        Trainer."""
+        for name, p in self.params.items():
+            _copy(self.start[name], p._data)
+            if p.grad_req != 'null':
+                p.zero_grad()
+            p._set_trainer(None)
+
+    def restore(self):
+        """The values and gradients as they were when the snapshot was taken."""
+        for name, p in self.params.items():
+            _copy(self.found[name], p._data)
+            if name in self.grads:
+                _copy(self.grads[name], p.list_grad())
+
+
+def _attach(params, trainers):
+    """Give each parameter back the Trainer it had (``trainers`` by name)."""
+    for name, p in params.items():
+        p._set_trainer(None)       # for row_sparse ones, MXNet refuses a second Trainer
+        p._set_trainer(trainers[name])
+
+
+def _copy(sources, targets):
+    for source, target in zip(sources, targets):
+        source.copyto(target)
+
+
+class _Stopped(Exception):
+    """The caller was interrupted: stop training."""
+
+
+def _try_candidates(stop, snapshot, net, loss_fn, replay, contexts, step_sizes, optimizer,
+                    optimizer_params, kvstore, seed):
+    """Per step size, the per-iteration mean losses of training from the snapshot; runs in the
+    search's own thread (see :func:`_in_own_thread`)."""
+    # Each step takes one minibatch's gradient, also where the caller accumulates them.
+    accumulated = [p for p in snapshot.params.values() if p.grad_req == 'add']
+    losses = {}
+    for a in step_sizes:
+        snapshot.reset()
+        mx.random.seed(seed)
+        trainer = gluon.Trainer(snapshot.params, optimizer,
+                                dict(optimizer_params, learning_rate=a), kvstore=kvstore)
+        losses[a] = []
+        for x, y in replay:
+            if stop.is_set():
+                raise _Stopped()
+            losses[a].append(_train_step(net, trainer, loss_fn, x, y, contexts))
+            for p in accumulated:
+                p.zero_grad()
+    return losses
+
+
 def _train_step(net, trainer, loss_fn, x, y, contexts):
     xs = gluon.utils.split_and_load(x, contexts, even_split=False)
     ys = gluon.utils.split_and_load(y, contexts, even_split=False)
@@ -399,11 +588,3 @@ def _train_step(net, trainer, loss_fn, x, y, contexts):
     autograd.backward(losses)
     trainer.step(x.shape[0])
     return sum(float(l.sum().asscalar()) for l in losses) / x.shape[0]
-
-
-def _restore(params, saved):
-    for name, p in params.items():
-        for data, value in zip(p.list_data(), saved[name]):
-            value.copyto(data)
-        if p.grad_req != 'null':
-            p.zero_grad()
