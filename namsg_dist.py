@@ -47,7 +47,8 @@ import sys
 import threading
 import time
 
-__all__ = ['serve', 'launch_local', 'launch_ssh', 'read_hosts', 'main']
+__all__ = ['serve', 'launch_local', 'launch_ssh', 'read_hosts', 'install_worker_exit_hooks',
+           'worker_site', 'STOP_SIGNALS', 'main']
 
 SERVER_ROLES = ('server', 'scheduler')
 #: Tells a worker that its job's servers run serve() (namsg.kvstore_sync.SERVERS_ENV; not
@@ -329,6 +330,7 @@ def _pslite_verbosity(env):
 
 #: Signals that end a job (batch schedulers, ``timeout`` and containers send SIGTERM; a closed
 #: terminal SIGHUP); the launcher then exits with 128 + the signal's number.
+#: The signals that end a job and every process of it: SIGINT (Ctrl-C), SIGTERM, SIGHUP.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -527,7 +529,7 @@ def read_hosts(path):
 
     Returns
     -------
-    list of (str, str)
+    list of tuple
         (host, ssh port) per line, the port ``'22'`` where none is given.
 
     Raises
@@ -617,8 +619,8 @@ def launch_ssh(command, hosts, num_workers, num_servers=1, timeout=3600, host_ip
     ----------
     command : list of str
         The worker's program and arguments.
-    hosts : list of (str, str)
-        (host, ssh port), e.g. from :func:`read_hosts`; each host's address as this machine
+    hosts : list of tuple
+        (host, ssh port) pairs of str, e.g. from :func:`read_hosts`; each host's address as this machine
         resolves it is the node's ``DMLC_NODE_HOST`` (ps-lite binds to it).
     num_workers, num_servers : int
         Processes of each role, >= 1.
@@ -630,11 +632,11 @@ def launch_ssh(command, hosts, num_workers, num_servers=1, timeout=3600, host_ip
     sync_dst_dir : str or None, default None
         Copy this directory there on every host first (rsync over ssh) and run there.
     env : dict or None, default None
-        Variables for every process of the job. The hosts get these, the job's DMLC_*
-        variables, and this environment's OMP_NUM_THREADS, KMP_AFFINITY, LD_LIBRARY_PATH,
-        PYTHONPATH, DMLC_INTERFACE and those starting with MXNET_, NAMSG_ or PS_ (ssh passes
-        no environment; a command line is visible to every user of both machines, so nothing
-        else is sent).
+        Variables for every process of the job. The hosts get these, the job's ``DMLC_*``
+        variables, and this environment's ``OMP_NUM_THREADS``, ``KMP_AFFINITY``,
+        ``LD_LIBRARY_PATH``, ``PYTHONPATH``, ``DMLC_INTERFACE`` and those starting with
+        ``MXNET_``, ``NAMSG_`` or ``PS_`` (ssh passes no environment; a command line is visible
+        to every user of both machines, so nothing else is sent).
     out : file or None, default None
         Where the labelled output goes (default stdout).
 

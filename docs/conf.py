@@ -46,6 +46,16 @@ napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
 napoleon_preprocess_types = True
+# The short names docstrings use for MXNet's classes, as MXNet's own docstrings write them.
+napoleon_type_aliases = {
+    'gluon.Trainer': 'mxnet.gluon.Trainer', 'gluon.Block': 'mxnet.gluon.Block',
+    'gluon.Parameter': 'mxnet.gluon.Parameter', 'Context': 'mxnet.context.Context',
+    'NDArray': 'mxnet.ndarray.NDArray', 'Optimizer': 'mxnet.optimizer.Optimizer',
+}
+# Descriptions in numpydoc type fields that are not classes.
+nitpick_ignore = [('py:class', word) for word in (
+    'iterable', 'sequence', 'callable', 'file-like', 'file', 'path-like', 'optional',
+    'array-like', 'any')]
 
 # Offline: each inventory is a local file listing only the names these pages refer to, with the
 # address of their page on the project's site (written at each build by _ext/namsg_docs.py).

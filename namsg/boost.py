@@ -68,9 +68,9 @@ class ObservationBoost:
     target : gluon.Trainer or mxnet.optimizer.Optimizer
         Whose optimizer to boost. A Trainer is followed through ``load_states``, which replaces
         its optimizer object.
-    boost_epochs : iterable of int, default ()
+    boost_epochs : iterable of int, optional
         1-based epochs from whose start the boost applies (the paper: 6 on MNIST, 21 or 51 on
-        CIFAR-10).
+        CIFAR-10); none by default.
     auto : bool, default False
         Also boost when the average convergence rate over the last ``window`` epochs,
         (log L_{e-window} - log L_e) / window for the mean training losses L, falls below
@@ -303,16 +303,16 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
         Initialized (``net.initialize()``; deferred shapes are completed as described above).
         Dense and ``row_sparse`` weights (``gluon.contrib.nn.SparseEmbedding``), dense and
         ``row_sparse`` gradients.
-    batches : iterable of (data, label)
-        NDArrays or NumPy arrays, e.g. a ``gluon.data.DataLoader``. The first ``iterations``
+    batches : iterable of tuple
+        ``(data, label)`` minibatches of NDArrays or NumPy arrays, e.g. a ``gluon.data.DataLoader``. The first ``iterations``
         minibatches are taken once (iterating again if it runs out) and replayed for every
         candidate, so all see the same data in the same order.
     loss_fn : callable
         ``loss_fn(output, label)`` -> per-example losses, e.g. a ``gluon.loss.Loss``.
     iterations : int
         Minibatches per candidate, >= 1: "a small portion" of the training.
-    step_sizes : sequence of float, default STEP_SIZES (B.5's ARSG grid, 0.001 ... 0.1)
-        Candidates, each > 0.
+    step_sizes : sequence of float, default STEP_SIZES
+        Candidates, each > 0; the default is B.5's ARSG grid, 0.001 to 0.1.
     optimizer : str, default 'arsg'
         Any registered optimizer name.
     optimizer_params : dict, default {'mu': 0.05}

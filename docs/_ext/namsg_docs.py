@@ -31,9 +31,35 @@ ROOT = Path(__file__).resolve().parents[2]
 #: own inventories, so these small ones are written at each build; add a name here when a
 #: docstring starts referring to it (the nitpicky build says which).
 EXTERNAL = {
-    'python': [],
-    'numpy': [],
-    'mxnet': [],
+    'python': [
+        ('True', 'py:data', 'library/constants.html#True'),
+        ('False', 'py:data', 'library/constants.html#False'),
+        ('None', 'py:data', 'library/constants.html#None'),
+        ('pathlib.Path', 'py:class', 'library/pathlib.html#pathlib.Path'),
+        ('logging.Logger', 'py:class', 'library/logging.html#logging.Logger'),
+        ('KeyboardInterrupt', 'py:exception', 'library/exceptions.html#KeyboardInterrupt'),
+        ('RuntimeWarning', 'py:exception', 'library/exceptions.html#RuntimeWarning'),
+        ('UserWarning', 'py:exception', 'library/exceptions.html#UserWarning'),
+    ],
+    'numpy': [
+        ('numpy.ndarray', 'py:class', 'reference/generated/numpy.ndarray.html#numpy.ndarray'),
+        ('numpy.random.Generator', 'py:class',
+         'reference/random/generator.html#numpy.random.Generator'),
+    ],
+    'mxnet': [(name, 'py:class', 'api/%s#%s' % (page, name)) for name, page in (
+        ('mxnet.optimizer.Optimizer', 'optimizer/index.html'),
+        ('mxnet.optimizer.Updater', 'optimizer/index.html'),
+        ('mxnet.lr_scheduler.LRScheduler', 'lr_scheduler/index.html'),
+        ('mxnet.gluon.Trainer', 'gluon/trainer.html'),
+        ('mxnet.gluon.Block', 'gluon/block.html'),
+        ('mxnet.gluon.HybridBlock', 'gluon/block.html'),
+        ('mxnet.gluon.Parameter', 'gluon/parameter.html'),
+        ('mxnet.ndarray.NDArray', 'ndarray/ndarray.html'),
+        ('mxnet.context.Context', 'mxnet/context/index.html'),
+        ('mxnet.kvstore.KVStoreBase', 'kvstore/index.html'),
+        ('mxnet.kvstore.KVStore', 'kvstore/index.html'),
+        ('mxnet.module.Module', 'module/index.html'),
+    )],
 }
 
 
