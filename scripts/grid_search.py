@@ -13,7 +13,8 @@ from namsg.experiments.grid import (check_grid, first_stage, run_grid, subset, s
                                     tuple_name)
 from namsg.experiments.hparams import METHODS, PROTOCOLS
 from namsg.experiments.files import write_atomic
-from namsg.experiments.train import PREPARE, CheckpointError
+from namsg.experiments.prepare import PREPARE
+from namsg.experiments.runs import CheckpointError
 
 
 def parse_args(argv=None):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from namsg.experiments import grid, hparams, train
+from namsg.experiments import grid, hparams
+from namsg.experiments.logs import read_log
 from test_data import _write_mnist
 
 SCRIPT = Path(__file__).resolve().parent.parent / 'scripts' / 'grid_search.py'
@@ -141,7 +142,7 @@ def test_arsgb_boosted_from_the_start_is_refused(mnist_dir, monkeypatch, setting
 def test_a_point_another_search_trains_comes_last(mnist_dir, monkeypatch, capsys):
     """Two searches of one grid (e.g. --methods A,B beside --methods B) trained the points
     they shared at once; now a point another process holds is put off, then waited for."""
-    from test_train import Holder
+    from test_locks import Holder
     first, *rest = hparams.grid_tuples('SGD')
     log = Path('g', 'mnist_logreg', 'SGD', grid.tuple_name('SGD', first) + '.jsonl')
     real = getattr(grid, 'train_all', None)     # None before points could be put off
@@ -159,4 +160,4 @@ def test_a_point_another_search_trains_comes_last(mnist_dir, monkeypatch, capsys
     points = [line.split()[0] for line in capsys.readouterr().out.splitlines()
               if 'final train loss' in line and not line.startswith('|')]
     assert points == [grid.tuple_name('SGD', t) for t in rest + [first]]
-    assert len(train.read_log(log)[1]) == 1 and list(Path('.').rglob('.*.lock')) == []
+    assert len(read_log(log)[1]) == 1 and list(Path('.').rglob('.*.lock')) == []

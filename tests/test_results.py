@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from namsg.experiments import grid, hparams, plots, train
+from namsg.experiments.logs import read_log, write_log
 from test_train import PROTOCOL, _tiny_mnist
 
 
@@ -30,7 +31,7 @@ def test_run_grid_ranks_points_by_final_training_loss(tmp_path):
     assert len(rows) == 7
     losses = [r['final_train_loss'] for r in rows]
     assert losses == sorted(losses)
-    header, _ = train.read_log(next((tmp_path / 'logs').glob('*/ARSG/a0.05_*.jsonl')))
+    header, _ = read_log(next((tmp_path / 'logs').glob('*/ARSG/a0.05_*.jsonl')))
     assert header['optimizer_params']['learning_rate'] == 0.05
 
 
@@ -142,7 +143,7 @@ def _assert_resumable(log_dir, checkpoint_dir):
     logs = sorted(log_dir.glob('*/*/*.jsonl'))
     assert logs, '%s holds no runs' % log_dir
     for path in logs:
-        header, records = train.read_log(path)
+        header, records = read_log(path)
         assert len(records) < header['protocol']['epochs']
         run = path.relative_to(log_dir).with_suffix('')
         checkpoint = checkpoint_dir / run / ('epoch-%04d' % len(records))
@@ -185,7 +186,7 @@ def _write_fake_log(log_dir, setting, method, seed, losses, accs, protocol):
                   seed=seed, protocol=dict(protocol, setting=setting))
     records = [dict(type='epoch', epoch=e, iteration=10 * e, train_loss=l, val_acc=a)
                for e, (l, a) in enumerate(zip(losses, accs), start=1)]
-    train.write_log(log_dir / setting / method / ('seed%d.jsonl' % seed), header, records)
+    write_log(log_dir / setting / method / ('seed%d.jsonl' % seed), header, records)
 
 
 FAKE_PROTOCOL = dict(dataset='cifar10', model='resnet20_b3', epochs=3, lr_drop_iteration=25,

@@ -25,9 +25,12 @@ import mxnet as mx
 from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
+from .checkpoints import Checkpoints
 from .plots import write_report
-from .train import (PREPARE, CheckpointError, Checkpoints, check_run, run_header, run_name,
-                    train_all, train_run)
+from .prepare import PREPARE
+from .resume import check_run
+from .runs import CheckpointError, run_header, run_name
+from .train import train_all, train_run
 
 EXPERIMENTS = {
     'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4', section='B.1'),

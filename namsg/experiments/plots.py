@@ -61,7 +61,7 @@ def load_runs(log_dir, headers=False, unfinished=False):
     each seed is a (header, records) pair. Logs of every version are read (older headers hold
     the data's path under ``data``)."""
     from pathlib import Path
-    from .train import read_log
+    from .logs import read_log
     runs = {}
     for path in sorted(Path(log_dir).glob('*/*/*.jsonl')):
         header, records = read_log(path)
