@@ -20,7 +20,7 @@ import pytest
 
 from namsg.experiments import cli, data, prepare
 from namsg.experiments.logs import read_log
-from test_data import _write_mnist, cifar_sizes  # noqa: F401 -- autouse: CIFAR-10's sizes
+from test_data import _write_mnist, cifar_sizes, mnist_sizes  # noqa: F401 -- autouse fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,6 +154,14 @@ def _mnist_labels_above_9(root):
     return root / 'mnist'
 
 
+def _mnist_swapped(root):
+    from test_data import swap_mnist_splits
+    (root / 'mnist').mkdir()
+    _write_mnist(root / 'mnist', gz=False)
+    swap_mnist_splits(root / 'mnist')
+    return root / 'mnist'
+
+
 def _empty_folder(root):
     (root / 'empty').mkdir()
     return root / 'empty'
@@ -164,6 +172,8 @@ DATA_ERRORS = {
     'mnist, no such folder': ('mnist', lambda root: root / 'typo', 'does not exist'),
     'mnist, files missing': ('mnist', _empty_folder, 'MNIST files missing'),
     'mnist, labels above 9': ('mnist', _mnist_labels_above_9, 'labels up to 12'),
+    'mnist, training and test files swapped': ('mnist', _mnist_swapped,
+                                               'so the two are swapped; rename them'),
     'cifar10, no such folder': ('cifar10', lambda root: root / 'typo', 'does not exist'),
     'cifar10, no data': ('cifar10', _empty_folder, 'no CIFAR-10 data found'),
     'cifar10, damaged batch': ('cifar10', _damaged_cifar, 'data_batch_2: not a batch of'),
@@ -506,7 +516,8 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
 # the file argv[1]) until the file argv[2] exists.
 _PAUSED = r"""
 import os, sys, time
-from namsg.experiments import cli, prepare
+from namsg.experiments import cli, data, prepare
+data.MNIST_SIZES.update(train=40, test=20)      # those of _mnist_folder's files
 original, epochs = prepare.Prepared.train_batches, []
 def batches(self, *args, **kwargs):
     epochs.append(1)

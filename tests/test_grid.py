@@ -7,7 +7,7 @@ import pytest
 
 from namsg.experiments import grid, hparams
 from namsg.experiments.logs import read_log
-from test_data import _write_mnist
+from test_data import _write_mnist, mnist_sizes  # noqa: F401 -- autouse: MNIST's sizes
 
 SCRIPT = Path(__file__).resolve().parent.parent / 'scripts' / 'grid_search.py'
 
