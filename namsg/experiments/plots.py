@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 
 from .. import dynamics  # noqa: E402
 from .files import replacing, write_atomic  # noqa: E402
+from .hparams import METHODS  # noqa: E402
+from .runs import config_of  # noqa: E402
 
 FIGURE1_MUS = (0.0, 0.001, 0.05, 0.1, 0.2, 0.4)
 FIGURE1_RANGES = ((-0.003, 0.01), (-1.0, 20.0))
@@ -73,19 +75,20 @@ def load_runs(log_dir, headers=False, unfinished=False):
 
 
 def describe_data(header, note=None):
-    """Which data a run used, for a title: sample, full set or subset, the sizes and where it
-    was read from (``note``, e.g. 'JPEG-recompressed copy', is added)."""
+    """Which data a run used, for a title or a caption: sample, full set or subset, the sizes
+    and the data's digest (its fingerprint, where the log holds one; ``note``, e.g.
+    'JPEG-recompressed copy', is added). Never where the data lay: a path names a folder of
+    the machine that made the run, and the same data anywhere is the same data."""
     source = header.get('data_source') or header.get('data')
-    if not isinstance(source, str):
-        source = 'unknown source'
+    fingerprint = header.get('data') if isinstance(header.get('data'), dict) else None
     sizes = (header.get('train_size'), header.get('test_size'))
     dataset = header['protocol']['dataset']
-    kind = ('embedded sample' if 'sample' in source else
+    kind = ('embedded sample' if isinstance(source, str) and 'sample' in source else
             'full set' if sizes == FULL_SIZES.get(dataset) else 'subset')
     return '%s%s, %s: %s training / %s validation images%s' % (
         'MNIST' if dataset == 'mnist' else 'CIFAR-10', '' if note is None else ' ' + note, kind,
         format(sizes[0], ','), format(sizes[1], ','),
-        '' if kind == 'embedded sample' else ' (%s)' % source)
+        ', digest %s' % fingerprint['sha256'] if fingerprint else '')
 
 
 def describe_budget(protocol):
@@ -215,24 +218,135 @@ SAMPLE_CNN_CAPTION = (
     'MNIST an epoch is 235 iterations.')
 
 
+#: Models that a rerun on another machine reproduces to float rounding, with the largest
+#: relative difference in training loss, over the epochs, that still counts as reproduced
+#: (measured on MNIST's logistic regression, 20 epochs: 1.8e-7 between oneDNN's AVX2 and
+#: AVX-512 kernels, 1.8e-5 with MXNet's oneDNN off, where seeds differ by about 5e-3). Networks
+#: with convolutions are reproduced only within the reference's seed-to-seed spread (see
+#: :func:`reproduction_criterion`).
+EXACT_MODELS = {'logreg': 1e-4}
+
+
+def reproduction_criterion(model):
+    """What a rerun of ``model`` (a protocol's model) on another machine can reproduce of its
+    reference run, in words for the report.
+
+    Logistic regression (EXACT_MODELS): the training loss of every epoch, to a relative
+    tolerance. A network with convolutions: only its final training loss, within the spread
+    of the reference's final training losses over its seeds.
+
+    Why (measured with MXNet 1.9.1 on the MNIST CNN, one epoch): two runs with the same
+    instruction set and thread count are bit-identical, but MXNet's oneDNN picks its
+    convolution kernels by the CPU's instruction set (``DNNL_MAX_CPU_ISA=AVX2``, what a CPU
+    without AVX-512 runs, changes the first forward pass by 6e-7, relative) and splits the
+    backward pass's sums over the batch by thread (``OMP_NUM_THREADS=2`` instead of 1 changes
+    the first gradients by 6e-7). Training amplifies such rounding differences: the losses of
+    two runs part by 1e-2 within 100 iterations, sooner where BatchNorm cancels a parameter
+    (the biases before it), whose gradient is then rounding alone and which Adam-like
+    optimizers step by the full step size all the same. After ten epochs the final training
+    loss differs by a few percent, as it does between seeds.
+    """
+    if model in EXACT_MODELS:
+        return ('logistic regression is reproduced to float rounding on any machine: a rerun '
+                'matches its reference run when its training loss differs by at most %g '
+                '(relative) in every epoch' % EXACT_MODELS[model])
+    return ('a network with convolutions is not reproduced bit for bit on another CPU or with '
+            'another thread count (oneDNN chooses its kernels by both, and training amplifies '
+            'their rounding differences): a rerun matches its reference run when its final '
+            'training loss differs by no more than the spread of the reference\'s final '
+            'training losses over its seeds')
+
+
+def same_run(header, other):
+    """Whether the logs of ``header`` and ``other`` are of the same run: the same configuration
+    (protocol, method, seed, optimizer and hyper-parameters, data fingerprint, contexts,
+    kvstore), whatever the machine, versions, command or data path (as a run is resumed only
+    by its own configuration). A log without a data fingerprint (written before logs held
+    one) is the same run as none: what its data were cannot be told."""
+    return (isinstance(header.get('data'), dict) and isinstance(other.get('data'), dict)
+            and json.loads(json.dumps(config_of(header))) ==
+            json.loads(json.dumps(config_of(other))))
+
+
+def _verdict(model, worst, change, spread):
+    """Whether a rerun reproduces its reference run (see reproduction_criterion): ``worst``
+    the largest relative difference in training loss over the epochs, ``change`` the absolute
+    difference in final training loss, ``spread`` the reference's seed-to-seed range of final
+    training losses (None with one seed)."""
+    if worst == 0:
+        return 'yes: identical'
+    if model in EXACT_MODELS:
+        tolerance = EXACT_MODELS[model]
+        return ('yes: within %g' % tolerance if worst <= tolerance else
+                'no: differs by more than %g' % tolerance)
+    if spread is None:
+        return 'cannot tell: one reference seed, no seed-to-seed spread'
+    within = change <= spread
+    return '%s: final loss differs by %.1e, %s the seed-to-seed spread %.1e' % (
+        'yes' if within else 'no', change, 'within' if within else 'more than', spread)
+
+
 def comparison_markdown(runs, reference_runs):
-    """Per (method, seed) found in both ``runs`` and ``reference_runs`` ({method: [(header,
-    records)]}): the final training loss of each and the largest relative difference in
-    training loss over the epochs; does the rerun reproduce the reference?"""
+    """Per run found in both ``runs`` and ``reference_runs`` ({method: [(header, records)]})
+    as the same run (:func:`same_run`: the same configuration and data): the final training
+    loss of each, the largest relative difference in training loss over the epochs, and
+    whether the rerun reproduces the reference run as a run on another machine can
+    (:func:`reproduction_criterion`). Runs on other data are never paired. '' when no run
+    is found in both."""
     lines = ['| method | seed | final training loss | reference\'s | largest relative '
-             'difference over the epochs |', '|---|---|---|---|---|']
+             'difference over the epochs | reproduced? |', '|---|---|---|---|---|---|']
     for method, pairs in runs.items():
-        ref = {h['seed']: r for h, r in reference_runs.get(method, [])}
+        references = reference_runs.get(method, [])
         for header, records in pairs:
-            if header['seed'] not in ref:
+            matches = [r for h, r in references if same_run(header, h)]
+            if not matches:
                 continue
-            other = ref[header['seed']]
+            other = matches[0]
             worst = max(abs(a['train_loss'] - b['train_loss']) / abs(b['train_loss'])
                         for a, b in zip(records, other))
-            lines.append('| %s | %d | %.5f | %.5f | %.1e |' % (
+            # The seeds of the reference run's configuration: the spread a rerun may differ by.
+            finals = [r[-1]['train_loss'] for h, r in references
+                      if same_run(dict(header, seed=h['seed'], run=h['run']), h)]
+            spread = max(finals) - min(finals) if len(finals) > 1 else None
+            lines.append('| %s | %d | %.5f | %.5f | %.1e | %s |' % (
                 method, header['seed'], records[-1]['train_loss'], other[-1]['train_loss'],
-                worst))
+                worst, _verdict(header['protocol']['model'], worst,
+                                abs(records[-1]['train_loss'] - other[-1]['train_loss']),
+                                spread)))
     return '\n'.join(lines) + '\n' if len(lines) > 2 else ''
+
+
+def _not_compared(header, reference_header):
+    """Why no run here is compared run by run with the reference runs of the same protocol,
+    from a header of each."""
+    if not isinstance(reference_header.get('data'), dict):
+        return ('Not compared run by run: the reference logs record no fingerprint of their '
+                'data (they were written before logs held one), so no run here can be shown '
+                'to be the same run.')
+    if reference_header.get('data') != header.get('data'):
+        return ('Not compared run by run: the reference runs were trained on other data (%s; '
+                'here: %s).' % (describe_data(reference_header), describe_data(header)))
+    ours, theirs = config_of(header), config_of(reference_header)
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)
+                    and k not in ('run', 'seed', 'method', 'optimizer', 'optimizer_params',
+                                  'boost_epoch'))
+    if differ:
+        return 'Not compared run by run: the configurations differ in %s.' % ', '.join(differ)
+    return 'Not compared run by run: no run here has its seed among the reference runs.'
+
+
+def _shown(folder):
+    """``folder`` as the report names it: relative to the working directory or to the checkout
+    holding this package where it lies in one, else its name alone (a whole path names a
+    folder of one machine, and the plots are committed)."""
+    from pathlib import Path
+    resolved = Path(folder).resolve()
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        try:
+            return str(resolved.relative_to(root.resolve()))
+        except ValueError:
+            continue
+    return resolved.name
 
 
 def _comparable(header, other):
@@ -246,7 +360,6 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
     ``reference_dir`` (e.g. the committed logs/mnist) of the same protocol beside them.
     Returns the summary text."""
     from pathlib import Path
-    from .hparams import METHODS
     out_dir = Path(out_dir or log_dir)
     sections = []
     found = load_runs(log_dir, headers=True)
@@ -264,9 +377,10 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
         if setting == 'mnist_cnn' and 'sample' in describe_data(header):
             caption = SAMPLE_CNN_CAPTION
         if ref_runs:
-            ref_header = next(iter(refs[setting].values()))[0][0]
+            ref_header = next(pairs[0][0] for pairs in ref_pairs.values() if pairs)
             caption = '\n'.join(filter(None, [caption, 'dashed: reference runs in %s (data: %s)'
-                                              % (reference_dir, describe_data(ref_header))]))
+                                              % (_shown(reference_dir),
+                                                 describe_data(ref_header))]))
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_setting(ordered, title, out_dir / ('%s.png' % setting), ref_runs,
                      event_positions(header['protocol'], records, 'ARSGB' in ordered),
@@ -275,13 +389,19 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
             describe_budget(header['protocol']), describe_data(header, data_note)), '',
             summary_markdown(ordered, reference)]
         if ref_runs:
-            sections += ['Reference runs of the same protocol in `%s`:' % reference_dir, '',
+            sections += ['Reference runs of the same protocol in `%s`:' % _shown(reference_dir), '',
                          summary_markdown(ref_runs, reference)]
             same = comparison_markdown(method_runs, ref_pairs)
             if same:
-                sections += ['The same runs here and in the reference:', '', same]
+                sections += ['The same runs here and in the reference (the same configuration '
+                             'and data), judged by what a run on another machine reproduces: '
+                             '%s.' % reproduction_criterion(header['protocol']['model']), '',
+                             same]
+            else:
+                sections += [_not_compared(header, ref_header), '']
         elif reference_dir is not None:
-            sections += ['No reference runs of the same protocol in `%s`.' % reference_dir, '']
+            sections += ['No reference runs of the same protocol in `%s`.' % _shown(reference_dir),
+                         '']
     summary = '\n'.join(sections)
     if sections:
         write_atomic(out_dir / 'summary.md', summary)
@@ -378,7 +498,7 @@ def results_markdown(sources, root='.', metric=None, reference='ADAM'):
     reported best validation accuracy comes first (a column, or with ``metric='best_acc'`` a
     row). Methods that a source did not run say so."""
     from pathlib import Path
-    from .hparams import METHODS, PAPER_BEST_VAL_ACC
+    from .hparams import PAPER_BEST_VAL_ACC
     if metric is not None and metric not in RESULT_METRICS:
         raise ValueError('results metric %r: choose one of %s'
                          % (metric, ', '.join(RESULT_METRICS)))
@@ -417,7 +537,6 @@ def grid_markdown(spec, root='.'):
     every method found there."""
     from pathlib import Path
     from . import grid
-    from .hparams import METHODS
     log_dir, _, setting = spec.rpartition(':')
     folder = Path(root) / log_dir / setting
     methods = [m for m in METHODS if (folder / m).is_dir()]
