@@ -108,7 +108,9 @@ def test_events_are_placed_where_they_happen():
     protocol = dict(PROTOCOL._asdict(), boost_epoch=3, lr_drop_iteration=10)
     records = [dict(epoch=e, iteration=4 * e) for e in (1, 2, 3, 4)]     # 4 iterations each
     events = plots.event_positions(protocol, records, boosted=True)
-    assert events == {'ARSGB boost (from epoch 3)': 2,
+    # The boost applies from the start of epoch 3: after 2 epochs, where the x axis (epochs
+    # done) has 2. The label said "from epoch 3" at x = 2, beside the point of epoch 2.
+    assert events == {'ARSGB boost after 2 epochs (epoch 3 on)': 2,
                       'step size / 10 after iteration 10': 2.5}
     assert list(plots.event_positions(protocol, records, boosted=False)) == [
         'step size / 10 after iteration 10']
@@ -273,6 +275,24 @@ def test_the_report_says_why_runs_are_not_compared_and_names_no_data_path(tmp_pa
     assert 'The same runs here and in the reference (the same configuration and data)' in summary
     assert '| ARSG | 0 | 0.25000 | 0.25000 | 0.0e+00 | yes: identical |' in summary
 
+
+def test_plots_against_the_reference_draw_the_methods_run_in_one_colour_each():
+    """All eight reference methods were drawn with their bands when one or two were run, and a
+    method's colour depended on which others were drawn."""
+    reference = {m: [_fake_run([0.4, 0.3], [0.8, 0.9])] for m in hparams.METHODS}
+    colours = {}
+    for run in (['ARSG'], ['SGD', 'ARSG'], ['ARSGB', 'ADAM', 'ARSG']):
+        fig = plots.plot_setting({m: [_fake_run([0.5, 0.2], [0.8, 0.9])] for m in run}, 'title',
+                                 None, reference)
+        drawn = {l.get_label(): l for l in fig.axes[0].get_lines()}
+        assert sorted(drawn) == sorted(['%s (1)' % m for m in run] +
+                                       ['%s ref (1)' % m for m in run])
+        for label, line in drawn.items():
+            colours.setdefault(label.split()[0], set()).add(line.get_color())
+        assert len(fig.axes[0].collections) == 2 * len(run)        # one band per curve
+        plots.plt.close(fig)
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({c for cs in colours.values() for c in cs}) == len(colours)
 
 
 # --- the README's results tables ---------------------------------------------------------------

@@ -16,6 +16,9 @@ from .hparams import METHODS  # noqa: E402
 from .runs import config_of  # noqa: E402
 
 FIGURE1_MUS = (0.0, 0.001, 0.05, 0.1, 0.2, 0.4)
+#: One colour per method in every plot (matplotlib's default colours, in METHODS' order); a
+#: method of another name takes one of the colours left.
+METHOD_COLOURS = dict(zip(METHODS, plt.rcParams['axes.prop_cycle'].by_key()['color']))
 FIGURE1_RANGES = ((-0.003, 0.01), (-1.0, 20.0))
 
 
@@ -98,13 +101,16 @@ def describe_budget(protocol):
 
 
 def event_positions(protocol, records, boosted):
-    """{label: x} of the events to mark, x counted in epochs done: the boost (start of its
-    epoch) when an ARSGB run is drawn, and the step-size drop (within its epoch, by
-    iteration)."""
+    """{label: x} of the events to mark, x counted in epochs done, as the plots' x axis is (the
+    point of epoch k at x = k, when k epochs are done): the boost when an ARSGB run is drawn,
+    and the step-size drop (within its epoch, by iteration). The boost applies from the start
+    of the protocol's ``boost_epoch`` (the record of that epoch is the first boosted one), so
+    it lies at ``boost_epoch - 1`` epochs done, and its label says so in the axis' terms."""
     events = {}
     if boosted:
-        events['ARSGB boost (from epoch %d)' % protocol['boost_epoch']] = \
-            protocol['boost_epoch'] - 1
+        done = protocol['boost_epoch'] - 1
+        events['ARSGB boost after %d epoch%s (epoch %d on)' % (
+            done, '' if done == 1 else 's', protocol['boost_epoch'])] = done
     drop = protocol.get('lr_drop_iteration')
     if drop is not None:
         done = 0
@@ -126,18 +132,23 @@ def _curves(seed_records, key):
 def plot_setting(method_runs, title, path, reference_runs=None, events=None, caption=None):
     """Training loss (log scale) and validation accuracy against epoch: the mean over seeds
     with a band from the lowest to the highest seed, a marker at every epoch (a one-epoch run
-    is a point). ``reference_runs`` (same form) are drawn dashed in the method's colour;
-    ``events`` ({label: x in epochs done}) as vertical lines; ``caption`` under the panels.
-    Saved as PNG at ``path``; with ``path`` None the figure is returned instead."""
+    is a point), each method in its colour of METHOD_COLOURS. ``reference_runs`` (same form)
+    are drawn dashed in the method's colour, for the methods of ``method_runs`` only (the
+    others would crowd out the runs drawn); ``events`` ({label: x in epochs done}) as vertical
+    lines; ``caption`` under the panels. Saved as PNG at ``path``; with ``path`` None the figure
+    is returned instead."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 5))
-    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
     groups = [(method_runs, '-', 'o', '')]
+    reference_runs = {m: r for m, r in (reference_runs or {}).items() if m in method_runs}
     if reference_runs:
         groups.append((reference_runs, '--', 'x', ' ref'))
-    order = list(dict.fromkeys(list(method_runs) + list(reference_runs or {})))
+    spare = [c for c in plt.rcParams['axes.prop_cycle'].by_key()['color']
+             if c not in METHOD_COLOURS.values()]
+    colours = dict(METHOD_COLOURS, **{m: spare[i % len(spare)] for i, m in enumerate(
+        m for m in method_runs if m not in METHOD_COLOURS)})
     for runs, style, marker, suffix in groups:
         for method, seed_records in runs.items():
-            colour = colours[order.index(method) % len(colours)]
+            colour = colours[method]
             epochs = np.arange(1, _curves(seed_records, 'train_loss').shape[1] + 1)
             for ax, key in ((loss_ax, 'train_loss'), (acc_ax, 'val_acc')):
                 values = _curves(seed_records, key)
