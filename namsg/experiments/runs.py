@@ -9,6 +9,7 @@ import mxnet as mx
 import numpy as np
 
 import namsg
+from .data import DATA_DIR_ENV, is_embedded_sample
 from .hparams import optimizer_kwargs
 
 
@@ -60,8 +61,9 @@ def _describe_data(data):
     """A header's ``data`` entry in words (older logs hold a string)."""
     if not isinstance(data, dict):
         return repr(data)
-    return '%s training / %s validation images, digest %s' % (
-        format(data.get('train'), ','), format(data.get('test'), ','), data.get('sha256'))
+    return '%s training / %s validation images%s, digest %s' % (
+        format(data.get('train'), ','), format(data.get('test'), ','),
+        ' of the embedded MNIST sample' if is_embedded_sample(data) else '', data.get('sha256'))
 
 
 def check_config(saved, header, what, log_path, checkpoint_dir):
@@ -75,10 +77,13 @@ def check_config(saved, header, what, log_path, checkpoint_dir):
     differences = []
     for k in keys:
         if k == 'data':
-            differences.append('other data: %s then; %s now, from %s (give the --data-dir it '
-                               'was trained on to resume it)'
+            # The sample has no folder to give: the advice that fits names how to get it back.
+            advice = ('leave out --data-dir and unset $%s to resume it on the sample'
+                      % DATA_DIR_ENV if is_embedded_sample(saved.get(k)) else
+                      'give the --data-dir it was trained on to resume it')
+            differences.append('other data: %s then; %s now, from %s (%s)'
                                % (_describe_data(saved.get(k)), _describe_data(now.get(k)),
-                                  header.get('data_source', 'unknown source')))
+                                  header.get('data_source', 'unknown source'), advice))
         else:
             differences.append('%s: %r then, %r now' % (k, saved.get(k), now.get(k)))
     kept = [(flag, files) for flag, files, path in [
