@@ -121,3 +121,71 @@ def test_an_unfinished_distributed_log_says_there_is_no_checkpoint_to_restore(tm
     with pytest.raises(runs.CheckpointError, match=r'no checkpoint \(a dist_\* job keeps none.*'
                                                    r'move the log away'):
         resume.run_state(header, tmp_path / 'r.jsonl', tmp_path / 'ck', distributed=True)
+
+
+def _cut_in_the_last_record(log):
+    log.write_text(log.read_text()[:-20])
+
+
+def _cut_in_the_header(log):
+    log.write_text(log.read_text()[:30])
+
+
+@pytest.mark.parametrize('damage,problem,kept', [
+    (_cut_in_the_last_record, 'was damaged (line 4 is cut short or damaged)', True),
+    (_cut_in_the_header, 'was damaged (line 1 is cut short or damaged)', False),
+    (lambda log: log.unlink(), 'was missing', False)], ids=['record', 'header', 'missing'])
+def test_a_finished_runs_damaged_log_is_rebuilt_saying_so_and_keeping_its_command(
+        tmp_path, damage, problem, kept):
+    """With its checkpoint there, a log cut mid-line was rewritten with the header of the
+    command that skipped the run, which printed only "finished earlier (...): skipped"."""
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    args = (PROTOCOL, 'ARSG', 0, _tiny_mnist(), log, checkpoints)
+    records = train.train_run(*args, command='the command that trained it')
+    damage(log)
+    lines = []
+    assert train.train_run(*args, command='a later command', echo=lines.append) == records
+    assert lines == ['mnist_logreg/ARSG/seed0: finished earlier (%s): skipped; its log %s %s: '
+                     'rebuilt from the checkpoint, %s' % (
+                         checkpoints / 'epoch-0003', log, problem,
+                         'keeping its header (with the command that trained the run)' if kept
+                         else 'with this command in its header' + (
+                             ' (its own could not be read)' if 'damaged' in problem else ''))]
+    header, logged = read_log(log)
+    assert logged == records
+    assert header['command'] == ('the command that trained it' if kept else 'a later command')
+
+
+def test_a_resumed_runs_damaged_log_is_named_in_the_resume_note(tmp_path):
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    data = _tiny_mnist()
+    train.train_run(PROTOCOL._replace(epochs=1), 'SGD', 0, data, log, checkpoints)
+    state = json.loads((checkpoints / 'epoch-0001' / 'state.json').read_text())
+    state['config']['protocol']['epochs'] = 3        # as if interrupted after epoch 1 of 3
+    (checkpoints / 'epoch-0001' / 'state.json').write_text(json.dumps(state))
+    header, logged = read_log(log)
+    header['protocol']['epochs'] = 3
+    write_log(log, header, logged)
+    _cut_in_the_last_record(log)
+    lines = []
+    records = train.train_run(PROTOCOL, 'SGD', 0, data, log, checkpoints, echo=lines.append)
+    assert lines[0] == ('mnist_logreg/SGD/seed0: resuming from %s: continuing at epoch 2 of 3; '
+                        'its log %s was damaged (line 2 is cut short or damaged): rewritten from '
+                        'the checkpoint after the next epoch' % (checkpoints / 'epoch-0001', log))
+    assert read_log(log)[1] == records and len(records) == 3
+
+
+def test_a_whole_log_of_another_configuration_beside_a_checkpoint_is_never_overwritten(
+        tmp_path):
+    """The log was not read when a checkpoint was there: a finished run rewrote it."""
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    data = _tiny_mnist()
+    train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, log, checkpoints)
+    train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 1, data, tmp_path / 'other.jsonl',
+                    tmp_path / 'ck1')
+    (tmp_path / 'other.jsonl').replace(log)          # seed 1's log where seed 0's should be
+    before = log.read_bytes()
+    with pytest.raises(runs.CheckpointError, match=r'log .*run.jsonl was written by another '
+                                                   r'configuration of this run \(run: '):
+        train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, log, checkpoints)
+    assert log.read_bytes() == before

@@ -15,7 +15,12 @@ def write_log(path, header, records):
 
 
 class LogError(ValueError):
-    """A file where a log should be is not a complete namsg training log."""
+    """A file where a log should be is not a complete namsg training log; ``why`` says what is
+    wrong with it in a few words, for a longer sentence."""
+
+    def __init__(self, message, why):
+        super().__init__(message)
+        self.why = why
 
 
 def read_log(path):
@@ -29,10 +34,24 @@ def read_log(path):
             lines.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise LogError('%s: line %d is not a complete JSON record (%s); the log was cut '
-                           'short or damaged' % (path, number, e)) from e
+                           'short or damaged' % (path, number, e),
+                           'line %d is cut short or damaged' % number) from e
     if not lines or not isinstance(lines[0], dict) or lines[0].get('type') != 'header':
-        raise LogError('%s is not a namsg training log (no header line)' % path)
+        raise LogError('%s is not a namsg training log (no header line)' % path,
+                       'it has no header line')
     return lines[0], [line for line in lines[1:] if line.get('type') == 'epoch']
+
+
+def read_header(path):
+    """The header line of the log at ``path`` if that line is whole, even where a later line is
+    not (a log cut short keeps the command that trained its run); else None."""
+    try:
+        with open(path) as f:
+            first = next((line for line in f if line.strip()), '')
+        header = json.loads(first)
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) and header.get('type') == 'header' else None
 
 
 def log_holds(log_path, records):

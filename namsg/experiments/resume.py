@@ -2,23 +2,27 @@
 checkpoint, decided from its log and checkpoints (writing nothing), or refused, naming the file
 and what to do, when they belong to another configuration or are damaged."""
 
+import json
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 from .checkpoints import CheckpointDamaged, Checkpoints
 from .locks import RunBusy, run_lock
-from .logs import LogError, read_log
+from .logs import LogError, read_header, read_log
 from .runs import CheckpointError, check_config, config_of
 
 
 class RunState(NamedTuple):
     """Where a run stands: ``kind`` is 'new', 'finished' (``records`` from its log) or 'resume'
-    (from ``checkpoint``, after ``epoch``); ``note`` says so, for the user."""
+    (from ``checkpoint``, after ``epoch``); ``note`` says so, for the user, and what will be
+    repaired. ``header``: the header to write when the log is rebuilt from the checkpoint (its
+    own, where it is whole, with the command that trained the run), else None."""
     kind: str
     records: list = []
     checkpoint: Optional[Path] = None
     epoch: int = 0
     note: str = ''
+    header: Optional[dict] = None
 
 
 #: Why a dist_* run cannot resume (said where a resume is asked for).
@@ -48,10 +52,13 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
                 'resume, or move %s%s away to rerun this run from the start'
                 % (latest, e, checkpoint_dir,
                    '' if log_path is None else ' and the log %s' % log_path)) from e
-        note = ('finished earlier (%s): skipped' % latest if state['epoch'] >= epochs else
+        finished = state['epoch'] >= epochs
+        note = ('finished earlier (%s): skipped' % latest if finished else
                 'resuming from %s: continuing at epoch %d of %d' % (latest, state['epoch'] + 1,
                                                                      epochs))
-        return RunState('resume', state['records'], latest, state['epoch'], note)
+        repair, kept = _log_repair(header, log_path, checkpoint_dir, state['records'], finished)
+        return RunState('resume', state['records'], latest, state['epoch'],
+                        note + ('; ' + repair if repair else ''), kept)
     if log_path is None or not Path(log_path).is_file():
         return RunState('new')
     try:
@@ -76,6 +83,42 @@ def run_state(header, log_path, checkpoint_dir, distributed=False):
         'overwrite it: restore the checkpoint (a run committed unfinished has it under '
         'checkpoints/), or move the log away to train this run from the start'
         % (log_path, len(logged), epochs, checkpoint_dir))
+
+
+def _log_repair(header, log_path, checkpoint_dir, records, finished):
+    """(what will be repaired, the header to keep) for the log of a run resumed or skipped from
+    its checkpoint, which holds ``records``: ('', None) when the log holds them. A log cut
+    short, lost, or behind its checkpoint (stopped between the two writes) is rewritten from
+    the checkpoint's records; its header is kept where it is whole. A whole log of another
+    configuration raises CheckpointError, as without a checkpoint: it is not this run's."""
+    if log_path is None:
+        return '', None
+    missing = False
+    try:
+        _, logged = read_log(log_path)
+    except FileNotFoundError:
+        missing, problem = True, 'its log %s was missing' % log_path
+    except OSError as e:
+        problem = 'its log %s could not be read (%s)' % (log_path, e.strerror or e)
+    except LogError as e:
+        problem = 'its log %s was damaged (%s)' % (log_path, e.why)
+    else:
+        if logged == json.loads(json.dumps(records)):
+            return '', None
+        problem = 'its log %s held %d of the checkpoint\'s %d epochs' % (log_path, len(logged),
+                                                                         len(records))
+    kept = read_header(log_path)
+    if kept is not None:
+        check_config(config_of(kept), header, 'log %s was written' % log_path, log_path,
+                     checkpoint_dir)
+    if not finished:
+        # Rewritten whole after every epoch, with the header of the command that resumes it.
+        return '%s: rewritten from the checkpoint after the next epoch' % problem, None
+    if kept is not None:
+        return ('%s: rebuilt from the checkpoint, keeping its header (with the command that '
+                'trained the run)' % problem), kept
+    return ('%s: rebuilt from the checkpoint, with this command in its header%s'
+            % (problem, '' if missing else ' (its own could not be read)')), None
 
 
 def check_run(header, log_path, checkpoint_dir):

@@ -194,7 +194,8 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                 echo(format_record(header['run'], records[-1]))
         if first_epoch > protocol.epochs and log_path is not None and \
                 not log_holds(log_path, records):
-            write_log(log_path, header, records)     # finished earlier, its log lost: rebuild it
+            # Finished earlier, its log lost or damaged (run_state's note says so): rebuilt.
+            write_log(log_path, state.header or header, records)
     return records
 
 
