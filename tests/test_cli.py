@@ -505,6 +505,9 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
     assert capsys.readouterr().out.splitlines()[-1] == (
         'interrupted: %s stopped in an epoch; no epoch was complete: the same command starts '
         'it again from the beginning' % run)
+    # Nothing was written, and the folders made for the run's files are gone (they were left
+    # empty: runs/<experiment>/<setting>/SGD/ and .../checkpoints/<setting>/SGD/).
+    assert not (tmp_path / 'runs').exists()
     with pytest.raises(SystemExit):
         _two_epochs(experiment, tmp_path, monkeypatch, interrupt_at=2)
     assert capsys.readouterr().out.splitlines()[-1] == (

@@ -150,3 +150,23 @@ def test_a_distributed_job_ends_when_another_process_trains_its_run(tmp_path, mo
         assert str(error.value).endswith('a dist_sync job cannot wait for it: let that '
                                          'process finish or stop it, then start this job again')
     assert not log.exists()
+
+
+def test_a_run_stopped_before_its_first_epoch_leaves_no_folders_behind(tmp_path):
+    """A CIFAR-10 run interrupted in its first epoch left runs/cifar10/<setting>/<method>/ and
+    runs/cifar10/checkpoints/<setting>/<method>/, empty."""
+    (tmp_path / 'there').mkdir()                  # empty, but not made by the run: kept
+    log = tmp_path / 'runs' / 'cifar10' / 'cifar10_fine' / 'SGD' / 'seed0.jsonl'
+    checkpoints = tmp_path / 'runs' / 'cifar10' / 'checkpoints' / 'cifar10_fine' / 'SGD' / 'seed0'
+    with pytest.raises(KeyboardInterrupt):
+        with locks.run_lock([log, checkpoints, tmp_path / 'there' / 'x'], 'cifar10_fine/SGD/seed0'):
+            assert log.parent.is_dir() and checkpoints.parent.is_dir()
+            checkpoints.mkdir()                   # as a checkpoint is begun
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['there']
+    assert list((tmp_path / 'there').iterdir()) == []
+
+    with locks.run_lock([log, checkpoints], 'cifar10_fine/SGD/seed0'):
+        log.write_text('{}\n')                    # what the run wrote stays, with its folder
+    assert log.read_text() == '{}\n'
+    assert not (tmp_path / 'runs' / 'cifar10' / 'checkpoints').exists()

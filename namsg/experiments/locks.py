@@ -86,25 +86,57 @@ def run_lock(paths, run, wait=False, create=True):
     takes (3 s) raises RunBusy (and this process holds none of them); with ``wait``, this blocks
     until the other lets go (Ctrl-C still interrupts). ``create=False`` (a check that writes
     nothing) skips paths whose folder does not exist yet: no other process has begun writing
-    there. On leaving, the lock files are removed; a process that dies, even by SIGKILL, loses
-    its locks with it, so a lock file it leaves behind locks nothing. Without flock (Windows; a
-    file system that refuses it, with a warning) the run is not locked.
+    there. On leaving, the lock files are removed, and so are the folders this call made and
+    the paths that did not exist when it began, where they are still empty: a run stopped
+    before its first epoch leaves nothing behind (folders that were there are kept, empty or
+    not). A process that dies, even by SIGKILL, loses its locks with it, so a lock file it
+    leaves behind locks nothing. Without flock (Windows; a file system that refuses it, with a
+    warning) the run is not locked.
     """
-    held = []
+    held, new_paths, made = [], [], []
     try:
         for path in paths:
             if fcntl is None or path is None:
                 continue
-            if not Path(path).parent.is_dir():
-                if not create:
+            if not Path(path).exists():
+                new_paths.append(Path(path))    # a checkpoint folder, made by the first epoch
+            if not Path(path).parent.is_dir() and not create:
+                continue
+            fd = None
+            for _ in range(3):
+                made += _make_folders(Path(path).parent)
+                try:
+                    fd = _lock(path, run, wait)
+                    break
+                except FileNotFoundError:   # another process removed the folder it had made
                     continue
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fd = _lock(path, run, wait)
             if fd is not None:
                 held.append((path, fd))
         yield
     finally:
+        # The run's own paths while its locks keep other processes out of them; the folders
+        # around them (shared with other runs) once the lock files are gone from them.
+        _remove_empty(new_paths)
         for path, fd in reversed(held):
             with contextlib.suppress(OSError):
                 os.unlink(str(_lock_file(path)))      # while locked: see _lock
             os.close(fd)
+        _remove_empty(made)
+
+
+def _remove_empty(folders):
+    """Remove those of ``folders`` that are empty folders, the deepest first."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):      # not empty, not a folder, or gone
+            folder.rmdir()
+
+
+def _make_folders(folder):
+    """Make ``folder`` and its missing parents; returns those that were missing."""
+    missing = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if missing:
+        missing[0].mkdir(parents=True, exist_ok=True)
+    return missing
