@@ -373,6 +373,39 @@ def test_script_help_is_whole_sentences(script, capsys):
     assert '(default: None)' not in text
 
 
+@pytest.mark.parametrize('script', sorted(p.stem for p in (ROOT / 'scripts').glob('*.py')))
+def test_every_scripts_help_names_kebab_case_flags_with_their_defaults(script, monkeypatch,
+                                                                       capsys):
+    """demo.py's help dropped all but the first line of its description; the switches said
+    "(default: False)"."""
+    import argparse
+    import ast
+    import runpy
+    parsers = []
+    real = argparse.ArgumentParser.print_help
+    monkeypatch.setattr(argparse.ArgumentParser, 'print_help',
+                        lambda self, *a: parsers.append(self) or real(self, *a))
+    monkeypatch.setattr(sys, 'argv', [str(ROOT / 'scripts' / (script + '.py')), '--help'])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(sys.argv[0], run_name='__main__')
+    assert stop.value.code in (0, None)
+    text = capsys.readouterr().out
+    parser, = parsers
+    assert text.startswith('usage: ') and '(default: False)' not in text
+    words = ' '.join(text.split())
+    assert parser.description and ' '.join(parser.description.split()) in words
+    doc = ast.get_docstring(ast.parse((ROOT / 'scripts' / (script + '.py')).read_text()))
+    if doc.split('\n')[0] == parser.description.split('\n')[0]:   # made from the docstring
+        assert ' '.join(doc.split()) in words                           # all of it
+    for action in parser._actions:
+        if '-h' in action.option_strings:
+            continue
+        for flag in action.option_strings:
+            assert re.fullmatch(r'--[a-z0-9]+(-[a-z0-9]+)*', flag), flag
+        shown = parser._get_formatter()._get_help_string(action)
+        assert '(default' in shown, '%s: %s' % (action.option_strings, shown)
+
+
 def _run(argv, capsys):
     cli.main('mnist', argv + ['--settings', 'mnist_logreg', '--methods', 'arsg',
                               '--scale', '0.05', '--seeds', '0', '--no-progress'])

@@ -501,6 +501,17 @@ def test_demo_refuses_sizes_out_of_range(monkeypatch, capsys, argv, says):
         'error: argument ' + says)
 
 
+def test_demo_runs_as_make_demo_runs_it(capsys):
+    """make demo (scripts/demo.py) prints both optimizers' mean training loss per epoch."""
+    from test_cli import _load_script
+    _load_script('demo').main(['--epochs', '2', '--samples', '1024'])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].split() == ['epoch', 'arsg', '(lr', '0.01,', 'mu', '0.1)', 'adam', '(lr',
+                                 '0.001)']
+    rows = [[float(v) for v in line.split()] for line in lines[-2:]]
+    assert [r[0] for r in rows] == [1, 2] and all(0 < v < 5 for r in rows for v in r[1:])
+
+
 @pytest.mark.parametrize('argv, says', [
     (['--beta', '1.0'], '--beta: must lie in (0, 1), strictly between 0 and 1; got 1'),
     (['--beta', '-1'], '--beta: must lie in (0, 1), strictly between 0 and 1; got -1'),

@@ -61,12 +61,14 @@ logger = logging.getLogger(__name__)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults appended to each flag's help unless the help states its own; the description
-    kept as written."""
+    """Defaults appended to each flag's help unless the help states its own (a switch's as
+    "off"); the description kept as written."""
 
     def _get_help_string(self, action):
         if '(default' in (action.help or ''):
             return action.help
+        if action.nargs == 0 and action.default is False:      # a switch
+            return '%s (default: off)' % action.help
         return super()._get_help_string(action)
 
 
