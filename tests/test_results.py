@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from namsg.experiments import grid, hparams, plots, train
+from namsg.experiments import compare, grid, hparams, plots, train
 from namsg.experiments.logs import read_log, write_log
 from namsg.experiments.runs import run_header
 from test_train import PROTOCOL, _tiny_mnist
@@ -196,12 +196,12 @@ def _write_runs(log_dir, pairs):
 
 
 def test_the_report_says_whether_a_rerun_reproduces_its_reference_run():
-    table = plots.comparison_markdown(
+    table = compare.comparison_markdown(
         {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25]), _run('ARSG', 7, [1.0, 0.5, 0.25])]},
         {'ARSG': [_run('ARSG', 0, [1.0, 0.4, 0.25])], 'ADAM': []})
     assert table.splitlines()[2:] == [
         '| ARSG | 0 | 0.25000 | 0.25000 | 2.5e-01 | no: differs by more than 0.0001 |']
-    assert plots.comparison_markdown({'ARSG': [_run('ARSG', 7, [1.0])]},
+    assert compare.comparison_markdown({'ARSG': [_run('ARSG', 7, [1.0])]},
                                      {'ARSG': [_run('ARSG', 0, [1.0])]}) == ''
 
 
@@ -209,14 +209,14 @@ def test_runs_on_other_data_are_never_compared_as_the_same_runs():
     """A rerun on MNIST's training and test files swapped was listed under "the same runs here
     and in the reference": the same protocol and seed, other data."""
     rerun = {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25], data=SWAPPED)]}
-    assert plots.comparison_markdown(rerun, {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25])]}) == ''
+    assert compare.comparison_markdown(rerun, {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25])]}) == ''
     # A log without a fingerprint (written before logs held one) cannot be shown to be the same.
     old_header, records = _run('ARSG', 0, [1.0, 0.5, 0.25])
     old_header['data'] = 'MNIST files in /work/somewhere'
     del old_header['data_source']
     same = {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25])]}
-    assert plots.comparison_markdown(same, {'ARSG': [(old_header, records)]}) == ''
-    assert 'yes: identical' in plots.comparison_markdown(
+    assert compare.comparison_markdown(same, {'ARSG': [(old_header, records)]}) == ''
+    assert 'yes: identical' in compare.comparison_markdown(
         same, {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25], where='/elsewhere')]})
 
 
@@ -246,7 +246,7 @@ def test_each_experiment_is_judged_by_what_reproduces_across_machines(protocol, 
     reference has 0.00217, while logistic regression matched to 1e-7: the report printed the
     differences with no way to tell which are expected."""
     refs = [_run('ADAM', seed, losses, protocol=protocol) for seed, losses in enumerate(reference)]
-    table = plots.comparison_markdown({'ADAM': [_run('ADAM', 0, rerun, protocol=protocol)]},
+    table = compare.comparison_markdown({'ADAM': [_run('ADAM', 0, rerun, protocol=protocol)]},
                                       {'ADAM': refs})
     assert table.splitlines()[2].endswith('| %s |' % verdict), table
 

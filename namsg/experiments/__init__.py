@@ -16,6 +16,8 @@ One concern per module, from the paper's numbers to the figures:
 - :mod:`~namsg.experiments.progress`: what a run reports as it trains;
 - :mod:`~namsg.experiments.train`: the training loop;
 - :mod:`~namsg.experiments.grid`: B.5's grid search;
+- :mod:`~namsg.experiments.compare`: which reruns are the same runs as reference runs, and
+  whether they reproduce them;
 - :mod:`~namsg.experiments.plots`: figures and summary tables from the logs;
 - :mod:`~namsg.experiments.cli`: the command line of the reproduction scripts;
 - :mod:`~namsg.experiments.files`: files written whole or not at all.
