@@ -12,7 +12,7 @@ from mxnet import autograd, gluon
 from namsg.experiments import data as datasets
 from namsg.experiments.cli import HelpFormatter
 from namsg.experiments.models import resnet20
-from namsg.experiments.train import CIFAR_CROP, prepare_cifar10
+from namsg.experiments.prepare import CIFAR_CROP, prepare_cifar10
 
 
 def build_parser():

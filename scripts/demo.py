@@ -1,7 +1,10 @@
 """Train one small Gluon network with ARSG and with ADAM, side by side, and print the losses.
 
 The data is a synthetic 10-class problem (a fixed random teacher network labels Gaussian
-inputs), made here so the demo needs no download.
+inputs), made here so the demo needs no download. The network is a 128-unit hidden layer and a
+10-way output; each optimizer trains it from the same initial weights, and the mean training
+loss of every epoch is printed for both. With the defaults it takes about 10 seconds on one
+CPU core.
 """
 
 import argparse
@@ -15,7 +18,8 @@ import namsg  # noqa: F401  (registers 'arsg' and 'rsg')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--epochs', type=int, default=5,
                         help='epochs to train, >= 1 (default: 5)')
     parser.add_argument('--batch-size', type=int, default=256,

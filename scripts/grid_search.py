@@ -9,11 +9,19 @@ import sys
 from pathlib import Path
 
 from namsg.experiments import cli
+from namsg.experiments import data as datasets
 from namsg.experiments.grid import (check_grid, first_stage, run_grid, subset, summary_table,
                                     tuple_name)
 from namsg.experiments.hparams import METHODS, PROTOCOLS
 from namsg.experiments.files import write_atomic
-from namsg.experiments.train import PREPARE, CheckpointError
+from namsg.experiments.prepare import PREPARE
+from namsg.experiments.runs import CheckpointError
+
+#: Default folders of a search's logs, as reproduce_mnist.py keeps runs on the embedded MNIST
+#: sample (runs/mnist-sample) apart from runs on the full set (runs/mnist): a point trained on
+#: one is another run than the same point on the other, and would refuse it.
+LOG_DIR = 'runs/grid/logs'
+SAMPLE_LOG_DIR = 'runs/grid-sample/logs'
 
 
 def parse_args(argv=None):
@@ -28,19 +36,21 @@ def parse_args(argv=None):
                         help='epochs per grid point (default: the protocol\'s, 20 for '
                              'mnist_logreg); fewer is a budget')
     parser.add_argument('--subset', type=int, default=None,
-                        help='train on the first N training images only (default: all)')
+                        help='train on the first N training images only, N at most the '
+                             'data\'s (default: all)')
     parser.add_argument('--search-iterations', type=int, default=None,
                         help='iterations of the first-stage step-size search for ARSG and '
                              'ARSGB (default: one epoch\'s)')
     parser.add_argument('--data-dir', default=None,
                         help='data directory (default: $NAMSG_DATA_DIR; MNIST falls back to '
                              'the embedded sample)')
-    parser.add_argument('--log-dir', default='runs/grid/logs',
+    parser.add_argument('--log-dir', default=None,
                         help='one log per grid point, <log dir>/<setting>/<method>/<tuple>.jsonl, '
-                             'and <log dir>/<setting>/grid_summary.md (default: runs/grid/logs)')
+                             'and <log dir>/<setting>/grid_summary.md (default: %s; %s on the '
+                             'embedded MNIST sample)' % (LOG_DIR, SAMPLE_LOG_DIR))
     parser.add_argument('--checkpoint-dir', default=None,
                         help='checkpoints per grid point, read on resume (default: the log '
-                             'dir\'s checkpoints/ sub-folder, runs/grid/logs/checkpoints)')
+                             'dir\'s checkpoints/ sub-folder, e.g. %s/checkpoints)' % LOG_DIR)
     parser.add_argument('--gpus', default='', help='comma-separated GPU ids (default: empty, '
                                                    'the CPU)')
     return parser.parse_args(argv)
@@ -81,28 +91,44 @@ def _main(argv):
                          % args.search_iterations)
     protocol = protocol.scaled(epochs / protocol.epochs)._replace(epochs=epochs)
     check_boost(protocol, methods)
+    for flag, value in (('--data-dir', args.data_dir), ('--log-dir', args.log_dir),
+                        ('--checkpoint-dir', args.checkpoint_dir)):
+        if value is not None and not value.strip():
+            raise SystemExit('error: %s is empty; give a folder, or leave the flag out for its '
+                             'default' % flag)
+    sample = protocol.dataset == 'mnist' and datasets.data_dir_from(args.data_dir) is None
+    log_dir = args.log_dir or (SAMPLE_LOG_DIR if sample else LOG_DIR)
     # As reproduce_*.py: the checkpoints follow the log dir, so that two searches with other
     # log dirs (and other budgets) never meet in one checkpoint folder.
     checkpoint_dir = (args.checkpoint_dir if args.checkpoint_dir is not None
-                      else str(Path(args.log_dir) / 'checkpoints'))
+                      else str(Path(log_dir) / 'checkpoints'))
     contexts = cli.contexts_from(args.gpus)
     cli.check_data_dir(protocol.dataset, args.data_dir)
-    cli.check_writable('--log-dir', args.log_dir)
+    cli.check_writable('--log-dir', log_dir)
     cli.check_writable('--checkpoint-dir', checkpoint_dir)
     dataset = cli.load_data_or_exit(protocol.dataset, args.data_dir)
-    prepared = subset(PREPARE[protocol.dataset](dataset), args.subset)
+    prepared = PREPARE[protocol.dataset](dataset)
+    available = len(prepared.train_y)
+    if args.subset is not None and args.subset > available:
+        # Else the whole data would be trained on, under a subset's name.
+        raise SystemExit('error: --subset %d: the data (%s) has %s training images; give '
+                         '--subset %d or less%s' % (args.subset, dataset.source,
+                                                    format(available, ','), available,
+                                                    ', or --data-dir with the full MNIST'
+                                                    if sample else ''))
+    prepared = subset(prepared, args.subset)
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
     fingerprint = dataset.fingerprint()
     for method in methods:
         # Every point's log and checkpoint, before the first-stage search or any training.
         try:
-            check_grid(protocol, method, prepared, args.log_dir, checkpoint_dir,
+            check_grid(protocol, method, prepared, log_dir, checkpoint_dir,
                        contexts=contexts, command=command, data_source=dataset.source,
                        data_fingerprint=fingerprint)
         except CheckpointError as e:
             raise SystemExit('error: %s' % e)
-    print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, args.log_dir))
+    print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, log_dir))
     results = {}
     try:
         for method in methods:
@@ -114,7 +140,7 @@ def _main(argv):
                 print('%s first stage (%d iterations): picks a = %g; ranking %s' % (
                     method, iterations, search.best,
                     ', '.join('%g: %.5f' % r for r in search.ranking)))
-            rows = run_grid(protocol, method, prepared, args.log_dir, checkpoint_dir,
+            rows = run_grid(protocol, method, prepared, log_dir, checkpoint_dir,
                             contexts=contexts, echo=print, command=command,
                             data_source=dataset.source, data_fingerprint=fingerprint)
             results[method] = (rows, search)
@@ -131,7 +157,7 @@ def _main(argv):
               'interrupted one from its last complete epoch', flush=True)
         raise SystemExit(cli.interrupted_status(e))
     table = summary_table(args.setting, results)
-    write_atomic(Path(args.log_dir) / args.setting / 'grid_summary.md',
+    write_atomic(Path(log_dir) / args.setting / 'grid_summary.md',
                  '# B.5 grid on %s, %d epochs per point\n\nData: %s. Command: `%s`\n\n%s'
                  % (args.setting, epochs, dataset.source, command, table))
     print('\n' + table)

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from namsg.experiments.cli import HelpFormatter, check_writable
+from namsg.experiments.logs import LogError
 from namsg.experiments.plots import write_report
-from namsg.experiments.train import LogError
 
 
 def build_parser():

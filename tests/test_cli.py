@@ -4,7 +4,6 @@ kept out of the committed logs; progress that shows wherever the output goes."""
 
 import errno
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -17,12 +16,11 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-import mxnet as mx
-import numpy as np
 import pytest
 
-from namsg.experiments import cli, data, train
-from test_data import _write_mnist, cifar_sizes  # noqa: F401 -- autouse: CIFAR-10's sizes
+from namsg.experiments import cli, data, prepare
+from namsg.experiments.logs import read_log
+from test_data import _write_mnist, cifar_sizes, mnist_sizes  # noqa: F401 -- autouse fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,6 +154,14 @@ def _mnist_labels_above_9(root):
     return root / 'mnist'
 
 
+def _mnist_swapped(root):
+    from test_data import swap_mnist_splits
+    (root / 'mnist').mkdir()
+    _write_mnist(root / 'mnist', gz=False)
+    swap_mnist_splits(root / 'mnist')
+    return root / 'mnist'
+
+
 def _empty_folder(root):
     (root / 'empty').mkdir()
     return root / 'empty'
@@ -166,6 +172,8 @@ DATA_ERRORS = {
     'mnist, no such folder': ('mnist', lambda root: root / 'typo', 'does not exist'),
     'mnist, files missing': ('mnist', _empty_folder, 'MNIST files missing'),
     'mnist, labels above 9': ('mnist', _mnist_labels_above_9, 'labels up to 12'),
+    'mnist, training and test files swapped': ('mnist', _mnist_swapped,
+                                               'so the two are swapped; rename them'),
     'cifar10, no such folder': ('cifar10', lambda root: root / 'typo', 'does not exist'),
     'cifar10, no data': ('cifar10', _empty_folder, 'no CIFAR-10 data found'),
     'cifar10, damaged batch': ('cifar10', _damaged_cifar, 'data_batch_2: not a batch of'),
@@ -365,6 +373,39 @@ def test_script_help_is_whole_sentences(script, capsys):
     assert '(default: None)' not in text
 
 
+@pytest.mark.parametrize('script', sorted(p.stem for p in (ROOT / 'scripts').glob('*.py')))
+def test_every_scripts_help_names_kebab_case_flags_with_their_defaults(script, monkeypatch,
+                                                                       capsys):
+    """demo.py's help dropped all but the first line of its description; the switches said
+    "(default: False)"."""
+    import argparse
+    import ast
+    import runpy
+    parsers = []
+    real = argparse.ArgumentParser.print_help
+    monkeypatch.setattr(argparse.ArgumentParser, 'print_help',
+                        lambda self, *a: parsers.append(self) or real(self, *a))
+    monkeypatch.setattr(sys, 'argv', [str(ROOT / 'scripts' / (script + '.py')), '--help'])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(sys.argv[0], run_name='__main__')
+    assert stop.value.code in (0, None)
+    text = capsys.readouterr().out
+    parser, = parsers
+    assert text.startswith('usage: ') and '(default: False)' not in text
+    words = ' '.join(text.split())
+    assert parser.description and ' '.join(parser.description.split()) in words
+    doc = ast.get_docstring(ast.parse((ROOT / 'scripts' / (script + '.py')).read_text()))
+    if doc.split('\n')[0] == parser.description.split('\n')[0]:   # made from the docstring
+        assert ' '.join(doc.split()) in words                           # all of it
+    for action in parser._actions:
+        if '-h' in action.option_strings:
+            continue
+        for flag in action.option_strings:
+            assert re.fullmatch(r'--[a-z0-9]+(-[a-z0-9]+)*', flag), flag
+        shown = parser._get_formatter()._get_help_string(action)
+        assert '(default' in shown, '%s: %s' % (action.option_strings, shown)
+
+
 def _run(argv, capsys):
     cli.main('mnist', argv + ['--settings', 'mnist_logreg', '--methods', 'arsg',
                               '--scale', '0.05', '--seeds', '0', '--no-progress'])
@@ -383,7 +424,7 @@ def test_runs_are_identified_by_their_data_not_its_path(tmp_path, monkeypatch, c
 
     shutil.copytree(tmp_path / 'a', tmp_path / 'b')   # the same data elsewhere: the same run
     shutil.rmtree(tmp_path / 'runs' / 'mnist' / 'checkpoints')
-    monkeypatch.setattr(train.Prepared, 'train_batches', lambda *a: pytest.fail('rerun'))
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', lambda *a: pytest.fail('rerun'))
     out = _run(['--data-dir', str(tmp_path / 'b')], capsys)
     assert 'mnist_logreg/ARSG/seed0: finished earlier (1 epochs in' in out
 
@@ -422,87 +463,6 @@ def test_a_run_made_on_other_data_says_so_and_how_to_keep_both(tmp_path, monkeyp
     assert sorted((p, p.read_bytes()) for p in run_dir.rglob('*') if p.is_file()) == before
     out = _run(['--data-dir', 'c', '--log-dir', 'other', '--checkpoint-dir', 'other/ck'], capsys)
     assert 'mnist_logreg/ARSG/seed0 epoch 1:' in out
-
-
-def test_progress_lines_and_resume_notes_reach_the_output(tmp_path, monkeypatch):
-    from test_train import PROTOCOL, _tiny_mnist
-    lines = []
-    prepared = _tiny_mnist()
-    train.train_run(PROTOCOL, 'ADAM', 0, prepared, tmp_path / 'r.jsonl', tmp_path / 'ck',
-                    echo=lines.append, progress_every=0)
-    batch_lines = [l for l in lines if 'running loss' in l]
-    assert batch_lines[0].startswith('mnist_logreg/ADAM/seed0 epoch 1: batch 1/4, running '
-                                     'loss ') and batch_lines[0].endswith('images/s')
-    assert len(batch_lines) == 3 * 3                       # every batch but an epoch's last
-    lines.clear()
-    train.train_run(PROTOCOL, 'ADAM', 0, prepared, tmp_path / 'r.jsonl', tmp_path / 'ck',
-                    echo=lines.append, progress_every=3600)
-    assert lines == ['mnist_logreg/ADAM/seed0: finished earlier (%s): skipped'
-                     % (tmp_path / 'ck' / 'epoch-0003')]
-
-    # Interrupted after epoch 1 (its checkpoint and log are what an interruption leaves).
-    train.train_run(PROTOCOL._replace(epochs=1), 'SGD', 0, prepared, tmp_path / 's.jsonl',
-                    tmp_path / 'cs')
-    state = json.loads((tmp_path / 'cs' / 'epoch-0001' / 'state.json').read_text())
-    state['config']['protocol']['epochs'] = 3
-    (tmp_path / 'cs' / 'epoch-0001' / 'state.json').write_text(json.dumps(state))
-    lines.clear()
-    train.train_run(PROTOCOL, 'SGD', 0, prepared, tmp_path / 's.jsonl', tmp_path / 'cs',
-                    echo=lines.append)
-    assert lines[0] == ('mnist_logreg/SGD/seed0: resuming from %s: continuing at epoch 2 of 3'
-                        % (tmp_path / 'cs' / 'epoch-0001'))
-    assert [l.split(':')[0] for l in lines[1:]] == ['mnist_logreg/SGD/seed0 epoch 2',
-                                                    'mnist_logreg/SGD/seed0 epoch 3']
-
-
-def test_interval_lines_are_bounded_by_time(monkeypatch):
-    clock = iter(np.arange(0.0, 100.0, 10.0))          # 10 s a batch
-    monkeypatch.setattr(train.time, 'monotonic', lambda: next(clock))
-    tally = train._Tally()
-    lines = []
-    progress = train._Progress(iter(range(8)), 8, 'run epoch 1', tally, every=30,
-                               echo=lines.append)
-    for _ in progress:
-        tally.count += 400
-        tally.loss += 200.0
-    assert lines == ['run epoch 1: batch 3/8, running loss 0.50000, 40 images/s',
-                     'run epoch 1: batch 6/8, running loss 0.50000, 40 images/s']
-
-
-class _Sleep(mx.operator.CustomOp):
-    """Identity that takes 0.2 s in MXNet's engine, as a batch's computation does."""
-
-    def forward(self, is_train, req, in_data, out_data, aux):
-        time.sleep(0.2)
-        self.assign(out_data[0], req[0], in_data[0])
-
-
-@mx.operator.register('namsg_test_sleep')
-class _SleepProp(mx.operator.CustomOpProp):
-    def create_operator(self, ctx, shapes, dtypes):
-        return _Sleep()
-
-
-def test_progress_counts_batches_computed_not_batches_queued():
-    """The engine runs behind Python: the loop pulled every batch of an epoch at once, and
-    the bar and the progress lines ran ahead of the training by up to an epoch."""
-    pulled = []
-
-    def batches():
-        for i in range(4):
-            pulled.append(time.monotonic())
-            yield i
-
-    tally = train._Tally()
-    weight = mx.nd.ones((2,))
-    start = time.monotonic()
-    for _ in train._Progress(batches(), 4, 'run epoch 1', tally):
-        # Each batch reads the weights the one before it wrote, as in training.
-        weight = mx.nd.Custom(weight, op_type='namsg_test_sleep')
-        tally.add([mx.nd.ones((2, 3))], [mx.nd.zeros((2,))], [weight])
-    # The 4th batch is pulled once the 2nd one's loss is summed: after two of the 0.2 s ops.
-    assert pulled[3] - start >= 0.35
-    assert tally.means() == (1.0, 1.0)
 
 
 def test_cifar10_trains_from_each_layout_as_one_run(tmp_path, monkeypatch, capsys):
@@ -550,19 +510,19 @@ def _two_epochs(experiment, root, monkeypatch, interrupt_at=None):
     first call), with Ctrl-C as epoch ``interrupt_at`` begins."""
     flags, setup = TWO_EPOCHS[experiment]
     folder = root / 'a' if (root / 'a').exists() else setup(root)
-    original, calls = train.Prepared.train_batches, []
+    original, calls = prepare.Prepared.train_batches, []
 
     def batches(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
-    monkeypatch.setattr(train.Prepared, 'train_batches', batches)
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', batches)
     try:
         cli.main(experiment, flags + ['--methods', 'sgd', '--seeds', '0', '--no-progress',
                                       '--data-dir', str(folder)])
     finally:
-        monkeypatch.setattr(train.Prepared, 'train_batches', original)
+        monkeypatch.setattr(prepare.Prepared, 'train_batches', original)
 
 
 @pytest.mark.parametrize('experiment', sorted(TWO_EPOCHS))
@@ -578,6 +538,9 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
     assert capsys.readouterr().out.splitlines()[-1] == (
         'interrupted: %s stopped in an epoch; no epoch was complete: the same command starts '
         'it again from the beginning' % run)
+    # Nothing was written, and the folders made for the run's files are gone (they were left
+    # empty: runs/<experiment>/<setting>/SGD/ and .../checkpoints/<setting>/SGD/).
+    assert not (tmp_path / 'runs').exists()
     with pytest.raises(SystemExit):
         _two_epochs(experiment, tmp_path, monkeypatch, interrupt_at=2)
     assert capsys.readouterr().out.splitlines()[-1] == (
@@ -589,8 +552,9 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
 # the file argv[1]) until the file argv[2] exists.
 _PAUSED = r"""
 import os, sys, time
-from namsg.experiments import cli, train
-original, epochs = train.Prepared.train_batches, []
+from namsg.experiments import cli, data, prepare
+data.MNIST_SIZES.update(train=40, test=20)      # those of _mnist_folder's files
+original, epochs = prepare.Prepared.train_batches, []
 def batches(self, *args, **kwargs):
     epochs.append(1)
     if len(epochs) == int(sys.argv[3]):
@@ -598,7 +562,7 @@ def batches(self, *args, **kwargs):
         while not os.path.exists(sys.argv[2]):
             time.sleep(0.02)
     return original(self, *args, **kwargs)
-train.Prepared.train_batches = batches
+prepare.Prepared.train_batches = batches
 cli.main('mnist', sys.argv[4:])
 """
 
@@ -656,7 +620,7 @@ def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path
         'mnist_logreg/SGD/seed0: finished earlier (%s): skipped'
         % Path('runs/mnist/checkpoints/mnist_logreg/SGD/seed0/epoch-0002')], lines
     assert 'mnist_logreg/SGD/seed0 epoch 2:' in out
-    header, records = train.read_log(log)
+    header, records = read_log(log)
     assert len(records) == 2 and '--methods SGD' in header['command']      # the other's
     assert list(tmp_path.rglob('.*.lock')) == []
 
@@ -740,8 +704,8 @@ def test_the_reference_is_found_from_any_working_directory(tmp_path, monkeypatch
     (tmp_path / 'a').mkdir()
     _write_mnist(tmp_path / 'a', n_train=40, n_test=20, gz=False)
     out = _run(['--data-dir', 'a'], capsys)
-    checkout_logs = Path(cli.__file__).resolve().parents[2] / 'logs' / 'mnist'
-    assert 'No reference runs of the same protocol in `%s`' % checkout_logs in out
+    # Named from the checkout, not by a path of this machine (the report may be committed).
+    assert 'No reference runs of the same protocol in `logs/mnist`' in out
 
 
 def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeypatch, capsys):
@@ -749,11 +713,11 @@ def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeyp
     from namsg.experiments.grid import tuple_name
     from namsg.experiments.hparams import grid_tuples
     module = _load_script('grid_search')
-    log = (workdir / 'runs' / 'grid' / 'logs' / 'mnist_logreg' / 'SGD' /
+    log = (workdir / 'runs' / 'grid-sample' / 'logs' / 'mnist_logreg' / 'SGD' /
            (tuple_name('SGD', grid_tuples('SGD')[0]) + '.jsonl'))
     log.parent.mkdir(parents=True)
     log.write_text('{"type": "header", "run": "x"}\n{"type": "epo')
-    monkeypatch.setattr(train.Prepared, 'train_batches', lambda *a: pytest.fail('training'))
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', lambda *a: pytest.fail('training'))
     with pytest.raises(SystemExit, match=r'error: .*\.jsonl: line 2 is not a complete JSON '
                                          r'record.*move the log away'):
         module.main(['--methods', 'SGD', '--epochs', '1'])
@@ -799,3 +763,34 @@ def test_gpus_are_checked_where_cuda_has_no_driver(workdir, monkeypatch):
     monkeypatch.setattr(cli.mx.context, 'num_gpus', no_driver)
     with pytest.raises(SystemExit, match='error: --gpus 0: no GPU 0; MXNet sees 0 GPUs here'):
         cli.main('mnist', ['--gpus', '0'])
+
+
+def test_command_line_runs_on_the_embedded_sample_outside_logs(tmp_path, capsys, monkeypatch,
+                                                              caplog):
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    monkeypatch.chdir(tmp_path)
+    cli.main('mnist', ['--settings', 'mnist_logreg', '--methods', 'arsg', '--scale', '0.1',
+                       '--no-progress'])
+    out = capsys.readouterr()
+    assert 'embedded 5,000-image MNIST sample' in caplog.text     # a warning logged
+    assert 'mnist_logreg/ARSG/seed0 epoch 2:' in out.out
+    assert not (tmp_path / 'logs').exists()          # logs/ is for runs on real data
+    header, records = read_log(tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg' / 'ARSG' /
+                               'seed0.jsonl')
+    assert header['protocol']['scale'] == 0.1 and len(records) == 2
+    assert not (tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg' / 'ARSG' /
+                'seed1.jsonl').exists()
+    assert (tmp_path / 'runs' / 'mnist-sample' / 'mnist_logreg.png').is_file()
+
+
+@pytest.mark.parametrize('argv,message', [(['--methods', 'LAMB'], '--methods: unknown'),
+                                          (['--settings', 'cifar10_fine'], '--settings: unknown'),
+                                          (['--scale', '2'], 'scale'),
+                                          (['--seeds', 'a'], 'seeds'),
+                                          (['--data-dir', '{empty}'], 'does not exist')])
+def test_command_line_errors_are_clear(argv, message, tmp_path, monkeypatch):
+    monkeypatch.setattr('namsg.experiments.data._download_mnist', lambda *a, **k: False)
+    argv = [a.replace('{empty}', str(tmp_path / 'empty')) for a in argv]
+    with pytest.raises(SystemExit, match=message):
+        cli.main('mnist', argv + ['--log-dir', str(tmp_path), '--checkpoint-dir',
+                                  str(tmp_path)])

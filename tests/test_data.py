@@ -17,6 +17,8 @@ from namsg.experiments import data
 
 #: CIFAR-10's split sizes, read before any test shrinks them.
 FULL_CIFAR_SIZES = dict(data.CIFAR_SIZES)
+#: MNIST's: the module's own dict, which no test may change (see mnist_sizes).
+FULL_MNIST_SIZES = data.MNIST_SIZES
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +28,13 @@ def cifar_sizes(monkeypatch):
     monkeypatch.setattr(data, 'CIFAR_SIZES', dict(train=10, test=4))
 
 
+@pytest.fixture(autouse=True)
+def mnist_sizes(monkeypatch):
+    """MNIST's split sizes made a copy that _write_mnist sets to the sizes it writes. Autouse:
+    other test files that write MNIST import it."""
+    monkeypatch.setattr(data, 'MNIST_SIZES', dict(FULL_MNIST_SIZES))
+
+
 def _idx_bytes(array):
     header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim)
     header += struct.pack('>' + 'I' * array.ndim, *array.shape)
@@ -33,6 +42,9 @@ def _idx_bytes(array):
 
 
 def _write_mnist(directory, n_train=6, n_test=4, gz=True, seed=0):
+    """Small MNIST files in ``directory``; load_mnist then takes their sizes for MNIST's."""
+    assert data.MNIST_SIZES is not FULL_MNIST_SIZES, 'import the mnist_sizes fixture'
+    data.MNIST_SIZES.update(train=n_train, test=n_test)
     rng = np.random.default_rng(seed)
     arrays = {'train_images': rng.integers(0, 256, (n_train, 28, 28)),
               'train_labels': rng.integers(0, 10, n_train),
@@ -46,6 +58,43 @@ def _write_mnist(directory, n_train=6, n_test=4, gz=True, seed=0):
         else:
             (directory / name).write_bytes(raw)
     return arrays
+
+
+def swap_mnist_splits(directory):
+    """Swap the names of the train-* and t10k-* files in ``directory``, as a user did."""
+    for kind in ('images-idx3-ubyte', 'labels-idx1-ubyte'):
+        train, = directory.glob('train-%s*' % kind)
+        test = directory / train.name.replace('train-', 't10k-')
+        train.rename(directory / 'swapping')
+        test.rename(train)
+        (directory / 'swapping').rename(test)
+
+
+def test_mnist_training_and_test_files_swapped_are_refused(tmp_path):
+    """Swapped train-* and t10k-* files were accepted: the run trained on the 10,000 test
+    images, and its summary listed it with the reference runs as the same run."""
+    _write_mnist(tmp_path, n_train=6, n_test=4, gz=True)
+    swap_mnist_splits(tmp_path)
+    with pytest.raises(data.DataError) as error:
+        data.load_mnist(tmp_path, download=False)
+    assert str(error.value) == (
+        'the training files {0}/train-images-idx3-ubyte.gz and {0}/train-labels-idx1-ubyte.gz '
+        'hold 4 images and the test files {0}/t10k-images-idx3-ubyte.gz and '
+        '{0}/t10k-labels-idx1-ubyte.gz hold 6: MNIST has 6 training and 4 test images, so the '
+        'two are swapped; rename them so that the train-* files hold the 6 training images '
+        'and the t10k-* files the 4 test images'.format(tmp_path))
+
+
+def test_mnist_splits_of_other_sizes_are_refused(tmp_path):
+    """A partial copy must not pass for MNIST (its runs would be runs on other data)."""
+    _write_mnist(tmp_path, n_train=6, n_test=4, gz=False)
+    data.MNIST_SIZES.update(test=5)
+    with pytest.raises(data.DataError, match=r'the test files .*t10k-images-idx3-ubyte and '
+                                             r'.*t10k-labels-idx1-ubyte hold 4 images where '
+                                             r'MNIST has 5: they are cut short, swapped with '
+                                             r'other files or not MNIST; replace them'):
+        data.load_mnist(tmp_path, download=False)
+    assert FULL_MNIST_SIZES == dict(train=60000, test=10000)
 
 
 @pytest.mark.parametrize('gz', [True, False])

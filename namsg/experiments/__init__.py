@@ -1,5 +1,27 @@
 """The paper's experiments: hyper-parameters, data, models, training loop, plots.
 
+One concern per module, from the paper's numbers to the figures:
+
+- :mod:`~namsg.experiments.hparams`: the paper's hyper-parameters, grids and protocols, and
+  their translation to MXNet optimizers;
+- :mod:`~namsg.experiments.data`: reading MNIST and CIFAR-10 from disk;
+- :mod:`~namsg.experiments.prepare`: the loaded data made into network inputs, minibatches
+  and augmentation;
+- :mod:`~namsg.experiments.models`: the networks;
+- :mod:`~namsg.experiments.runs`: what identifies a run (its name and log header);
+- :mod:`~namsg.experiments.logs`: the JSON-lines log of a run;
+- :mod:`~namsg.experiments.checkpoints`: a run's checkpoints, written whole;
+- :mod:`~namsg.experiments.locks`: one process per run;
+- :mod:`~namsg.experiments.resume`: where a run stands before it is trained;
+- :mod:`~namsg.experiments.progress`: what a run reports as it trains;
+- :mod:`~namsg.experiments.train`: the training loop;
+- :mod:`~namsg.experiments.grid`: B.5's grid search;
+- :mod:`~namsg.experiments.compare`: which reruns are the same runs as reference runs, and
+  whether they reproduce them;
+- :mod:`~namsg.experiments.plots`: figures and summary tables from the logs;
+- :mod:`~namsg.experiments.cli`: the command line of the reproduction scripts;
+- :mod:`~namsg.experiments.files`: files written whole or not at all.
+
 They need more than the optimizers do: the packages of the ``experiments`` extra (``pip install
 'namsg[experiments]'``). Without them, importing this package says which are missing."""
 

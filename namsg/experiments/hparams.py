@@ -11,6 +11,8 @@ Tuples are in the paper's notation (supplementary, Appendix B):
 
 from typing import Dict, NamedTuple, Optional, Tuple
 
+import mxnet as mx
+
 from ..boost import STEP_SIZES as _STEP_SIZES_ARSG
 
 METHODS = ('SGD', 'ADAM', 'NADAM', 'AMSGRAD', 'RANGER', 'RSG', 'ARSG', 'ARSGB')
@@ -174,3 +176,16 @@ PROTOCOLS: Dict[str, Protocol] = {
     'cifar10_fine': Protocol('cifar10_fine', 'cifar10', 'resnet20_b3', epochs=80,
                              batch_size=256, wd=1e-3, boost_epoch=51, lr_drop_iteration=12000),
 }
+
+
+def optimizer_kwargs(protocol, method, overrides=None):
+    """(spec, kwargs) of ``method``'s optimizer: Table A1's hyper-parameters (``overrides``
+    replace some, e.g. in a grid search), the protocol's weight decay and its step-size drop."""
+    spec = paper_optimizer(method, protocol.setting)
+    kwargs = dict(spec.kwargs, **(overrides or {}))
+    kwargs['wd'] = protocol.wd
+    if protocol.lr_drop_iteration is not None:
+        kwargs['lr_scheduler'] = mx.lr_scheduler.MultiFactorScheduler(
+            step=[protocol.lr_drop_iteration], factor=1.0 / protocol.lr_drop_factor,
+            base_lr=kwargs['learning_rate'])
+    return spec, kwargs

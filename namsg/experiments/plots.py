@@ -12,8 +12,14 @@ import numpy as np  # noqa: E402
 
 from .. import dynamics  # noqa: E402
 from .files import replacing, write_atomic  # noqa: E402
+from .hparams import METHODS  # noqa: E402
+from .compare import comparison_markdown, reproduction_criterion  # noqa: E402
+from .runs import config_of  # noqa: E402
 
 FIGURE1_MUS = (0.0, 0.001, 0.05, 0.1, 0.2, 0.4)
+#: One colour per method in every plot (matplotlib's default colours, in METHODS' order); a
+#: method of another name takes one of the colours left.
+METHOD_COLOURS = dict(zip(METHODS, plt.rcParams['axes.prop_cycle'].by_key()['color']))
 FIGURE1_RANGES = ((-0.003, 0.01), (-1.0, 20.0))
 
 
@@ -61,7 +67,7 @@ def load_runs(log_dir, headers=False, unfinished=False):
     each seed is a (header, records) pair. Logs of every version are read (older headers hold
     the data's path under ``data``)."""
     from pathlib import Path
-    from .train import read_log
+    from .logs import read_log
     runs = {}
     for path in sorted(Path(log_dir).glob('*/*/*.jsonl')):
         header, records = read_log(path)
@@ -73,19 +79,20 @@ def load_runs(log_dir, headers=False, unfinished=False):
 
 
 def describe_data(header, note=None):
-    """Which data a run used, for a title: sample, full set or subset, the sizes and where it
-    was read from (``note``, e.g. 'JPEG-recompressed copy', is added)."""
+    """Which data a run used, for a title or a caption: sample, full set or subset, the sizes
+    and the data's digest (its fingerprint, where the log holds one; ``note``, e.g.
+    'JPEG-recompressed copy', is added). Never where the data lay: a path names a folder of
+    the machine that made the run, and the same data anywhere is the same data."""
     source = header.get('data_source') or header.get('data')
-    if not isinstance(source, str):
-        source = 'unknown source'
+    fingerprint = header.get('data') if isinstance(header.get('data'), dict) else None
     sizes = (header.get('train_size'), header.get('test_size'))
     dataset = header['protocol']['dataset']
-    kind = ('embedded sample' if 'sample' in source else
+    kind = ('embedded sample' if isinstance(source, str) and 'sample' in source else
             'full set' if sizes == FULL_SIZES.get(dataset) else 'subset')
     return '%s%s, %s: %s training / %s validation images%s' % (
         'MNIST' if dataset == 'mnist' else 'CIFAR-10', '' if note is None else ' ' + note, kind,
         format(sizes[0], ','), format(sizes[1], ','),
-        '' if kind == 'embedded sample' else ' (%s)' % source)
+        ', digest %s' % fingerprint['sha256'] if fingerprint else '')
 
 
 def describe_budget(protocol):
@@ -95,13 +102,16 @@ def describe_budget(protocol):
 
 
 def event_positions(protocol, records, boosted):
-    """{label: x} of the events to mark, x counted in epochs done: the boost (start of its
-    epoch) when an ARSGB run is drawn, and the step-size drop (within its epoch, by
-    iteration)."""
+    """{label: x} of the events to mark, x counted in epochs done, as the plots' x axis is (the
+    point of epoch k at x = k, when k epochs are done): the boost when an ARSGB run is drawn,
+    and the step-size drop (within its epoch, by iteration). The boost applies from the start
+    of the protocol's ``boost_epoch`` (the record of that epoch is the first boosted one), so
+    it lies at ``boost_epoch - 1`` epochs done, and its label says so in the axis' terms."""
     events = {}
     if boosted:
-        events['ARSGB boost (from epoch %d)' % protocol['boost_epoch']] = \
-            protocol['boost_epoch'] - 1
+        done = protocol['boost_epoch'] - 1
+        events['ARSGB boost after %d epoch%s (epoch %d on)' % (
+            done, '' if done == 1 else 's', protocol['boost_epoch'])] = done
     drop = protocol.get('lr_drop_iteration')
     if drop is not None:
         done = 0
@@ -123,18 +133,23 @@ def _curves(seed_records, key):
 def plot_setting(method_runs, title, path, reference_runs=None, events=None, caption=None):
     """Training loss (log scale) and validation accuracy against epoch: the mean over seeds
     with a band from the lowest to the highest seed, a marker at every epoch (a one-epoch run
-    is a point). ``reference_runs`` (same form) are drawn dashed in the method's colour;
-    ``events`` ({label: x in epochs done}) as vertical lines; ``caption`` under the panels.
-    Saved as PNG at ``path``; with ``path`` None the figure is returned instead."""
+    is a point), each method in its colour of METHOD_COLOURS. ``reference_runs`` (same form)
+    are drawn dashed in the method's colour, for the methods of ``method_runs`` only (the
+    others would crowd out the runs drawn); ``events`` ({label: x in epochs done}) as vertical
+    lines; ``caption`` under the panels. Saved as PNG at ``path``; with ``path`` None the figure
+    is returned instead."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 5))
-    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
     groups = [(method_runs, '-', 'o', '')]
+    reference_runs = {m: r for m, r in (reference_runs or {}).items() if m in method_runs}
     if reference_runs:
         groups.append((reference_runs, '--', 'x', ' ref'))
-    order = list(dict.fromkeys(list(method_runs) + list(reference_runs or {})))
+    spare = [c for c in plt.rcParams['axes.prop_cycle'].by_key()['color']
+             if c not in METHOD_COLOURS.values()]
+    colours = dict(METHOD_COLOURS, **{m: spare[i % len(spare)] for i, m in enumerate(
+        m for m in method_runs if m not in METHOD_COLOURS)})
     for runs, style, marker, suffix in groups:
         for method, seed_records in runs.items():
-            colour = colours[order.index(method) % len(colours)]
+            colour = colours[method]
             epochs = np.arange(1, _curves(seed_records, 'train_loss').shape[1] + 1)
             for ax, key in ((loss_ax, 'train_loss'), (acc_ax, 'val_acc')):
                 values = _curves(seed_records, key)
@@ -215,24 +230,37 @@ SAMPLE_CNN_CAPTION = (
     'MNIST an epoch is 235 iterations.')
 
 
-def comparison_markdown(runs, reference_runs):
-    """Per (method, seed) found in both ``runs`` and ``reference_runs`` ({method: [(header,
-    records)]}): the final training loss of each and the largest relative difference in
-    training loss over the epochs; does the rerun reproduce the reference?"""
-    lines = ['| method | seed | final training loss | reference\'s | largest relative '
-             'difference over the epochs |', '|---|---|---|---|---|']
-    for method, pairs in runs.items():
-        ref = {h['seed']: r for h, r in reference_runs.get(method, [])}
-        for header, records in pairs:
-            if header['seed'] not in ref:
-                continue
-            other = ref[header['seed']]
-            worst = max(abs(a['train_loss'] - b['train_loss']) / abs(b['train_loss'])
-                        for a, b in zip(records, other))
-            lines.append('| %s | %d | %.5f | %.5f | %.1e |' % (
-                method, header['seed'], records[-1]['train_loss'], other[-1]['train_loss'],
-                worst))
-    return '\n'.join(lines) + '\n' if len(lines) > 2 else ''
+def _not_compared(header, reference_header):
+    """Why no run here is compared run by run with the reference runs of the same protocol,
+    from a header of each."""
+    if not isinstance(reference_header.get('data'), dict):
+        return ('Not compared run by run: the reference logs record no fingerprint of their '
+                'data (they were written before logs held one), so no run here can be shown '
+                'to be the same run.')
+    if reference_header.get('data') != header.get('data'):
+        return ('Not compared run by run: the reference runs were trained on other data (%s; '
+                'here: %s).' % (describe_data(reference_header), describe_data(header)))
+    ours, theirs = config_of(header), config_of(reference_header)
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)
+                    and k not in ('run', 'seed', 'method', 'optimizer', 'optimizer_params',
+                                  'boost_epoch'))
+    if differ:
+        return 'Not compared run by run: the configurations differ in %s.' % ', '.join(differ)
+    return 'Not compared run by run: no run here has its seed among the reference runs.'
+
+
+def _shown(folder):
+    """``folder`` as the report names it: relative to the working directory or to the checkout
+    holding this package where it lies in one, else its name alone (a whole path names a
+    folder of one machine, and the plots are committed)."""
+    from pathlib import Path
+    resolved = Path(folder).resolve()
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        try:
+            return str(resolved.relative_to(root.resolve()))
+        except ValueError:
+            continue
+    return resolved.name
 
 
 def _comparable(header, other):
@@ -246,7 +274,6 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
     ``reference_dir`` (e.g. the committed logs/mnist) of the same protocol beside them.
     Returns the summary text."""
     from pathlib import Path
-    from .hparams import METHODS
     out_dir = Path(out_dir or log_dir)
     sections = []
     found = load_runs(log_dir, headers=True)
@@ -264,9 +291,10 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
         if setting == 'mnist_cnn' and 'sample' in describe_data(header):
             caption = SAMPLE_CNN_CAPTION
         if ref_runs:
-            ref_header = next(iter(refs[setting].values()))[0][0]
+            ref_header = next(pairs[0][0] for pairs in ref_pairs.values() if pairs)
             caption = '\n'.join(filter(None, [caption, 'dashed: reference runs in %s (data: %s)'
-                                              % (reference_dir, describe_data(ref_header))]))
+                                              % (_shown(reference_dir),
+                                                 describe_data(ref_header))]))
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_setting(ordered, title, out_dir / ('%s.png' % setting), ref_runs,
                      event_positions(header['protocol'], records, 'ARSGB' in ordered),
@@ -275,13 +303,19 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
             describe_budget(header['protocol']), describe_data(header, data_note)), '',
             summary_markdown(ordered, reference)]
         if ref_runs:
-            sections += ['Reference runs of the same protocol in `%s`:' % reference_dir, '',
+            sections += ['Reference runs of the same protocol in `%s`:' % _shown(reference_dir), '',
                          summary_markdown(ref_runs, reference)]
             same = comparison_markdown(method_runs, ref_pairs)
             if same:
-                sections += ['The same runs here and in the reference:', '', same]
+                sections += ['The same runs here and in the reference (the same configuration '
+                             'and data), judged by what a run on another machine reproduces: '
+                             '%s.' % reproduction_criterion(header['protocol']['model']), '',
+                             same]
+            else:
+                sections += [_not_compared(header, ref_header), '']
         elif reference_dir is not None:
-            sections += ['No reference runs of the same protocol in `%s`.' % reference_dir, '']
+            sections += ['No reference runs of the same protocol in `%s`.' % _shown(reference_dir),
+                         '']
     summary = '\n'.join(sections)
     if sections:
         write_atomic(out_dir / 'summary.md', summary)
@@ -378,7 +412,7 @@ def results_markdown(sources, root='.', metric=None, reference='ADAM'):
     reported best validation accuracy comes first (a column, or with ``metric='best_acc'`` a
     row). Methods that a source did not run say so."""
     from pathlib import Path
-    from .hparams import METHODS, PAPER_BEST_VAL_ACC
+    from .hparams import PAPER_BEST_VAL_ACC
     if metric is not None and metric not in RESULT_METRICS:
         raise ValueError('results metric %r: choose one of %s'
                          % (metric, ', '.join(RESULT_METRICS)))
@@ -417,7 +451,6 @@ def grid_markdown(spec, root='.'):
     every method found there."""
     from pathlib import Path
     from . import grid
-    from .hparams import METHODS
     log_dir, _, setting = spec.rpartition(':')
     folder = Path(root) / log_dir / setting
     methods = [m for m in METHODS if (folder / m).is_dir()]

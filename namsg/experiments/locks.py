@@ -1,0 +1,142 @@
+"""One process per run: the files a run writes are locked while a process checks or trains it,
+so that two processes never train one run at once."""
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:     # Windows: runs are not locked (see run_lock)
+    fcntl = None
+
+logger = logging.getLogger(__name__)
+
+
+class RunBusy(Exception):
+    """Another process is training run ``run``: it holds the lock of ``path``, a file the run
+    writes (``holder``: 'pid N on HOST', as that process wrote it, or None)."""
+
+    def __init__(self, run, path, holder):
+        super().__init__('%s is being trained by another process%s (it holds the lock on %s)'
+                         % (run, ', ' + holder if holder else '', path))
+        self.run, self.path, self.holder = run, path, holder
+
+
+def _lock_file(path):
+    path = Path(path)
+    return path.parent / ('.%s.lock' % path.name)
+
+
+# A process that only checks a run, or skips it as finished, holds its lock for milliseconds;
+# one that trains it holds it for the whole run. Two processes started together walk the same
+# runs in step, so a lock held no longer than this is the other's check, not a run being trained
+# (without the wait, finished runs were put off as "being trained by another process").
+_CHECK_HOLD = 3.0       # seconds
+
+
+def _lock(path, run, wait):
+    """An open descriptor holding the exclusive flock of ``path``'s lock file (see run_lock),
+    or None where the file system cannot lock."""
+    lock_file = _lock_file(path)
+    deadline = time.monotonic() + _CHECK_HOLD
+    while True:
+        fd = os.open(str(lock_file), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip()
+            os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise RunBusy(run, path, holder) from None
+        except OSError as e:        # e.g. ENOLCK on a network file system without locks
+            os.close(fd)
+            logger.warning(
+                '%s is not locked (%s): make sure no other process trains %s at the same '
+                'time', path, e.strerror or e, run)
+            return None
+        except BaseException:       # Ctrl-C while waiting
+            os.close(fd)
+            raise
+        # The last holder removes the file as it lets go: a lock taken on a file opened just
+        # before that protects nothing, as the next process makes a new file. Take it again.
+        try:
+            current = os.stat(str(lock_file))
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            os.ftruncate(fd, 0)
+            os.write(fd, ('pid %d on %s' % (os.getpid(), socket.gethostname())).encode())
+            return fd
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(paths, run, wait=False, create=True):
+    """Hold the files run ``run`` writes (``paths``: its log, its checkpoint folder) for this
+    process alone, so that two processes never train one run at once.
+
+    Each path gets a lock file ``.NAME.lock`` beside it, held with an exclusive ``flock`` and
+    naming this process. Without ``wait``, a path another process holds for longer than a check
+    takes (3 s) raises RunBusy (and this process holds none of them); with ``wait``, this blocks
+    until the other lets go (Ctrl-C still interrupts). ``create=False`` (a check that writes
+    nothing) skips paths whose folder does not exist yet: no other process has begun writing
+    there. On leaving, the lock files are removed, and so are the folders this call made and
+    the paths that did not exist when it began, where they are still empty: a run stopped
+    before its first epoch leaves nothing behind (folders that were there are kept, empty or
+    not). A process that dies, even by SIGKILL, loses its locks with it, so a lock file it
+    leaves behind locks nothing. Without flock (Windows; a file system that refuses it, with a
+    warning) the run is not locked.
+    """
+    held, new_paths, made = [], [], []
+    try:
+        for path in paths:
+            if fcntl is None or path is None:
+                continue
+            if not Path(path).exists():
+                new_paths.append(Path(path))    # a checkpoint folder, made by the first epoch
+            if not Path(path).parent.is_dir() and not create:
+                continue
+            fd = None
+            for _ in range(3):
+                made += _make_folders(Path(path).parent)
+                try:
+                    fd = _lock(path, run, wait)
+                    break
+                except FileNotFoundError:   # another process removed the folder it had made
+                    continue
+            if fd is not None:
+                held.append((path, fd))
+        yield
+    finally:
+        # The run's own paths while its locks keep other processes out of them; the folders
+        # around them (shared with other runs) once the lock files are gone from them.
+        _remove_empty(new_paths)
+        for path, fd in reversed(held):
+            with contextlib.suppress(OSError):
+                os.unlink(str(_lock_file(path)))      # while locked: see _lock
+            os.close(fd)
+        _remove_empty(made)
+
+
+def _remove_empty(folders):
+    """Remove those of ``folders`` that are empty folders, the deepest first."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):      # not empty, not a folder, or gone
+            folder.rmdir()
+
+
+def _make_folders(folder):
+    """Make ``folder`` and its missing parents; returns those that were missing."""
+    missing = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if missing:
+        missing[0].mkdir(parents=True, exist_ok=True)
+    return missing

@@ -1,0 +1,97 @@
+"""What identifies a run: its name (protocol, method, seed), the header line of its log (its
+configuration, and what describes the machine), and whether a log or checkpoint found on disk
+was made by this configuration of the run."""
+
+import json
+import platform
+
+import mxnet as mx
+import numpy as np
+
+import namsg
+from .data import DATA_DIR_ENV, is_embedded_sample
+from .hparams import optimizer_kwargs
+
+
+class CheckpointError(Exception):
+    """A run's log or checkpoint exists but cannot be used as it is: it belongs to another
+    configuration, is damaged, or is unfinished with no checkpoint to resume from. The
+    message names the file and what to do; nothing was written."""
+
+
+def run_name(protocol, method, seed):
+    """``<setting>/<method>/seed<seed>``: the run's name in messages, and its path (without
+    ``.jsonl``) below the log and checkpoint folders."""
+    return '%s/%s/seed%d' % (protocol.setting, method, seed)
+
+
+def versions():
+    """The versions of namsg, MXNet, NumPy and Python, for a log's header."""
+    return dict(namsg=namsg.__version__, mxnet=mx.__version__, numpy=np.__version__,
+                python=platform.python_version())
+
+
+def run_header(protocol, method, seed, prepared, contexts=None, kvstore='device',
+               overrides=None, command=None, data_source='', data_fingerprint=None,
+               workers=None):
+    """The header line of a run's log: its configuration (what must match to resume) and what
+    describes the machine (versions, command, data path). ``workers``: the job's worker count,
+    for a ``dist_*`` or ``horovod`` kvstore."""
+    spec, kwargs = optimizer_kwargs(protocol, method, overrides)
+    header = dict(type='header', run=run_name(protocol, method, seed), method=method, seed=seed,
+                  protocol=protocol._asdict(), optimizer=spec.name,
+                  optimizer_params={k: v for k, v in kwargs.items() if k != 'lr_scheduler'},
+                  boost_epoch=protocol.boost_epoch if spec.boost else None,
+                  data=data_fingerprint, data_source=data_source,
+                  contexts=[str(c) for c in contexts or [mx.cpu()]], kvstore=kvstore,
+                  train_size=len(prepared.train_y), test_size=len(prepared.test_y),
+                  versions=versions(), command=command)
+    if kvstore.startswith('dist') or kvstore == 'horovod':
+        header['workers'] = workers
+    return header
+
+
+def config_of(header):
+    """What must match for a checkpoint to be resumed: everything but what describes the
+    machine rather than the run (versions, command line, data path)."""
+    return {k: v for k, v in header.items() if k not in ('versions', 'command', 'data_source')}
+
+
+def _describe_data(data):
+    """A header's ``data`` entry in words (older logs hold a string)."""
+    if not isinstance(data, dict):
+        return repr(data)
+    return '%s training / %s validation images%s, digest %s' % (
+        format(data.get('train'), ','), format(data.get('test'), ','),
+        ' of the embedded MNIST sample' if is_embedded_sample(data) else '', data.get('sha256'))
+
+
+def check_config(saved, header, what, log_path, checkpoint_dir):
+    """Raise CheckpointError unless ``saved`` (a config read back from JSON) is this run's,
+    saying what differs and how to keep both: the run's log and checkpoints go together, so
+    the advice names both (removing one of them only meets the other's refusal)."""
+    now = json.loads(json.dumps(config_of(header)))
+    if saved == now:
+        return
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    differences = []
+    for k in keys:
+        if k == 'data':
+            # The sample has no folder to give: the advice that fits names how to get it back.
+            advice = ('leave out --data-dir and unset $%s to resume it on the sample'
+                      % DATA_DIR_ENV if is_embedded_sample(saved.get(k)) else
+                      'give the --data-dir it was trained on to resume it')
+            differences.append('other data: %s then; %s now, from %s (%s)'
+                               % (_describe_data(saved.get(k)), _describe_data(now.get(k)),
+                                  header.get('data_source', 'unknown source'), advice))
+        else:
+            differences.append('%s: %r then, %r now' % (k, saved.get(k), now.get(k)))
+    kept = [(flag, files) for flag, files, path in [
+        ('--log-dir', 'the log %s' % log_path, log_path),
+        ('--checkpoint-dir', 'the checkpoints in %s' % checkpoint_dir, checkpoint_dir)]
+        if path is not None]
+    raise CheckpointError(
+        '%s by another configuration of this run (%s). Its files are kept: to train this '
+        'configuration, choose another %s, or move %s away'
+        % (what, '; '.join(differences), ' and '.join(flag for flag, _ in kept),
+           ' and '.join(files for _, files in kept)))
