@@ -304,9 +304,10 @@ def search_step_size(net, batches, loss_fn, iterations, step_sizes=STEP_SIZES,
         Dense and ``row_sparse`` weights (``gluon.contrib.nn.SparseEmbedding``), dense and
         ``row_sparse`` gradients.
     batches : iterable of tuple
-        ``(data, label)`` minibatches of NDArrays or NumPy arrays, e.g. a ``gluon.data.DataLoader``. The first ``iterations``
-        minibatches are taken once (iterating again if it runs out) and replayed for every
-        candidate, so all see the same data in the same order.
+        ``(data, label)`` minibatches of NDArrays or NumPy arrays, e.g. a
+        ``gluon.data.DataLoader``. The first ``iterations`` minibatches are taken once (iterating
+        again if it runs out) and replayed for every candidate, so all see the same data in the
+        same order.
     loss_fn : callable
         ``loss_fn(output, label)`` -> per-example losses, e.g. a ``gluon.loss.Loss``.
     iterations : int

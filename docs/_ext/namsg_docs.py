@@ -116,7 +116,18 @@ class GridTable(_MarkdownTable):
         return grid_markdown(self.arguments[0], root=ROOT)
 
 
+def _prose_attribute_docstring(self):
+    """Napoleon reads the first line of an attribute's docstring as ``type: description``; the
+    package's ``#:`` comments are prose ("Table A1 of the supplementary: the hyper-parameters
+    ..."), which it turned into a type. Parsed here as a description only (sections inside it
+    still are, as napoleon's own method parses them)."""
+    return self._format_field('', '', self.__class__(self._dedent(self._consume_to_end()),
+                                                     self._config).lines())
+
+
 def setup(app):
+    from sphinx.ext.napoleon import docstring
+    docstring.GoogleDocstring._parse_attribute_docstring = _prose_attribute_docstring
     app.connect('config-inited', write_inventories)
     app.add_directive('results-table', ResultsTable)
     app.add_directive('grid-table', GridTable)

@@ -93,8 +93,8 @@ def run_grid(protocol, method, prepared, log_dir, checkpoint_dir, contexts=None,
 
 
 def first_stage(protocol, method, prepared, iterations, contexts=None, seed=0):
-    """OBSB's first stage for ARSG or ARSGB: :func:`search_step_size` over the method's B.5
-    step sizes for ``iterations`` minibatches of the protocol's first epoch (the order
+    """OBSB's first stage for ARSG or ARSGB: :func:`~namsg.boost.search_step_size` over the
+    method's B.5 step sizes for ``iterations`` minibatches of the protocol's first epoch (the order
     ``train_run`` uses for ``seed``), with the grid's other values (its mu, or ARSGB's mu0),
     from the network ``train_run`` would start from."""
     if method not in ('ARSG', 'ARSGB'):

@@ -31,7 +31,7 @@ def mnist_cnn(classes=10):
 
 #: Which parameters get weight decay in the CIFAR-10 runs. B.3 is silent; we decay every
 #: parameter (BN's gamma/beta and the biases included), the default of gluon.Trainer and of
-#: GluonCV's train_cifar10.py. MXNet's Module API would decay only *_weight and *_gamma.
+#: GluonCV's train_cifar10.py. MXNet's Module API would decay only ``*_weight`` and ``*_gamma``.
 WEIGHT_DECAY_ON = 'all parameters'
 
 
