@@ -325,15 +325,19 @@ def test_results_table_by_method_draws_every_metric_from_the_logs(tmp_path):
     lines = table.splitlines()
     assert lines[0] == ('| method | paper (80 epochs, mean +- std of 5 runs): best val acc | '
                         'fine (3 epochs, 1/2 seeds): final train loss | fine (3 epochs, 1/2 '
-                        'seeds): best val acc | fine (3 epochs, 1/2 seeds): epochs to ADAM\'s '
-                        'final loss | fine (3 epochs, 1/2 seeds): train loss before the drop |')
+                        'seeds): best val acc | fine (3 epochs, 1/2 seeds): final val acc | '
+                        'fine (3 epochs, 1/2 seeds): epochs to ADAM\'s final loss | fine (3 '
+                        'epochs, 1/2 seeds): train loss before the drop |')
     rows = {line.split(' | ')[0][2:]: line for line in lines[2:]}
     assert list(rows) == list(hparams.METHODS)           # the paper's column names all eight
-    assert rows['ADAM'] == '| ADAM | 0.9079 +- 0.0026 | 0.3000 | 0.7000 | 3 | 0.6000 (epoch 2) |'
-    assert rows['ARSG'] == '| ARSG | 0.9157 +- 0.0019 | 0.1000 | 0.9000 | 2 | 0.3000 (epoch 2) |'
+    assert rows['ADAM'] == ('| ADAM | 0.9079 +- 0.0026 | 0.3000 | 0.7000 | 0.6000 | 3 | '
+                            '0.6000 (epoch 2) |')
+    assert rows['ARSG'] == ('| ARSG | 0.9157 +- 0.0019 | 0.1000 | 0.9000 | 0.9000 | 2 | '
+                            '0.3000 (epoch 2) |')
     assert rows['ARSGB'] == ('| ARSGB | 0.9196 +- 0.0014 | 0.5000 after 2 of 3 epochs | '
-                             '0.7500 so far | - | - |')
-    assert rows['SGD'] == '| SGD | 0.9151 +- 0.0021 | not run | not run | not run | not run |'
+                             '0.7500 after 2 of 3 epochs | 0.7500 after 2 of 3 epochs | - | - |')
+    assert rows['SGD'] == ('| SGD | 0.9151 +- 0.0021 | not run | not run | not run | not run | '
+                           'not run |')
 
 
 def test_a_run_in_progress_before_the_drop_is_not_called_not_run(tmp_path):

@@ -183,8 +183,8 @@ def plot_setting(method_runs, title, path, reference_runs=None, events=None, cap
 
 
 def summary_rows(method_runs, reference='ADAM'):
-    """Per method: seeds, final training loss and best validation accuracy (mean, std over
-    seeds), and the first epoch at which its mean training loss reaches the reference method's
+    """Per method: seeds, final training loss, best and final validation accuracy (mean, std
+    over seeds), and the first epoch at which its mean training loss reaches the reference method's
     final mean training loss (None if never, or without the reference)."""
     target = None
     if reference in method_runs:
@@ -192,7 +192,8 @@ def summary_rows(method_runs, reference='ADAM'):
     rows = []
     for method, seed_records in method_runs.items():
         loss = _curves(seed_records, 'train_loss')
-        best_acc = _curves(seed_records, 'val_acc').max(axis=1)
+        acc = _curves(seed_records, 'val_acc')
+        best_acc = acc.max(axis=1)
         reached = None
         if target is not None:
             hits = np.flatnonzero(loss.mean(axis=0) <= target)
@@ -200,7 +201,7 @@ def summary_rows(method_runs, reference='ADAM'):
         rows.append(dict(method=method, seeds=len(seed_records),
                          final_loss=loss[:, -1].mean(), final_loss_std=loss[:, -1].std(),
                          best_acc=best_acc.mean(), best_acc_std=best_acc.std(),
-                         epochs_to_reference=reached))
+                         final_acc=acc[:, -1].mean(), epochs_to_reference=reached))
     return rows
 
 
@@ -334,7 +335,7 @@ RESULTS_BLOCK = re.compile(r'(<!-- results(?: (?P<metric>\w+))?: (?P<spec>[^>]*?
 
 #: The metrics of a results table, by key: the column title.
 RESULT_METRICS = {'final_loss': 'final train loss', 'best_acc': 'best val acc',
-                  'to_reference': "epochs to ADAM's final loss",
+                  'final_acc': 'final val acc', 'to_reference': "epochs to ADAM's final loss",
                   'before_drop': 'train loss before the drop'}
 
 
@@ -383,14 +384,14 @@ def source_results(log_dir, setting, reference='ADAM'):
         if method in rows:
             row = rows[method]
             reached = row['epochs_to_reference']
-            cell = dict(final_loss='%.4f' % row['final_loss'], best_acc='%.4f' % row['best_acc'],
-                        to_reference='no %s run' % reference if reference not in rows else
-                        'never' if reached is None else str(reached))
+            cell = {key: '%.4f' % row[key] for key in ('final_loss', 'best_acc', 'final_acc')}
+            cell['to_reference'] = ('no %s run' % reference if reference not in rows else
+                                    'never' if reached is None else str(reached))
         else:               # in progress: what it reached so far
             row = summary_rows({method: [r[:done[method]] for _, r in pairs]})[0]
-            cell = dict(final_loss='%.4f after %d of %d epochs' % (row['final_loss'],
-                                                                   done[method], epochs),
-                        best_acc='%.4f so far' % row['best_acc'], to_reference='-')
+            cell = {key: '%.4f after %d of %d epochs' % (row[key], done[method], epochs)
+                    for key in ('final_loss', 'best_acc', 'final_acc')}
+            cell['to_reference'] = '-'
         if with_drop:
             before = [_loss_before_drop(protocol, r) for _, r in pairs]
             cell['before_drop'] = '-' if None in before else '%.4f (epoch %d)' % (
