@@ -1,13 +1,11 @@
 """What the element-wise optimizers of this package share: MXNet's gradient preprocessing,
-float32 state for float16 weights, the lazy update of row_sparse gradients and weights, and
-update counts that belong to the parameter rather than to the device, saved with its state.
+float32 state for float16 weights, the lazy update of row_sparse gradients and weights, update
+counts that belong to the parameter rather than to the device, saved with its state, and the
+checks of loaded states (:mod:`namsg._states`).
 
 A subclass writes ``_state_slots(weight)`` and ``_step(weight, g, state, lr, t)`` for dense
 arrays; this base class turns them into MXNet's ``create_state`` / ``update``.
 """
-
-import warnings
-import weakref
 
 import numpy
 
@@ -16,96 +14,21 @@ from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
 from . import kvstore_sync
-from ._checks import BASE_CHECKS, check_floating_weight, checked, clip_threshold
-
-# The update counts each optimizer object had when this process first counted with it, per
-# parameter: what it was unpickled with (Trainer.load_states, a kvstore server), or nothing for
-# a new one. Kept outside the object so that it is never pickled: a count restored here is from
-# the file, not from a device of this process.
-_RESTORED_COUNTS = weakref.WeakKeyDictionary()
-
-
-def restored_update_counts(optimizer):
-    """{index: count} that ``optimizer`` was restored with (highest over the devices it was
-    saved from), recorded on its first use in this process."""
-    counts = _RESTORED_COUNTS.get(optimizer)
-    if counts is None:
-        counts = {}
-        for device_counts in optimizer._all_index_update_counts.values():
-            for index, count in device_counts.items():
-                counts[index] = max(count, counts.get(index, count))
-        _RESTORED_COUNTS[optimizer] = counts
-    return counts
+from ._checks import (BASE_CHECKS, aggregation_size, check_floating_weight, checked,
+                      clip_threshold)
+# What the optimizers import from here; UpdateCount must stay importable here, the name under
+# which states saved before the count became an NDArray pickled it.
+from ._states import (UpdateCount, adopt_states, check_trainer_states,  # noqa: F401
+                      continue_update_counts, new_trailer, restored_update_counts, resume_counts,
+                      split_count, store_counts)
 
 
-def continue_update_counts(optimizer, indices):
-    """Start the count of each of ``indices`` that is new on the current device from the count
-    ``optimizer`` was restored with, instead of MXNet's ``begin_num_update``: the count belongs
-    to the parameter, and a checkpoint may be loaded on another device than it was saved on."""
-    restored = restored_update_counts(optimizer)
-    for idx in indices:
-        if idx not in optimizer._index_update_count and idx in restored:
-            optimizer._index_update_count[idx] = restored[idx]
-
-
-class UpdateCount:
-    """The update count t of one parameter, the last element of its state tuple.
-
-    MXNet keeps the counts in the optimizer (``_index_update_count``), and
-    ``Updater.get_states(dump_optimizer=False)``, which is what ``Module.save_optimizer_states``
-    and ``KVStore.save_optimizer_states`` write, saves the states without it: a resumed Module
-    restarted t at ``begin_num_update``. Carried in the state, the count is saved and loaded
-    with it (``Updater.sync_state_context`` passes it through unchanged, as anything that is
-    neither an NDArray nor a tuple). MXNet's counting stays the optimizer's; this is a copy,
-    written after each update and read where the state comes from a file.
-
-    ``value``: the count after the state's last update (an int), None before its first.
-    Pickled by its qualified name ``namsg._base.UpdateCount``: saved states need it there.
-    """
-
-    def __init__(self, value=None):
-        self.value = value
-
-    def __repr__(self):
-        return 'UpdateCount(%r)' % (self.value,)
-
-
-def split_count(state):
-    """``(slots, count)``: the state tuple without its :class:`UpdateCount`, and that count; count
-    is None for a state saved by namsg 0.1.0, which carried none."""
-    if isinstance(state, tuple) and state and isinstance(state[-1], UpdateCount):
-        return state[:-1], state[-1]
-    return state, None
-
-
-def resume_counts(optimizer, indices, counts):
-    """Before ``optimizer`` counts an update of ``indices``: set the count of each whose state
-    carries another count (``counts``, from :func:`split_count`; the state was loaded) to that
-    one. MXNet's ``_update_count`` then counts on from it, not from ``begin_num_update``."""
-    warned = False
-    for idx, count in zip(indices, counts):
-        if count is None:
-            # A state saved without its count: the counts of a restored optimizer
-            # (Trainer.save_states) or begin_num_update take over, as they did in namsg 0.1.0.
-            if not (warned or idx in optimizer._index_update_count or optimizer.begin_num_update
-                    or idx in restored_update_counts(optimizer)):
-                warned = True
-                warnings.warn(
-                    'optimizer states without their update counts (saved by namsg 0.1.0, e.g. '
-                    'by Module.save_optimizer_states): %s counts its updates from '
-                    'begin_num_update=0 again, which restarts what depends on the step t (bias '
-                    'corrections, warm-up, Lookahead\'s k-cycle, lr_scheduler). Pass '
-                    'begin_num_update=<number of updates done> with these states.'
-                    % type(optimizer).__name__, stacklevel=2)
-        elif count.value is not None and optimizer._index_update_count.get(idx) != count.value:
-            optimizer._index_update_count[idx] = count.value
-
-
-def store_counts(optimizer, indices, counts):
-    """After ``optimizer`` counted an update of ``indices``: copy each count into its state."""
-    for idx, count in zip(indices, counts):
-        if count is not None:
-            count.value = optimizer._index_update_count[idx]
+def as_lists(index, weight, grad, state):
+    """What MXNet's Updater hands ``update_multi_precision``, one parameter or sequences of
+    them (when the optimizer aggregates), as four lists."""
+    if not isinstance(index, (list, tuple)):
+        return [index], [weight], [grad], [state]
+    return list(index), list(weight), list(grad), list(state)
 
 
 def all_rows(array):
@@ -153,16 +76,28 @@ class ElementwiseOptimizer(Optimizer):
     in the constructor and after (``opt.beta1 = 1.0`` raises ValueError as ``beta1=1.0`` does).
     ``clip_gradient`` follows MXNet: None, 0 or a negative value means no clipping.
     Weights must be floating point; other dtypes raise ValueError before any state exists.
+
+    States end in the parameter's update count and name, and loaded states are checked against
+    their parameters: see :mod:`namsg._states`.
     """
 
     #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).
     CHECKS = BASE_CHECKS
+    #: The length of a state saved without its count where the state's last element cannot
+    #: tell (see namsg._states.split_count): not needed here, unlike for Lookahead.
+    STATE_LENGTH = None
 
     def __init__(self, learning_rate=0.001, lazy_update=True, **kwargs):
+        # Read first: a bad value fails here, before anything is set up.
+        aggregate_num = aggregation_size()
         # learning_rate reaches the check as MXNet's Optimizer assigns it (self.lr): None
         # without an lr_scheduler has become MXNet's default 0.01 there.
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.lazy_update = lazy_update
+        # The Updater hands this many parameters of one dtype to one update_multi_precision
+        # call: their loaded states are checked before any of them is updated, their counts
+        # are written at once, and ARSG's fused operator updates them in one pass.
+        self.aggregate_num = aggregate_num
 
     # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
     def __setattr__(self, name, value):
@@ -193,7 +128,8 @@ class ElementwiseOptimizer(Optimizer):
         # for row_sparse weights too: it is read and written by rows.
         dtype = numpy.float32 if weight.dtype == numpy.float16 else weight.dtype
         return self._state_slots(weight, lambda: nd.zeros(weight.shape, weight.context,
-                                                          dtype=dtype)) + (UpdateCount(),)
+                                                          dtype=dtype)) + \
+            (new_trailer(self, index, weight),)
 
     def create_state_multi_precision(self, index, weight):
         # MXNet's version warns that float16 weights without multi_precision accumulate in
@@ -218,6 +154,9 @@ class ElementwiseOptimizer(Optimizer):
                 check_floating_weight(param.dtype, type(self).__name__,
                                       'Parameter %r' % param.name)
         self.__dict__['param_dict'] = params if params else {}
+        # Trainer.load_states ends here: the states it loaded are checked while the error
+        # still reaches the caller.
+        check_trainer_states(self, params)
 
     def _update_count(self, index):
         # MXNet counts per device, so a parameter restored on a device it was not saved from
@@ -225,12 +164,36 @@ class ElementwiseOptimizer(Optimizer):
         continue_update_counts(self, index if isinstance(index, (list, tuple)) else [index])
         super()._update_count(index)
 
+    def update_multi_precision(self, index, weight, grad, state):
+        """MXNet's entry point (Updater): one parameter, or lists of them (``aggregate_num``).
+        The states this optimizer did not make are checked against their parameters
+        (:func:`namsg._states.adopt_states`) before any of them is updated."""
+        index, weight, grad, state = as_lists(index, weight, grad, state)
+        adopt_states(self, index, weight, state)
+        self._update_each(index, weight, grad, state)
+
+    def _update_each(self, indices, weights, grads, states):
+        """MXNet's one-parameter ``update_multi_precision`` for each, their counts written
+        together at the end."""
+        deferred = self.__dict__['_deferred_counts'] = ([], [])
+        try:
+            for index, weight, grad, state in zip(indices, weights, grads, states):
+                Optimizer.update_multi_precision(self, index, weight, grad, state)
+        finally:
+            del self.__dict__['_deferred_counts']
+            store_counts(self, *deferred)
+
     def _count_with_states(self, indices, counts):
         """MXNet's ``_update_count(indices)``, continuing from the counts the states carry
-        (``counts``: their :class:`UpdateCount` or None) and copying the new ones into them."""
+        (``counts`` from :func:`split_count`) and writing the new ones into them."""
         resume_counts(self, indices, counts)
         self._update_count(indices)
-        store_counts(self, indices, counts)
+        deferred = self.__dict__.get('_deferred_counts')
+        if deferred is None:
+            store_counts(self, indices, counts)
+        else:
+            deferred[0].extend(indices)
+            deferred[1].extend(counts)
 
     def update(self, index, weight, grad, state):
         assert isinstance(weight, NDArray) and isinstance(grad, NDArray)

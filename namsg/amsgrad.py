@@ -36,8 +36,16 @@ class AMSGrad(ElementwiseOptimizer):
 
     MXNet's own arguments (wd, rescale_grad, clip_gradient, lr_scheduler, multipliers,
     multi_precision, ...) work as for every MXNet optimizer. State per parameter:
-    ``(m, v, vhat, count)``, float32 for float16 weights; ``count`` is the update count
-    (:class:`namsg._base.UpdateCount`), saved with the states.
+    ``(m, v, vhat, (t, name))``, the arrays float32 for float16 weights; ``t`` and ``name`` are
+    the update count and the parameter's name, saved with the states (see
+    :class:`namsg.ARSG`). Registered as ``'amsgrad'``.
+
+    Raises
+    ------
+    ValueError
+        For a hyper-parameter out of range, a bad ``$NAMSG_AGGREGATION_SIZE`` (see
+        :class:`namsg.ARSG`), a weight that is not floating point, or loaded states that do
+        not fit their parameters.
     """
 
     CHECKS = ADAPTIVE_CHECKS

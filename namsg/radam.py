@@ -47,8 +47,14 @@ class RAdam(ElementwiseOptimizer):
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
 
-    State per parameter: ``(m, v, count)``, float32 for float16 weights; ``count`` is the
-    update count t (:class:`namsg._base.UpdateCount`), saved with the states.
+    State per parameter: ``(m, v, (t, name))``, the arrays float32 for float16 weights; ``t``
+    and ``name`` are the update count and the parameter's name, saved with the states (see
+    :class:`namsg.ARSG`). Registered as ``'radam'``.
+
+    Raises
+    ------
+    ValueError
+        As :class:`namsg.AMSGrad` does, and for ``rectify_threshold`` below 4.
     """
 
     # rectify_threshold >= 4: r_t is undefined below.

@@ -40,7 +40,14 @@ class RSG(ARSG):
         For ``row_sparse`` gradients, update only the rows present.
 
     Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
-    State, per parameter: ``(m, count)``, ``count`` the update count (see :class:`namsg.ARSG`).
+    State, per parameter: ``(m, (t, name))``, the update count and the parameter's name (see
+    :class:`namsg.ARSG`). Registered as ``'rsg'``.
+
+    Raises
+    ------
+    ValueError
+        As :class:`namsg.ARSG`, and for ``beta1``, ``beta2``, ``epsilon`` or
+        ``preconditioner``, which RSG does not take.
     """
 
     # beta is stored as beta1: name it as the user does.

@@ -2,6 +2,7 @@
 state layout and context, pickling, sparse gradients, no host round trips, properties."""
 
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ from hypothesis import given, settings, strategies as st
 
 import namsg
 from namsg import reference as ref
-from namsg._base import UpdateCount
 from cases import CASES_BY_ID, PATH_IDS, PATHS
 from harness import apply_steps, make_problem, make_updater, run_mxnet
 
@@ -209,10 +209,13 @@ def test_state_is_a_plain_tuple_on_the_weights_context(preconditioner, slots):
     opt = namsg.ARSG(preconditioner=preconditioner, epsilon=1e-3)
     weight = mx.nd.ones((4, 2), ctx=mx.cpu(1), dtype='float64')
     state = opt.create_state_multi_precision(0, weight)
-    # The arrays, then the update count that is saved with them (Module checkpoints).
+    # The arrays, then the update count and the parameter's name that are saved with them.
     assert type(state) is tuple and len(state) == slots + 1
     assert all(s.context == mx.cpu(1) and s.dtype == np.float64 for s in state[:slots])
-    assert isinstance(state[-1], UpdateCount) and state[-1].value is None
+    count, name = state[-1]
+    assert count.context == name.context == mx.cpu(1)
+    assert (count.dtype, count.shape, name.dtype, name.shape) == (np.int64, (1,), np.uint8, (128,))
+    assert count.asscalar() == 0 and not name.asnumpy().any()
     np.testing.assert_array_equal(state[0].asnumpy(), 0)
     if preconditioner == 'amsgrad':
         np.testing.assert_array_equal(state[2].asnumpy(), 1e-3)
@@ -221,9 +224,9 @@ def test_state_is_a_plain_tuple_on_the_weights_context(preconditioner, slots):
 def test_multi_precision_state_is_master_copy_then_float32_state():
     opt = namsg.ARSG(multi_precision=True)
     state = opt.create_state_multi_precision(0, mx.nd.ones((3,), dtype='float16'))
-    master, (*inner, count) = state
+    master, (*inner, (count, name)) = state
     assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in inner)
-    assert isinstance(count, UpdateCount)
+    assert count.dtype == np.int64 and name.dtype == np.uint8
 
 
 @pytest.mark.parametrize('case_id', ['everything', 'rsg_mu_changed', 'amsgrad', 'radam',
@@ -451,3 +454,35 @@ def test_row_sparse_weight_missing_rows_is_refused_clearly():
     state = opt.create_state(0, weight)
     with pytest.raises(ValueError, match='stores 2 of its rows'):
         opt.update(0, weight, _row_sparse(np.ones((6, 3)), [1, 4]), state)
+
+
+# -- $NAMSG_AGGREGATION_SIZE (issue 25, item 7) ------------------------------------------------
+
+AGGREGATING = [('arsg', {}), ('rsg', {}), ('amsgrad', {}), ('radam', {}), ('ranger', {}),
+               ('lookahead', {'optimizer': 'sgd'})]
+
+
+@pytest.mark.parametrize('value', ['abc', '-1', '1.5', '4 parameters'])
+@pytest.mark.parametrize('name,kwargs', AGGREGATING, ids=[n for n, _ in AGGREGATING])
+def test_a_bad_aggregation_size_is_named_when_the_optimizer_is_made(monkeypatch, name, kwargs,
+                                                                    value):
+    """It failed every ARSG with a bare "invalid literal for int()" (and took -1)."""
+    monkeypatch.setenv('NAMSG_AGGREGATION_SIZE', value)
+    message = (r"^\$NAMSG_AGGREGATION_SIZE=%s is not a number of parameters: set it to an "
+               r"integer >= 0 .*default 128\), or unset it$" % re.escape(repr(value)))
+    with pytest.raises(ValueError, match=message):
+        mx.optimizer.create(name, **kwargs)
+    net = mx.gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    with pytest.raises(ValueError, match=message):
+        mx.gluon.Trainer(net.collect_params(), name, kwargs)
+
+
+@pytest.mark.parametrize('name,kwargs', AGGREGATING, ids=[n for n, _ in AGGREGATING])
+def test_aggregation_size_values(monkeypatch, name, kwargs):
+    for value, expected in (('', 128), (' 4 ', 4), ('0', 0), ('1', 1)):
+        monkeypatch.setenv('NAMSG_AGGREGATION_SIZE', value)
+        assert mx.optimizer.create(name, **kwargs).aggregate_num == expected
+    monkeypatch.delenv('NAMSG_AGGREGATION_SIZE')
+    assert mx.optimizer.create(name, **kwargs).aggregate_num == 128
+
