@@ -1,11 +1,13 @@
 """What the element-wise optimizers of this package share: MXNet's gradient preprocessing,
 float32 state for float16 weights, the lazy update of row_sparse gradients and weights, update
 counts that belong to the parameter rather than to the device, saved with its state, and the
-checks of loaded states (:mod:`namsg._states`).
+checks of loaded states (:mod:`namsg._states`), the step size an lr_scheduler gives.
 
 A subclass writes ``_state_slots(weight)`` and ``_step(weight, g, state, lr, t)`` for dense
 arrays; this base class turns them into MXNet's ``create_state`` / ``update``.
 """
+
+import warnings
 
 import numpy
 
@@ -14,13 +16,44 @@ from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
 from . import kvstore_sync
-from ._checks import (BASE_CHECKS, aggregation_size, check_floating_weight, checked,
-                      clip_threshold)
+from ._checks import (BASE_CHECKS, aggregation_size, check_floating_weight,
+                      check_learning_rate, checked, clip_threshold)
 # What the optimizers import from here; UpdateCount must stay importable here, the name under
 # which states saved before the count became an NDArray pickled it.
 from ._states import (UpdateCount, adopt_states, check_trainer_states,  # noqa: F401
                       continue_update_counts, new_trailer, restored_update_counts, resume_counts,
                       split_count, store_counts)
+
+
+class DefaultStepSize(float):
+    """An optimizer class's default ``learning_rate``: the number (which ``help()`` shows), and
+    the sign that the caller gave none, so that an ``lr_scheduler``'s ``base_lr`` sets the step
+    size (MXNet's Optimizer would overwrite it with the class default)."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return repr(float(self))
+
+
+def step_size(learning_rate, lr_scheduler, optimizer):
+    """The ``learning_rate`` to hand MXNet's Optimizer: None (the scheduler's ``base_lr``) when
+    only ``lr_scheduler`` set it; with both, ``learning_rate``, as in MXNet, which overwrites the
+    scheduler's ``base_lr`` (warned here when they differ; MXNet only prints). Raises ValueError
+    for a ``learning_rate`` that is not a step size, before the scheduler is changed."""
+    if isinstance(learning_rate, DefaultStepSize):
+        return None if lr_scheduler is not None else float(learning_rate)
+    if lr_scheduler is None or learning_rate is None:
+        return learning_rate
+    check_learning_rate(learning_rate, True)
+    base_lr = getattr(lr_scheduler, 'base_lr', learning_rate)
+    if base_lr != learning_rate:
+        warnings.warn('%s got learning_rate=%r and an lr_scheduler with base_lr=%r: '
+                      'learning_rate wins, as in MXNet (the scheduler now starts from %r). To '
+                      'take the scheduler\'s step size, leave learning_rate out.'
+                      % (optimizer, learning_rate, base_lr, learning_rate), stacklevel=4)
+        lr_scheduler.base_lr = learning_rate
+    return learning_rate
 
 
 def as_lists(index, weight, grad, state):
@@ -77,8 +110,10 @@ class ElementwiseOptimizer(Optimizer):
     ``clip_gradient`` follows MXNet: None, 0 or a negative value means no clipping.
     Weights must be floating point; other dtypes raise ValueError before any state exists.
 
-    States end in the parameter's update count and name, and loaded states are checked against
-    their parameters: see :mod:`namsg._states`.
+    ``learning_rate`` left out with an ``lr_scheduler`` given: the scheduler's ``base_lr`` is the
+    step size (MXNet's Optimizer would set it to the class default); both given: see
+    :func:`step_size`. States end in the parameter's update count and name, and loaded states
+    are checked against their parameters: see :mod:`namsg._states`.
     """
 
     #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).
@@ -87,12 +122,13 @@ class ElementwiseOptimizer(Optimizer):
     #: tell (see namsg._states.split_count): not needed here, unlike for Lookahead.
     STATE_LENGTH = None
 
-    def __init__(self, learning_rate=0.001, lazy_update=True, **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), lazy_update=True, **kwargs):
         # Read first: a bad value fails here, before anything is set up.
         aggregate_num = aggregation_size()
         # learning_rate reaches the check as MXNet's Optimizer assigns it (self.lr): None
         # without an lr_scheduler has become MXNet's default 0.01 there.
-        super().__init__(learning_rate=learning_rate, **kwargs)
+        super().__init__(learning_rate=step_size(learning_rate, kwargs.get('lr_scheduler'),
+                                                 type(self).__name__), **kwargs)
         self.lazy_update = lazy_update
         # The Updater hands this many parameters of one dtype to one update_multi_precision
         # call: their loaded states are checked before any of them is updated, their counts

@@ -7,7 +7,7 @@ from mxnet.ndarray.sparse import BaseSparseNDArray
 from mxnet.optimizer import register
 
 from . import kernels
-from ._base import ElementwiseOptimizer, adopt_states, as_lists, split_count
+from ._base import DefaultStepSize, ElementwiseOptimizer, adopt_states, as_lists, split_count
 from ._checks import (ADAPTIVE_CHECKS, check_bounds, check_choice, check_unit_interval,
                       clip_threshold, of_value)
 
@@ -57,8 +57,10 @@ class ARSG(ElementwiseOptimizer):
     Parameters
     ----------
     learning_rate : float, default 0.001
-        The step size alpha, >= 0. None takes ``lr_scheduler``'s ``base_lr``, or without one
-        MXNet's ``Optimizer`` default 0.01 (as for every MXNet optimizer).
+        The step size alpha, >= 0. Left out (or None) with an ``lr_scheduler``, the
+        scheduler's ``base_lr`` is the step size; given with one, it wins, as in MXNet: the
+        scheduler's ``base_lr`` is set to it, with a warning if they differed. None without a
+        scheduler: MXNet's ``Optimizer`` default 0.01.
     beta1 : float, default 0.999
         Decay rate of the momentum m, in [0, 1).
     beta2 : float, default 0.99
@@ -123,9 +125,9 @@ class ARSG(ElementwiseOptimizer):
         upper_bound=lambda optimizer, value: check_bounds(
             optimizer.__dict__.get('lower_bound'), value)[1])
 
-    def __init__(self, learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1,
-                 preconditioner='amsgrad', lower_bound=None, upper_bound=None, fused=None,
-                 **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.999, beta2=0.99,
+                 epsilon=1e-8, mu=0.1, preconditioner='amsgrad', lower_bound=None,
+                 upper_bound=None, fused=None, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.fused = fused
         # Each assignment is checked (CHECKS).

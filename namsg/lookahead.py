@@ -8,9 +8,9 @@ from mxnet.optimizer import Optimizer, create, register
 
 from . import kvstore_sync
 from .radam import RAdam
-from ._base import (ElementwiseOptimizer, adopt_states, all_rows, as_lists, check_trainer_states,
-                    continue_update_counts, dense_rows, new_trailer, resume_counts, split_count,
-                    store_counts, write_rows)
+from ._base import (DefaultStepSize, ElementwiseOptimizer, adopt_states, all_rows, as_lists,
+                    check_trainer_states, continue_update_counts, dense_rows, new_trailer,
+                    resume_counts, split_count, store_counts, write_rows)
 from ._checks import (aggregation_size, check_floating_weight, check_integer_at_least,
                       check_number_in, checked, of_value)
 
@@ -180,6 +180,7 @@ class Ranger(Lookahead):
     Parameters
     ----------
     learning_rate : float, default 0.001
+        Left out with an ``lr_scheduler``, the scheduler's ``base_lr`` (see :class:`namsg.ARSG`).
     beta1 : float, default 0.95
     beta2 : float, default 0.999
     epsilon : float, default 1e-5
@@ -190,8 +191,8 @@ class Ranger(Lookahead):
     Registered as ``'ranger'``.
     """
 
-    def __init__(self, learning_rate=0.001, beta1=0.95, beta2=0.999, epsilon=1e-5, k=6,
-                 alpha=0.5, **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.95, beta2=0.999,
+                 epsilon=1e-5, k=6, alpha=0.5, **kwargs):
         super().__init__(RAdam(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
                                epsilon=epsilon, **kwargs), k=k, alpha=alpha)
 

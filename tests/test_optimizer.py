@@ -1,6 +1,7 @@
 """The optimizer objects themselves: registration, defaults, the legacy API, argument checks,
 state layout and context, pickling, sparse gradients, no host round trips, properties."""
 
+import inspect
 import pickle
 import re
 import subprocess
@@ -454,6 +455,80 @@ def test_row_sparse_weight_missing_rows_is_refused_clearly():
     state = opt.create_state(0, weight)
     with pytest.raises(ValueError, match='stores 2 of its rows'):
         opt.update(0, weight, _row_sparse(np.ones((6, 3)), [1, 4]), state)
+
+
+# -- the step size an lr_scheduler gives (issue 25, item 5) -----------------------------------
+
+# Every optimizer of the package, both ARSG paths.
+SCHEDULED = [('arsg', {'fused': False}), ('arsg', {'fused': True}), ('rsg', {'fused': False}),
+             ('rsg', {'fused': True}), ('amsgrad', {}), ('radam', {}), ('ranger', {}),
+             ('lookahead', {'optimizer': 'arsg', 'fused': False}),
+             ('lookahead', {'optimizer': 'arsg', 'fused': True}),
+             ('lookahead', {'optimizer': 'radam'})]
+SCHEDULED_IDS = ['%s-%s' % (name, '-'.join('%s' % v for v in kwargs.values()) or 'default')
+                 for name, kwargs in SCHEDULED]
+
+
+def _schedule(base_lr=0.1):
+    return mx.lr_scheduler.FactorScheduler(step=2, factor=0.5, base_lr=base_lr)
+
+
+def _weights_after(opt, steps=5):
+    updater = mx.optimizer.get_updater(opt)
+    rng = np.random.default_rng(3)
+    weights = [mx.nd.array(rng.normal(size=s)) for s in [(4, 3), (5,)]]
+    for _ in range(steps):
+        updater([0, 1], [mx.nd.array(rng.normal(size=w.shape)) for w in weights], weights)
+    return [w.asnumpy() for w in weights]
+
+
+@pytest.mark.parametrize('name,kwargs', SCHEDULED, ids=SCHEDULED_IDS)
+def test_a_scheduler_given_without_learning_rate_sets_the_step_size(name, kwargs, capsys):
+    """create('arsg', lr_scheduler=FactorScheduler(..., base_lr=0.1)) ran at the class default
+    0.001: MXNet's Optimizer overwrote base_lr with learning_rate (printing a note)."""
+    opt = mx.optimizer.create(name, lr_scheduler=_schedule(), **kwargs)
+    assert opt.learning_rate == 0.1 and opt.lr_scheduler.base_lr == 0.1
+    # What a parameter server is sent.
+    assert pickle.loads(pickle.dumps(opt)).learning_rate == 0.1
+    explicit = mx.optimizer.create(name, learning_rate=0.1, lr_scheduler=_schedule(), **kwargs)
+    for a, b in zip(_weights_after(opt), _weights_after(explicit)):
+        np.testing.assert_array_equal(a, b)
+    assert 'overwritten' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('name,kwargs', SCHEDULED, ids=SCHEDULED_IDS)
+def test_a_learning_rate_given_with_another_scheduler_wins_with_a_warning(name, kwargs, capsys):
+    """MXNet's rule (learning_rate overwrites the scheduler's base_lr), said as a warning
+    naming both; MXNet only printed a note to stdout."""
+    schedule = _schedule()
+    with pytest.warns(UserWarning, match=r'got learning_rate=0\.05 and an lr_scheduler with '
+                                         r'base_lr=0\.1: learning_rate wins'):
+        opt = mx.optimizer.create(name, learning_rate=0.05, lr_scheduler=schedule, **kwargs)
+    assert opt.learning_rate == 0.05 and schedule.base_lr == 0.05
+    assert capsys.readouterr().out == ''
+
+
+@pytest.mark.parametrize('name,kwargs', SCHEDULED, ids=SCHEDULED_IDS)
+def test_trainer_and_module_take_the_schedulers_step_size(name, kwargs):
+    net = mx.gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    trainer = mx.gluon.Trainer(net.collect_params(), name,
+                               dict(kwargs, lr_scheduler=_schedule()))
+    assert trainer.learning_rate == 0.1
+
+    out = mx.sym.FullyConnected(mx.sym.Variable('data'), num_hidden=2, name='fc')
+    mod = mx.mod.Module(mx.sym.MakeLoss(mx.sym.sum(out)), label_names=None)
+    mod.bind(data_shapes=[('data', (4, 3))])
+    mod.init_params()
+    mod.init_optimizer(optimizer=name, optimizer_params=dict(kwargs, lr_scheduler=_schedule()))
+    assert mod._optimizer.learning_rate == 0.1
+
+
+def test_the_default_learning_rate_reads_as_a_number_in_help():
+    for cls, default in ((namsg.ARSG, '0.001'), (namsg.RSG, '0.01'), (namsg.AMSGrad, '0.001'),
+                         (namsg.RAdam, '0.001'), (namsg.Ranger, '0.001')):
+        assert 'learning_rate=%s,' % default in str(inspect.signature(cls)), cls
+        assert type(cls().lr) is float
 
 
 # -- $NAMSG_AGGREGATION_SIZE (issue 25, item 7) ------------------------------------------------
