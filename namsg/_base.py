@@ -1,17 +1,19 @@
 """What the element-wise optimizers of this package share: MXNet's gradient preprocessing,
 float32 state for float16 weights, the lazy update of row_sparse gradients and weights, update
 counts that belong to the parameter rather than to the device, saved with its state, and the
-checks of loaded states (:mod:`namsg._states`), the step size an lr_scheduler gives.
+checks of loaded states (:mod:`namsg._states`), the step size an lr_scheduler gives, a repr.
 
 A subclass writes ``_state_slots(weight)`` and ``_step(weight, g, state, lr, t)`` for dense
 arrays; this base class turns them into MXNet's ``create_state`` / ``update``.
 """
 
+import inspect
 import warnings
 
 import numpy
 
 from mxnet import ndarray as nd
+from mxnet.lr_scheduler import LRScheduler
 from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
@@ -54,6 +56,62 @@ def step_size(learning_rate, lr_scheduler, optimizer):
                       % (optimizer, learning_rate, base_lr, learning_rate), stacklevel=4)
         lr_scheduler.base_lr = learning_rate
     return learning_rate
+
+
+#: MXNet Optimizer settings that a repr shows when they are not at these defaults.
+_SHOWN_IF_SET = (('rescale_grad', 1.0), ('clip_gradient', None), ('lr_scheduler', None),
+                 ('multi_precision', False), ('begin_num_update', 0), ('lazy_update', True))
+
+
+def _shown(value):
+    # MXNet's schedulers print as <... object at 0x...>; their base_lr is what matters here.
+    if isinstance(value, LRScheduler):
+        return '%s(base_lr=%r)' % (type(value).__name__, value.base_lr)
+    return repr(value)
+
+
+def _constructor_arguments(cls):
+    """(name, default) of the arguments of ``cls``'s constructor and of those it hands on to its
+    base classes' (up to MXNet's Optimizer), but for the ones a class refuses (``NOT_TAKEN``)."""
+    seen, refused = {}, set()
+    for klass in cls.__mro__:
+        if klass is Optimizer or klass is object:
+            break
+        refused.update(vars(klass).get('NOT_TAKEN', ()))
+        if '__init__' in vars(klass):
+            for name, parameter in inspect.signature(klass.__init__).parameters.items():
+                if parameter.default is not inspect.Parameter.empty and name not in refused:
+                    seen.setdefault(name, parameter.default)
+    return seen.items()
+
+
+def repr_fields(optimizer):
+    """[(name, text)] of what ``optimizer``'s repr shows: the step size; the arguments of its
+    class's constructor (those whose default is None or a bool only when set); ``wd``; and
+    MXNet's settings (:data:`_SHOWN_IF_SET`) that differ from their defaults. Works for MXNet's
+    own optimizers too (Lookahead's inner one), from the arguments they store by name."""
+    fields = [('learning_rate', repr(optimizer.learning_rate))]
+    for name, default in _constructor_arguments(type(optimizer)):
+        if name == 'learning_rate' or not hasattr(optimizer, name):
+            continue
+        value = getattr(optimizer, name)
+        if (default is None or isinstance(default, bool)) and value == default:
+            continue
+        fields.append((name, _shown(value)))
+    fields.append(('wd', repr(optimizer.wd)))
+    shown = {name for name, _ in fields}
+    for name, default in _SHOWN_IF_SET:
+        value = getattr(optimizer, name, default)
+        if name not in shown and not (value is default or value == default):
+            fields.append((name, _shown(value)))
+    return fields
+
+
+def describe(optimizer, fields=None):
+    """``Name(a=1, b='x')`` from ``fields`` [(name, text)], by default :func:`repr_fields`."""
+    if fields is None:
+        fields = repr_fields(optimizer)
+    return '%s(%s)' % (type(optimizer).__name__, ', '.join('%s=%s' % f for f in fields))
 
 
 def as_lists(index, weight, grad, state):
@@ -134,6 +192,9 @@ class ElementwiseOptimizer(Optimizer):
         # call: their loaded states are checked before any of them is updated, their counts
         # are written at once, and ARSG's fused operator updates them in one pass.
         self.aggregate_num = aggregate_num
+
+    def __repr__(self):
+        return describe(self)
 
     # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
     def __setattr__(self, name, value):

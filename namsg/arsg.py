@@ -112,6 +112,16 @@ class ARSG(ElementwiseOptimizer):
         For a hyper-parameter out of its range (in the constructor or assigned later), a weight
         that is not floating point, a bad ``$NAMSG_AGGREGATION_SIZE``, or loaded states that do
         not fit their parameters (names both).
+
+    Examples
+    --------
+    Registered as ``'arsg'``; the repr shows the hyper-parameters:
+
+    >>> import mxnet as mx, namsg
+    >>> opt = mx.optimizer.create('arsg', learning_rate=0.01, epsilon=1e-3)
+    >>> opt  # doctest: +NORMALIZE_WHITESPACE
+    ARSG(learning_rate=0.01, beta1=0.999, beta2=0.99, epsilon=0.001, mu=0.1,
+         preconditioner='amsgrad', wd=0.0)
     """
 
     CHECKS = dict(

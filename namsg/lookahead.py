@@ -9,8 +9,9 @@ from mxnet.optimizer import Optimizer, create, register
 from . import kvstore_sync
 from .radam import RAdam
 from ._base import (DefaultStepSize, ElementwiseOptimizer, adopt_states, all_rows, as_lists,
-                    check_trainer_states, continue_update_counts, dense_rows, new_trailer,
-                    resume_counts, split_count, store_counts, write_rows)
+                    check_trainer_states, continue_update_counts, dense_rows, describe,
+                    new_trailer, repr_fields, resume_counts, split_count, store_counts,
+                    write_rows)
 from ._checks import (aggregation_size, check_floating_weight, check_integer_at_least,
                       check_number_in, checked, of_value)
 
@@ -47,7 +48,7 @@ class Lookahead(Optimizer):
     saved with the states whatever the inner optimizer (see :mod:`namsg._states`). Weights
     must be floating point: others raise ValueError in ``create_state``. With
     ``multi_precision`` the base class wraps it as ``(float32 master, state)``. Registered as
-    ``'lookahead'``.
+    ``'lookahead'``; its repr shows the inner optimizer's.
 
     Raises
     ------
@@ -101,6 +102,13 @@ class Lookahead(Optimizer):
             if name == 'param_dict':
                 # Trainer.load_states ends here (see ElementwiseOptimizer.param_dict).
                 check_trainer_states(self, value)
+
+    def __repr__(self):
+        # MXNet's own optimizers print as <... object at 0x...>.
+        inner = self.optimizer if type(self.optimizer).__repr__ is not object.__repr__ \
+            else describe(self.optimizer)
+        return describe(self, [('optimizer', str(inner)), ('k', repr(self.k)),
+                               ('alpha', repr(self.alpha))])
 
     def __getstate__(self):
         state = {name: self.__dict__[name] for name in Lookahead._OWN}
@@ -196,3 +204,7 @@ class Ranger(Lookahead):
         super().__init__(RAdam(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
                                epsilon=epsilon, **kwargs), k=k, alpha=alpha)
 
+    def __repr__(self):
+        # RAdam's settings are Ranger's own arguments.
+        return describe(self, repr_fields(self.optimizer) + [('k', repr(self.k)),
+                                                             ('alpha', repr(self.alpha))])

@@ -52,11 +52,14 @@ class RSG(ARSG):
         ``preconditioner``, which RSG does not take.
     """
 
+    #: The ARSG arguments that RSG refuses: it has one decay rate and no preconditioner.
+    NOT_TAKEN = ('beta1', 'beta2', 'epsilon', 'preconditioner')
+
     # beta is stored as beta1: name it as the user does.
     CHECKS = dict(ARSG.CHECKS, beta1=of_value(check_unit_interval, 'beta'))
 
     def __init__(self, learning_rate=DefaultStepSize(0.01), beta=0.999, mu=0.1, **kwargs):
-        for name in ('beta1', 'beta2', 'epsilon', 'preconditioner'):
+        for name in RSG.NOT_TAKEN:
             if name in kwargs:
                 raise ValueError('RSG takes no %s: it has one decay rate, beta, and no '
                                  'preconditioner (use ARSG for those)' % name)

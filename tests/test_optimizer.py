@@ -561,3 +561,50 @@ def test_aggregation_size_values(monkeypatch, name, kwargs):
     monkeypatch.delenv('NAMSG_AGGREGATION_SIZE')
     assert mx.optimizer.create(name, **kwargs).aggregate_num == 128
 
+
+# -- repr (issue 24, item 6) ---------------------------------------------------------------
+
+REPRS = [
+    (lambda: namsg.ARSG(learning_rate=0.01),
+     "ARSG(learning_rate=0.01, beta1=0.999, beta2=0.99, epsilon=1e-08, mu=0.1, "
+     "preconditioner='amsgrad', wd=0.0)"),
+    (lambda: namsg.ARSG(epsilon=1e-3, preconditioner='adam', lower_bound=-1.0, fused=False,
+                        wd=1e-4, clip_gradient=5.0, multi_precision=True, lazy_update=False),
+     "ARSG(learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=0.001, mu=0.1, "
+     "preconditioner='adam', lower_bound=-1.0, fused=False, lazy_update=False, wd=0.0001, "
+     "clip_gradient=5.0, multi_precision=True)"),
+    # learning_rate is the step size now (MXNet's property): the scheduler's at update 6.
+    (lambda: namsg.ARSG(lr_scheduler=_schedule(), begin_num_update=6),
+     "ARSG(learning_rate=0.025, beta1=0.999, beta2=0.99, epsilon=1e-08, mu=0.1, "
+     "preconditioner='amsgrad', wd=0.0, lr_scheduler=FactorScheduler(base_lr=0.025), "
+     "begin_num_update=6)"),
+    (lambda: namsg.RSG(beta=0.9, upper_bound=2.0),
+     "RSG(learning_rate=0.01, beta=0.9, mu=0.1, upper_bound=2.0, wd=0.0)"),
+    (lambda: namsg.AMSGrad(), "AMSGrad(learning_rate=0.001, beta1=0.9, beta2=0.999, "
+                              "epsilon=1e-08, wd=0.0)"),
+    (lambda: namsg.RAdam(rescale_grad=0.5), "RAdam(learning_rate=0.001, beta1=0.9, beta2=0.999, "
+                                            "epsilon=1e-08, rectify_threshold=5.0, wd=0.0, "
+                                            "rescale_grad=0.5)"),
+    (lambda: namsg.Ranger(), "Ranger(learning_rate=0.001, beta1=0.95, beta2=0.999, "
+                             "epsilon=1e-05, rectify_threshold=5.0, wd=0.0, k=6, alpha=0.5)"),
+    (lambda: namsg.Lookahead('arsg', k=3, mu=0.2),
+     "Lookahead(optimizer=ARSG(learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-08, "
+     "mu=0.2, preconditioner='amsgrad', wd=0.0), k=3, alpha=0.5)"),
+    (lambda: namsg.Lookahead('sgd', momentum=0.9),
+     "Lookahead(optimizer=SGD(learning_rate=0.01, momentum=0.9, wd=0.0), k=5, alpha=0.5)"),
+]
+
+
+@pytest.mark.parametrize('make,expected', REPRS, ids=[e.split('(')[0] + str(i)
+                                                      for i, (_, e) in enumerate(REPRS)])
+def test_repr_shows_the_hyper_parameters(make, expected):
+    """They printed as <namsg.arsg.ARSG object at 0x...>."""
+    assert repr(make()) == expected
+
+
+def test_repr_follows_changes_made_later():
+    opt = namsg.ARSG()
+    opt.mu, opt.rescale_grad = 0.3, 1.0 / 64        # the boost, Trainer.step
+    opt.set_learning_rate(0.02)
+    assert repr(opt) == ("ARSG(learning_rate=0.02, beta1=0.999, beta2=0.99, epsilon=1e-08, "
+                         "mu=0.3, preconditioner='amsgrad', wd=0.0, rescale_grad=0.015625)")
