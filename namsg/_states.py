@@ -232,6 +232,7 @@ def resume_counts(optimizer, indices, counts):
     ``begin_num_update``."""
     unknown = []
     warned = False
+    known = _book(optimizer).known
     for index, count in zip(indices, counts):
         if count is None:
             # A state saved without its count: the counts of a restored optimizer
@@ -250,7 +251,7 @@ def resume_counts(optimizer, indices, counts):
         elif isinstance(count, UpdateCount):
             if count.value is not None and optimizer._index_update_count.get(index) != count.value:
                 optimizer._index_update_count[index] = count.value
-        elif id(count[0]) not in _book(optimizer).known:
+        elif id(count[0]) not in known:
             # Not seen by adopt_states (update called directly): its count and name only.
             unknown.append((index, None, (), count))
     if unknown:
@@ -293,6 +294,12 @@ def adopt_states(optimizer, indices, weights, states, owner=None, length=None):
         master = ()
         if multi_precision:
             master, state = state[:1], state[1]
+        # The usual case, at every step: a state this optimizer made or saw, known by its t.
+        last = state[-1] if type(state) is tuple and state else None
+        if type(last) is tuple and len(last) == 2:
+            entry = known.get(id(last[0]))
+            if entry is not None and entry[0] is last[0]:
+                continue
         arrays, count = split_count(state, length)
         arrays = master + arrays
         marker = _marker(arrays, count)
