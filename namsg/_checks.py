@@ -152,8 +152,9 @@ def aggregation_size():
         value = -1
     if value < 0:
         raise ValueError('$%s=%r is not a number of parameters: set it to an integer >= 0 (how '
-                         'many parameters one ARSG update call takes; 0 or 1: one at a time; '
-                         'default %d), or unset it' % (AGGREGATION_ENV, text, DEFAULT_AGGREGATION))
+                         'many parameters one update call of namsg\'s optimizers takes; 0 or 1: '
+                         'one at a time; default %d), or unset it'
+                         % (AGGREGATION_ENV, text, DEFAULT_AGGREGATION))
     return value
 
 
