@@ -18,6 +18,7 @@ from .amsgrad import AMSGrad
 from .radam import RAdam
 from .lookahead import Lookahead, Ranger
 from .kvstore_sync import sync_initial_weights
+from ._states import StatesRenamedWarning
 # The 'horovod' kvstore subclasses KVStoreBase, which MXNet has from 1.7 on; before that a
 # Trainer takes no kvstore class of ours, and Horovod's own DistributedTrainer remains.
 if _mxnet.has_kvstore_base():
@@ -26,4 +27,4 @@ if _mxnet.has_kvstore_base():
 __version__ = '0.1.0'
 
 __all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', 'AMSGrad', 'RAdam', 'Lookahead', 'Ranger',
-           'sync_initial_weights', '__version__']
+           'sync_initial_weights', 'StatesRenamedWarning', '__version__']

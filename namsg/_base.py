@@ -1,111 +1,125 @@
 """What the element-wise optimizers of this package share: MXNet's gradient preprocessing,
-float32 state for float16 weights, the lazy update of row_sparse gradients and weights, and
-update counts that belong to the parameter rather than to the device, saved with its state.
+float32 state for float16 weights, the lazy update of row_sparse gradients and weights, update
+counts that belong to the parameter rather than to the device, saved with its state, and the
+checks of loaded states (:mod:`namsg._states`), the step size an lr_scheduler gives, a repr.
 
 A subclass writes ``_state_slots(weight)`` and ``_step(weight, g, state, lr, t)`` for dense
 arrays; this base class turns them into MXNet's ``create_state`` / ``update``.
 """
 
+import inspect
 import warnings
-import weakref
 
 import numpy
 
 from mxnet import ndarray as nd
+from mxnet.lr_scheduler import LRScheduler
 from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
 from . import kvstore_sync
-from ._checks import BASE_CHECKS, check_floating_weight, checked, clip_threshold
-
-# The update counts each optimizer object had when this process first counted with it, per
-# parameter: what it was unpickled with (Trainer.load_states, a kvstore server), or nothing for
-# a new one. Kept outside the object so that it is never pickled: a count restored here is from
-# the file, not from a device of this process.
-_RESTORED_COUNTS = weakref.WeakKeyDictionary()
-
-
-def restored_update_counts(optimizer):
-    """{index: count} that ``optimizer`` was restored with (highest over the devices it was
-    saved from), recorded on its first use in this process."""
-    counts = _RESTORED_COUNTS.get(optimizer)
-    if counts is None:
-        counts = {}
-        for device_counts in optimizer._all_index_update_counts.values():
-            for index, count in device_counts.items():
-                counts[index] = max(count, counts.get(index, count))
-        _RESTORED_COUNTS[optimizer] = counts
-    return counts
+from ._checks import (BASE_CHECKS, aggregation_size, check_floating_weight,
+                      check_learning_rate, checked, clip_threshold)
+# What the optimizers import from here; UpdateCount must stay importable here, the name under
+# which states saved before the count became an NDArray pickled it.
+from ._states import (UpdateCount, adopt_states, check_trainer_states,  # noqa: F401
+                      continue_update_counts, new_trailer, restored_update_counts, resume_counts,
+                      split_count, store_counts)
 
 
-def continue_update_counts(optimizer, indices):
-    """Start the count of each of ``indices`` that is new on the current device from the count
-    ``optimizer`` was restored with, instead of MXNet's ``begin_num_update``: the count belongs
-    to the parameter, and a checkpoint may be loaded on another device than it was saved on."""
-    restored = restored_update_counts(optimizer)
-    for idx in indices:
-        if idx not in optimizer._index_update_count and idx in restored:
-            optimizer._index_update_count[idx] = restored[idx]
+class DefaultStepSize(float):
+    """An optimizer class's default ``learning_rate``: the number (which ``help()`` shows), and
+    the sign that the caller gave none, so that an ``lr_scheduler``'s ``base_lr`` sets the step
+    size (MXNet's Optimizer would overwrite it with the class default)."""
 
-
-class UpdateCount:
-    """The update count t of one parameter, the last element of its state tuple.
-
-    MXNet keeps the counts in the optimizer (``_index_update_count``), and
-    ``Updater.get_states(dump_optimizer=False)``, which is what ``Module.save_optimizer_states``
-    and ``KVStore.save_optimizer_states`` write, saves the states without it: a resumed Module
-    restarted t at ``begin_num_update``. Carried in the state, the count is saved and loaded
-    with it (``Updater.sync_state_context`` passes it through unchanged, as anything that is
-    neither an NDArray nor a tuple). MXNet's counting stays the optimizer's; this is a copy,
-    written after each update and read where the state comes from a file.
-
-    ``value``: the count after the state's last update (an int), None before its first.
-    Pickled by its qualified name ``namsg._base.UpdateCount``: saved states need it there.
-    """
-
-    def __init__(self, value=None):
-        self.value = value
+    __slots__ = ()
 
     def __repr__(self):
-        return 'UpdateCount(%r)' % (self.value,)
+        return repr(float(self))
 
 
-def split_count(state):
-    """``(slots, count)``: the state tuple without its :class:`UpdateCount`, and that count; count
-    is None for a state saved by namsg 0.1.0, which carried none."""
-    if isinstance(state, tuple) and state and isinstance(state[-1], UpdateCount):
-        return state[:-1], state[-1]
-    return state, None
+def step_size(learning_rate, lr_scheduler, optimizer):
+    """The ``learning_rate`` to hand MXNet's Optimizer: None (the scheduler's ``base_lr``) when
+    only ``lr_scheduler`` set it; with both, ``learning_rate``, as in MXNet, which overwrites the
+    scheduler's ``base_lr`` (warned here when they differ; MXNet only prints). Raises ValueError
+    for a ``learning_rate`` that is not a step size, before the scheduler is changed."""
+    if isinstance(learning_rate, DefaultStepSize):
+        return None if lr_scheduler is not None else float(learning_rate)
+    if lr_scheduler is None or learning_rate is None:
+        return learning_rate
+    check_learning_rate(learning_rate, True)
+    base_lr = getattr(lr_scheduler, 'base_lr', learning_rate)
+    if base_lr != learning_rate:
+        warnings.warn('%s got learning_rate=%r and an lr_scheduler with base_lr=%r: '
+                      'learning_rate wins, as in MXNet (the scheduler now starts from %r). To '
+                      'take the scheduler\'s step size, leave learning_rate out.'
+                      % (optimizer, learning_rate, base_lr, learning_rate), stacklevel=4)
+        lr_scheduler.base_lr = learning_rate
+    return learning_rate
 
 
-def resume_counts(optimizer, indices, counts):
-    """Before ``optimizer`` counts an update of ``indices``: set the count of each whose state
-    carries another count (``counts``, from :func:`split_count`; the state was loaded) to that
-    one. MXNet's ``_update_count`` then counts on from it, not from ``begin_num_update``."""
-    warned = False
-    for idx, count in zip(indices, counts):
-        if count is None:
-            # A state saved without its count: the counts of a restored optimizer
-            # (Trainer.save_states) or begin_num_update take over, as they did in namsg 0.1.0.
-            if not (warned or idx in optimizer._index_update_count or optimizer.begin_num_update
-                    or idx in restored_update_counts(optimizer)):
-                warned = True
-                warnings.warn(
-                    'optimizer states without their update counts (saved by namsg 0.1.0, e.g. '
-                    'by Module.save_optimizer_states): %s counts its updates from '
-                    'begin_num_update=0 again, which restarts what depends on the step t (bias '
-                    'corrections, warm-up, Lookahead\'s k-cycle, lr_scheduler). Pass '
-                    'begin_num_update=<number of updates done> with these states.'
-                    % type(optimizer).__name__, stacklevel=2)
-        elif count.value is not None and optimizer._index_update_count.get(idx) != count.value:
-            optimizer._index_update_count[idx] = count.value
+#: MXNet Optimizer settings that a repr shows when they are not at these defaults.
+_SHOWN_IF_SET = (('rescale_grad', 1.0), ('clip_gradient', None), ('lr_scheduler', None),
+                 ('multi_precision', False), ('begin_num_update', 0), ('lazy_update', True))
 
 
-def store_counts(optimizer, indices, counts):
-    """After ``optimizer`` counted an update of ``indices``: copy each count into its state."""
-    for idx, count in zip(indices, counts):
-        if count is not None:
-            count.value = optimizer._index_update_count[idx]
+def _shown(value):
+    # MXNet's schedulers print as <... object at 0x...>; their base_lr is what matters here.
+    if isinstance(value, LRScheduler):
+        return '%s(base_lr=%r)' % (type(value).__name__, value.base_lr)
+    return repr(value)
+
+
+def _constructor_arguments(cls):
+    """(name, default) of the arguments of ``cls``'s constructor and of those it hands on to its
+    base classes' (up to MXNet's Optimizer), but for the ones a class refuses (``NOT_TAKEN``)."""
+    seen, refused = {}, set()
+    for klass in cls.__mro__:
+        if klass is Optimizer or klass is object:
+            break
+        refused.update(vars(klass).get('NOT_TAKEN', ()))
+        if '__init__' in vars(klass):
+            for name, parameter in inspect.signature(klass.__init__).parameters.items():
+                if parameter.default is not inspect.Parameter.empty and name not in refused:
+                    seen.setdefault(name, parameter.default)
+    return seen.items()
+
+
+def repr_fields(optimizer):
+    """[(name, text)] of what ``optimizer``'s repr shows: the step size; the arguments of its
+    class's constructor (those whose default is None or a bool only when set); ``wd``; and
+    MXNet's settings (:data:`_SHOWN_IF_SET`) that differ from their defaults. Works for MXNet's
+    own optimizers too (Lookahead's inner one), from the arguments they store by name."""
+    fields = [('learning_rate', repr(optimizer.learning_rate))]
+    for name, default in _constructor_arguments(type(optimizer)):
+        if name == 'learning_rate' or not hasattr(optimizer, name):
+            continue
+        value = getattr(optimizer, name)
+        if (default is None or isinstance(default, bool)) and value == default:
+            continue
+        fields.append((name, _shown(value)))
+    fields.append(('wd', repr(optimizer.wd)))
+    shown = {name for name, _ in fields}
+    for name, default in _SHOWN_IF_SET:
+        value = getattr(optimizer, name, default)
+        if name not in shown and not (value is default or value == default):
+            fields.append((name, _shown(value)))
+    return fields
+
+
+def describe(optimizer, fields=None):
+    """``Name(a=1, b='x')`` from ``fields`` [(name, text)], by default :func:`repr_fields`."""
+    if fields is None:
+        fields = repr_fields(optimizer)
+    return '%s(%s)' % (type(optimizer).__name__, ', '.join('%s=%s' % f for f in fields))
+
+
+def as_lists(index, weight, grad, state):
+    """What MXNet's Updater hands ``update_multi_precision``, one parameter or sequences of
+    them (when the optimizer aggregates), as four lists."""
+    if not isinstance(index, (list, tuple)):
+        return [index], [weight], [grad], [state]
+    return list(index), list(weight), list(grad), list(state)
 
 
 def all_rows(array):
@@ -153,16 +167,34 @@ class ElementwiseOptimizer(Optimizer):
     in the constructor and after (``opt.beta1 = 1.0`` raises ValueError as ``beta1=1.0`` does).
     ``clip_gradient`` follows MXNet: None, 0 or a negative value means no clipping.
     Weights must be floating point; other dtypes raise ValueError before any state exists.
+
+    ``learning_rate`` left out with an ``lr_scheduler`` given: the scheduler's ``base_lr`` is the
+    step size (MXNet's Optimizer would set it to the class default); both given: see
+    :func:`step_size`. States end in the parameter's update count and name, and loaded states
+    are checked against their parameters: see :mod:`namsg._states`.
     """
 
     #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).
     CHECKS = BASE_CHECKS
+    #: The length of a state saved without its count where the state's last element cannot
+    #: tell (see namsg._states.split_count): not needed here, unlike for Lookahead.
+    STATE_LENGTH = None
 
-    def __init__(self, learning_rate=0.001, lazy_update=True, **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), lazy_update=True, **kwargs):
+        # Read first: a bad value fails here, before anything is set up.
+        aggregate_num = aggregation_size()
         # learning_rate reaches the check as MXNet's Optimizer assigns it (self.lr): None
         # without an lr_scheduler has become MXNet's default 0.01 there.
-        super().__init__(learning_rate=learning_rate, **kwargs)
+        super().__init__(learning_rate=step_size(learning_rate, kwargs.get('lr_scheduler'),
+                                                 type(self).__name__), **kwargs)
         self.lazy_update = lazy_update
+        # The Updater hands this many parameters of one dtype to one update_multi_precision
+        # call: their loaded states are checked before any of them is updated, their counts
+        # are written at once, and ARSG's fused operator updates them in one pass.
+        self.aggregate_num = aggregate_num
+
+    def __repr__(self):
+        return describe(self)
 
     # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
     def __setattr__(self, name, value):
@@ -193,7 +225,8 @@ class ElementwiseOptimizer(Optimizer):
         # for row_sparse weights too: it is read and written by rows.
         dtype = numpy.float32 if weight.dtype == numpy.float16 else weight.dtype
         return self._state_slots(weight, lambda: nd.zeros(weight.shape, weight.context,
-                                                          dtype=dtype)) + (UpdateCount(),)
+                                                          dtype=dtype)) + \
+            (new_trailer(self, index, weight),)
 
     def create_state_multi_precision(self, index, weight):
         # MXNet's version warns that float16 weights without multi_precision accumulate in
@@ -218,6 +251,9 @@ class ElementwiseOptimizer(Optimizer):
                 check_floating_weight(param.dtype, type(self).__name__,
                                       'Parameter %r' % param.name)
         self.__dict__['param_dict'] = params if params else {}
+        # Trainer.load_states ends here: the states it loaded are checked while the error
+        # still reaches the caller.
+        check_trainer_states(self, params)
 
     def _update_count(self, index):
         # MXNet counts per device, so a parameter restored on a device it was not saved from
@@ -225,12 +261,36 @@ class ElementwiseOptimizer(Optimizer):
         continue_update_counts(self, index if isinstance(index, (list, tuple)) else [index])
         super()._update_count(index)
 
+    def update_multi_precision(self, index, weight, grad, state):
+        """MXNet's entry point (Updater): one parameter, or lists of them (``aggregate_num``).
+        The states this optimizer did not make are checked against their parameters
+        (:func:`namsg._states.adopt_states`) before any of them is updated."""
+        index, weight, grad, state = as_lists(index, weight, grad, state)
+        adopt_states(self, index, weight, state)
+        self._update_each(index, weight, grad, state)
+
+    def _update_each(self, indices, weights, grads, states):
+        """MXNet's one-parameter ``update_multi_precision`` for each, their counts written
+        together at the end."""
+        deferred = self.__dict__['_deferred_counts'] = ([], [])
+        try:
+            for index, weight, grad, state in zip(indices, weights, grads, states):
+                Optimizer.update_multi_precision(self, index, weight, grad, state)
+        finally:
+            del self.__dict__['_deferred_counts']
+            store_counts(self, *deferred)
+
     def _count_with_states(self, indices, counts):
         """MXNet's ``_update_count(indices)``, continuing from the counts the states carry
-        (``counts``: their :class:`UpdateCount` or None) and copying the new ones into them."""
+        (``counts`` from :func:`split_count`) and writing the new ones into them."""
         resume_counts(self, indices, counts)
         self._update_count(indices)
-        store_counts(self, indices, counts)
+        deferred = self.__dict__.get('_deferred_counts')
+        if deferred is None:
+            store_counts(self, indices, counts)
+        else:
+            deferred[0].extend(indices)
+            deferred[1].extend(counts)
 
     def update(self, index, weight, grad, state):
         assert isinstance(weight, NDArray) and isinstance(grad, NDArray)

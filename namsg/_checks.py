@@ -3,6 +3,7 @@ parameter, the value given and the range that is allowed."""
 
 import math
 import numbers
+import os
 
 import numpy
 
@@ -129,6 +130,32 @@ def check_floating_weight(dtype, optimizer, name='a weight'):
                          '(float16, float32 or float64); make the parameter floating point or '
                          'leave it out of the optimizer (grad_req=\'null\')'
                          % (optimizer, name, numpy.dtype(dtype).name))
+
+
+#: The environment variable that sets how many parameters one ARSG update call takes.
+AGGREGATION_ENV = 'NAMSG_AGGREGATION_SIZE'
+DEFAULT_AGGREGATION = 128
+
+
+def aggregation_size():
+    """``$NAMSG_AGGREGATION_SIZE``: how many parameters of one dtype MXNet's Updater hands one
+    of namsg's optimizers in one call (ARSG's fused operator updates them in one pass; the
+    states loaded for them are checked before any is updated); default 128 (unset or empty).
+    0 or 1: one parameter per call. Raises ValueError naming the variable for anything but an
+    integer >= 0, when the optimizer is made (not at its first update)."""
+    text = os.environ.get(AGGREGATION_ENV, '').strip()
+    if not text:
+        return DEFAULT_AGGREGATION
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError('$%s=%r is not a number of parameters: set it to an integer >= 0 (how '
+                         'many parameters one update call of namsg\'s optimizers takes; 0 or 1: '
+                         'one at a time; default %d), or unset it'
+                         % (AGGREGATION_ENV, text, DEFAULT_AGGREGATION))
+    return value
 
 
 def clip_threshold(clip_gradient):

@@ -3,7 +3,7 @@
 from mxnet import ndarray as nd
 from mxnet.optimizer import register
 
-from ._base import ElementwiseOptimizer
+from ._base import DefaultStepSize, ElementwiseOptimizer
 from ._checks import ADAPTIVE_CHECKS
 
 __all__ = ['AMSGrad']
@@ -24,7 +24,9 @@ class AMSGrad(ElementwiseOptimizer):
     Parameters
     ----------
     learning_rate : float, default 0.001
-        Step size, >= 0.
+        The step size alpha, >= 0. Left out (or None) with an ``lr_scheduler``, the
+        scheduler's ``base_lr`` is the step size; given with one, it wins (see
+        :class:`namsg.ARSG`).
     beta1 : float, default 0.9
         Decay rate of m, in [0, 1).
     beta2 : float, default 0.999
@@ -36,13 +38,22 @@ class AMSGrad(ElementwiseOptimizer):
 
     MXNet's own arguments (wd, rescale_grad, clip_gradient, lr_scheduler, multipliers,
     multi_precision, ...) work as for every MXNet optimizer. State per parameter:
-    ``(m, v, vhat, count)``, float32 for float16 weights; ``count`` is the update count
-    (:class:`namsg._base.UpdateCount`), saved with the states.
+    ``(m, v, vhat, (t, name))``, the arrays float32 for float16 weights; ``t`` and ``name`` are
+    the update count and the parameter's name, saved with the states (see
+    :class:`namsg.ARSG`). Registered as ``'amsgrad'``.
+
+    Raises
+    ------
+    ValueError
+        For a hyper-parameter out of range, a bad ``$NAMSG_AGGREGATION_SIZE`` (see
+        :class:`namsg.ARSG`), a weight that is not floating point, or loaded states that do
+        not fit their parameters.
     """
 
     CHECKS = ADAPTIVE_CHECKS
 
-    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.9, beta2=0.999,
+                 epsilon=1e-8, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         # Each assignment is checked (CHECKS).
         self.beta1 = beta1

@@ -1,15 +1,13 @@
 """ARSG: adaptive remote stochastic gradient (Algorithm 1 of the paper), as an MXNet optimizer."""
 
-import os
-
 import numpy
 
 from mxnet import ndarray as nd
 from mxnet.ndarray.sparse import BaseSparseNDArray
-from mxnet.optimizer import Optimizer, register
+from mxnet.optimizer import register
 
 from . import kernels
-from ._base import ElementwiseOptimizer, split_count
+from ._base import DefaultStepSize, ElementwiseOptimizer, adopt_states, as_lists, split_count
 from ._checks import (ADAPTIVE_CHECKS, check_bounds, check_choice, check_unit_interval,
                       clip_threshold, of_value)
 
@@ -59,8 +57,10 @@ class ARSG(ElementwiseOptimizer):
     Parameters
     ----------
     learning_rate : float, default 0.001
-        The step size alpha, >= 0. None takes ``lr_scheduler``'s ``base_lr``, or without one
-        MXNet's ``Optimizer`` default 0.01 (as for every MXNet optimizer).
+        The step size alpha, >= 0. Left out (or None) with an ``lr_scheduler``, the
+        scheduler's ``base_lr`` is the step size; given with one, it wins, as in MXNet: the
+        scheduler's ``base_lr`` is set to it, with a warning if they differed. None without a
+        scheduler: MXNet's ``Optimizer`` default 0.01.
     beta1 : float, default 0.999
         Decay rate of the momentum m, in [0, 1).
     beta2 : float, default 0.99
@@ -84,6 +84,9 @@ class ARSG(ElementwiseOptimizer):
         :mod:`namsg.kernels`) for dense arrays on CPU contexts. None follows ``$NAMSG_FUSED``
         (default: fused where it can be built); True requires it; False takes the NDArray path.
         Both paths compute the same update. Anything but a bool or None raises ValueError.
+        ``$NAMSG_AGGREGATION_SIZE`` (default 128; an integer >= 0) sets how many parameters
+        one call updates (for every optimizer of namsg: their loaded states are checked
+        together); another value raises ValueError in the constructor.
 
     Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
     ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
@@ -94,12 +97,31 @@ class ARSG(ElementwiseOptimizer):
     float16 weights without ``multi_precision`` keep their state in float32 and are updated in
     float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by zero.
 
-    State, per parameter, a tuple of NDArrays on the weight's context (float32 for float16
-    weights, otherwise the weight's dtype) and the parameter's update count t:
-    ``(m, v, vhat, count)`` for 'amsgrad', ``(m, v, count)`` for 'adam', ``(m, count)`` for
-    'none' (``count``: a :class:`namsg._base.UpdateCount`, so that states saved without the
-    optimizer, as ``Module.save_optimizer_states`` saves them, resume t). With
-    ``multi_precision`` the base class wraps it as ``(float32 master weight, state)``.
+    State, per parameter, a tuple of NDArrays on the weight's context: the slots (float32 for
+    float16 weights, otherwise the weight's dtype, the weight's shape), then the pair
+    ``(t, name)``: ``(m, v, vhat, (t, name))`` for 'amsgrad', ``(m, v, (t, name))`` for 'adam',
+    ``(m, (t, name))`` for 'none'. ``t`` (int64, shape (1,)) is the parameter's update count,
+    so that states saved without the optimizer (``Module.save_optimizer_states``) resume it;
+    ``name`` (uint8, shape (128,)) is the parameter's name, checked when states are loaded (see
+    :mod:`namsg._states`). With ``multi_precision`` the base class wraps it as
+    ``(float32 master weight, state)``.
+
+    Raises
+    ------
+    ValueError
+        For a hyper-parameter out of its range (in the constructor or assigned later), a weight
+        that is not floating point, a bad ``$NAMSG_AGGREGATION_SIZE``, or loaded states that do
+        not fit their parameters (names both).
+
+    Examples
+    --------
+    Registered as ``'arsg'``; the repr shows the hyper-parameters:
+
+    >>> import mxnet as mx, namsg
+    >>> opt = mx.optimizer.create('arsg', learning_rate=0.01, epsilon=1e-3)
+    >>> opt  # doctest: +NORMALIZE_WHITESPACE
+    ARSG(learning_rate=0.01, beta1=0.999, beta2=0.99, epsilon=0.001, mu=0.1,
+         preconditioner='amsgrad', wd=0.0)
     """
 
     CHECKS = dict(
@@ -113,14 +135,11 @@ class ARSG(ElementwiseOptimizer):
         upper_bound=lambda optimizer, value: check_bounds(
             optimizer.__dict__.get('lower_bound'), value)[1])
 
-    def __init__(self, learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-8, mu=0.1,
-                 preconditioner='amsgrad', lower_bound=None, upper_bound=None, fused=None,
-                 **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.999, beta2=0.99,
+                 epsilon=1e-8, mu=0.1, preconditioner='amsgrad', lower_bound=None,
+                 upper_bound=None, fused=None, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.fused = fused
-        # Updater hands this many parameters of one dtype to one update_multi_precision call;
-        # the fused operator updates them all in one call.
-        self.aggregate_num = int(os.environ.get('NAMSG_AGGREGATION_SIZE', '128'))
         # Each assignment is checked (CHECKS).
         self.beta1 = beta1
         self.beta2 = beta2
@@ -146,15 +165,12 @@ class ARSG(ElementwiseOptimizer):
 
     def update_multi_precision(self, index, weight, grad, state):
         """MXNet's entry point (Updater): one parameter, or lists of them when aggregating."""
-        if not isinstance(index, (list, tuple)):
-            index, weight, grad, state = [index], [weight], [grad], [state]
-        else:
-            weight, grad = list(weight), list(grad)
+        index, weight, grad, state = as_lists(index, weight, grad, state)
+        adopt_states(self, index, weight, state)
         if self._fused_applies(weight, grad):
             self._fused_update(index, weight, grad, state)
         else:
-            for i, w, g, s in zip(index, weight, grad, state):
-                Optimizer.update_multi_precision(self, i, w, g, s)
+            self._update_each(index, weight, grad, state)
 
     def _fused_applies(self, weights, grads):
         # Updater hands over arrays of one device and one dtype; the per-array checks stay in

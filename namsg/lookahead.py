@@ -8,10 +8,12 @@ from mxnet.optimizer import Optimizer, create, register
 
 from . import kvstore_sync
 from .radam import RAdam
-from ._base import (ElementwiseOptimizer, UpdateCount, all_rows, continue_update_counts,
-                    dense_rows, resume_counts, split_count, store_counts, write_rows)
-from ._checks import (check_floating_weight, check_integer_at_least, check_number_in, checked,
-                      of_value)
+from ._base import (DefaultStepSize, ElementwiseOptimizer, adopt_states, all_rows, as_lists,
+                    check_trainer_states, continue_update_counts, dense_rows, describe,
+                    new_trailer, repr_fields, resume_counts, split_count, store_counts,
+                    write_rows)
+from ._checks import (aggregation_size, check_floating_weight, check_integer_at_least,
+                      check_number_in, checked, of_value)
 
 __all__ = ['Lookahead', 'Ranger']
 
@@ -40,12 +42,21 @@ class Lookahead(Optimizer):
     alpha : float, default 0.5
         Slow-weight step size, in (0, 1] (1 makes Lookahead a no-op).
 
-    State per parameter: ``(phi, inner_state, count)``, ``phi`` in float32 for float16 weights
-    and dense for ``row_sparse`` weights (the slow step moves every row); ``count`` is the inner
-    optimizer's update count (:class:`namsg._base.UpdateCount`), which the k-cycle follows,
-    saved with the states whatever the inner optimizer. Weights must be floating point: others
-    raise ValueError in ``create_state``. With ``multi_precision`` the base class wraps it as
-    ``(float32 master, (phi, inner_state, count))``.
+    State per parameter: ``(phi, inner_state, (t, name))``, ``phi`` in float32 for float16
+    weights and dense for ``row_sparse`` weights (the slow step moves every row); ``t`` is the
+    inner optimizer's update count, which the k-cycle follows, and ``name`` the parameter's,
+    saved with the states whatever the inner optimizer (see :mod:`namsg._states`). Weights
+    must be floating point: others raise ValueError in ``create_state``. With
+    ``multi_precision`` the base class wraps it as ``(float32 master, state)``. Registered as
+    ``'lookahead'``; its repr shows the inner optimizer's.
+
+    Raises
+    ------
+    ValueError
+        For ``k`` or ``alpha`` out of range, an ``optimizer`` that is none, arguments for an
+        optimizer instance, a bad ``$NAMSG_AGGREGATION_SIZE`` (see :class:`namsg.ARSG`), a
+        weight that is not floating point, or loaded states that do not fit their
+        parameters.
     """
 
     # Attributes that belong to the wrapper; every other one is the inner optimizer's.
@@ -53,6 +64,8 @@ class Lookahead(Optimizer):
     #: The wrapper's own checks (the inner optimizer checks its attributes itself).
     CHECKS = dict(k=of_value(check_integer_at_least, 'k', 1),
                   alpha=of_value(check_number_in, 'alpha', 0.0, 1.0, True))
+    #: (slow, inner_state): a state of namsg 0.1.0, without its count (see split_count).
+    STATE_LENGTH = 2
 
     def __init__(self, optimizer='sgd', k=5, alpha=0.5, **kwargs):
         if isinstance(optimizer, str):
@@ -67,9 +80,10 @@ class Lookahead(Optimizer):
         object.__setattr__(self, 'optimizer', optimizer)
         self.k = k              # checked (CHECKS)
         self.alpha = alpha
-        # Updater would hand lists of parameters to an aggregating inner optimizer (MXNet's
-        # sgd aggregates 4); the slow-weight step is per parameter.
-        object.__setattr__(self, 'aggregate_num', 0)
+        # The Updater hands this many parameters to one update_multi_precision call, whose
+        # loaded states are checked before any is updated; each is then updated on its own
+        # (the inner optimizer may not take lists; the slow step is per parameter).
+        object.__setattr__(self, 'aggregate_num', aggregation_size())
 
     def __getattr__(self, name):
         # Only called for attributes not found on the wrapper itself.
@@ -85,6 +99,16 @@ class Lookahead(Optimizer):
             kvstore_sync.set_setting(self, name, value, partial(object.__setattr__, self))
         else:
             kvstore_sync.set_setting(self, name, value, partial(setattr, self.optimizer))
+            if name == 'param_dict':
+                # Trainer.load_states ends here (see ElementwiseOptimizer.param_dict).
+                check_trainer_states(self, value)
+
+    def __repr__(self):
+        # MXNet's own optimizers print as <... object at 0x...>.
+        inner = self.optimizer if type(self.optimizer).__repr__ is not object.__repr__ \
+            else describe(self.optimizer)
+        return describe(self, [('optimizer', str(inner)), ('k', repr(self.k)),
+                               ('alpha', repr(self.alpha))])
 
     def __getstate__(self):
         state = {name: self.__dict__[name] for name in Lookahead._OWN}
@@ -106,7 +130,8 @@ class Lookahead(Optimizer):
         # They are dense for a row_sparse weight: every row takes the slow step.
         slow = _dense(weight).astype(
             numpy.float32 if weight.dtype == numpy.float16 else weight.dtype)
-        return (slow, self.optimizer.create_state(index, weight), UpdateCount())
+        return (slow, self.optimizer.create_state(index, weight),
+                new_trailer(self.optimizer, index, weight))
 
     def create_state_multi_precision(self, index, weight):
         # The inner optimizers of this package keep float32 state for float16 weights, and the
@@ -117,8 +142,17 @@ class Lookahead(Optimizer):
             return self.create_state(index, weight)
         return Optimizer.create_state_multi_precision(self, index, weight)
 
+    def update_multi_precision(self, index, weight, grad, state):
+        """MXNet's entry point (Updater): one parameter, or lists of them (``aggregate_num``);
+        the states this optimizer did not make are checked against their parameters first."""
+        index, weight, grad, state = as_lists(index, weight, grad, state)
+        adopt_states(self, index, weight, state, owner=self.optimizer,
+                     length=Lookahead.STATE_LENGTH)
+        for i, w, g, s in zip(index, weight, grad, state):
+            Optimizer.update_multi_precision(self, i, w, g, s)
+
     def update(self, index, weight, grad, state):
-        (slow, inner_state), count = split_count(state)
+        (slow, inner_state), count = split_count(state, Lookahead.STATE_LENGTH)
         # The k-cycle follows the inner count, which must continue from loaded states and on
         # another device for any inner optimizer (this package's do it themselves, MXNet's
         # do not).
@@ -154,6 +188,7 @@ class Ranger(Lookahead):
     Parameters
     ----------
     learning_rate : float, default 0.001
+        Left out with an ``lr_scheduler``, the scheduler's ``base_lr`` (see :class:`namsg.ARSG`).
     beta1 : float, default 0.95
     beta2 : float, default 0.999
     epsilon : float, default 1e-5
@@ -161,9 +196,15 @@ class Ranger(Lookahead):
     k : int, default 6
     alpha : float, default 0.5
     Other keyword arguments (wd, rescale_grad, rectify_threshold, ...) go to RAdam.
+    Registered as ``'ranger'``.
     """
 
-    def __init__(self, learning_rate=0.001, beta1=0.95, beta2=0.999, epsilon=1e-5, k=6,
-                 alpha=0.5, **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.95, beta2=0.999,
+                 epsilon=1e-5, k=6, alpha=0.5, **kwargs):
         super().__init__(RAdam(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
                                epsilon=epsilon, **kwargs), k=k, alpha=alpha)
+
+    def __repr__(self):
+        # RAdam's settings are Ranger's own arguments.
+        return describe(self, repr_fields(self.optimizer) + [('k', repr(self.k)),
+                                                             ('alpha', repr(self.alpha))])

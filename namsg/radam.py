@@ -5,7 +5,7 @@ import math
 from mxnet import ndarray as nd
 from mxnet.optimizer import register
 
-from ._base import ElementwiseOptimizer
+from ._base import DefaultStepSize, ElementwiseOptimizer
 from ._checks import ADAPTIVE_CHECKS, check_number_in, of_value
 
 __all__ = ['RAdam']
@@ -34,7 +34,9 @@ class RAdam(ElementwiseOptimizer):
     Parameters
     ----------
     learning_rate : float, default 0.001
-        Step size, >= 0.
+        The step size alpha, >= 0. Left out (or None) with an ``lr_scheduler``, the
+        scheduler's ``base_lr`` is the step size; given with one, it wins (see
+        :class:`namsg.ARSG`).
     beta1 : float, default 0.9
         Decay rate of m, in [0, 1).
     beta2 : float, default 0.999
@@ -47,16 +49,22 @@ class RAdam(ElementwiseOptimizer):
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
 
-    State per parameter: ``(m, v, count)``, float32 for float16 weights; ``count`` is the
-    update count t (:class:`namsg._base.UpdateCount`), saved with the states.
+    State per parameter: ``(m, v, (t, name))``, the arrays float32 for float16 weights; ``t``
+    and ``name`` are the update count and the parameter's name, saved with the states (see
+    :class:`namsg.ARSG`). Registered as ``'radam'``.
+
+    Raises
+    ------
+    ValueError
+        As :class:`namsg.AMSGrad` does, and for ``rectify_threshold`` below 4.
     """
 
     # rectify_threshold >= 4: r_t is undefined below.
     CHECKS = dict(ADAPTIVE_CHECKS, rectify_threshold=of_value(
         check_number_in, 'rectify_threshold', 4.0, math.inf, False))
 
-    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 rectify_threshold=5.0, **kwargs):
+    def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.9, beta2=0.999,
+                 epsilon=1e-8, rectify_threshold=5.0, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         # Each assignment is checked (CHECKS).
         self.beta1 = beta1

@@ -2,6 +2,7 @@
 
 from mxnet.optimizer import register
 
+from ._base import DefaultStepSize
 from ._checks import check_unit_interval, of_value
 from .arsg import ARSG
 
@@ -28,8 +29,9 @@ class RSG(ARSG):
     Parameters
     ----------
     learning_rate : float, default 0.01
-        The step size alpha, >= 0. None takes ``lr_scheduler``'s ``base_lr``, or without one
-        MXNet's ``Optimizer`` default 0.01 (as for every MXNet optimizer).
+        The step size alpha, >= 0. Left out (or None) with an ``lr_scheduler``, the
+        scheduler's ``base_lr`` is the step size; given with one, it wins (see
+        :class:`namsg.ARSG`).
     beta : float, default 0.999
         Decay rate of the momentum m, in [0, 1).
     mu : float, default 0.1
@@ -40,14 +42,24 @@ class RSG(ARSG):
         For ``row_sparse`` gradients, update only the rows present.
 
     Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
-    State, per parameter: ``(m, count)``, ``count`` the update count (see :class:`namsg.ARSG`).
+    State, per parameter: ``(m, (t, name))``, the update count and the parameter's name (see
+    :class:`namsg.ARSG`). Registered as ``'rsg'``.
+
+    Raises
+    ------
+    ValueError
+        As :class:`namsg.ARSG`, and for ``beta1``, ``beta2``, ``epsilon`` or
+        ``preconditioner``, which RSG does not take.
     """
+
+    #: The ARSG arguments that RSG refuses: it has one decay rate and no preconditioner.
+    NOT_TAKEN = ('beta1', 'beta2', 'epsilon', 'preconditioner')
 
     # beta is stored as beta1: name it as the user does.
     CHECKS = dict(ARSG.CHECKS, beta1=of_value(check_unit_interval, 'beta'))
 
-    def __init__(self, learning_rate=0.01, beta=0.999, mu=0.1, **kwargs):
-        for name in ('beta1', 'beta2', 'epsilon', 'preconditioner'):
+    def __init__(self, learning_rate=DefaultStepSize(0.01), beta=0.999, mu=0.1, **kwargs):
+        for name in RSG.NOT_TAKEN:
             if name in kwargs:
                 raise ValueError('RSG takes no %s: it has one decay rate, beta, and no '
                                  'preconditioner (use ARSG for those)' % name)

@@ -46,7 +46,7 @@ def test_lookahead_forwards_what_mxnet_sets_to_the_inner_optimizer():
     opt.set_learning_rate(0.05)
     opt.mu = 0.2
     assert (inner.rescale_grad, inner.lr, inner.mu) == (0.25, 0.05, 0.2)
-    assert opt.learning_rate == 0.05 and opt.k == 3 and opt.aggregate_num == 0
+    assert opt.learning_rate == 0.05 and opt.k == 3 and opt.aggregate_num == 128
 
 
 def test_lookahead_around_mxnet_sgd_matches_manual_slow_steps():
@@ -71,7 +71,8 @@ def test_lookahead_around_mxnet_sgd_matches_manual_slow_steps():
 
 def test_ranger_in_trainer_saves_and_restores_slow_weights(tmp_path):
     def make():
-        net = gluon.nn.Dense(2, in_units=3)
+        # The same names each time, as a model built in a new process has them.
+        net = gluon.nn.Dense(2, in_units=3, prefix='dense_')
         net.initialize(mx.init.Constant(0.1))
         return net, gluon.Trainer(net.collect_params(), 'ranger',
                                   dict(learning_rate=0.01, k=3, alpha=0.5))

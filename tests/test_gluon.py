@@ -13,6 +13,7 @@ from mxnet import autograd, gluon
 
 import namsg
 from namsg import reference as ref
+from namsg._base import UpdateCount
 from cases import CASES_BY_ID, path_id
 
 IN, OUT, BATCH, STEPS = 5, 3, 8, 12
@@ -46,8 +47,10 @@ def _reference(x, y, w0, b0, preconditioner='amsgrad', bias_wd=1.0, steps=STEPS)
     return params['w'], params['b']
 
 
-def _make_net(w0, b0, ctxs):
-    net = gluon.nn.Dense(OUT, in_units=IN)
+def _make_net(w0, b0, ctxs, prefix='dense_'):
+    # A fixed prefix: Gluon numbers auto-generated names per process (dense0_, dense1_, ...),
+    # so a net built again would get other names than the one whose states it resumes.
+    net = gluon.nn.Dense(OUT, in_units=IN, prefix=prefix)
     net.initialize(ctx=ctxs)
     net.weight.set_data(mx.nd.array(w0))
     net.bias.set_data(mx.nd.array(b0))
@@ -280,32 +283,48 @@ def test_states_saved_on_one_device_resume_on_another(tmp_path, case_id, fused, 
             np.testing.assert_array_equal(a, b)
 
 
-def _without_counts(state):
-    """``state`` laid out as namsg 0.1.0 saved it: the same tuples of arrays without the update
-    counts (anything that is neither an array, a tuple nor MXNet's None state)."""
-    if isinstance(state, tuple):
-        return tuple(_without_counts(s) for s in state
-                     if s is None or isinstance(s, (tuple, mx.nd.NDArray)))
-    return state
+def _is_count_and_name(part):
+    return (type(part) is tuple and len(part) == 2
+            and all(isinstance(a, mx.nd.NDArray) for a in part)
+            and (part[0].dtype, part[1].dtype) == (np.int64, np.uint8))
 
 
-def _rewrite_without_counts(fname, with_optimizer):
+def _as_saved_by(state, version):
+    """``state`` laid out as an earlier namsg saved it: ``'0.1.0'``, the same tuples of arrays
+    without the update counts; ``'UpdateCount'``, with the count as an UpdateCount object where
+    the pair (t, name) is now."""
+    if not isinstance(state, tuple):
+        return state
+    parts = []
+    for part in state:
+        if not _is_count_and_name(part):
+            parts.append(_as_saved_by(part, version))
+        elif version == 'UpdateCount':
+            parts.append(UpdateCount(int(part[0].asscalar()) or None))
+    return tuple(parts)
+
+
+def _rewrite_as_saved_by(fname, with_optimizer, version='0.1.0'):
     """Rewrite a states file (Trainer's ``(states, optimizer)`` or Module's states) as namsg
-    0.1.0 wrote it."""
+    ``version`` wrote it (see :func:`_as_saved_by`)."""
     with open(fname, 'rb') as f:
         saved = pickle.load(f)
     states = saved[0] if with_optimizer else saved
-    states = {index: _without_counts(state) for index, state in states.items()}
+    states = {index: _as_saved_by(state, version) for index, state in states.items()}
     with open(fname, 'wb') as f:
         pickle.dump((states, saved[1]) if with_optimizer else states, f)
 
 
 # The counts come from the optimizer in the file: nothing to warn about.
 @pytest.mark.filterwarnings('error:optimizer states without their update counts')
+@pytest.mark.filterwarnings('error::namsg.StatesRenamedWarning')
+@pytest.mark.parametrize('version', ['0.1.0', 'UpdateCount'])
 @pytest.mark.parametrize('case_id,fused', RESUME_CASES, ids=RESUME_IDS)
-def test_trainer_states_saved_without_counts_still_resume(tmp_path, case_id, fused):
+def test_trainer_states_saved_by_earlier_versions_still_resume(tmp_path, case_id, fused,
+                                                               version):
     """Trainer.save_states files of namsg 0.1.0 (states without counts, the optimizer with
-    them) load and resume the uninterrupted run, on another device too."""
+    them) and of the versions whose states ended in an UpdateCount object load and resume the
+    uninterrupted run, on another device too."""
     optimizer = _case_optimizer(case_id)
     x, y, w0, b0 = _data(seed=3)
     steps, half = 8, 5
@@ -318,7 +337,7 @@ def test_trainer_states_saved_without_counts_still_resume(tmp_path, case_id, fus
     trainer = gluon.Trainer(net.collect_params(), optimizer, _case_kwargs(case_id, fused))
     _train(net, trainer, x, y, [mx.cpu(1)], half)
     trainer.save_states(str(tmp_path / 'trainer.states'))
-    _rewrite_without_counts(str(tmp_path / 'trainer.states'), with_optimizer=True)
+    _rewrite_as_saved_by(str(tmp_path / 'trainer.states'), with_optimizer=True, version=version)
 
     net.save_parameters(str(tmp_path / 'net.params'))
     resumed = _make_net(w0, b0, [mx.cpu(0)])
@@ -411,12 +430,30 @@ def test_module_checkpoint_without_counts_warns_and_resumes_with_begin_num_updat
     prefix = str(tmp_path / 'model')
     run = functools.partial(_module_fit, monkeypatch, setup, case_id, fused, prefix)
     uninterrupted = run(0)
-    _rewrite_without_counts('%s-%04d.states' % (prefix, MODULE_EPOCHS // 2),
-                            with_optimizer=False)
+    _rewrite_as_saved_by('%s-%04d.states' % (prefix, MODULE_EPOCHS // 2),
+                         with_optimizer=False)
     with pytest.warns(UserWarning, match='begin_num_update=<number of updates done>'):
         run(MODULE_EPOCHS // 2)
     resumed = run(MODULE_EPOCHS // 2, begin_num_update=MODULE_EPOCHS // 2 * MODULE_BATCHES)
     for a, b in zip(resumed, uninterrupted):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings('ignore:Parameters already initialized')
+@pytest.mark.filterwarnings('error:optimizer states without their update counts')
+@pytest.mark.filterwarnings('error::namsg.StatesRenamedWarning')
+@pytest.mark.parametrize('setup', ['no-kvstore', 'local-update-on-kvstore'])
+@pytest.mark.parametrize('case_id,fused', MODULE_RESUME_CASES, ids=MODULE_RESUME_IDS)
+def test_module_checkpoint_with_update_count_objects_resumes_exactly(monkeypatch, tmp_path,
+                                                                      case_id, fused, setup):
+    """A Module checkpoint whose states end in UpdateCount objects (namsg before the count
+    became an NDArray) resumes the uninterrupted run bit for bit, without begin_num_update."""
+    prefix = str(tmp_path / 'model')
+    run = functools.partial(_module_fit, monkeypatch, setup, case_id, fused, prefix)
+    uninterrupted = run(0)
+    _rewrite_as_saved_by('%s-%04d.states' % (prefix, MODULE_EPOCHS // 2), with_optimizer=False,
+                         version='UpdateCount')
+    for a, b in zip(run(MODULE_EPOCHS // 2), uninterrupted):
         np.testing.assert_array_equal(a, b)
 
 

@@ -1,7 +1,9 @@
 """The optimizer objects themselves: registration, defaults, the legacy API, argument checks,
 state layout and context, pickling, sparse gradients, no host round trips, properties."""
 
+import inspect
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,6 @@ from hypothesis import given, settings, strategies as st
 
 import namsg
 from namsg import reference as ref
-from namsg._base import UpdateCount
 from cases import CASES_BY_ID, PATH_IDS, PATHS
 from harness import apply_steps, make_problem, make_updater, run_mxnet
 
@@ -209,10 +210,13 @@ def test_state_is_a_plain_tuple_on_the_weights_context(preconditioner, slots):
     opt = namsg.ARSG(preconditioner=preconditioner, epsilon=1e-3)
     weight = mx.nd.ones((4, 2), ctx=mx.cpu(1), dtype='float64')
     state = opt.create_state_multi_precision(0, weight)
-    # The arrays, then the update count that is saved with them (Module checkpoints).
+    # The arrays, then the update count and the parameter's name that are saved with them.
     assert type(state) is tuple and len(state) == slots + 1
     assert all(s.context == mx.cpu(1) and s.dtype == np.float64 for s in state[:slots])
-    assert isinstance(state[-1], UpdateCount) and state[-1].value is None
+    count, name = state[-1]
+    assert count.context == name.context == mx.cpu(1)
+    assert (count.dtype, count.shape, name.dtype, name.shape) == (np.int64, (1,), np.uint8, (128,))
+    assert count.asscalar() == 0 and not name.asnumpy().any()
     np.testing.assert_array_equal(state[0].asnumpy(), 0)
     if preconditioner == 'amsgrad':
         np.testing.assert_array_equal(state[2].asnumpy(), 1e-3)
@@ -221,9 +225,9 @@ def test_state_is_a_plain_tuple_on_the_weights_context(preconditioner, slots):
 def test_multi_precision_state_is_master_copy_then_float32_state():
     opt = namsg.ARSG(multi_precision=True)
     state = opt.create_state_multi_precision(0, mx.nd.ones((3,), dtype='float16'))
-    master, (*inner, count) = state
+    master, (*inner, (count, name)) = state
     assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in inner)
-    assert isinstance(count, UpdateCount)
+    assert count.dtype == np.int64 and name.dtype == np.uint8
 
 
 @pytest.mark.parametrize('case_id', ['everything', 'rsg_mu_changed', 'amsgrad', 'radam',
@@ -451,3 +455,156 @@ def test_row_sparse_weight_missing_rows_is_refused_clearly():
     state = opt.create_state(0, weight)
     with pytest.raises(ValueError, match='stores 2 of its rows'):
         opt.update(0, weight, _row_sparse(np.ones((6, 3)), [1, 4]), state)
+
+
+# -- the step size an lr_scheduler gives (issue 25, item 5) -----------------------------------
+
+# Every optimizer of the package, both ARSG paths.
+SCHEDULED = [('arsg', {'fused': False}), ('arsg', {'fused': True}), ('rsg', {'fused': False}),
+             ('rsg', {'fused': True}), ('amsgrad', {}), ('radam', {}), ('ranger', {}),
+             ('lookahead', {'optimizer': 'arsg', 'fused': False}),
+             ('lookahead', {'optimizer': 'arsg', 'fused': True}),
+             ('lookahead', {'optimizer': 'radam'})]
+SCHEDULED_IDS = ['%s-%s' % (name, '-'.join('%s' % v for v in kwargs.values()) or 'default')
+                 for name, kwargs in SCHEDULED]
+
+
+def _schedule(base_lr=0.1):
+    return mx.lr_scheduler.FactorScheduler(step=2, factor=0.5, base_lr=base_lr)
+
+
+def _weights_after(opt, steps=5):
+    updater = mx.optimizer.get_updater(opt)
+    rng = np.random.default_rng(3)
+    weights = [mx.nd.array(rng.normal(size=s)) for s in [(4, 3), (5,)]]
+    for _ in range(steps):
+        updater([0, 1], [mx.nd.array(rng.normal(size=w.shape)) for w in weights], weights)
+    return [w.asnumpy() for w in weights]
+
+
+@pytest.mark.parametrize('name,kwargs', SCHEDULED, ids=SCHEDULED_IDS)
+def test_a_scheduler_given_without_learning_rate_sets_the_step_size(name, kwargs, capsys):
+    """create('arsg', lr_scheduler=FactorScheduler(..., base_lr=0.1)) ran at the class default
+    0.001: MXNet's Optimizer overwrote base_lr with learning_rate (printing a note)."""
+    opt = mx.optimizer.create(name, lr_scheduler=_schedule(), **kwargs)
+    assert opt.learning_rate == 0.1 and opt.lr_scheduler.base_lr == 0.1
+    # What a parameter server is sent.
+    assert pickle.loads(pickle.dumps(opt)).learning_rate == 0.1
+    explicit = mx.optimizer.create(name, learning_rate=0.1, lr_scheduler=_schedule(), **kwargs)
+    for a, b in zip(_weights_after(opt), _weights_after(explicit)):
+        np.testing.assert_array_equal(a, b)
+    assert 'overwritten' not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('name,kwargs', SCHEDULED, ids=SCHEDULED_IDS)
+def test_a_learning_rate_given_with_another_scheduler_wins_with_a_warning(name, kwargs, capsys):
+    """MXNet's rule (learning_rate overwrites the scheduler's base_lr), said as a warning
+    naming both; MXNet only printed a note to stdout."""
+    schedule = _schedule()
+    with pytest.warns(UserWarning, match=r'got learning_rate=0\.05 and an lr_scheduler with '
+                                         r'base_lr=0\.1: learning_rate wins'):
+        opt = mx.optimizer.create(name, learning_rate=0.05, lr_scheduler=schedule, **kwargs)
+    assert opt.learning_rate == 0.05 and schedule.base_lr == 0.05
+    assert capsys.readouterr().out == ''
+
+
+@pytest.mark.parametrize('name,kwargs', SCHEDULED, ids=SCHEDULED_IDS)
+def test_trainer_and_module_take_the_schedulers_step_size(name, kwargs):
+    net = mx.gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    trainer = mx.gluon.Trainer(net.collect_params(), name,
+                               dict(kwargs, lr_scheduler=_schedule()))
+    assert trainer.learning_rate == 0.1
+
+    out = mx.sym.FullyConnected(mx.sym.Variable('data'), num_hidden=2, name='fc')
+    mod = mx.mod.Module(mx.sym.MakeLoss(mx.sym.sum(out)), label_names=None)
+    mod.bind(data_shapes=[('data', (4, 3))])
+    mod.init_params()
+    mod.init_optimizer(optimizer=name, optimizer_params=dict(kwargs, lr_scheduler=_schedule()))
+    assert mod._optimizer.learning_rate == 0.1
+
+
+def test_the_default_learning_rate_reads_as_a_number_in_help():
+    for cls, default in ((namsg.ARSG, '0.001'), (namsg.RSG, '0.01'), (namsg.AMSGrad, '0.001'),
+                         (namsg.RAdam, '0.001'), (namsg.Ranger, '0.001')):
+        assert 'learning_rate=%s,' % default in str(inspect.signature(cls)), cls
+        assert type(cls().lr) is float
+
+
+# -- $NAMSG_AGGREGATION_SIZE (issue 25, item 7) ------------------------------------------------
+
+AGGREGATING = [('arsg', {}), ('rsg', {}), ('amsgrad', {}), ('radam', {}), ('ranger', {}),
+               ('lookahead', {'optimizer': 'sgd'})]
+
+
+@pytest.mark.parametrize('value', ['abc', '-1', '1.5', '4 parameters'])
+@pytest.mark.parametrize('name,kwargs', AGGREGATING, ids=[n for n, _ in AGGREGATING])
+def test_a_bad_aggregation_size_is_named_when_the_optimizer_is_made(monkeypatch, name, kwargs,
+                                                                    value):
+    """It failed every ARSG with a bare "invalid literal for int()" (and took -1)."""
+    monkeypatch.setenv('NAMSG_AGGREGATION_SIZE', value)
+    message = (r"^\$NAMSG_AGGREGATION_SIZE=%s is not a number of parameters: set it to an "
+               r"integer >= 0 .*default 128\), or unset it$" % re.escape(repr(value)))
+    with pytest.raises(ValueError, match=message):
+        mx.optimizer.create(name, **kwargs)
+    net = mx.gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    with pytest.raises(ValueError, match=message):
+        mx.gluon.Trainer(net.collect_params(), name, kwargs)
+
+
+@pytest.mark.parametrize('name,kwargs', AGGREGATING, ids=[n for n, _ in AGGREGATING])
+def test_aggregation_size_values(monkeypatch, name, kwargs):
+    for value, expected in (('', 128), (' 4 ', 4), ('0', 0), ('1', 1)):
+        monkeypatch.setenv('NAMSG_AGGREGATION_SIZE', value)
+        assert mx.optimizer.create(name, **kwargs).aggregate_num == expected
+    monkeypatch.delenv('NAMSG_AGGREGATION_SIZE')
+    assert mx.optimizer.create(name, **kwargs).aggregate_num == 128
+
+
+# -- repr (issue 24, item 6) ---------------------------------------------------------------
+
+REPRS = [
+    (lambda: namsg.ARSG(learning_rate=0.01),
+     "ARSG(learning_rate=0.01, beta1=0.999, beta2=0.99, epsilon=1e-08, mu=0.1, "
+     "preconditioner='amsgrad', wd=0.0)"),
+    (lambda: namsg.ARSG(epsilon=1e-3, preconditioner='adam', lower_bound=-1.0, fused=False,
+                        wd=1e-4, clip_gradient=5.0, multi_precision=True, lazy_update=False),
+     "ARSG(learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=0.001, mu=0.1, "
+     "preconditioner='adam', lower_bound=-1.0, fused=False, lazy_update=False, wd=0.0001, "
+     "clip_gradient=5.0, multi_precision=True)"),
+    # learning_rate is the step size now (MXNet's property): the scheduler's at update 6.
+    (lambda: namsg.ARSG(lr_scheduler=_schedule(), begin_num_update=6),
+     "ARSG(learning_rate=0.025, beta1=0.999, beta2=0.99, epsilon=1e-08, mu=0.1, "
+     "preconditioner='amsgrad', wd=0.0, lr_scheduler=FactorScheduler(base_lr=0.025), "
+     "begin_num_update=6)"),
+    (lambda: namsg.RSG(beta=0.9, upper_bound=2.0),
+     "RSG(learning_rate=0.01, beta=0.9, mu=0.1, upper_bound=2.0, wd=0.0)"),
+    (lambda: namsg.AMSGrad(), "AMSGrad(learning_rate=0.001, beta1=0.9, beta2=0.999, "
+                              "epsilon=1e-08, wd=0.0)"),
+    (lambda: namsg.RAdam(rescale_grad=0.5), "RAdam(learning_rate=0.001, beta1=0.9, beta2=0.999, "
+                                            "epsilon=1e-08, rectify_threshold=5.0, wd=0.0, "
+                                            "rescale_grad=0.5)"),
+    (lambda: namsg.Ranger(), "Ranger(learning_rate=0.001, beta1=0.95, beta2=0.999, "
+                             "epsilon=1e-05, rectify_threshold=5.0, wd=0.0, k=6, alpha=0.5)"),
+    (lambda: namsg.Lookahead('arsg', k=3, mu=0.2),
+     "Lookahead(optimizer=ARSG(learning_rate=0.001, beta1=0.999, beta2=0.99, epsilon=1e-08, "
+     "mu=0.2, preconditioner='amsgrad', wd=0.0), k=3, alpha=0.5)"),
+    (lambda: namsg.Lookahead('sgd', momentum=0.9),
+     "Lookahead(optimizer=SGD(learning_rate=0.01, momentum=0.9, wd=0.0), k=5, alpha=0.5)"),
+]
+
+
+@pytest.mark.parametrize('make,expected', REPRS, ids=[e.split('(')[0] + str(i)
+                                                      for i, (_, e) in enumerate(REPRS)])
+def test_repr_shows_the_hyper_parameters(make, expected):
+    """They printed as <namsg.arsg.ARSG object at 0x...>."""
+    assert repr(make()) == expected
+
+
+def test_repr_follows_changes_made_later():
+    opt = namsg.ARSG()
+    opt.mu, opt.rescale_grad = 0.3, 1.0 / 64        # the boost, Trainer.step
+    opt.set_learning_rate(0.02)
+    assert repr(opt) == ("ARSG(learning_rate=0.02, beta1=0.999, beta2=0.99, epsilon=1e-08, "
+                         "mu=0.3, preconditioner='amsgrad', wd=0.0, rescale_grad=0.015625)")
