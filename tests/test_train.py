@@ -1,6 +1,7 @@
 """The training loop: the log's header and epoch records, boost and step-size drop, exact
 resume, and runs shared out between processes."""
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ from namsg.experiments import prepare, train
 from namsg.experiments.hparams import PROTOCOLS
 from namsg.experiments.locks import RunBusy
 from namsg.experiments.logs import read_log
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tiny_mnist(n_train=64, n_test=32, seed=0):
@@ -36,7 +39,12 @@ def test_log_has_header_and_one_line_per_epoch(tmp_path):
     assert logged == records and len(records) == 3
     assert header['method'] == 'ARSGB' and header['optimizer'] == 'arsg'
     assert header['optimizer_params']['mu'] == 0.05 and header['boost_epoch'] == 2
-    assert set(header['versions']) == {'namsg', 'mxnet', 'numpy', 'python'}
+    assert set(header['versions']) == {'namsg', 'namsg_commit', 'mxnet', 'numpy', 'python',
+                                       'cpu', 'omp_num_threads'}
+    # Run from this checkout: its commit (the tests may run on uncommitted changes).
+    assert header['versions']['namsg_commit'].split('-')[0] == subprocess.run(
+        ['git', '-C', str(ROOT), 'rev-parse', '--short=12', 'HEAD'], capture_output=True,
+        text=True).stdout.strip()
     for key in ('epoch', 'iteration', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr',
                 'mu', 'seconds'):
         assert key in records[0]

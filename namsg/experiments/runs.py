@@ -3,7 +3,10 @@ configuration, and what describes the machine), and whether a log or checkpoint 
 was made by this configuration of the run."""
 
 import json
+import os
 import platform
+import subprocess
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -26,9 +29,40 @@ def run_name(protocol, method, seed):
 
 
 def versions():
-    """The versions of namsg, MXNet, NumPy and Python, for a log's header."""
-    return dict(namsg=namsg.__version__, mxnet=mx.__version__, numpy=np.__version__,
-                python=platform.python_version())
+    """What made a log besides its configuration, for its header: the versions of namsg (and
+    its git commit, ``-modified`` when tracked files differ from it, where the package runs
+    from a checkout), MXNet, NumPy and Python, the CPU model and ``$OMP_NUM_THREADS``. The CNNs
+    reproduce bit for bit only on the same code, CPU instruction set and thread count (see
+    :mod:`namsg.experiments.compare`), so a log says which it had. Not part of the run's
+    identity (:func:`config_of`)."""
+    return dict(namsg=namsg.__version__, namsg_commit=_commit(), mxnet=mx.__version__,
+                numpy=np.__version__, python=platform.python_version(), cpu=_cpu_model(),
+                omp_num_threads=os.environ.get('OMP_NUM_THREADS', 'unset'))
+
+
+def _commit():
+    """The checkout's commit, or None where namsg is not run from a git checkout."""
+    folder = Path(namsg.__file__).resolve().parent.parent
+    try:
+        def git(*args):
+            return subprocess.run(['git', '-C', str(folder)] + list(args), capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+        commit = git('rev-parse', '--short=12', 'HEAD')
+        changed = git('status', '--porcelain', '--untracked-files=no', '--', 'namsg')
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ('-modified' if changed else '')
+
+
+def _cpu_model():
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_header(protocol, method, seed, prepared, contexts=None, kvstore='device',
