@@ -18,10 +18,11 @@ def make_problem(steps=50, seed=0, shapes=SHAPES):
     return weights, grads
 
 
-def make_updater(case, multi_precision=False, fused=None):
+def make_updater(case, multi_precision=False, fused=None, **extra):
     """The case's optimizer inside mx.optimizer's Updater, as gluon.Trainer drives it.
-    ``fused`` (True/False) picks the ARSG path; None passes nothing."""
-    kwargs = case.make_kwargs()
+    ``fused`` (True/False) picks the ARSG path; None passes nothing. ``extra``: more optimizer
+    arguments."""
+    kwargs = dict(case.make_kwargs(), **extra)
     if fused is not None:
         kwargs['fused'] = fused
     opt = mx.optimizer.create(case.optimizer, multi_precision=multi_precision,
@@ -44,9 +45,10 @@ def apply_steps(updater, case, ws, grads, first_step=1):
         updater(indices, [mx.nd.array(g, dtype=w.dtype) for w, g in zip(ws, step_grads)], ws)
 
 
-def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False, fused=None):
+def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False, fused=None,
+              **extra):
     """Run the case from ``weights`` over ``grads``. Returns (float64 weights, the updater)."""
-    updater = make_updater(case, multi_precision, fused)
+    updater = make_updater(case, multi_precision, fused, **extra)
     ws = [mx.nd.array(w, dtype=dtype) for w in weights]
     apply_steps(updater, case, ws, grads)
     return [w.asnumpy().astype(np.float64) for w in ws], updater
@@ -109,19 +111,25 @@ def _with_step_count(state, t):
     return state._replace(t=t)
 
 
-def run_reference(case, weights, grads, round_weights=None):
+def run_reference(case, weights, grads, round_weights=None, skip=None, with_states=False):
     """The NumPy reference in float64 on the same data. ``round_weights`` (e.g. to float16) is
-    applied to the weights after every step, for weights stored in low precision."""
+    applied to the weights after every step, for weights stored in low precision. ``skip``:
+    {array index: steps (from 1) at which that array is not updated at all} (its step count
+    does not advance; the scheduler follows the global step, which the other arrays count).
+    With ``with_states`` returns (weights, the arrays of each final state as the MXNet
+    optimizer lays them out, see :func:`state_arrays`)."""
     init, step = reference_for(case)
     kw = case.kwargs
     begin = kw.get('begin_num_update', 0)
-    out = []
+    out, states = [], []
     for i, x in enumerate(weights):
         x = np.array(x, dtype=np.float64)
         state = _with_step_count(init(x), begin)
         lr_mult = case.expected_lr_mult.get(i, 1.0)
         wd = kw.get('wd', 0.0) * case.expected_wd_mult.get(i, 1.0)
         for k, step_grads in enumerate(grads, start=1):
+            if skip and k in skip.get(i, ()):
+                continue
             lr = (case.lr_at(begin + k) if case.lr_at else kw['learning_rate']) * lr_mult
             mu = case.mu_at(k) if case.mu_at else kw.get('mu')
             g = ref.mxnet_gradient(np.asarray(step_grads[i], np.float64), x,
@@ -130,7 +138,32 @@ def run_reference(case, weights, grads, round_weights=None):
             if round_weights is not None:
                 x = round_weights(x)
         out.append(x)
-    return out
+        states.append(state_arrays(case, state))
+    return (out, states) if with_states else out
+
+
+def state_arrays(case, state):
+    """The reference ``state``'s arrays in the order of the MXNet optimizer's state tuple."""
+    if case.optimizer in ('ranger', 'lookahead'):
+        slow, inner = state
+        inner_name = 'radam' if case.optimizer == 'ranger' else case.kwargs['optimizer']
+        return [slow] + _inner_state_arrays(inner_name, case.kwargs, inner)
+    return _inner_state_arrays(case.optimizer, case.kwargs, state)
+
+
+def _inner_state_arrays(name, kw, state):
+    if name == 'arsg':
+        return {'amsgrad': [state.m, state.v, state.vhat], 'adam': [state.m, state.v],
+                'none': [state.m]}[kw.get('preconditioner', 'amsgrad')]
+    return {'rsg': [state.m], 'amsgrad': [state.m, state.v, state.vhat],
+            'radam': [state.m, state.v]}[name]
+
+
+def flat_states(state):
+    """The NDArrays of an MXNet state tuple, nested tuples flattened, update counts left out."""
+    if isinstance(state, tuple):
+        return [leaf for s in state for leaf in flat_states(s)]
+    return [state] if isinstance(state, mx.nd.NDArray) else []
 
 
 def assert_all_close(actual, expected, rtol, atol, what=''):
