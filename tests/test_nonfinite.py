@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import namsg  # noqa: F401  (registers the optimizers)
+import dist_nonfinite_worker
+import test_gluon
 from cases import CASES_BY_ID, NONFINITE, NONFINITE_IDS, POISONS
 from harness import flat_states, make_problem, run_mxnet, run_reference as _run_reference
 
@@ -129,7 +131,7 @@ def test_skip_nonfinite_grad_leaves_the_parameter_as_if_the_step_had_not_been(ca
         sorted(i for i, s in skip.items() if s), [str(w.message) for w in skipped]
 
 
-@pytest.mark.parametrize('fused', [False, True])
+@pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
 def test_skip_leaves_the_float16_weight_and_its_master_copy(fused):
     """multi_precision: the float32 master copy, the float16 weight and the states."""
     case, poison = CASES_BY_ID['defaults'], POISONS[0]
@@ -178,70 +180,36 @@ def test_names_in_the_counts_and_the_warning():
 
 # -- Trainer and Module, with and without kvstores -----------------------------------------------
 
-IN, OUT, BATCH, TRAIN_STEPS, POISON_STEP = 5, 3, 8, 6, 3
-HP = dict(learning_rate=0.01, beta1=0.9, beta2=0.99, epsilon=1e-8, mu=0.1, wd=1e-3)
-
-
-def _data():
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(TRAIN_STEPS * BATCH, IN))
-    y = x @ rng.normal(size=(IN, OUT))
-    return x, y, rng.normal(size=(OUT, IN)) * 0.1, rng.normal(size=(OUT,)) * 0.1
+# The least-squares model of test_gluon, and its reference with a skipped step.
+TRAIN_STEPS, POISON_STEP = 6, 3
+HP, BATCH, IN, OUT = test_gluon.HP, test_gluon.BATCH, test_gluon.IN, test_gluon.OUT
 
 
 def _least_squares_reference(bias_wd=1.0, skip=None):
-    """ARSG (Algorithm 1) on the least-squares model, the parameters in ``skip`` ({'w' or 'b':
-    step from 1}) left alone at that step; the gradient is rescaled by 1/BATCH."""
-    x, y, w0, b0 = _data()
-    from namsg import reference as ref
-    params = {'w': np.array(w0), 'b': np.array(b0)}
-    states = {k: ref.arsg_init(v, HP['epsilon']) for k, v in params.items()}
-    wd = {'w': HP['wd'], 'b': HP['wd'] * bias_wd}
-    for k in range(TRAIN_STEPS):
-        xb, yb = x[k * BATCH:(k + 1) * BATCH], y[k * BATCH:(k + 1) * BATCH]
-        dpred = (xb @ params['w'].T + params['b'] - yb) / OUT
-        grads = {'w': dpred.T @ xb, 'b': dpred.sum(axis=0)}
-        for name in params:
-            if (skip or {}).get(name) == k + 1:
-                continue
-            g = ref.mxnet_gradient(grads[name], params[name], 1.0 / BATCH, wd[name])
-            params[name], states[name] = ref.arsg_step(
-                params[name], states[name], g, HP['learning_rate'], HP['beta1'], HP['beta2'],
-                HP['mu'], HP['epsilon'])
-    return params['w'], params['b']
+    return test_gluon._reference(*test_gluon._data(), bias_wd=bias_wd, steps=TRAIN_STEPS,
+                                 skip=skip)
 
 
 TRAINER_SETUPS = [(1, None, False), (2, 'local', False), (2, 'local', True), (2, 'device', True)]
 
 
-@pytest.mark.parametrize('fused', [False, True])
+@pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
 @pytest.mark.parametrize('devices,kvstore,update_on_kvstore', TRAINER_SETUPS)
 def test_trainer_skips_a_nan_gradient(devices, kvstore, update_on_kvstore, fused):
-    """A NaN put into the weight's gradient on one device before Trainer.step: every device
+    """A NaN put into the weight's gradient (on the last device) before Trainer.step: every device
     ends with the reference's weights without that step for the weight (the bias still steps);
     counted once under the Parameter's name, whatever the number of devices."""
-    from mxnet import autograd, gluon
+    from mxnet import gluon
     ctxs = [mx.cpu(i) for i in range(devices)]
-    x, y, w0, b0 = _data()
-    net = gluon.nn.Dense(OUT, in_units=IN)
-    net.initialize(ctx=ctxs)
-    net.weight.set_data(mx.nd.array(w0))
-    net.bias.set_data(mx.nd.array(b0))
+    x, y, w0, b0 = test_gluon._data()
+    net = test_gluon._make_net(w0, b0, ctxs)
     trainer = gluon.Trainer(net.collect_params(), 'arsg',
                             dict(HP, fused=fused, skip_nonfinite_grad=True),
                             kvstore=kvstore, update_on_kvstore=update_on_kvstore)
-    loss_fn = gluon.loss.L2Loss()
+    dist_nonfinite_worker.poison_step(net, trainer, ctxs, POISON_STEP)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        for k in range(TRAIN_STEPS):
-            xs = gluon.utils.split_and_load(mx.nd.array(x[k * BATCH:(k + 1) * BATCH]), ctxs)
-            ys = gluon.utils.split_and_load(mx.nd.array(y[k * BATCH:(k + 1) * BATCH]), ctxs)
-            with autograd.record():
-                losses = [loss_fn(net(xi), yi) for xi, yi in zip(xs, ys)]
-            autograd.backward(losses)
-            if k + 1 == POISON_STEP:
-                net.weight.grad(ctxs[-1])[1, 2] = np.nan
-            trainer.step(BATCH)
+        test_gluon._train(net, trainer, x, y, ctxs, TRAIN_STEPS)
     expected = _least_squares_reference(skip={'w': POISON_STEP})
     for ctx in ctxs:
         np.testing.assert_allclose(net.weight.data(ctx).asnumpy(), expected[0], rtol=1e-5,
@@ -252,12 +220,12 @@ def test_trainer_skips_a_nan_gradient(devices, kvstore, update_on_kvstore, fused
     assert len([w for w in caught if net.weight.name in str(w.message)]) == 1
 
 
-@pytest.mark.parametrize('fused', [False, True])
+@pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
 @pytest.mark.parametrize('devices,kvstore', [(1, None), (2, 'local'), (2, 'device')])
 def test_module_skips_a_nan_gradient(devices, kvstore, fused):
     """Module (with its updates on the kvstore when it has one): as for Trainer; the
     parameter is named by Module's idx2name."""
-    x, y, w0, b0 = _data()
+    x, y, w0, b0 = test_gluon._data()
     data, label = mx.sym.Variable('data'), mx.sym.Variable('label')
     fc = mx.sym.FullyConnected(data, num_hidden=OUT, name='fc')
     loss = mx.sym.MakeLoss(0.5 * mx.sym.mean(mx.sym.square(fc - label), axis=1))
@@ -299,7 +267,6 @@ def test_dist_sync_job_skips_a_nan_gradient(tmp_path, update_on_kvstore):
     import sys
     from pathlib import Path
     import namsg_dist
-    import dist_nonfinite_worker
     params = dict(HP, skip_nonfinite_grad=True)
     env = dict(OUT=str(tmp_path), STEPS=str(TRAIN_STEPS), POISON_STEP=str(POISON_STEP),
                OPTIMIZER_PARAMS=json.dumps(params),
