@@ -11,11 +11,11 @@ import weakref
 
 import numpy
 
-from mxnet import ndarray as nd
+from mxnet import engine, ndarray as nd
 from mxnet.ndarray import NDArray
 from mxnet.optimizer import Optimizer
 
-from . import kvstore_sync
+from . import _nonfinite, _ops, kvstore_sync
 from ._checks import BASE_CHECKS, check_floating_weight, checked, clip_threshold
 
 # The update counts each optimizer object had when this process first counted with it, per
@@ -148,6 +148,13 @@ class ElementwiseOptimizer(Optimizer):
         state), like MXNet's ``adam(lazy_update=True)``; if False the gradient is made dense.
         ``row_sparse`` weights (``gluon.contrib.nn.SparseEmbedding``,
         ``Parameter(stype='row_sparse')``) are updated the same way, with dense state.
+    skip_nonfinite_grad : bool, default False
+        Leave a parameter (weight, master copy, states, update count) untouched at a step
+        whose gradient has a NaN or infinite element, count the skip in
+        :attr:`nonfinite_skips` and warn (``RuntimeWarning``) at the first skip of each
+        parameter. Without it a non-finite gradient poisons the elements it reaches for good,
+        as in MXNet's optimizers. Costs one wait for the gradients per update call. See
+        :mod:`namsg._nonfinite`.
 
     Each hyper-parameter listed in the class's ``CHECKS`` is checked whenever it is assigned,
     in the constructor and after (``opt.beta1 = 1.0`` raises ValueError as ``beta1=1.0`` does).
@@ -158,11 +165,16 @@ class ElementwiseOptimizer(Optimizer):
     #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).
     CHECKS = BASE_CHECKS
 
-    def __init__(self, learning_rate=0.001, lazy_update=True, **kwargs):
+    #: Default for optimizers pickled before the option existed.
+    skip_nonfinite_grad = False
+
+    def __init__(self, learning_rate=0.001, lazy_update=True, skip_nonfinite_grad=False,
+                 **kwargs):
         # learning_rate reaches the check as MXNet's Optimizer assigns it (self.lr): None
         # without an lr_scheduler has become MXNet's default 0.01 there.
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.lazy_update = lazy_update
+        self.skip_nonfinite_grad = skip_nonfinite_grad
 
     # -- parameter servers (see namsg.kvstore_sync) -----------------------------------------
     def __setattr__(self, name, value):
@@ -180,10 +192,16 @@ class ElementwiseOptimizer(Optimizer):
         count); ``zeros()`` makes one zero array of the state dtype on the weight's context."""
         raise NotImplementedError
 
-    def _step(self, weight, g, state, lr, t):
+    def _step(self, weight, g, state, lr, t, arith, tmp):
         """Update dense ``weight`` and ``state`` in place from the preprocessed gradient ``g``
-        (a fresh array the step may overwrite), at this parameter's step ``t``."""
+        (scratch the step may overwrite), at this parameter's step ``t``; ``arith``
+        (:class:`namsg._ops.Arith`) computes for the weight's dtype and device, ``tmp`` is one
+        more scratch array of the weight's shape and dtype."""
         raise NotImplementedError
+
+    def _check_layout(self, state):
+        """Raise ValueError for a state (without its count) that this optimizer cannot read;
+        called for every parameter of an update before anything changes."""
 
     # -- MXNet's interface -----------------------------------------------------------------
     def create_state(self, index, weight):
@@ -233,12 +251,60 @@ class ElementwiseOptimizer(Optimizer):
         store_counts(self, indices, counts)
 
     def update(self, index, weight, grad, state):
-        assert isinstance(weight, NDArray) and isinstance(grad, NDArray)
-        state, count = split_count(state)
-        self._count_with_states([index], [count])
-        lr = self._get_lr(index)
-        wd = self._get_wd(index)
-        t = self._index_update_count[index]
+        """MXNet's ``Optimizer.update``: one parameter (or lists of them), ``state`` as
+        ``create_state`` made it (no multi-precision master copy)."""
+        self._update_all(*_as_lists(index, weight, grad, state), masters=None)
+
+    def update_multi_precision(self, index, weight, grad, state):
+        """MXNet's entry point (Updater, kvstores): one parameter, or lists of parameters of one
+        device when the optimizer aggregates (``aggregate_num``). With ``multi_precision`` a
+        float16 weight's state is ``(float32 master copy, state)``, as MXNet makes it."""
+        indices, weights, grads, states = _as_lists(index, weight, grad, state)
+        masters = None
+        if self.multi_precision:
+            masters = [None] * len(weights)
+            for j, w in enumerate(weights):
+                if w.dtype == numpy.float16:
+                    masters[j], states[j] = states[j]
+        self._update_all(indices, weights, grads, states, masters)
+
+    def _update_all(self, indices, weights, grads, states, masters):
+        assert all(isinstance(a, NDArray) for a in weights + grads)
+        if self.skip_nonfinite_grad:
+            kept = _nonfinite.keep_finite(self, indices, weights, grads)
+            if len(kept) < len(indices):
+                indices, weights, grads, states = ([a[j] for j in kept] for a in
+                                                   (indices, weights, grads, states))
+                masters = None if masters is None else [masters[j] for j in kept]
+                if not indices:
+                    return
+        states, counts = zip(*(split_count(s) for s in states))
+        for state in states:
+            self._check_layout(state)
+        self._count_with_states(indices, counts)
+        self._apply(indices, weights, grads, states, masters, self._get_lrs(indices),
+                    self._get_wds(indices))
+
+    def _apply(self, indices, weights, grads, states, masters, lrs, wds):
+        """Update each parameter (counted already) at learning rate ``lrs[j]``, weight decay
+        ``wds[j]``, with its master copy ``masters[j]`` (``masters`` may be None): the NDArray
+        path, one parameter after the other."""
+        with engine.bulk(_BULK):
+            self._apply_each(indices, weights, grads, states, masters, lrs, wds)
+
+    def _apply_each(self, indices, weights, grads, states, masters, lrs, wds):
+        for j, index in enumerate(indices):
+            t = self._index_update_count[index]
+            master = masters[j] if masters is not None else None
+            if master is None:
+                self._update_param(weights[j], grads[j], states[j], lrs[j], wds[j], t)
+            else:
+                # The master copy takes the update (its float16 gradient is cast on the way
+                # into the step's scratch), then the float16 weight is the master rounded once.
+                self._update_param(master, grads[j], states[j], lrs[j], wds[j], t)
+                nd.cast(master, dtype=weights[j].dtype, out=weights[j])
+
+    def _update_param(self, weight, grad, state, lr, wd, t):
         if grad.stype == 'row_sparse' and self.lazy_update:
             rows, grad = grad.indices, grad.data
         else:
@@ -258,21 +324,45 @@ class ElementwiseOptimizer(Optimizer):
             s[rows] = s_rows
 
     def _update_dense(self, weight, grad, state, lr, wd, t):
-        if weight.dtype == numpy.float16:
-            # Plain float16 (no multi_precision): compute in float32 against the float32 state.
-            weight32 = weight.astype(numpy.float32)
-            self._step(weight32, self._preprocess(grad.astype(numpy.float32), weight32, wd),
-                       state, lr, t)
-            nd.cast(weight32, dtype=numpy.float16, out=weight)
+        dtype = weight.dtype
+        # float16 weights (without multi_precision) are computed in float32 against their
+        # float32 state, in scratch arrays; so is a float16 gradient.
+        compute = numpy.float32 if dtype == numpy.float16 else dtype
+        arith = _ops.arith(compute, weight.context.device_type)
+        if dtype == numpy.float16:
+            w, g, tmp = _ops.scratch(self, weight, compute, 3)
+            nd.cast(weight, dtype=compute, out=w)
         else:
-            self._step(weight, self._preprocess(grad, weight, wd), state, lr, t)
+            (g, tmp), w = _ops.scratch(self, weight, compute, 2), weight
+        if grad.dtype != compute:
+            nd.cast(grad, dtype=compute, out=g)
+            grad = g
+        self._preprocess(grad, w, wd, g, tmp, arith)
+        self._step(w, g, state, lr, t, arith, tmp)
+        if w is not weight:
+            nd.cast(w, dtype=dtype, out=weight)
 
-    def _preprocess(self, grad, weight, wd):
-        """g = clip(rescale_grad * grad + wd * weight, clip_gradient), as MXNet's adam does."""
-        g = grad * self.rescale_grad
-        if wd:
-            g += wd * weight
+    def _preprocess(self, grad, weight, wd, out, tmp, arith):
+        """out = clip(rescale_grad * grad + wd * weight, clip_gradient), as MXNet's adam does
+        and the reference reads. The weight term stays for wd = 0: a weight that is not finite
+        then makes the gradient NaN (as the fused kernel and the reference compute), instead of
+        leaving its states finite on one path and not on the other. ``grad`` may be ``out``."""
+        arith.axpby(out, self.rescale_grad, grad, wd, weight, tmp)
         clip = clip_threshold(self.clip_gradient)
         if clip is not None:
-            nd.clip(g, -clip, clip, out=g)
-        return g
+            nd.clip(out, -clip, clip, out=out)
+
+    #: See :mod:`namsg._nonfinite`.
+    nonfinite_skips = _nonfinite.NONFINITE_SKIPS
+
+
+# Operators pushed to MXNet's engine as one (see mxnet.engine.bulk): the NDArray path's many
+# small operators cost their dispatch more than their arithmetic on small arrays.
+_BULK = 64
+
+
+def _as_lists(index, weight, grad, state):
+    """MXNet hands over one parameter or lists (tuples) of them: lists, always."""
+    if isinstance(index, (list, tuple)):
+        return list(index), list(weight), list(grad), list(state)
+    return [index], [weight], [grad], [state]

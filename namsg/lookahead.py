@@ -6,12 +6,12 @@ import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer, create, register
 
-from . import kvstore_sync
+from . import _nonfinite, _ops, kvstore_sync
 from .radam import RAdam
 from ._base import (ElementwiseOptimizer, UpdateCount, all_rows, continue_update_counts,
                     dense_rows, resume_counts, split_count, store_counts, write_rows)
-from ._checks import (check_floating_weight, check_integer_at_least, check_number_in, checked,
-                      of_value)
+from ._checks import (check_bool, check_floating_weight, check_integer_at_least,
+                      check_number_in, checked, of_value)
 
 __all__ = ['Lookahead', 'Ranger']
 
@@ -39,6 +39,13 @@ class Lookahead(Optimizer):
         Inner steps between two slow-weight steps, >= 1.
     alpha : float, default 0.5
         Slow-weight step size, in (0, 1] (1 makes Lookahead a no-op).
+    skip_nonfinite_grad : bool, default False
+        Leave a parameter (weight, slow weights, inner state, update count and so the k-cycle)
+        untouched at a step whose gradient has a NaN or infinite element, whatever the inner
+        optimizer; counted in :attr:`nonfinite_skips` and warned about once per parameter (see
+        :mod:`namsg._nonfinite`). Without it a non-finite gradient reaches the slow weights
+        at the next slow step. An inner optimizer of this package that skips a step itself
+        (its own ``skip_nonfinite_grad``) does not advance the k-cycle either.
 
     State per parameter: ``(phi, inner_state, count)``, ``phi`` in float32 for float16 weights
     and dense for ``row_sparse`` weights (the slow step moves every row); ``count`` is the inner
@@ -49,12 +56,18 @@ class Lookahead(Optimizer):
     """
 
     # Attributes that belong to the wrapper; every other one is the inner optimizer's.
-    _OWN = frozenset(('optimizer', 'k', 'alpha', 'aggregate_num'))
+    _OWN = frozenset(('optimizer', 'k', 'alpha', 'aggregate_num', 'skip_nonfinite_grad',
+                      '_nonfinite_skips'))
     #: The wrapper's own checks (the inner optimizer checks its attributes itself).
     CHECKS = dict(k=of_value(check_integer_at_least, 'k', 1),
-                  alpha=of_value(check_number_in, 'alpha', 0.0, 1.0, True))
+                  alpha=of_value(check_number_in, 'alpha', 0.0, 1.0, True),
+                  skip_nonfinite_grad=of_value(check_bool, 'skip_nonfinite_grad'))
+    #: Default for wrappers pickled before the option existed.
+    skip_nonfinite_grad = False
+    #: See :mod:`namsg._nonfinite`.
+    nonfinite_skips = _nonfinite.NONFINITE_SKIPS
 
-    def __init__(self, optimizer='sgd', k=5, alpha=0.5, **kwargs):
+    def __init__(self, optimizer='sgd', k=5, alpha=0.5, skip_nonfinite_grad=False, **kwargs):
         if isinstance(optimizer, str):
             optimizer = create(optimizer, **kwargs)
         elif not isinstance(optimizer, Optimizer):
@@ -67,6 +80,8 @@ class Lookahead(Optimizer):
         object.__setattr__(self, 'optimizer', optimizer)
         self.k = k              # checked (CHECKS)
         self.alpha = alpha
+        self.skip_nonfinite_grad = skip_nonfinite_grad
+        object.__setattr__(self, '_nonfinite_skips', {})
         # Updater would hand lists of parameters to an aggregating inner optimizer (MXNet's
         # sgd aggregates 4); the slow-weight step is per parameter.
         object.__setattr__(self, 'aggregate_num', 0)
@@ -87,7 +102,7 @@ class Lookahead(Optimizer):
             kvstore_sync.set_setting(self, name, value, partial(setattr, self.optimizer))
 
     def __getstate__(self):
-        state = {name: self.__dict__[name] for name in Lookahead._OWN}
+        state = {name: self.__dict__[name] for name in Lookahead._OWN if name in self.__dict__}
         # An inner MXNet optimizer drops Gluon's lr_mult / wd_mult (its param_dict): carry them.
         state['multipliers'] = kvstore_sync.multipliers(self.optimizer)
         return kvstore_sync.pickled_state(self, state)
@@ -118,23 +133,42 @@ class Lookahead(Optimizer):
         return Optimizer.create_state_multi_precision(self, index, weight)
 
     def update(self, index, weight, grad, state):
+        if self.skip_nonfinite_grad and not _nonfinite.keep_finite(self, [index], [weight],
+                                                                   [grad]):
+            return
         (slow, inner_state), count = split_count(state)
         # The k-cycle follows the inner count, which must continue from loaded states and on
         # another device for any inner optimizer (this package's do it themselves, MXNet's
         # do not).
         resume_counts(self.optimizer, [index], [count])
         continue_update_counts(self.optimizer, [index])
+        counts = self.optimizer._index_update_count
+        before = counts.get(index)
         # Through update_multi_precision, the inner optimizer's fastest path (for a weight that
         # is not float16 this is its plain update).
         self.optimizer.update_multi_precision(index, weight, grad, inner_state)
+        after = counts.get(index)
+        if after is None or after == before:
+            return              # the inner optimizer skipped the step (skip_nonfinite_grad)
         store_counts(self.optimizer, [index], [count])
         # The inner update counted this step (per parameter, per device).
-        if self.optimizer._index_update_count[index] % self.k == 0:
-            slow += self.alpha * (_dense(weight).astype(slow.dtype, copy=False) - slow)
-            if weight.stype == 'row_sparse':
-                write_rows(weight, all_rows(weight), slow.astype(weight.dtype))
-            else:
-                nd.cast(slow, dtype=weight.dtype, out=weight)
+        if after % self.k == 0:
+            self._slow_step(weight, slow)
+
+    def _slow_step(self, weight, slow):
+        """phi = phi + alpha (w - phi); w = phi."""
+        dense = _dense(weight)
+        diff, = _ops.scratch(self, slow, slow.dtype, 1)
+        if dense.dtype != slow.dtype:
+            nd.cast(dense, dtype=slow.dtype, out=diff)
+            dense = diff
+        nd.elemwise_sub(dense, slow, out=diff)
+        _ops.arith(slow.dtype, slow.context.device_type).axpby(slow, 1.0, slow, self.alpha,
+                                                               diff, diff)
+        if weight.stype == 'row_sparse':
+            write_rows(weight, all_rows(weight), slow.astype(weight.dtype))
+        else:
+            nd.cast(slow, dtype=weight.dtype, out=weight)
 
 
 def _dense(weight):
@@ -160,10 +194,13 @@ class Ranger(Lookahead):
         (These three defaults are Ranger's.)
     k : int, default 6
     alpha : float, default 0.5
+    skip_nonfinite_grad : bool, default False
+        See :class:`namsg.Lookahead`.
     Other keyword arguments (wd, rescale_grad, rectify_threshold, ...) go to RAdam.
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.95, beta2=0.999, epsilon=1e-5, k=6,
-                 alpha=0.5, **kwargs):
+                 alpha=0.5, skip_nonfinite_grad=False, **kwargs):
         super().__init__(RAdam(learning_rate=learning_rate, beta1=beta1, beta2=beta2,
-                               epsilon=epsilon, **kwargs), k=k, alpha=alpha)
+                               epsilon=epsilon, **kwargs), k=k, alpha=alpha,
+                         skip_nonfinite_grad=skip_nonfinite_grad)
