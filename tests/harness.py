@@ -34,23 +34,34 @@ def make_updater(case, multi_precision=False, fused=None, **extra):
     return mx.optimizer.get_updater(opt)
 
 
-def apply_steps(updater, case, ws, grads, first_step=1):
+def apply_steps(updater, case, ws, grads, first_step=1, rows=None):
     """Feed ``grads`` (a list per step) to the NDArray weights ``ws`` in one Updater call per
     step, as gluon.Trainer does (so aggregating optimizers get all arrays at once); steps count
-    from ``first_step`` for the case's mu schedule."""
+    from ``first_step`` for the case's mu schedule. ``rows``: the rows that row_sparse
+    gradients store (the same for every array and step), or None for dense gradients."""
     indices = list(range(len(ws)))
     for k, step_grads in enumerate(grads, start=first_step):
         if case.mu_at is not None:
             updater.optimizer.mu = case.mu_at(k)
-        updater(indices, [mx.nd.array(g, dtype=w.dtype) for w, g in zip(ws, step_grads)], ws)
+        updater(indices, [_gradient(g, w.dtype, rows) for w, g in zip(ws, step_grads)], ws)
+
+
+def _gradient(g, dtype, rows):
+    if rows is None:
+        return mx.nd.array(g, dtype=dtype)
+    stored = [r for r in rows if r < g.shape[0]]
+    return mx.nd.sparse.row_sparse_array((mx.nd.array(g[stored], dtype=dtype),
+                                          mx.nd.array(stored, dtype='int64')),
+                                         shape=g.shape, dtype=dtype)
 
 
 def run_mxnet(case, weights, grads, dtype='float32', multi_precision=False, fused=None,
-              **extra):
-    """Run the case from ``weights`` over ``grads``. Returns (float64 weights, the updater)."""
+              rows=None, **extra):
+    """Run the case from ``weights`` over ``grads`` (row_sparse ones storing ``rows``, see
+    :func:`apply_steps`). Returns (float64 weights, the updater)."""
     updater = make_updater(case, multi_precision, fused, **extra)
     ws = [mx.nd.array(w, dtype=dtype) for w in weights]
-    apply_steps(updater, case, ws, grads)
+    apply_steps(updater, case, ws, grads, rows=rows)
     return [w.asnumpy().astype(np.float64) for w in ws], updater
 
 

@@ -18,7 +18,7 @@ import pytest
 import namsg  # noqa: F401  (registers the optimizers)
 import dist_nonfinite_worker
 import test_gluon
-from cases import CASES_BY_ID, NONFINITE, NONFINITE_IDS, POISONS
+from cases import CASES_BY_ID, NONFINITE, NONFINITE_IDS, POISONS, path_id
 from harness import flat_states, make_problem, run_mxnet, run_reference as _run_reference
 
 STEPS = 8
@@ -129,6 +129,43 @@ def test_skip_nonfinite_grad_leaves_the_parameter_as_if_the_step_had_not_been(ca
                and 'skipped the update' in str(w.message)]
     assert sorted(int(re.search(r'index (\d+)', str(w.message)).group(1)) for w in skipped) == \
         sorted(i for i, s in skip.items() if s), [str(w.message) for w in skipped]
+
+
+# Rows stored by the row_sparse gradients: every poisoned element of POISONS is in one.
+STORED_ROWS = [r for r in range(40) if r % 4 != 1]
+
+
+@pytest.mark.parametrize('skip', [False, True], ids=['default', 'skip_nonfinite_grad'])
+@pytest.mark.parametrize('case,fused,poison', NONFINITE, ids=NONFINITE_IDS)
+def test_lazy_rows_of_row_sparse_gradients_take_the_dense_update(case, fused, poison, skip):
+    """row_sparse gradients (lazy_update): the stored rows end, in weights and every state
+    slot, exactly as the same rows of a dense run (on the same path, fused or not: a sparse
+    gradient takes the NDArray path) with NaN and infinities; the other rows keep their
+    initial values; skip_nonfinite_grad skips the same steps."""
+    weights, grads = _problem(poison)
+    extra = dict(skip_nonfinite_grad=True) if skip else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        sparse, up_sparse = run_mxnet(case, weights, grads, fused=fused, rows=STORED_ROWS,
+                                      **extra)
+        dense, up_dense = run_mxnet(case, weights, grads, fused=fused, **extra)
+    states = {name: _states(up, len(weights)) for name, up in
+              (('sparse', up_sparse), ('dense', up_dense))}
+    if skip:
+        assert up_sparse.optimizer.nonfinite_skips == up_dense.optimizer.nonfinite_skips != {}
+    for i, w0 in enumerate(weights):
+        stored = np.zeros(w0.shape[0], bool)
+        stored[[r for r in STORED_ROWS if r < w0.shape[0]]] = True
+        np.testing.assert_array_equal(sparse[i][stored], dense[i][stored],
+                                      err_msg='%s: weight %d' % (case.id, i))
+        np.testing.assert_array_equal(sparse[i][~stored], w0[~stored],
+                                      err_msg='%s: weight %d, rows not stored' % (case.id, i))
+        initial = [s.asnumpy() for s in flat_states(
+            up_sparse.optimizer.create_state(i, mx.nd.array(w0)))]
+        for slot, (a, b, a0) in enumerate(zip(states['sparse'][i], states['dense'][i], initial)):
+            what = '%s: array %d, state slot %d' % (case.id, i, slot)
+            np.testing.assert_array_equal(a[stored], b[stored], err_msg=what)
+            np.testing.assert_array_equal(a[~stored], a0[~stored], err_msg=what + ', not stored')
 
 
 @pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
@@ -294,3 +331,38 @@ def test_dist_sync_job_skips_a_nan_gradient(tmp_path, update_on_kvstore):
     if update_on_kvstore:
         assert "[server 0] " in log.split("skipped the update of parameter 'dense0_weight'")[0] \
             .splitlines()[-1], log
+
+
+@pytest.mark.parametrize('skip', [False, True], ids=['default', 'skip_nonfinite_grad'])
+@pytest.mark.parametrize('case_id,fused', test_gluon.SPARSE_CASES,
+                         ids=[path_id(c, f) for c, f in test_gluon.SPARSE_CASES])
+def test_row_sparse_weight_with_a_nan_gradient_ends_as_a_dense_one(case_id, fused, skip):
+    """SparseEmbedding (row_sparse weight, updated on the kvstore by Trainer) against Embedding
+    with sparse gradients (dense weight), a NaN in one looked-up row's gradient at step 3: the
+    same weights, NaN for NaN (by default) or that step skipped for the weight."""
+    from mxnet import autograd, gluon
+    case = CASES_BY_ID[case_id]
+    vocab, dim = test_gluon.VOCAB, test_gluon.DIM
+    rng = np.random.default_rng(31)
+    w0 = rng.uniform(-0.5, 0.5, size=(vocab, dim))
+    batches = [(rng.choice(vocab, size=3), rng.normal(size=(3, dim))) for _ in range(6)]
+    batches[2][1][1, 0] = np.nan
+    finals = []
+    for net in (gluon.contrib.nn.SparseEmbedding(vocab, dim),
+                gluon.nn.Embedding(vocab, dim, sparse_grad=True)):
+        net.initialize(mx.init.Constant(mx.nd.array(w0)))
+        kwargs = dict(test_gluon._case_kwargs(case_id, fused), skip_nonfinite_grad=skip)
+        trainer = gluon.Trainer(net.collect_params(), case.optimizer, kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)
+            for tokens, coefficients in batches:
+                with autograd.record():
+                    loss = (net(mx.nd.array(tokens)) * mx.nd.array(coefficients)).sum()
+                loss.backward()
+                trainer.step(1)
+        finals.append(net.weight.row_sparse_data(mx.nd.arange(vocab)).asnumpy()
+                      if net.weight._stype == 'row_sparse' else net.weight.data().asnumpy())
+        assert trainer.optimizer.nonfinite_skips == ({net.weight.name: 1} if skip else {})
+    sparse, dense = finals
+    assert np.isnan(sparse).any() != skip
+    np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-7)
