@@ -93,14 +93,18 @@ def test_operators_per_parameter_of_the_ndarray_path(tmp_path, name, kwargs, dty
     assert sum(counts.values()) == expected * len(SHAPES), counts
 
 
-def test_skip_nonfinite_grad_adds_one_operator_per_update_call(tmp_path):
-    """multi_all_finite over the call's gradients; its one-element result is waited for (the
-    engine records a WaitForVar when it is not ready yet) and freed."""
-    updater, weights, grads = _updater('arsg', dict(TRAINER, fused=False,
-                                                    skip_nonfinite_grad=True), 'float32', False)
+@pytest.mark.parametrize('name,kwargs,expected', [
+    ('arsg', dict(TRAINER, fused=False), 7), ('amsgrad', TRAINER, 6), ('radam', TRAINER, 5)])
+def test_skip_nonfinite_grad_adds_one_operator_per_update_call(tmp_path, name, kwargs,
+                                                               expected):
+    """multi_all_finite over the call's gradients (the Updater hands every parameter to one
+    call); its one-element result is waited for (the engine records a WaitForVar when it is
+    not ready yet) and freed."""
+    updater, weights, grads = _updater(name, dict(kwargs, skip_nonfinite_grad=True), 'float32',
+                                       False)
     indices = list(range(len(SHAPES)))
     updater(indices, grads, weights)
     counts = operator_counts(lambda: updater(indices, grads, weights), tmp_path)
     assert counts.pop('multi_all_finite') == 1
     assert counts.pop('WaitForVar', 1) == 1 and counts.pop('DeleteVariable') == 1
-    assert sum(counts.values()) == 7 * len(SHAPES), sorted(counts.items())
+    assert sum(counts.values()) == expected * len(SHAPES), sorted(counts.items())
