@@ -17,6 +17,7 @@ import pytest
 
 import namsg  # noqa: F401  (registers the optimizers)
 import dist_nonfinite_worker
+import test_dist
 import test_gluon
 from cases import CASES_BY_ID, NONFINITE, NONFINITE_IDS, POISONS, path_id
 from harness import flat_states, make_problem, run_mxnet, run_reference as _run_reference
@@ -366,3 +367,13 @@ def test_row_sparse_weight_with_a_nan_gradient_ends_as_a_dense_one(case_id, fuse
     sparse, dense = finals
     assert np.isnan(sparse).any() != skip
     np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('name,kwargs', test_dist.SERVER_CASES, ids=test_dist.SERVER_IDS)
+def test_skip_nonfinite_grad_set_on_the_worker_reaches_the_servers(monkeypatch, name, kwargs):
+    """Turned on after the optimizer was sent to a server (as Trainer sends it): the server's
+    copy takes it, with its states and counts, as for every other setting (one command)."""
+    served, _, sent = test_dist._served_and_local(
+        monkeypatch, name, kwargs, {2: test_dist._assign(skip_nonfinite_grad=True)})
+    assert served.skip_nonfinite_grad is True
+    assert sent == 2          # the optimizer, then the setting
