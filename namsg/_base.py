@@ -422,7 +422,7 @@ class ElementwiseOptimizer(Optimizer):
         if clip is not None:
             nd.clip(out, -clip, clip, out=out)
 
-    #: See :mod:`namsg._nonfinite`.
+    # The property documents itself (namsg._nonfinite).
     nonfinite_skips = _nonfinite.NONFINITE_SKIPS
 
 

@@ -96,6 +96,15 @@ class ARSG(ElementwiseOptimizer):
         Costs one ``multi_all_finite`` operator and one wait for the gradients per update
         call. Anything but True or False raises ValueError.
 
+        Without it, non-finite gradients follow the equations above in IEEE arithmetic,
+        element by element, on both paths (and in the NumPy reference): a NaN gradient element
+        makes that element's m, v, vhat (the maximum propagates NaN) and weight NaN; +-inf
+        makes m infinite, v and vhat +inf and the weight NaN (inf / inf; with
+        ``preconditioner='none'`` the weight becomes -+inf); ``clip_gradient`` turns +-inf
+        into +-clip_gradient, not NaN. The term ``wd * w`` is part of g even for wd = 0, so a
+        weight that is not finite makes its g, and every state, NaN from the next step on.
+        Such an element stays poisoned for good, as with MXNet's optimizers.
+
     Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
     ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
     ``lr_scheduler``, lr/wd multipliers, ``begin_num_update`` and ``multi_precision`` (float32
@@ -104,15 +113,6 @@ class ARSG(ElementwiseOptimizer):
     floating point: others raise ValueError in ``create_state``.
     float16 weights without ``multi_precision`` keep their state in float32 and are updated in
     float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by zero.
-
-    Non-finite gradients follow the equations above in IEEE arithmetic, element by element, on
-    both paths (and in the NumPy reference): a NaN gradient element makes that element's m, v,
-    vhat (the maximum propagates NaN) and weight NaN; +-inf makes m infinite, v and vhat +inf
-    and the weight NaN (inf / inf; with ``preconditioner='none'`` the weight becomes -+inf);
-    ``clip_gradient`` turns +-inf into +-clip_gradient, not NaN. The term ``wd * w`` is part of
-    g even for wd = 0, so a weight that is not finite makes its g, and every state, NaN from
-    the next step on. Such an element stays poisoned for good, as with MXNet's optimizers;
-    ``skip_nonfinite_grad=True`` leaves the whole parameter alone at such a step instead.
 
     State, per parameter, a tuple of NDArrays on the weight's context: the slots (float32 for
     float16 weights, otherwise the weight's dtype, the weight's shape), then the pair

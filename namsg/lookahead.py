@@ -44,8 +44,8 @@ class Lookahead(Optimizer):
     skip_nonfinite_grad : bool, default False
         Leave a parameter (weight, slow weights, inner state, update count and so the k-cycle)
         untouched at a step whose gradient has a NaN or infinite element, whatever the inner
-        optimizer; counted in :attr:`nonfinite_skips` and warned about once per parameter (see
-        :mod:`namsg._nonfinite`). Without it a non-finite gradient reaches the slow weights
+        optimizer; counted in :attr:`nonfinite_skips` and warned about once per parameter
+        (``RuntimeWarning``). Without it a non-finite gradient reaches the slow weights
         at the next slow step. An inner optimizer of this package that skips a step itself
         (its own ``skip_nonfinite_grad``) does not advance the k-cycle either.
 
@@ -77,7 +77,7 @@ class Lookahead(Optimizer):
     STATE_LENGTH = 2
     #: Default for wrappers pickled before the option existed.
     skip_nonfinite_grad = False
-    #: See :mod:`namsg._nonfinite`.
+    # The property documents itself (namsg._nonfinite).
     nonfinite_skips = _nonfinite.NONFINITE_SKIPS
 
     def __init__(self, optimizer='sgd', k=5, alpha=0.5, skip_nonfinite_grad=False, **kwargs):
