@@ -132,6 +132,45 @@ def test_skip_nonfinite_grad_leaves_the_parameter_as_if_the_step_had_not_been(ca
         sorted(i for i, s in skip.items() if s), [str(w.message) for w in skipped]
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+@pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
+def test_an_inner_optimizer_that_skips_leaves_lookaheads_k_cycle_alone(fused, dtype):
+    """Lookahead around an optimizer of the package that skips itself (its own
+    skip_nonfinite_grad), several parameters per call: the skipped parameter's weight, slow
+    weights, inner state, k-cycle and both counts (the inner state's and Lookahead's) end as
+    in a run that never gave it that step; the other parameter's as if nothing was skipped.
+    The step skipped comes when the count is a multiple of k: a slow step taken again there
+    moves float16 weights' float32 slow weights by the weight's rounding."""
+    rng = np.random.default_rng(5)
+    shapes = [(3, 2), (4,)]
+    w0 = [rng.normal(size=s).astype(dtype) for s in shapes]
+    grads = [[rng.normal(size=s).astype(dtype) for s in shapes] for _ in range(6)]
+    grads[2][1][0] = np.nan             # parameter 1, step 2 (count 2 = k): skipped
+
+    def run(left_out):
+        updater = mx.optimizer.get_updater(namsg.Lookahead(
+            namsg.ARSG(learning_rate=0.01, fused=fused, skip_nonfinite_grad=True), k=2))
+        weights = [mx.nd.array(w, dtype=dtype) for w in w0]
+        for step, gs in enumerate(grads):
+            indices = [i for i in range(len(shapes)) if (step, i) not in left_out]
+            updater(indices, [mx.nd.array(gs[i], dtype=dtype) for i in indices],
+                    [weights[i] for i in indices])
+        return updater, weights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        skipped, skipped_weights = run(set())
+    expected, expected_weights = run({(2, 1)})
+    assert skipped.optimizer.optimizer.nonfinite_skips == {1: 1}
+    for i in range(len(shapes)):
+        np.testing.assert_array_equal(skipped_weights[i].asnumpy(),
+                                      expected_weights[i].asnumpy())
+        for a, e in zip(flat_states(skipped.states[i]), flat_states(expected.states[i])):
+            np.testing.assert_array_equal(a.asnumpy(), e.asnumpy())
+        counts = [skipped.states[i][-1][0].asscalar(), skipped.states[i][1][-1][0].asscalar()]
+        assert counts == [6 - i] * 2
+
+
 # Rows stored by the row_sparse gradients: every poisoned element of POISONS is in one.
 STORED_ROWS = [r for r in range(40) if r % 4 != 1]
 
