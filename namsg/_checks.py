@@ -192,6 +192,7 @@ def _scheduled(optimizer):
 BASE_CHECKS = {
     'lr': lambda optimizer, value: check_learning_rate(value, _scheduled(optimizer)),
     'lazy_update': of_value(check_bool, 'lazy_update'),
+    'skip_nonfinite_grad': of_value(check_bool, 'skip_nonfinite_grad'),
     # MXNet's Optimizer assigns these too (Trainer.step sets rescale_grad at every step).
     'wd': of_value(check_finite_above, 'wd', 0.0, False),
     'rescale_grad': of_value(check_finite_above, 'rescale_grad', 0.0, True),

@@ -182,12 +182,19 @@ def _write_counts(optimizer, counts, values):
     """Set each NDArray ``t`` of ``counts`` to its value of ``values``, in as few operations as
     the layout allows."""
     known = _book(optimizer).known
-    runs, loose = [], []
+    made, loose = [], []
     for count, value in zip(counts, values):
         _, buffer, offset = known[id(count)]
         if buffer is None:
             loose.append((count, value))
-        elif runs and runs[-1][0] is buffer and runs[-1][2] == offset and runs[-1][3] == value:
+        else:
+            made.append((id(buffer), offset, buffer, value))
+    # In buffer order, whatever order the caller lists them in: the counts of states made one
+    # after the other (Lookahead's and its inner optimizer's, interleaved) then make one run.
+    made.sort(key=lambda entry: entry[:2])
+    runs = []
+    for _, offset, buffer, value in made:
+        if runs and runs[-1][0] is buffer and runs[-1][2] == offset and runs[-1][3] == value:
             runs[-1][2] += 1
         else:
             runs.append([buffer, offset, offset + 1, value])

@@ -35,6 +35,11 @@ class AMSGrad(ElementwiseOptimizer):
         Added to the denominator, > 0.
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
+    skip_nonfinite_grad : bool, default False
+        Leave a parameter (weight, states, update count) untouched at a step whose gradient has
+        a NaN or infinite element; counted in ``nonfinite_skips``, warned about once per
+        parameter. Without it NaN and infinities follow the equations (IEEE arithmetic) and
+        poison the elements they reach, as in MXNet's optimizers (see :class:`namsg.ARSG`).
 
     MXNet's own arguments (wd, rescale_grad, clip_gradient, lr_scheduler, multipliers,
     multi_precision, ...) work as for every MXNet optimizer. State per parameter:
@@ -63,13 +68,11 @@ class AMSGrad(ElementwiseOptimizer):
     def _state_slots(self, weight, zeros):
         return (zeros(), zeros(), zeros())
 
-    def _step(self, weight, g, state, lr, t):
+    def _step(self, weight, g, state, lr, t, arith, tmp):
         m, v, vhat = state
-        m *= self.beta1
-        m += (1.0 - self.beta1) * g
-        v *= self.beta2
-        v += ((1.0 - self.beta2) * g) * g   # g**2 alone overflows float32 beyond 1.8e19
+        arith.axpby(m, self.beta1, m, 1.0 - self.beta1, g, tmp)
+        # (1 - beta2) g first, then times g: g**2 alone overflows float32 beyond 1.8e19.
+        arith.square_scaled(tmp, 1.0 - self.beta2, g)
+        arith.axpby(v, self.beta2, v, 1.0, tmp, None)
         nd.broadcast_maximum(vhat, v, out=vhat)
-        denominator = nd.sqrt(vhat)
-        denominator += self.epsilon
-        weight -= lr * m / denominator
+        arith.descend_scaled(weight, lr, m, vhat, self.epsilon, tmp, g)

@@ -7,7 +7,7 @@ from mxnet.ndarray.sparse import BaseSparseNDArray
 from mxnet.optimizer import register
 
 from . import kernels
-from ._base import DefaultStepSize, ElementwiseOptimizer, adopt_states, as_lists, split_count
+from ._base import DefaultStepSize, ElementwiseOptimizer
 from ._checks import (ADAPTIVE_CHECKS, check_bounds, check_choice, check_unit_interval,
                       clip_threshold, of_value)
 
@@ -83,10 +83,27 @@ class ARSG(ElementwiseOptimizer):
         Use the fused operator (one pass per array, many arrays per call; see
         :mod:`namsg.kernels`) for dense arrays on CPU contexts. None follows ``$NAMSG_FUSED``
         (default: fused where it can be built); True requires it; False takes the NDArray path.
-        Both paths compute the same update. Anything but a bool or None raises ValueError.
+        Both paths compute the same update, bit for bit in float32 and float16 (also for
+        NaN and infinite values). Anything but a bool or None raises ValueError.
         ``$NAMSG_AGGREGATION_SIZE`` (default 128; an integer >= 0) sets how many parameters
         one call updates (for every optimizer of namsg: their loaded states are checked
-        together); another value raises ValueError in the constructor.
+        together, skip_nonfinite_grad checks their gradients at once); another value raises
+        ValueError in the constructor.
+    skip_nonfinite_grad : bool, default False
+        Leave a parameter alone (weight, master copy, m, v, vhat, update count) at a step
+        whose gradient has a NaN or infinite element, count it in ``nonfinite_skips``
+        ({parameter name or index: skips}) and warn once per parameter (RuntimeWarning).
+        Costs one ``multi_all_finite`` operator and one wait for the gradients per update
+        call. Anything but True or False raises ValueError.
+
+        Without it, non-finite gradients follow the equations above in IEEE arithmetic,
+        element by element, on both paths (and in the NumPy reference): a NaN gradient element
+        makes that element's m, v, vhat (the maximum propagates NaN) and weight NaN; +-inf
+        makes m infinite, v and vhat +inf and the weight NaN (inf / inf; with
+        ``preconditioner='none'`` the weight becomes -+inf); ``clip_gradient`` turns +-inf
+        into +-clip_gradient, not NaN. The term ``wd * w`` is part of g even for wd = 0, so a
+        weight that is not finite makes its g, and every state, NaN from the next step on.
+        Such an element stays poisoned for good, as with MXNet's optimizers.
 
     Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
     ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
@@ -163,32 +180,22 @@ class ARSG(ElementwiseOptimizer):
         """Set the observation factor (the name used by the paper's own MXNet class)."""
         self.mu = mu
 
-    def update_multi_precision(self, index, weight, grad, state):
-        """MXNet's entry point (Updater): one parameter, or lists of them when aggregating."""
-        index, weight, grad, state = as_lists(index, weight, grad, state)
-        adopt_states(self, index, weight, state)
-        if self._fused_applies(weight, grad):
-            self._fused_update(index, weight, grad, state)
+    def _apply(self, indices, weights, grads, states, masters, lrs, wds):
+        if self._fused_applies(weights, grads, masters):
+            self._fused_update(indices, weights, grads, states, masters, lrs, wds)
         else:
-            self._update_each(index, weight, grad, state)
+            super()._apply(indices, weights, grads, states, masters, lrs, wds)
 
-    def _fused_applies(self, weights, grads):
+    def _fused_applies(self, weights, grads, masters):
         # Updater hands over arrays of one device and one dtype; the per-array checks stay in
         # Python (isinstance) because each NDArray property is a call into MXNet.
         if not kernels.use_fused(self.fused) or weights[0].context.device_type != 'cpu':
             return False
+        if masters is not None and any(master is None for master in masters):
+            return False        # one call has master copies for all its weights or for none
         return not any(isinstance(a, BaseSparseNDArray) for a in weights + grads)
 
-    def _fused_update(self, indices, weights, grads, states):
-        masters = None
-        if self.multi_precision and weights[0].dtype == numpy.float16:
-            masters, states = [s[0] for s in states], [s[1] for s in states]
-        states, counts = zip(*(split_count(s) for s in states))
-        for state in states:
-            self._check_layout(state)
-        self._count_with_states(indices, counts)
-        lrs = self._get_lrs(indices)
-        wds = self._get_wds(indices)
+    def _fused_update(self, indices, weights, grads, states, masters, lrs, wds):
         if self.preconditioner == 'adam':
             scales = [(1.0 - self.beta2 ** self._index_update_count[i]) ** -0.5 for i in indices]
         else:
@@ -220,30 +227,30 @@ class ARSG(ElementwiseOptimizer):
                    'the layout of preconditioner=%r' % made_by[0] if made_by
                    else 'which no preconditioner makes'))
 
-    def _step(self, weight, g, state, lr, t):
-        self._check_layout(state)
+    def _step(self, weight, g, state, lr, t, arith, tmp):
+        # The fused kernel's arithmetic, operator for operator (namsg._ops): m, then v, the
+        # numerator (1 - mu) m + mu g into g, then the weight.
         m = state[0]
-        m *= self.beta1
-        m += (1.0 - self.beta1) * g
-        if self.preconditioner != 'none':
+        arith.axpby(m, self.beta1, m, 1.0 - self.beta1, g, tmp)
+        step_g, step_m = lr * self.mu, lr * (1.0 - self.mu)
+        if self.preconditioner == 'none':
+            arith.descend(weight, step_g, g, step_m, m, tmp)
+        else:
             v = state[1]
-            v *= self.beta2
             # (1 - beta2) g first, then times g: g**2 alone overflows float32 for |g| > 1.8e19.
-            v += ((1.0 - self.beta2) * g) * g
+            arith.square_scaled(tmp, 1.0 - self.beta2, g)
+            arith.axpby(v, self.beta2, v, 1.0, tmp, None)
+            arith.axpby_sgd_mom(g, step_g, step_m, m, weight, tmp)
             if self.preconditioner == 'amsgrad':
                 vhat = state[2]
                 nd.broadcast_maximum(vhat, v, out=vhat)
-                denominator = nd.sqrt(vhat)
+                arith.descend_scaled(weight, 1.0, g, vhat, 0.0, tmp, g)
             else:
-                denominator = nd.sqrt(v) * (1.0 - self.beta2 ** t) ** -0.5
-                denominator += self.epsilon
-
-        # g is a fresh array, so it can hold the step.
-        g *= lr * self.mu
-        g += (lr * (1.0 - self.mu)) * m
-        if self.preconditioner != 'none':
-            g /= denominator
-        weight -= g
+                nd.sqrt(v, out=tmp)
+                arith.scale(tmp, tmp, (1.0 - self.beta2 ** t) ** -0.5)
+                nd._internal._plus_scalar(tmp, scalar=arith.scalar(self.epsilon), out=tmp)
+                nd.elemwise_div(g, tmp, out=g)
+                nd.elemwise_sub(weight, g, out=weight)
 
         if self.lower_bound is not None or self.upper_bound is not None:
             lower = -numpy.inf if self.lower_bound is None else self.lower_bound

@@ -80,11 +80,17 @@ def sync_initial_weights(trainer, batch_size):
 def pickled_state(optimizer, state):
     """``state`` (an optimizer's ``__getstate__`` dict) as namsg pickles it: Gluon's per-parameter
     multipliers folded into ``lr_mult`` / ``wd_mult`` under the parameter's index (the key the
-    servers update), no link to the servers. Also records the servers when ``optimizer`` is being
-    pickled by ``KVStore.set_optimizer`` for them."""
+    servers update) and the parameters' names into ``idx2name``, no link to the servers. Also
+    records the servers when ``optimizer`` is being pickled by ``KVStore.set_optimizer`` for
+    them."""
     state.pop('_servers', None)
     if 'param_dict' in optimizer.__dict__:
         state['lr_mult'], state['wd_mult'] = multipliers(optimizer)
+        # The Parameters' names too, by index, for what the servers report by name
+        # (skip_nonfinite_grad): the multipliers above are by index, which idx2name yields to.
+        names = dict(state.get('idx2name') or {})
+        names.update((index, param.name) for index, param in optimizer.param_dict.items())
+        state['idx2name'] = names
     kvstore = _sending_kvstore(optimizer)
     if kvstore is not None:
         object.__setattr__(optimizer, '_servers', kvstore)

@@ -2,7 +2,6 @@
 
 import math
 
-from mxnet import ndarray as nd
 from mxnet.optimizer import register
 
 from ._base import DefaultStepSize, ElementwiseOptimizer
@@ -48,6 +47,11 @@ class RAdam(ElementwiseOptimizer):
         released code (and Ranger) 5. Must be >= 4 (r_t is undefined below).
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
+    skip_nonfinite_grad : bool, default False
+        Leave a parameter (weight, states, update count) untouched at a step whose gradient has
+        a NaN or infinite element; counted in ``nonfinite_skips``, warned about once per
+        parameter. Without it NaN and infinities follow the equations (IEEE arithmetic) and
+        poison the elements they reach, as in MXNet's optimizers (see :class:`namsg.ARSG`).
 
     State per parameter: ``(m, v, (t, name))``, the arrays float32 for float16 weights; ``t``
     and ``name`` are the update count and the parameter's name, saved with the states (see
@@ -75,12 +79,12 @@ class RAdam(ElementwiseOptimizer):
     def _state_slots(self, weight, zeros):
         return (zeros(), zeros())
 
-    def _step(self, weight, g, state, lr, t):
+    def _step(self, weight, g, state, lr, t, arith, tmp):
         m, v = state
-        m *= self.beta1
-        m += (1.0 - self.beta1) * g
-        v *= self.beta2
-        v += ((1.0 - self.beta2) * g) * g   # g**2 alone overflows float32 beyond 1.8e19
+        arith.axpby(m, self.beta1, m, 1.0 - self.beta1, g, tmp)
+        # (1 - beta2) g first, then times g: g**2 alone overflows float32 beyond 1.8e19.
+        arith.square_scaled(tmp, 1.0 - self.beta2, g)
+        arith.axpby(v, self.beta2, v, 1.0, tmp, None)
 
         bias1 = 1.0 - self.beta1 ** t
         bias2 = 1.0 - self.beta2 ** t
@@ -89,8 +93,7 @@ class RAdam(ElementwiseOptimizer):
         if rho_t > self.rectify_threshold:
             r = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
                           / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-            denominator = nd.sqrt(v)
-            denominator += self.epsilon
-            weight -= (lr * r * math.sqrt(bias2) / bias1) * m / denominator
+            arith.descend_scaled(weight, lr * r * math.sqrt(bias2) / bias1, m, v, self.epsilon,
+                                 tmp, g)
         else:
-            weight -= (lr / bias1) * m
+            arith.axpby(weight, 1.0, weight, -lr / bias1, m, tmp)

@@ -40,6 +40,11 @@ class RSG(ARSG):
         Bounds of the feasible box; None means unbounded on that side.
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
+    fused : bool or None, default None
+        As for :class:`namsg.ARSG`.
+    skip_nonfinite_grad : bool, default False
+        As for :class:`namsg.ARSG`; without it a NaN gradient element makes the element's m
+        and weight NaN, +-inf makes them +-inf and -+inf.
 
     Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
     State, per parameter: ``(m, (t, name))``, the update count and the parameter's name (see

@@ -7,7 +7,7 @@ independently of MXNet's own code.
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 # Clip thresholds and bounds below are exact in float32: MXNet's clip operator takes its bounds
 # as float32 parameters, so 0.3 would become 0.30000001 even for float64 weights.
@@ -129,3 +129,47 @@ def path_id(case_id, fused):
 
 
 PATH_IDS = [path_id(case.id, fused) for case, fused in PATHS]
+
+
+# -- non-finite gradients ----------------------------------------------------------------------
+
+NAN, INF = float('nan'), float('inf')
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Gradient elements replaced by NaN or an infinity: ``entries`` of (step k counted from 1,
+    array index, flat element index, value)."""
+    id: str
+    entries: Tuple
+
+    def apply(self, grads):
+        """A copy of ``grads`` (one list of arrays per step) with the entries set."""
+        grads = [[g.copy() for g in step] for step in grads]
+        for k, array, element, value in self.entries:
+            grads[k - 1][array].reshape(-1)[element] = value
+        return grads
+
+    def steps(self, array):
+        """The steps at which ``array``'s gradient is poisoned."""
+        return {k for k, a, _, _ in self.entries if a == array}
+
+
+# Never every array at one step: the others carry MXNet's num_update (the scheduler's count).
+POISONS = [
+    Poison('nan', ((3, 0, 4, NAN),)),
+    Poison('inf_then_minus_inf', ((2, 0, 1, INF), (5, 3, 7, -INF))),
+    Poison('nan_and_inf_in_one_step', ((4, 0, 0, NAN), (4, 2, 0, INF), (6, 0, 3, -INF))),
+]
+
+# Each optimizer, and the settings that meet a non-finite value differently: weight decay (a NaN
+# weight enters g), clipping (infinities become finite, NaN stays), bounds (clip the weight).
+NONFINITE_CASE_IDS = ['defaults', 'wd', 'clip_gradient', 'projection', 'adam_preconditioner',
+                      'none_preconditioner', 'everything', 'rsg', 'rsg_wd_clip_bounds', 'amsgrad',
+                      'amsgrad_wd_clip_scheduler', 'radam', 'radam_threshold_4_wd', 'ranger',
+                      'lookahead_arsg']
+
+# (case, fused, poison): every case on the NDArray path, the fusable ones on the fused path too.
+NONFINITE = [(CASES_BY_ID[c], fused, p) for c in NONFINITE_CASE_IDS for p in POISONS
+             for fused in ([False, True] if CASES_BY_ID[c].fusable else [None])]
+NONFINITE_IDS = ['%s-%s' % (path_id(case.id, fused), p.id) for case, fused, p in NONFINITE]

@@ -69,6 +69,35 @@ def test_lookahead_around_mxnet_sgd_matches_manual_slow_steps():
     np.testing.assert_allclose(wrapped.asnumpy(), plain.asnumpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize('inner', [dict(optimizer='sgd', momentum=0.9),
+                                   dict(optimizer='arsg', fused=False),
+                                   dict(optimizer='arsg', fused=True)],
+                         ids=['sgd', 'arsg-ndarray', 'arsg-fused'])
+def test_lookahead_multi_precision_steps_the_master_copy(inner):
+    """multi_precision, float16 weights, several parameters per call: the float32 master copy
+    takes the inner and the slow steps exactly as float32 weights do, and the weight is the
+    master rounded to float16 (the inner optimizer's own or MXNet's)."""
+    rng = np.random.default_rng(1)
+    shapes = [(4, 3), (5,), (2, 2)]
+    w0 = [rng.normal(size=s).astype(np.float16) for s in shapes]
+    grads = [[rng.normal(size=s).astype(np.float16) for s in shapes] for _ in range(7)]
+
+    def run(dtype, **kwargs):
+        updater = mx.optimizer.get_updater(namsg.Lookahead(k=3, alpha=0.5, learning_rate=0.1,
+                                                           **dict(inner, **kwargs)))
+        weights = [mx.nd.array(w, dtype=dtype) for w in w0]
+        for gs in grads:
+            updater(list(range(len(shapes))), [mx.nd.array(g, dtype=dtype) for g in gs],
+                    weights)
+        return updater, [w.asnumpy() for w in weights]
+
+    updater, half = run('float16', multi_precision=True)
+    _, single = run('float32')
+    for i, (h, s) in enumerate(zip(half, single)):
+        np.testing.assert_array_equal(updater.states[i][0].asnumpy(), s)
+        np.testing.assert_array_equal(h, s.astype(np.float16))
+
+
 def test_ranger_in_trainer_saves_and_restores_slow_weights(tmp_path):
     def make():
         # The same names each time, as a model built in a new process has them.

@@ -514,7 +514,10 @@ class _DistStoreOnAWorker:
 
 
 def _server():
-    from mxnet.kvstore.kvstore_server import KVStoreServer
+    try:
+        from mxnet.kvstore.kvstore_server import KVStoreServer     # MXNet 1.7 and later
+    except ImportError:
+        from mxnet.kvstore_server import KVStoreServer             # MXNet 1.5 and 1.6
     import mxnet as mx
     return namsg_dist._server_class(KVStoreServer)(mx.kv.create('local'))
 

@@ -29,9 +29,10 @@ def _data(seed=0):
     return x, y, w0, b0
 
 
-def _reference(x, y, w0, b0, preconditioner='amsgrad', bias_wd=1.0, steps=STEPS):
+def _reference(x, y, w0, b0, preconditioner='amsgrad', bias_wd=1.0, steps=STEPS, skip=None):
     """Least squares, loss 0.5 * mean over outputs of the squared error, summed over the batch
-    and rescaled by 1/batch as Trainer.step(batch) and Module do; Algorithm 1 per parameter."""
+    and rescaled by 1/batch as Trainer.step(batch) and Module do; Algorithm 1 per parameter.
+    ``skip``: {'w' or 'b': step (from 1) at which that parameter is left alone}."""
     params = {'w': np.array(w0), 'b': np.array(b0)}
     states = {k: ref.arsg_init(v, HP['epsilon']) for k, v in params.items()}
     wd = {'w': HP['wd'], 'b': HP['wd'] * bias_wd}
@@ -40,6 +41,8 @@ def _reference(x, y, w0, b0, preconditioner='amsgrad', bias_wd=1.0, steps=STEPS)
         dpred = (xb @ params['w'].T + params['b'] - yb) / OUT
         grads = {'w': dpred.T @ xb, 'b': dpred.sum(axis=0)}
         for name in params:
+            if skip and skip.get(name) == k + 1:
+                continue
             g = ref.mxnet_gradient(grads[name], params[name], 1.0 / BATCH, wd[name])
             params[name], states[name] = ref.arsg_step(
                 params[name], states[name], g, HP['learning_rate'], HP['beta1'], HP['beta2'],

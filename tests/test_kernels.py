@@ -77,7 +77,9 @@ def test_operator_without_out_leaves_the_weight_and_returns_the_update():
 
 
 @requires_fused
-def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch):
+@pytest.mark.parametrize('multi_precision', [False, True])
+def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch, multi_precision):
+    """Also with multi_precision=True on float32 parameters (which have no master copies)."""
     calls = []
     original = kernels.arsg_update
     monkeypatch.setattr(kernels, 'arsg_update',
@@ -87,7 +89,8 @@ def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch):
     net = gluon.nn.HybridSequential()
     net.add(gluon.nn.Dense(8, in_units=4), gluon.nn.Dense(3, in_units=8))
     net.initialize()
-    trainer = gluon.Trainer(net.collect_params(), 'arsg', {'learning_rate': 0.01})
+    trainer = gluon.Trainer(net.collect_params(), 'arsg',
+                            {'learning_rate': 0.01, 'multi_precision': multi_precision})
     for _ in range(2):
         with mx.autograd.record():
             loss = net(mx.nd.ones((2, 4))).sum()

@@ -592,6 +592,19 @@ REPRS = [
      "mu=0.2, preconditioner='amsgrad', wd=0.0), k=3, alpha=0.5)"),
     (lambda: namsg.Lookahead('sgd', momentum=0.9),
      "Lookahead(optimizer=SGD(learning_rate=0.01, momentum=0.9, wd=0.0), k=5, alpha=0.5)"),
+    # skip_nonfinite_grad (default False) only when set, the wrapper's or the inner one's.
+    (lambda: namsg.AMSGrad(skip_nonfinite_grad=True),
+     "AMSGrad(learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, "
+     "skip_nonfinite_grad=True, wd=0.0)"),
+    (lambda: namsg.Ranger(skip_nonfinite_grad=True),
+     "Ranger(learning_rate=0.001, beta1=0.95, beta2=0.999, epsilon=1e-05, rectify_threshold=5.0, "
+     "wd=0.0, k=6, alpha=0.5, skip_nonfinite_grad=True)"),
+    (lambda: namsg.Lookahead('rsg', skip_nonfinite_grad=True),
+     "Lookahead(optimizer=RSG(learning_rate=0.01, beta=0.999, mu=0.1, wd=0.0), k=5, alpha=0.5, "
+     "skip_nonfinite_grad=True)"),
+    (lambda: namsg.Lookahead(namsg.RSG(skip_nonfinite_grad=True)),
+     "Lookahead(optimizer=RSG(learning_rate=0.01, beta=0.999, mu=0.1, "
+     "skip_nonfinite_grad=True, wd=0.0), k=5, alpha=0.5)"),
 ]
 
 

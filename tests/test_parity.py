@@ -5,12 +5,10 @@ import warnings
 
 import numpy as np
 import pytest
-from mxnet.ndarray import NDArray
 
 import namsg  # noqa: F401  (registers the optimizers)
-from namsg._states import split_count
 from cases import CASES, PATH_IDS, PATHS
-from harness import assert_all_close, make_problem, run_mxnet, run_reference
+from harness import assert_all_close, flat_states, make_problem, run_mxnet, run_reference
 
 STEPS = 50
 
@@ -34,13 +32,6 @@ def test_float32_matches_reference(case, fused):
     # accumulate well under 1e-5 on O(1) weights.
     assert_all_close(actual, run_reference(case, weights32, grads32), rtol=1e-5, atol=1e-5,
                      what=case.id)
-
-
-def _flatten(state):
-    """The arrays of a (nested) state tuple but its update counts and names (int64, uint8)."""
-    if isinstance(state, tuple):
-        return [leaf for s in split_count(state)[0] for leaf in _flatten(s)]
-    return [state] if isinstance(state, NDArray) else []
 
 
 def _to_float16(arrays):
@@ -75,7 +66,7 @@ def test_float16_without_multi_precision_keeps_float32_state_and_tracks_referenc
     # state here is float32 (checked next), so that warning would mislead.
     assert not [w for w in caught if 'Accumulating with float16' in str(w.message)]
     for i in range(len(weights)):
-        assert all(s.dtype == np.float32 for s in _flatten(updater.states[i])), \
+        assert all(s.dtype == np.float32 for s in flat_states(updater.states[i])), \
             'float16 weights must keep their state in float32 (epsilon underflows)'
     assert all(np.isfinite(a).all() for a in actual)
     # The weights are rounded to float16 after every step; the reference does the same.
@@ -98,7 +89,7 @@ def test_float32_gradients_near_1e20_stay_finite_and_match_reference(case, fused
                  ).astype(np.float32) for w in weights] for _ in range(5)]
     actual, updater = run_mxnet(case, weights32, grads32, dtype='float32', fused=fused)
     for i in range(len(weights)):
-        assert all(np.isfinite(s.asnumpy()).all() for s in _flatten(updater.states[i])), \
+        assert all(np.isfinite(s.asnumpy()).all() for s in flat_states(updater.states[i])), \
             '%s: state of array %d overflowed' % (case.id, i)
     # Without a preconditioner (or in RAdam's warm-up) weights grow to ~1e17 and the float32
     # error scales with the largest of them: tolerance relative to each array's scale.
@@ -119,6 +110,6 @@ def test_fused_and_ndarray_paths_compute_the_same_moments(case):
     runs = {fused: run_mxnet(case, weights32, grads32, dtype='float32', fused=fused)[1]
             for fused in (False, True)}
     for i in range(len(weights)):
-        fused_state, ndarray_state = (_flatten(runs[f].states[i]) for f in (True, False))
+        fused_state, ndarray_state = (flat_states(runs[f].states[i]) for f in (True, False))
         for a, b in zip(fused_state, ndarray_state):
             np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=case.id)

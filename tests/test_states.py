@@ -104,15 +104,22 @@ def test_counts_are_exact_beyond_float32():
     assert resumed.states[0][-1][0].asnumpy().tolist() == [start + 2]
 
 
-@pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
-def test_counts_of_one_call_are_written_in_one_operation(monkeypatch, fused):
+# Lookahead's states end in a count, and so do those of an inner optimizer of the package.
+ONE_WRITE = [('arsg', {}, False), ('arsg', {}, True), ('ranger', {}, None),
+             ('lookahead', {'optimizer': 'arsg', 'k': 3}, False),
+             ('lookahead', {'optimizer': 'sgd', 'momentum': 0.9, 'k': 3}, None)]
+
+
+@pytest.mark.parametrize('name,kwargs,fused', ONE_WRITE,
+                         ids=['arsg-ndarray', 'arsg-fused', 'ranger', 'lookahead-arsg-ndarray',
+                              'lookahead-sgd'])
+def test_counts_of_one_call_are_written_in_one_operation(monkeypatch, name, kwargs, fused):
     """The counts of the states an optimizer made are views into one buffer: an Updater call
     over many parameters writes them with one operation (per run of equal counts), whatever
-    the number of parameters and the path; loaded states, each its own array, take one
-    split."""
+    the number of parameters and the path, for Lookahead its own and its inner optimizer's
+    together; loaded states, each its own array, take one split."""
     shapes = [(3, 2)] * 40
-    opt = namsg.ARSG(fused=fused)
-    updater = mx.optimizer.get_updater(opt)
+    updater = mx.optimizer.get_updater(_create(name, kwargs, fused))
     weights = [mx.nd.ones(s) for s in shapes]
     grads = [mx.nd.ones(s) for s in shapes]
     indices = list(range(len(shapes)))
@@ -135,7 +142,7 @@ def test_counts_of_one_call_are_written_in_one_operation(monkeypatch, fused):
     assert calls == ['_slice_assign_scalar']
     assert all(updater.states[i][-1][0].asscalar() == 2 for i in indices)
 
-    resumed = mx.optimizer.get_updater(namsg.ARSG(fused=fused))
+    resumed = mx.optimizer.get_updater(_create(name, kwargs, fused))
     resumed.set_states(updater.get_states())
     resumed(indices, grads, weights)
     calls.clear()

@@ -206,7 +206,9 @@ void UpdateRange(std::vector<MXTensor>* in, std::vector<MXTensor>* out, const Pa
       const S vi = b2 * v[i] + (one_minus_b2 * g) * g;
       v[i] = vi;
       if (PRECOND == 0) {
-        const S vh = std::max(vhat[i], vi);
+        // NaN-propagating, as MXNet's maximum operator and NumPy's: a NaN v (from a NaN
+        // gradient) makes vhat NaN, as on the NDArray path (std::max kept vhat).
+        const S vh = (vi > vhat[i] || vi != vi) ? vi : vhat[i];
         vhat[i] = vh;
         step /= std::sqrt(vh);
       } else {
