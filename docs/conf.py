@@ -42,6 +42,8 @@ myst_heading_anchors = 3
 autodoc_member_order = 'bysource'
 autodoc_default_options = {'members': True}
 autodoc_typehints = 'none'
+# MXNet's docstrings of the methods it defines (create_state, ...) are MXNet's to document.
+autodoc_inherit_docstrings = False
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False

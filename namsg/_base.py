@@ -185,7 +185,7 @@ class ElementwiseOptimizer(Optimizer):
         as in MXNet's optimizers. Costs one wait for the gradients per update call. See
         :mod:`namsg._nonfinite`.
 
-    Each hyper-parameter listed in the class's ``CHECKS`` is checked whenever it is assigned,
+    Each hyper-parameter listed in the class's ``_CHECKS`` is checked whenever it is assigned,
     in the constructor and after (``opt.beta1 = 1.0`` raises ValueError as ``beta1=1.0`` does).
     ``clip_gradient`` follows MXNet: None, 0 or a negative value means no clipping.
     Weights must be floating point; other dtypes raise ValueError before any state exists.
@@ -197,7 +197,7 @@ class ElementwiseOptimizer(Optimizer):
     """
 
     #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).
-    CHECKS = BASE_CHECKS
+    _CHECKS = BASE_CHECKS
     #: The length of a state saved without its count where the state's last element cannot
     #: tell (see namsg._states.split_count): not needed here, unlike for Lookahead.
     STATE_LENGTH = None

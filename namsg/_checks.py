@@ -168,19 +168,19 @@ def clip_threshold(clip_gradient):
 
 
 # -- the hyper-parameters of an optimizer class, checked on every assignment -----------------
-# An optimizer class lists its checks in ``CHECKS``, {attribute: check(optimizer, value) ->
+# An optimizer class lists its checks in ``_CHECKS``, {attribute: check(optimizer, value) ->
 # the value to store}; its __setattr__ applies them (see :func:`checked`), so the constructor
 # and a later ``opt.beta1 = ...`` are held to the same rule.
 
 def of_value(check, name, *args):
-    """A CHECKS entry that calls ``check(name, value, *args)`` and ignores the optimizer."""
+    """A _CHECKS entry that calls ``check(name, value, *args)`` and ignores the optimizer."""
     return lambda optimizer, value: check(name, value, *args)
 
 
 def checked(optimizer, name, value):
     """``value`` as the check that ``optimizer``'s class lists for ``name`` returns it (or
     unchanged if none is listed). Raises ValueError for a value the check refuses."""
-    check = getattr(type(optimizer), 'CHECKS', {}).get(name)
+    check = getattr(type(optimizer), '_CHECKS', {}).get(name)
     return value if check is None else check(optimizer, value)
 
 

@@ -41,26 +41,28 @@ class AMSGrad(ElementwiseOptimizer):
         parameter. Without it NaN and infinities follow the equations (IEEE arithmetic) and
         poison the elements they reach, as in MXNet's optimizers (see :class:`namsg.ARSG`).
 
-    MXNet's own arguments (wd, rescale_grad, clip_gradient, lr_scheduler, multipliers,
-    multi_precision, ...) work as for every MXNet optimizer. State per parameter:
-    ``(m, v, vhat, (t, name))``, the arrays float32 for float16 weights; ``t`` and ``name`` are
-    the update count and the parameter's name, saved with the states (see
-    :class:`namsg.ARSG`). Registered as ``'amsgrad'``.
-
     Raises
     ------
     ValueError
         For a hyper-parameter out of range, a bad ``$NAMSG_AGGREGATION_SIZE`` (see
         :class:`namsg.ARSG`), a weight that is not floating point, or loaded states that do
         not fit their parameters.
+
+    Notes
+    -----
+    MXNet's own arguments (wd, rescale_grad, clip_gradient, lr_scheduler, multipliers,
+    multi_precision, ...) work as for every MXNet optimizer. State per parameter:
+    ``(m, v, vhat, (t, name))``, the arrays float32 for float16 weights; ``t`` and ``name`` are
+    the update count and the parameter's name, saved with the states (see
+    :class:`namsg.ARSG`). Registered as ``'amsgrad'``.
     """
 
-    CHECKS = ADAPTIVE_CHECKS
+    _CHECKS = ADAPTIVE_CHECKS
 
     def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.9, beta2=0.999,
                  epsilon=1e-8, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        # Each assignment is checked (CHECKS).
+        # Each assignment is checked (_CHECKS).
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon

@@ -85,43 +85,58 @@ class ARSG(ElementwiseOptimizer):
         (default: fused where it can be built); True requires it; False takes the NDArray path.
         Both paths compute the same update, bit for bit in float32 and float16 (also for
         NaN and infinite values). Anything but a bool or None raises ValueError.
-        ``$NAMSG_AGGREGATION_SIZE`` (default 128; an integer >= 0) sets how many parameters
-        one call updates (for every optimizer of namsg: their loaded states are checked
-        together, skip_nonfinite_grad checks their gradients at once); another value raises
-        ValueError in the constructor.
     skip_nonfinite_grad : bool, default False
         Leave a parameter alone (weight, master copy, m, v, vhat, update count) at a step
         whose gradient has a NaN or infinite element, count it in ``nonfinite_skips``
         ({parameter name or index: skips}) and warn once per parameter (RuntimeWarning).
         Costs one ``multi_all_finite`` operator and one wait for the gradients per update
-        call. Anything but True or False raises ValueError.
+        call. Anything but True or False raises ValueError. Without it, see Notes.
 
-        Without it, non-finite gradients follow the equations above in IEEE arithmetic,
-        element by element, on both paths (and in the NumPy reference): a NaN gradient element
-        makes that element's m, v, vhat (the maximum propagates NaN) and weight NaN; +-inf
-        makes m infinite, v and vhat +inf and the weight NaN (inf / inf; with
-        ``preconditioner='none'`` the weight becomes -+inf); ``clip_gradient`` turns +-inf
-        into +-clip_gradient, not NaN. The term ``wd * w`` is part of g even for wd = 0, so a
-        weight that is not finite makes its g, and every state, NaN from the next step on.
-        Such an element stays poisoned for good, as with MXNet's optimizers.
+    Other Parameters
+    ----------------
+    **kwargs
+        Everything of :class:`mxnet.optimizer.Optimizer` is honoured: ``wd``,
+        ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
+        ``lr_scheduler``, lr/wd multipliers, ``begin_num_update``, ``param_idx2name`` and
+        ``multi_precision`` (float32 master weights for float16).
 
-    Everything of :class:`mxnet.optimizer.Optimizer` is honoured as well: ``wd``,
-    ``rescale_grad``, ``clip_gradient`` (None, 0 or negative: no clipping, MXNet's rule),
-    ``lr_scheduler``, lr/wd multipliers, ``begin_num_update`` and ``multi_precision`` (float32
-    master weights for float16). ``row_sparse`` weights take the lazy update. Update counts
-    follow the parameter when its states are loaded on another device. Weights must be
-    floating point: others raise ValueError in ``create_state``.
-    float16 weights without ``multi_precision`` keep their state in float32 and are updated in
-    float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by zero.
+    Raises
+    ------
+    ValueError
+        For a hyper-parameter out of its range (in the constructor or assigned later), a weight
+        that is not floating point, a bad ``$NAMSG_AGGREGATION_SIZE``, or loaded states that do
+        not fit their parameters (names both).
 
-    State, per parameter, a tuple of NDArrays on the weight's context: the slots (float32 for
-    float16 weights, otherwise the weight's dtype, the weight's shape), then the pair
-    ``(t, name)``: ``(m, v, vhat, (t, name))`` for 'amsgrad', ``(m, v, (t, name))`` for 'adam',
-    ``(m, (t, name))`` for 'none'. ``t`` (int64, shape (1,)) is the parameter's update count,
-    so that states saved without the optimizer (``Module.save_optimizer_states``) resume it;
-    ``name`` (uint8, shape (128,)) is the parameter's name, checked when states are loaded (see
-    :mod:`namsg._states`). With ``multi_precision`` the base class wraps it as
-    ``(float32 master weight, state)``.
+    Notes
+    -----
+    **State**, per parameter: a tuple of NDArrays on the weight's context, the slots (of the
+    weight's shape; float32 for float16 weights, otherwise the weight's dtype), then the pair
+    ``(t, name)``: ``(m, v, vhat, (t, name))`` for 'amsgrad', ``(m, v, (t, name))`` for
+    'adam', ``(m, (t, name))`` for 'none'. ``t`` (int64, shape (1,)) is the parameter's update
+    count, so that states saved without the optimizer (``Module.save_optimizer_states``)
+    resume it; ``name`` (uint8, shape (128,)) is the parameter's name, checked when states are
+    loaded (a shape that does not fit raises ValueError, other names warn with
+    :class:`namsg.StatesRenamedWarning`). With ``multi_precision`` MXNet's convention wraps
+    it as ``(float32 master weight, state)``. Update counts follow the parameter when its
+    states are loaded on another device.
+
+    **float16** weights without ``multi_precision`` keep their state in float32 and are
+    updated in float32, because epsilon = 1e-8 underflows to 0 in float16 and would divide by
+    zero. ``row_sparse`` weights take the lazy update. Weights must be floating point.
+
+    **Non-finite gradients** without ``skip_nonfinite_grad`` follow the equations above in
+    IEEE arithmetic, element by element, on both paths (and in the NumPy reference): a NaN
+    gradient element makes that element's m, v, vhat (the maximum propagates NaN) and weight
+    NaN; +-inf makes m infinite, v and vhat +inf and the weight NaN (inf / inf; with
+    ``preconditioner='none'`` the weight becomes -+inf); ``clip_gradient`` turns +-inf into
+    +-clip_gradient, not NaN. The term ``wd * w`` is part of g even for wd = 0, so a weight
+    that is not finite makes its g, and every state, NaN from the next step on: such an
+    element stays poisoned for good, as with MXNet's optimizers.
+
+    ``$NAMSG_AGGREGATION_SIZE`` (default 128; an integer >= 0) sets how many parameters MXNet's
+    Updater hands to one update call, which the fused operator updates in one pass (for every
+    optimizer of namsg: their loaded states are checked together, and ``skip_nonfinite_grad``
+    checks their gradients at once).
 
     Raises
     ------
@@ -132,16 +147,28 @@ class ARSG(ElementwiseOptimizer):
 
     Examples
     --------
-    Registered as ``'arsg'``; the repr shows the hyper-parameters:
+    Registered as ``'arsg'`` (importing namsg registers it); the repr shows the
+    hyper-parameters:
 
     >>> import mxnet as mx, namsg
     >>> opt = mx.optimizer.create('arsg', learning_rate=0.01, epsilon=1e-3)
     >>> opt  # doctest: +NORMALIZE_WHITESPACE
     ARSG(learning_rate=0.01, beta1=0.999, beta2=0.99, epsilon=0.001, mu=0.1,
          preconditioner='amsgrad', wd=0.0)
+
+    One step through MXNet's Updater, as ``gluon.Trainer`` and ``Module`` call it:
+
+    >>> updater = mx.optimizer.get_updater(opt)
+    >>> weight = mx.nd.ones((2,))
+    >>> updater(0, mx.nd.array([0.5, -0.5]), weight)
+    >>> weight.asnumpy().round(4)
+    array([0.9899, 1.0101], dtype=float32)
+
+    ARSGB is this optimizer driven by :class:`namsg.boost.ObservationBoost`; the paper's own
+    class name :class:`namsg.Arsg` is this class too.
     """
 
-    CHECKS = dict(
+    _CHECKS = dict(
         ADAPTIVE_CHECKS,
         mu=of_value(check_unit_interval, 'mu'),
         preconditioner=lambda optimizer, value: _check_preconditioner(optimizer, value),
@@ -157,7 +184,7 @@ class ARSG(ElementwiseOptimizer):
                  upper_bound=None, fused=None, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.fused = fused
-        # Each assignment is checked (CHECKS).
+        # Each assignment is checked (_CHECKS).
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
@@ -173,7 +200,7 @@ class ARSG(ElementwiseOptimizer):
 
     @mu.setter
     def mu(self, value):
-        # Checked in __setattr__ (CHECKS); stored as _mu, the name saved states carry.
+        # Checked in __setattr__ (_CHECKS); stored as _mu, the name saved states carry.
         self.__dict__['_mu'] = value
 
     def set_obs_fac_mu(self, mu):

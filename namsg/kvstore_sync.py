@@ -13,7 +13,7 @@
   change raises; so does a change of what shapes the servers' states (:data:`FIXED_ON_SERVERS`).
 * Gluon's ``lr_mult`` / ``wd_mult`` live in the optimizer's ``param_dict``, which MXNet drops when
   it pickles an optimizer; namsg's optimizers carry them in ``lr_mult`` / ``wd_mult`` instead
-  (:func:`pickled_state`).
+  (``pickled_state``).
 * A worker that raises or calls ``sys.exit(n)`` would wait forever in ps-lite's exit barrier for
   the other workers (which wait for it in push/pull): in a ``dist_*`` worker process
   (``DMLC_ROLE=worker``) importing namsg makes an uncaught exception end the process after its
@@ -130,11 +130,11 @@ def _sending_kvstore(optimizer):
 def server_settings(optimizer):
     """The names of ``optimizer``'s attributes whose changes reach the servers it runs on (a
     frozenset): :data:`SERVER_SETTINGS`, and its hyper-parameters. Those are the attributes its
-    class checks (``CHECKS``: beta1, epsilon, mu, ... for namsg's optimizers; k and alpha for
+    class checks (``_CHECKS``: beta1, epsilon, mu, ... for namsg's optimizers; k and alpha for
     Lookahead), or for an MXNet optimizer (inside Lookahead) the constructor's arguments that
     it stores under their own name (momentum, beta1, ...); Lookahead adds its inner
     optimizer's. :data:`FIXED_ON_SERVERS` are left out."""
-    checks = getattr(type(optimizer), 'CHECKS', None)
+    checks = getattr(type(optimizer), '_CHECKS', None)
     names = set(SERVER_SETTINGS)
     if checks is not None:
         names.update(checks)

@@ -49,14 +49,6 @@ class Lookahead(Optimizer):
         at the next slow step. An inner optimizer of this package that skips a step itself
         (its own ``skip_nonfinite_grad``) does not advance the k-cycle either.
 
-    State per parameter: ``(phi, inner_state, (t, name))``, ``phi`` in float32 for float16
-    weights and dense for ``row_sparse`` weights (the slow step moves every row); ``t`` is the
-    inner optimizer's update count, which the k-cycle follows, and ``name`` the parameter's,
-    saved with the states whatever the inner optimizer (see :mod:`namsg._states`). Weights
-    must be floating point: others raise ValueError in ``create_state``. With
-    ``multi_precision`` the base class wraps it as ``(float32 master, state)``. Registered as
-    ``'lookahead'``; its repr shows the inner optimizer's.
-
     Raises
     ------
     ValueError
@@ -64,13 +56,23 @@ class Lookahead(Optimizer):
         optimizer instance, a bad ``$NAMSG_AGGREGATION_SIZE`` (see :class:`namsg.ARSG`), a
         weight that is not floating point, or loaded states that do not fit their
         parameters.
+
+    Notes
+    -----
+    State per parameter: ``(phi, inner_state, (t, name))``, ``phi`` in float32 for float16
+    weights and dense for ``row_sparse`` weights (the slow step moves every row); ``t`` is the
+    inner optimizer's update count, which the k-cycle follows, and ``name`` the parameter's,
+    saved with the states whatever the inner optimizer. Weights
+    must be floating point: others raise ValueError in ``create_state``. With
+    ``multi_precision`` the base class wraps it as ``(float32 master, state)``. Registered as
+    ``'lookahead'``; its repr shows the inner optimizer's.
     """
 
     # Attributes that belong to the wrapper; every other one is the inner optimizer's.
     _OWN = frozenset(('optimizer', 'k', 'alpha', 'aggregate_num', 'skip_nonfinite_grad',
                       '_nonfinite_skips'))
     #: The wrapper's own checks (the inner optimizer checks its attributes itself).
-    CHECKS = dict(k=of_value(check_integer_at_least, 'k', 1),
+    _CHECKS = dict(k=of_value(check_integer_at_least, 'k', 1),
                   alpha=of_value(check_number_in, 'alpha', 0.0, 1.0, True),
                   skip_nonfinite_grad=of_value(check_bool, 'skip_nonfinite_grad'))
     #: (slow, inner_state): a state of namsg 0.1.0, without its count (see split_count).
@@ -91,7 +93,7 @@ class Lookahead(Optimizer):
                              'set them on the instance' % sorted(kwargs))
         # Optimizer.__init__ is not called: its attributes are the inner optimizer's.
         object.__setattr__(self, 'optimizer', optimizer)
-        self.k = k              # checked (CHECKS)
+        self.k = k              # checked (_CHECKS)
         self.alpha = alpha
         self.skip_nonfinite_grad = skip_nonfinite_grad
         object.__setattr__(self, '_nonfinite_skips', {})
@@ -260,16 +262,28 @@ class Ranger(Lookahead):
     Parameters
     ----------
     learning_rate : float, default 0.001
-        Left out with an ``lr_scheduler``, the scheduler's ``base_lr`` (see :class:`namsg.ARSG`).
+        RAdam's step size; left out with an ``lr_scheduler``, the scheduler's ``base_lr`` (see
+        :class:`namsg.ARSG`).
     beta1 : float, default 0.95
+        RAdam's decay rate of m, in [0, 1) (Ranger's default).
     beta2 : float, default 0.999
+        RAdam's decay rate of v, in [0, 1).
     epsilon : float, default 1e-5
-        (These three defaults are Ranger's.)
+        Added to sqrt(v), > 0 (Ranger's default).
     k : int, default 6
+        Inner steps between two slow-weight steps, >= 1 (Ranger's default).
     alpha : float, default 0.5
+        Slow-weight step size, in (0, 1].
     skip_nonfinite_grad : bool, default False
         See :class:`namsg.Lookahead`.
-    Other keyword arguments (wd, rescale_grad, rectify_threshold, ...) go to RAdam.
+
+    Other Parameters
+    ----------------
+    **kwargs
+        Go to RAdam: ``wd``, ``rescale_grad``, ``rectify_threshold``, ...
+
+    Notes
+    -----
     Registered as ``'ranger'``.
     """
 

@@ -53,24 +53,26 @@ class RAdam(ElementwiseOptimizer):
         parameter. Without it NaN and infinities follow the equations (IEEE arithmetic) and
         poison the elements they reach, as in MXNet's optimizers (see :class:`namsg.ARSG`).
 
-    State per parameter: ``(m, v, (t, name))``, the arrays float32 for float16 weights; ``t``
-    and ``name`` are the update count and the parameter's name, saved with the states (see
-    :class:`namsg.ARSG`). Registered as ``'radam'``.
-
     Raises
     ------
     ValueError
         As :class:`namsg.AMSGrad` does, and for ``rectify_threshold`` below 4.
+
+    Notes
+    -----
+    State per parameter: ``(m, v, (t, name))``, the arrays float32 for float16 weights; ``t``
+    and ``name`` are the update count and the parameter's name, saved with the states (see
+    :class:`namsg.ARSG`). Registered as ``'radam'``.
     """
 
     # rectify_threshold >= 4: r_t is undefined below.
-    CHECKS = dict(ADAPTIVE_CHECKS, rectify_threshold=of_value(
+    _CHECKS = dict(ADAPTIVE_CHECKS, rectify_threshold=of_value(
         check_number_in, 'rectify_threshold', 4.0, math.inf, False))
 
     def __init__(self, learning_rate=DefaultStepSize(0.001), beta1=0.9, beta2=0.999,
                  epsilon=1e-8, rectify_threshold=5.0, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        # Each assignment is checked (CHECKS).
+        # Each assignment is checked (_CHECKS).
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon

@@ -138,15 +138,16 @@ def amsgrad_step(x, state, g, alpha, beta1, beta2, epsilon):
 
 
 def radam_step(x, state, g, alpha, beta1, beta2, epsilon, rectify_threshold=5.0):
-    """RAdam, Algorithm 2 of Liu et al. (2020), "On the variance of the adaptive learning rate":
+    """RAdam, Algorithm 2 of Liu et al. (2020), "On the variance of the adaptive learning rate"::
 
-    m_t = b1 m + (1-b1) g;  v_t = b2 v + (1-b2) g^2;  mhat_t = m_t / (1 - b1^t);
-    rho_inf = 2 / (1 - b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t);
-    if rho_t > threshold (the paper writes 4; its released code, and Ranger, use 5):
-        r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
-        x_{t+1} = x_t - a r_t mhat_t sqrt(1 - b2^t) / (sqrt(v_t) + eps)
-    else (variance not tractable yet: SGD with momentum):
-        x_{t+1} = x_t - a mhat_t
+        m_t = b1 m + (1-b1) g;  v_t = b2 v + (1-b2) g^2;  mhat_t = m_t / (1 - b1^t);
+        rho_inf = 2 / (1 - b2) - 1;  rho_t = rho_inf - 2 t b2^t / (1 - b2^t);
+        if rho_t > threshold (the paper writes 4; its released code, and Ranger, use 5):
+            r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            x_{t+1} = x_t - a r_t mhat_t sqrt(1 - b2^t) / (sqrt(v_t) + eps)
+        else (variance not tractable yet: SGD with momentum):
+            x_{t+1} = x_t - a mhat_t
+
     The eps placement is that of the released code: l_t = sqrt(1 - b2^t) / (sqrt(v_t) + eps).
     """
     t = state.t + 1

@@ -46,22 +46,24 @@ class RSG(ARSG):
         As for :class:`namsg.ARSG`; without it a NaN gradient element makes the element's m
         and weight NaN, +-inf makes them +-inf and -+inf.
 
-    Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
-    State, per parameter: ``(m, (t, name))``, the update count and the parameter's name (see
-    :class:`namsg.ARSG`). Registered as ``'rsg'``.
-
     Raises
     ------
     ValueError
         As :class:`namsg.ARSG`, and for ``beta1``, ``beta2``, ``epsilon`` or
         ``preconditioner``, which RSG does not take.
+
+    Notes
+    -----
+    Every :class:`mxnet.optimizer.Optimizer` argument is honoured as for :class:`namsg.ARSG`.
+    State, per parameter: ``(m, (t, name))``, the update count and the parameter's name (see
+    :class:`namsg.ARSG`). Registered as ``'rsg'``.
     """
 
     #: The ARSG arguments that RSG refuses: it has one decay rate and no preconditioner.
     NOT_TAKEN = ('beta1', 'beta2', 'epsilon', 'preconditioner')
 
     # beta is stored as beta1: name it as the user does.
-    CHECKS = dict(ARSG.CHECKS, beta1=of_value(check_unit_interval, 'beta'))
+    _CHECKS = dict(ARSG._CHECKS, beta1=of_value(check_unit_interval, 'beta'))
 
     def __init__(self, learning_rate=DefaultStepSize(0.01), beta=0.999, mu=0.1, **kwargs):
         for name in RSG.NOT_TAKEN:

@@ -39,7 +39,7 @@ def _requirements(tmp_path):
 
 def test_no_mxnet_package_among_the_requirements(tmp_path):
     sections = _requirements(tmp_path)
-    assert set(sections) == {'', 'experiments', 'test'}
+    assert set(sections) == {'', 'experiments', 'test', 'docs'}
     assert [r.name for r in sections['']] == ['numpy']
     names = [r.name.lower() for rs in sections.values() for r in rs]
     assert not [n for n in names if n.startswith('mxnet')], names
@@ -52,15 +52,18 @@ def test_experiments_extra_is_what_namsg_experiments_checks(tmp_path):
 
 
 def test_reproduction_pins_satisfy_every_requirement(tmp_path):
-    """The pinned list holds an exact version of MXNet 1.9.1 (CPU) and of every requirement of
-    the package and its extras, each one that the requirement accepts."""
+    """The pinned lists (the reproduction's and the docs') hold an exact version of MXNet 1.9.1
+    (CPU) and of every requirement of the package and its extras, each one that the requirement
+    accepts."""
     pins = {}
-    for line in (ROOT / 'requirements-reproduce.txt').read_text().splitlines():
-        if line.strip() and not line.startswith('#'):
-            requirement = Requirement(line)
-            (specifier,) = requirement.specifier
-            assert specifier.operator == '==', line
-            pins[requirement.name.lower()] = specifier.version
+    for pinned in ('requirements-reproduce.txt', 'requirements-docs.txt'):
+        for line in (ROOT / pinned).read_text().splitlines():
+            if line.strip() and not line.startswith('#'):
+                requirement = Requirement(line)
+                (specifier,) = requirement.specifier
+                assert specifier.operator == '==', line
+                assert pins.setdefault(requirement.name.lower(), specifier.version) == \
+                    specifier.version, ('pinned twice, differently', line)
     assert pins['mxnet'] == '1.9.1'
     for requirements in _requirements(tmp_path).values():
         for requirement in requirements:
