@@ -24,7 +24,7 @@ from ._states import StatesRenamedWarning
 if _mxnet.has_kvstore_base():
     from . import horovod_store  # noqa: F401 (registers the 'horovod' kvstore; see its doc)
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', 'AMSGrad', 'RAdam', 'Lookahead', 'Ranger',
            'sync_initial_weights', 'StatesRenamedWarning', '__version__']
