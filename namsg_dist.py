@@ -781,7 +781,7 @@ def main(argv=None):
         if args.launcher == 'ssh':
             return launch_ssh(args.command, args.hosts, args.num_workers, args.num_servers,
                               args.timeout, args.host_ip, args.sync_dst_dir)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:      # RuntimeError: an incomplete installation
         raise SystemExit('namsg_dist launch: %s' % e)
     return _launch_with_dmlc_tracker(args, args.command)
 

@@ -138,13 +138,6 @@ class ARSG(ElementwiseOptimizer):
     optimizer of namsg: their loaded states are checked together, and ``skip_nonfinite_grad``
     checks their gradients at once).
 
-    Raises
-    ------
-    ValueError
-        For a hyper-parameter out of its range (in the constructor or assigned later), a weight
-        that is not floating point, a bad ``$NAMSG_AGGREGATION_SIZE``, or loaded states that do
-        not fit their parameters (names both).
-
     Examples
     --------
     Registered as ``'arsg'`` (importing namsg registers it); the repr shows the
@@ -216,11 +209,15 @@ class ARSG(ElementwiseOptimizer):
     def _fused_applies(self, weights, grads, masters):
         # Updater hands over arrays of one device and one dtype; the per-array checks stay in
         # Python (isinstance) because each NDArray property is a call into MXNet.
-        if not kernels.use_fused(self.fused) or weights[0].context.device_type != 'cpu':
+        # The operator is looked for (built, loaded, or its absence warned about) only where it
+        # would be used: GPU and row_sparse arrays take the NDArray path whatever `fused` says.
+        if weights[0].context.device_type != 'cpu':
             return False
         if masters is not None and any(master is None for master in masters):
             return False        # one call has master copies for all its weights or for none
-        return not any(isinstance(a, BaseSparseNDArray) for a in weights + grads)
+        if any(isinstance(a, BaseSparseNDArray) for a in weights + grads):
+            return False
+        return kernels.use_fused(self.fused)
 
     def _fused_update(self, indices, weights, grads, states, masters, lrs, wds):
         if self.preconditioner == 'adam':
@@ -248,9 +245,9 @@ class ARSG(ElementwiseOptimizer):
         if len(state) != len(_STATE_SLOTS[self.preconditioner]):
             made_by = [p for p, slots in _STATE_SLOTS.items() if len(slots) == len(state)]
             raise ValueError(
-                'ARSG(preconditioner=%r) was given a state of %d arrays, %s: load states '
+                '%s(preconditioner=%r) was given a state of %d arrays, %s: load states '
                 'saved with the same preconditioner, or start without states'
-                % (self.preconditioner, len(state),
+                % (type(self).__name__, self.preconditioner, len(state),
                    'the layout of preconditioner=%r' % made_by[0] if made_by
                    else 'which no preconditioner makes'))
 
@@ -301,6 +298,11 @@ def _check_fused(fused):
     if fused is not None and not isinstance(fused, (bool, numpy.bool_)):
         raise ValueError('fused=%r: give True, False or None ($%s decides)'
                          % (fused, kernels.SWITCH))
+    if fused is None:
+        # $NAMSG_FUSED decides: a bad value fails here, where the error reaches the caller. At
+        # the first update it can be inside a kvstore's callback, whose exceptions MXNet only
+        # prints while the weights stay as they were.
+        kernels._switch()
     return fused
 
 

@@ -136,7 +136,11 @@ class ObservationBoost:
         if boosts < 1:
             return
         mu, limit = opt.mu, 0.5 ** boosts
-        if not 0 < mu < limit:
+        if not mu > 0:
+            raise ValueError(
+                'ObservationBoost cannot boost mu=%r: doubling it changes nothing; start from '
+                'a small positive mu (OBSB starts from 0.05)' % (mu,))
+        if not mu < limit:
             raise ValueError(
                 'ObservationBoost cannot boost mu=%r %d time(s): each boost doubles mu, which '
                 'must stay below 1, so mu must lie in (0, %g); start from a smaller mu (OBSB '
@@ -192,8 +196,11 @@ class ObservationBoost:
         epoch, trigger, old and new mu and learning rate, and the factor."""
         opt = self.optimizer
         old_mu = opt.mu
-        if not 0 < 2 * old_mu < 1:
-            raise ValueError('cannot boost mu=%r: 2 mu must lie in (0, 1); start from a smaller '
+        if not old_mu > 0:
+            raise ValueError('cannot boost mu=%r: doubling it changes nothing; set a small '
+                             'positive mu (OBSB starts from 0.05)' % (old_mu,))
+        if not 2 * old_mu < 1:
+            raise ValueError('cannot boost mu=%r: 2 mu must stay below 1; start from a smaller '
                              'mu or boost fewer times' % (old_mu,))
         factor = self.factor if self.factor is not None else \
             dynamics.boost_factor(opt.beta1, old_mu)

@@ -45,10 +45,9 @@ class Horovod(KVStoreBase):
             import horovod.mxnet as hvd
         except ImportError as e:
             raise ImportError(
-                'the horovod kvstore needs Horovod built for MXNet: pip install wheel setuptools '
-                'cloudpickle psutil pyyaml packaging, then HOROVOD_WITH_MXNET=1 '
-                'HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 pip install --no-build-isolation '
-                'horovod==0.28.1 (%s)' % e) from e
+                'the horovod kvstore needs Horovod 0.28.1 built for this MXNet (the recipe, '
+                'with what a path holding a space needs: docs/scaling/horovod.md, or bash '
+                '.ci/horovod.sh in a clone) (%s)' % e) from e
         hvd.init()
         self._hvd = hvd
         self._prefix = 'namsg.%d.' % next(Horovod._created)

@@ -136,7 +136,7 @@ def test_state_round_trip_with_trainer_checkpoint_boosts_exactly_once(tmp_path):
 
 @pytest.mark.parametrize('optimizer,params,policy,problem', [
     ('arsg', dict(mu=0.6), dict(boost_epochs=[2]), r'mu=0\.6 .*\(0, 0\.5\)'),
-    ('arsg', dict(mu=0.0), dict(boost_epochs=[2]), r'mu=0\.0 .*\(0, 0\.5\)'),
+    ('arsg', dict(mu=0.0), dict(boost_epochs=[2]), r'mu=0\.0: doubling it changes nothing'),
     ('rsg', dict(mu=0.3), dict(auto=True, max_boosts=2), r'mu=0\.3 2 time.*\(0, 0\.25\)'),
     ('rsg', dict(mu=0.3, beta=0.0), dict(boost_epochs=[2]), 'beta1=0.0.*factor='),
     ('adam', {}, dict(boost_epochs=[2]), r'Adam: it has no mu\. .*ARSG'),
@@ -176,3 +176,11 @@ def test_step_size_search_refuses_bad_arguments_before_reading_a_batch(kwargs, p
     with pytest.raises(ValueError, match=problem):
         search_step_size(net, batches(), **dict(dict(loss_fn=gluon.loss.L2Loss(), iterations=2),
                                                 **kwargs))
+
+
+def test_a_mu_of_zero_is_refused_with_advice_that_fits_it():
+    """mu = 0 was told to 'start from a smaller mu'."""
+    opt = mx.optimizer.create('arsg', mu=0.0)
+    with pytest.raises(ValueError, match=r'cannot boost mu=0.0: doubling it changes nothing; '
+                                         r'start from a small positive mu'):
+        ObservationBoost(opt, boost_epochs=[2])

@@ -794,3 +794,21 @@ def test_command_line_errors_are_clear(argv, message, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=message):
         cli.main('mnist', argv + ['--log-dir', str(tmp_path), '--checkpoint-dir',
                                   str(tmp_path)])
+
+
+def test_a_damaged_log_of_another_run_stops_only_the_report_with_an_error(tmp_path,
+                                                                          monkeypatch, capsys):
+    """The runs train and log; a damaged log of another run in the log folder ended the script
+    with a LogError traceback from the report."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a').mkdir()
+    _write_mnist(tmp_path / 'a', n_train=40, n_test=20, gz=False)
+    other = tmp_path / 'runs' / 'mnist' / 'mnist_logreg' / 'SGD' / 'seed3.jsonl'
+    other.parent.mkdir(parents=True)
+    other.write_text('{"type": "header", "run": "mnist_logreg/SGD/seed3"\n')     # cut short
+    with pytest.raises(SystemExit) as stop:
+        _run(['--data-dir', 'a'], capsys)
+    message = str(stop.value.code)
+    assert message.startswith('error: the runs are done, but the report cannot be drawn: ')
+    assert str(other.relative_to(tmp_path)) in message and 'plot_results.py --log-dir' in message
+    assert (tmp_path / 'runs' / 'mnist' / 'mnist_logreg' / 'ARSG' / 'seed0.jsonl').is_file()

@@ -621,3 +621,40 @@ def test_repr_follows_changes_made_later():
     opt.set_learning_rate(0.02)
     assert repr(opt) == ("ARSG(learning_rate=0.02, beta1=0.999, beta2=0.99, epsilon=1e-08, "
                          "mu=0.3, preconditioner='amsgrad', wd=0.0, rescale_grad=0.015625)")
+
+
+def test_a_bad_namsg_fused_is_refused_when_the_optimizer_is_made(monkeypatch):
+    """It was read at the first update only: with several devices that update runs in a kvstore
+    callback, whose exception MXNet only prints at every step while the weights stay put."""
+    monkeypatch.setenv('NAMSG_FUSED', 'yes')
+    with pytest.raises(ValueError, match=r"NAMSG_FUSED='yes': set it to auto, 0 or 1"):
+        mx.optimizer.create('arsg')
+    with pytest.raises(ValueError, match='NAMSG_FUSED'):
+        mx.optimizer.create('rsg')
+    mx.optimizer.create('arsg', fused=False)        # the variable does not decide then
+
+
+@pytest.mark.parametrize('stype', ['row_sparse'])
+def test_the_fused_operator_is_not_looked_for_where_it_would_not_be_used(monkeypatch, stype):
+    """A row_sparse gradient takes the NDArray path whatever `fused` says, so `fused=True` must
+    not fail, nor build or warn, for an operator that would never run."""
+    from namsg import kernels
+
+    def unavailable(requested=None):
+        raise kernels.FusedUnavailable('looked for')
+    monkeypatch.setattr(kernels, 'use_fused', unavailable)
+    opt = mx.optimizer.create('arsg', fused=True, learning_rate=0.1)
+    weight = mx.nd.ones((4, 2))
+    grad = mx.nd.sparse.row_sparse_array((mx.nd.ones((1, 2)), mx.nd.array([1], dtype='int64')),
+                                         shape=(4, 2))
+    mx.optimizer.get_updater(opt)(0, grad, weight)
+    assert weight.asnumpy()[1].max() < 1 and (weight.asnumpy()[[0, 2, 3]] == 1).all()
+
+
+def test_the_layout_error_names_the_class_the_user_made():
+    opt = mx.optimizer.create('rsg')
+    weight = mx.nd.ones((2,))
+    state = opt.create_state(0, weight)
+    with pytest.raises(ValueError, match=r"^RSG\(preconditioner='none'\) was given a state of 2"):
+        opt.update_multi_precision(0, weight, mx.nd.ones((2,)),
+                                   (mx.nd.zeros((2,)), mx.nd.zeros((2,))) + state[1:])

@@ -26,6 +26,7 @@ from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .checkpoints import Checkpoints
+from .logs import LogError
 from .plots import write_report
 from .prepare import PREPARE
 from .resume import check_run
@@ -410,7 +411,7 @@ def _main(experiment, argv):
     if args.kvstore == 'horovod' and importlib.util.find_spec('horovod') is None:
         # Else the first run's store would fail, after the data and every run were checked.
         raise SystemExit('error: --kvstore horovod: Horovod is not installed here; install it '
-                         'built for MXNet (README, "Scaling out with Horovod") and start the '
+                         'built for MXNet (docs/scaling/horovod.md) and start the '
                          'job with horovodrun, or choose another --kvstore')
     for flag, value in (('--data-dir', args.data_dir), ('--log-dir', args.log_dir),
                         ('--checkpoint-dir', args.checkpoint_dir)):
@@ -499,7 +500,14 @@ def _main(experiment, argv):
             _echo('plots: python scripts/plot_results.py --log-dir %s%s'
                   % (log_dir, '' if reference is None else ' --reference %s' % reference))
         return
-    summary = write_report(log_dir, reference_dir=reference)
+    try:
+        summary = write_report(log_dir, reference_dir=reference)
+    except LogError as e:
+        # The runs are trained and logged; a damaged log of another run in the folder stops
+        # only the report, which plot_results.py draws once it is moved away.
+        raise SystemExit('error: the runs are done, but the report cannot be drawn: %s; move '
+                         'that log away and draw it with python scripts/plot_results.py '
+                         '--log-dir %s' % (e, log_dir))
     if summary:
         print('\nplots and summary.md written to %s\n\n%s' % (log_dir, summary))
 
