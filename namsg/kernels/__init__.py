@@ -412,7 +412,10 @@ def _compile_into(path):
 
 def _build_and_map():
     """Build the library if needed and load it into MXNet; its path."""
-    from mxnet import library      # MXNet 1.5 has none; unavailable_reason stops before 1.7
+    reason = unavailable_reason()
+    if reason:
+        raise FusedUnavailable(reason)
+    from mxnet import library      # MXNet 1.5 has none
     path = library_path()
     for _ in range(2):
         build(path)
