@@ -64,7 +64,7 @@ for version in $VERSIONS; do
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 warnings.simplefilter("always")
 import namsg
-print(namsg.kernels.use_fused(None))' 2>&1 | grep 'namsg: ' | grep -E 'operator path|NDArray path' || true)
+print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|NDArray path' | sed 's/.*namsg: /namsg: /' || true)
     echo "compat: mxnet $version: $path"
     # From tests/, so that `import namsg` finds the installed copy, not the clone's.
     if [[ $version == 1.[56].* ]]; then
