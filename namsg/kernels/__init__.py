@@ -67,9 +67,10 @@ FUSED_MXNET = (1, 7)
 # selects of min/max, which it will not if-convert while FP operations may trap); neither
 # changes a result, and nothing here reads errno or FP exception flags. The library exports
 # MXNet's entry points and nothing else (a version script, see _version_script); -Bsymbolic
-# binds those to the library's own definitions too.
+# binds those to the library's own definitions too. -z defs makes a function that lib_api.h
+# declares and no source defines a link error, not a failure when MXNet loads the library.
 FLAGS = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-std=c++14', '-fPIC', '-shared',
-         '-fopenmp', '-Wall', '-Wl,-Bsymbolic']
+         '-fopenmp', '-Wall', '-Wl,-Bsymbolic', '-Wl,-z,defs']
 # The library is built on the machine that runs it, so it may use all of that CPU's vector
 # units (AVX-512 here, where the default is SSE2). -ffp-contract=off keeps
 # a*b+c as two roundings, as in the NDArray path, instead of fusing it into one FMA. The

@@ -19,7 +19,8 @@
 // Built against the lib_api.h of the MXNet that loads it (the library API version
 // MX_LIBRARY_VERSION must equal MXNet's own): 7 (MXNet 1.7, the whole API in the header), 10
 // (1.8) and 11 (1.9). What differs between them for this operator is in the compatibility
-// section below, and nowhere else.
+// section below, and nowhere else; where the mxnet package lacks the implementation of API 10
+// or 11 (src/lib_api.cc: the 1.8 wheels), namsg's extension_api.cc is compiled in its place.
 
 #include <algorithm>
 #include <cmath>

@@ -161,73 +161,53 @@ ext::CustomOp::CustomOp(const char* op_name)
     : name(op_name), parse_attrs(nullptr), infer_type(nullptr), infer_storage_type(nullptr),
       infer_shape(nullptr), mutate_inputs(nullptr), isSGop(false) {}
 
-ext::CustomOp& ext::CustomOp::setForward(fcomp_t fcomp, const char* ctx) {
-  if (forward_ctx_map.count(ctx)) raiseDuplicateContextError();
-  forward_ctx_map[ctx] = fcomp;
-  return *this;
-}
-
-ext::CustomOp& ext::CustomOp::setBackward(fcomp_t fgrad, const char* ctx) {
-  if (backward_ctx_map.count(ctx)) raiseDuplicateContextError();
-  backward_ctx_map[ctx] = fgrad;
-  return *this;
-}
-
-ext::CustomOp& ext::CustomOp::setParseAttrs(parseAttrs_t func) {
-  parse_attrs = func;
-  return *this;
-}
-
-ext::CustomOp& ext::CustomOp::setInferType(inferType_t func) {
-  infer_type = func;
-  return *this;
-}
-
-ext::CustomOp& ext::CustomOp::setInferSType(inferSType_t func) {
-  infer_storage_type = func;
-  return *this;
-}
-
-ext::CustomOp& ext::CustomOp::setInferShape(inferShape_t func) {
-  infer_shape = func;
-  return *this;
-}
-
-ext::CustomOp& ext::CustomOp::setMutateInputs(mutateInputs_t func) {
-  mutate_inputs = func;
-  return *this;
-}
-
-ext::CustomOp& ext::CustomOp::setCreateOpState(createOpState_t func, const char* ctx) {
-  if (create_op_ctx_map.count(ctx)) raiseDuplicateContextError();
-  create_op_ctx_map[ctx] = func;
-  return *this;
-}
+// The registration methods lib_api.h declares: one function per context for the ones that
+// take a context, else one function.
+#define NAMSG_SET_FOR_CONTEXT(method, type, map)                             \
+  ext::CustomOp& ext::CustomOp::method(type function, const char* context) { \
+    if (map.count(context)) raiseDuplicateContextError();                    \
+    map[context] = function;                                                 \
+    return *this;                                                            \
+  }
+#define NAMSG_SET(method, type, member)                   \
+  ext::CustomOp& ext::CustomOp::method(type function) {   \
+    member = function;                                    \
+    return *this;                                         \
+  }
+NAMSG_SET_FOR_CONTEXT(setForward, fcomp_t, forward_ctx_map)
+NAMSG_SET_FOR_CONTEXT(setBackward, fcomp_t, backward_ctx_map)
+NAMSG_SET_FOR_CONTEXT(setCreateOpState, createOpState_t, create_op_ctx_map)
+NAMSG_SET(setParseAttrs, parseAttrs_t, parse_attrs)
+NAMSG_SET(setInferType, inferType_t, infer_type)
+NAMSG_SET(setInferSType, inferSType_t, infer_storage_type)
+NAMSG_SET(setInferShape, inferShape_t, infer_shape)
+NAMSG_SET(setMutateInputs, mutateInputs_t, mutate_inputs)
+#undef NAMSG_SET_FOR_CONTEXT
+#undef NAMSG_SET
 
 ext::CustomOp& ext::CustomOp::setIsSubgraphOp() {
   isSGop = true;
   return *this;
 }
 
+namespace {
+// A context map as the two arrays that _opRegGet hands to MXNet.
+template <typename F>
+void Flatten(const std::unordered_map<const char*, F>& map, std::vector<const char*>* contexts,
+             std::vector<F>* functions) {
+  contexts->clear();
+  functions->clear();
+  for (const auto& kv : map) {
+    contexts->push_back(kv.first);
+    functions->push_back(kv.second);
+  }
+}
+}  // namespace
+
 void ext::CustomOp::mapToVector() {
-  forward_ctx_cstr.clear();
-  forward_fp.clear();
-  backward_ctx_cstr.clear();
-  backward_fp.clear();
-  create_op_ctx_cstr.clear();
-  create_op_fp.clear();
-  for (const auto& kv : forward_ctx_map) {
-    forward_ctx_cstr.push_back(kv.first);
-    forward_fp.push_back(kv.second);
-  }
-  for (const auto& kv : backward_ctx_map) {
-    backward_ctx_cstr.push_back(kv.first);
-    backward_fp.push_back(kv.second);
-  }
-  for (const auto& kv : create_op_ctx_map) {
-    create_op_ctx_cstr.push_back(kv.first);
-    create_op_fp.push_back(kv.second);
-  }
+  Flatten(forward_ctx_map, &forward_ctx_cstr, &forward_fp);
+  Flatten(backward_ctx_map, &backward_ctx_cstr, &backward_fp);
+  Flatten(create_op_ctx_map, &create_op_ctx_cstr, &create_op_fp);
 }
 
 void ext::CustomOp::raiseDuplicateContextError() {
