@@ -64,11 +64,13 @@ for version in $VERSIONS; do
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 warnings.simplefilter("always")
 import namsg
-print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|NDArray path' | sed 's/.*namsg: /namsg: /' || true)
+print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|NDArray path' |
+        sed 's/.*namsg: /namsg: /' || true)
     echo "compat: mxnet $version: $path"
     # From tests/, so that `import namsg` finds the installed copy, not the clone's.
     if [[ $version == 1.[56].* ]]; then
-        [[ $path == *'using the NDArray path'* ]] || fail "mxnet $version: expected the NDArray path"
+        [[ $path == *'using the NDArray path'* ]] ||
+            fail "mxnet $version: expected the NDArray path"
         tests=(-k 'not fused' test_parity.py test_gluon.py
                test_kernels.py::test_the_path_taken_and_why_is_said_once)
     else

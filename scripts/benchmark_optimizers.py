@@ -8,9 +8,9 @@ Measurements (--only):
   resnet20  the optimizer step alone on ResNet-20's parameter set (a Trainer-style Updater
             call over all 65 trainable arrays, float32)
   large     the same on one 4096 x 4096 float32 array, with the byte floor: the bytes each
-            step must read and write per value, and the time that takes at the bandwidth of
-            the fastest plain MXNet streaming operation (a copy, an addition) on arrays of that
-            size, measured in the same run
+            step must read and write per value, and the time that takes at the speed of the
+            fastest plain in-place pass over as many values (MXNet's a *= 1 and elemwise_add,
+            numpy's multiply), timed in the same rounds as the steps
   train     trainer.step inside real Gluon training iterations of ResNet-20 (forward and
             backward finished before the step is timed; the whole iteration is shown too)
   dispatch  one fused ARSG call over ResNet-20's arrays against the same call over as many
@@ -21,8 +21,8 @@ each, in turns (one step of each optimizer after the other, the order rotating),
 times compared are taken within moments of each other; a step's time is the median of its
 round, and "vs adam" is the median over the rounds of each round's ratio, with the lowest and
 highest round in brackets: ratios from one round share the machine's state, which makes them
-comparable on a machine that other work shares. Where the fused operator cannot be had (MXNet 1.5, 1.6, no compiler)
-its rows say why and the rest is measured.
+comparable on a machine that other work shares. Where the fused operator cannot be had
+(MXNet 1.5, 1.6, no compiler) its rows say why and the rest is measured.
 """
 
 import argparse
@@ -186,52 +186,67 @@ def report(title, results, missing, floors=None):
             label, statistics.median(times) * 1e3, median, low, high,
             ratio(results, label, 'sgd')[0])
         if floors:
-            line += '  %8.1fx' % (statistics.median(times) / floors[label])
+            line += '  %8.2fx' % statistics.median(t / f for t, f in zip(times, floors[label]))
         print(line)
     if missing:
         print('  %-14s not measured: %s' % ('arsg fused', missing))
 
 
-def stream_bandwidth(size, args):
-    """(bytes per second, which operation) of the fastest plain MXNet streaming operation over
-    ``size`` float32 values: a copy (identity, copyto: 4 bytes read and 4 written per value) or
-    an addition (elemwise_add: 8 read, 4 written), each timed as the optimizers are."""
-    a, b, c = mx.nd.ones(size), mx.nd.ones(size), mx.nd.zeros(size)
-    operations = {'identity copy': (lambda: mx.nd.identity(a, out=c), 8),
-                  'copyto': (lambda: a.copyto(c), 8),
-                  'elemwise_add': (lambda: mx.nd.elemwise_add(a, b, out=c), 12)}
-    rounds = time_rounds({label: op for label, (op, _) in operations.items()}, args)
-    speeds = {label: operations[label][1] * size / statistics.median(times)
-              for label, times in rounds.items()}
-    best = max(speeds, key=speeds.get)
-    return speeds[best], best
+def streaming_operations(size):
+    """{label: (step, bytes moved)}: plain in-place passes over ``size`` float32 values, as the
+    optimizers' steps are in place: MXNet's ``a *= 1`` and numpy's ``multiply(a, 1, out=a)``
+    (4 bytes read and 4 written per value), MXNet's ``elemwise_add(a, z, out=a)`` (8 read, 4
+    written). In place, because a copy into another array also reads the destination's cache
+    lines before writing them (write-allocate): it moves more bytes than it is credited with,
+    and would understate the bandwidth that an in-place step can use."""
+    a, z = mx.nd.ones(size), mx.nd.zeros(size)
+    na = np.ones(size, np.float32)
+    return {'mx a *= 1': (lambda: a.__imul__(1.0), 8 * size),
+            'np multiply in place': (lambda: np.multiply(na, 1.0, out=na), 8 * size),
+            'mx elemwise_add in place': (lambda: mx.nd.elemwise_add(a, z, out=a), 12 * size)}
 
 
 def measure(title, shapes, rows, missing, args, floor=False):
+    """Time ``rows`` on arrays of ``shapes`` and report; with ``floor``, time the streaming
+    operations in the same rounds (in turns with the steps), and set each round's bandwidth to
+    the fastest of them."""
     weights, grads = random_arrays(shapes, 0), random_arrays(shapes, 1)
     problems = {label: Problem(name, kw, weights, grads, args.wd)
                 for label, (name, kw) in rows.items()}
-    results = time_rounds({label: p.step for label, p in problems.items()}, args)
+    steps = {label: p.step for label, p in problems.items()}
+    values = sum(int(np.prod(s)) for s in shapes)
+    streams = streaming_operations(values) if floor else {}
+    results = time_rounds(dict(steps, **{label: op for label, (op, _) in streams.items()}),
+                          args)
     floors = None
     if floor:
-        values = sum(int(np.prod(s)) for s in shapes)
-        bandwidth, operation = stream_bandwidth(values, args)
-        floors = {label: values * 4 * sum(TRAFFIC[label]) / bandwidth for label in rows}
-        print('\nbyte floor: the bytes a step must read and write, at %.1f GB/s (the fastest '
-              'plain MXNet streaming operation on arrays of this size here: %s)'
-              % (bandwidth / 1e9, operation))
-        print('  %-14s %8s %-28s %12s' % ('optimizer', 'B/value', 'reads / writes', 'floor (ms)'))
+        # Per round: the bandwidth, each optimizer's floor (its bytes at that bandwidth).
+        speeds = {label: [moved / t for t in results[label]]
+                  for label, (_, moved) in streams.items()}
+        bandwidth = [max(speed[r] for speed in speeds.values()) for r in range(args.rounds)]
+        floors = {label: [values * 4 * sum(TRAFFIC[label]) / bw for bw in bandwidth]
+                  for label in rows}
+        print('\nbyte floor: the bytes a step must read and write, at the speed of the fastest '
+              'plain in-place pass over as many values, timed in the same rounds:')
+        for label, speed in speeds.items():
+            print('  %-26s %6.1f GB/s' % (label, statistics.median(speed) / 1e9))
+        print('  %-14s %8s %-28s %12s' % ('optimizer', 'B/value', 'reads / writes',
+                                          'floor (ms)'))
         for label in rows:
             reads, writes = TRAFFIC[label]
             print('  %-14s %8d %-28s %12.2f' % (label, 4 * (reads + writes),
-                                                TRAFFIC_NOTE[label], floors[label] * 1e3))
+                                                TRAFFIC_NOTE[label],
+                                                statistics.median(floors[label]) * 1e3))
+        for label in streams:
+            del results[label]
     report(title, results, missing, floors)
     if floors:
-        adam = statistics.median(results['adam'])
-        print('  ARSG cannot step in less than its byte floor, %.2fx the time of adam\'s '
-              'measured step here (0.5x adam would need %.1f GB/s)'
-              % (floors['arsg ndarray'] / adam,
-                 values * 4 * sum(TRAFFIC['arsg ndarray']) / (0.5 * adam) / 1e9))
+        bound = statistics.median(f / t for f, t in zip(floors['arsg ndarray'],
+                                                         results['adam']))
+        print("  ARSG's byte floor is %.2fx adam's step here: no ARSG step can take less than "
+              'that fraction of adam\'s (0.5x would need %.1f GB/s)'
+              % (bound, values * 4 * sum(TRAFFIC['arsg ndarray']) /
+                 (0.5 * statistics.median(results['adam'])) / 1e9))
 
 
 def time_training(name, kwargs, args):

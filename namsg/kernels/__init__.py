@@ -19,6 +19,11 @@ Builds and clean-ups in one cache directory take turns (an exclusive lock on its
 no clean-up removes it meanwhile. Temporary files that a build killed half-way left behind are
 removed by the next build there.
 
+MXNet 1.7 and 1.8 close extension libraries at exit in a loop that reads freed memory
+(apache/mxnet#20411), which killed some processes after their work was done (SIGABRT or
+SIGSEGV, exit status lost); the library built for them ends the process with its own exit
+status when MXNet closes it (see the compatibility section of ``arsg_update.cc``).
+
 ``python -m namsg.kernels build`` builds it ahead of time (for read-only or shared caches);
 ``python -m namsg.kernels list`` shows the cache and ``python -m namsg.kernels clean`` removes
 the libraries that this MXNet does not use (see :mod:`namsg.kernels.__main__`).
@@ -157,9 +162,29 @@ def _api_sources():
 
 
 def entry_points(header_text=None):
-    """The functions that MXNet's library loader looks up (dlsym), in the order ``lib_api.h``
-    declares them: the names of its last ``extern "C"`` block, whose functions are declared
-    (1.8, 1.9) or defined (1.7) there. Read from this MXNet's header unless ``header_text``."""
+    """The functions that MXNet's library loader looks up (dlsym): what the library exports.
+
+    They are the names of the last ``extern "C"`` block of ``lib_api.h``, where 1.8 and 1.9
+    declare them and 1.7 defines them (names called inside those bodies are not counted). 1.7
+    has 27, 1.8 adds ``_msgSize`` and ``_msgGet``, 1.9 ``_opCallDestroyOpState``.
+
+    Parameters
+    ----------
+    header_text : str or None, default None
+        The text of a ``lib_api.h``; None reads this MXNet's.
+
+    Returns
+    -------
+    tuple of str
+        The names, in the header's order.
+
+    Raises
+    ------
+    OSError
+        ``header_text`` is None and this MXNet has no ``include/mxnet/lib_api.h``.
+    ValueError
+        The text has no ``extern "C" {`` block.
+    """
     text = _header().read_text() if header_text is None else header_text
     block = text[text.rindex('extern "C" {') + len('extern "C" {'):]
     block = re.sub(r'/\*.*?\*/|//[^\n]*', '', block, flags=re.S)
@@ -339,13 +364,33 @@ def _remove(paths):
 
 
 def build(path=None, force=False):
-    """Compile the operator library to ``path`` (default: :func:`library_path` in the cache)
-    unless an intact one is there (``force`` rebuilds it); concurrent builders wait for each
-    other, and the first removes the temporary files of builds killed half-way there. Logs one
-    line with the time it took. Returns the path.
+    """Compile the operator library unless an intact one is there.
 
-    Raises FusedUnavailable: this MXNet or machine cannot build it (the reason says which), the
-    compiler failed, or the cache directory is not writable."""
+    Concurrent builders in one directory wait for each other (its lock); the one that builds
+    first removes the temporary files that builds killed half-way left there, and logs a
+    warning-level line saying how many. A build logs one warning-level line with the time it
+    took (some seconds).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path or None, default None
+        Where to write the library; None: :func:`library_path` in ``$NAMSG_KERNEL_CACHE``.
+    force : bool, default False
+        Rebuild even if an intact library is there.
+
+    Returns
+    -------
+    pathlib.Path
+        The library's path.
+
+    Raises
+    ------
+    FusedUnavailable
+        This MXNet or machine cannot build it (the reason says which: MXNet before 1.7, no
+        ``lib_api.h``, an unknown extension API version, no compiler), the compiler failed, or
+        the directory is not writable (the message says to set ``$NAMSG_KERNEL_CACHE`` to a
+        writable directory or to build where that one is writable).
+    """
     reason = unavailable_reason()
     if reason:
         raise FusedUnavailable(reason)
@@ -449,15 +494,26 @@ def load():
         return _state['loaded']
 
 
-# -- the cache: what is in it, and removing what this MXNet does not use ----------------------------
+# -- the cache: what is in it, and removing what this MXNet does not use ------------------------
 
 class CachedLibrary:
-    """One library in the kernel cache.
+    """One library in the kernel cache (see :func:`cached_libraries`).
 
-    Attributes: ``path``; ``mxnet_version`` (str, from its name; None for a library named by
-    namsg before it put the version there); ``size`` (bytes, the library and its checksum);
-    ``age`` (seconds since it was written); ``current`` (bool: the library this MXNet,
-    compiler, CPU and these namsg sources use)."""
+    Attributes
+    ----------
+    path : pathlib.Path
+        The library.
+    mxnet_version : str or None
+        The MXNet version it was built for, from its name; None for a library that namsg named
+        before it put the version there.
+    size : int
+        Bytes of the library and its checksum file.
+    age : float
+        Seconds since it was written.
+    current : bool
+        Whether it is the library that this MXNet, compiler command, CPU and these namsg
+        sources use.
+    """
 
     def __init__(self, path, current_path):
         self.path = path
@@ -484,8 +540,18 @@ def _current_library():
 
 
 def cached_libraries(directory=None):
-    """The libraries in the kernel cache (default ``$NAMSG_KERNEL_CACHE``), oldest first: a
-    list of :class:`CachedLibrary`."""
+    """The libraries in a kernel cache.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path or None, default None
+        The cache; None: ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``).
+
+    Returns
+    -------
+    list of CachedLibrary
+        Oldest first.
+    """
     directory = Path(directory or _cache_dir())
     current = _current_library()
     if current is not None:
@@ -496,17 +562,36 @@ def cached_libraries(directory=None):
 
 
 def clean_cache(directory=None, everything=False):
-    """Remove from the kernel cache (default ``$NAMSG_KERNEL_CACHE``) every library that this
-    MXNet does not use, with its checksum (``everything``: this MXNet's too), the linker
-    scripts that this MXNet does not use, orphaned checksums and the temporary files of
-    interrupted builds.
+    """Remove from a kernel cache what this MXNet does not use.
 
-    Waits for a build in progress there and for processes checking and mapping a library, and
-    holds off new ones meanwhile (the cache's lock); what was written while it waited stays:
-    no library that another process is building or loading is removed. Processes that have
-    loaded a library keep it (it is mapped; the next process rebuilds it).
+    That is every library but this MXNet's (see :attr:`CachedLibrary.current`) with its
+    checksum, the linker scripts but this MXNet's, checksums whose library is gone, and the
+    temporary files of interrupted builds. Files that are not namsg's are left alone.
 
-    Returns (list of the removed paths, bytes freed). Raises OSError (e.g. a read-only cache).
+    It waits for a build in progress there and for processes checking and mapping a library
+    (the cache's lock; a warning-level line says so), and holds off new ones meanwhile; what
+    was written while it waited stays: no library that another process is building or loading
+    is removed. Processes that have loaded a library keep it (it is mapped); the next process
+    that needs a removed one rebuilds it.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path or None, default None
+        The cache; None: ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``).
+    everything : bool, default False
+        Remove this MXNet's library and linker script too.
+
+    Returns
+    -------
+    removed : list of pathlib.Path
+        The files removed.
+    freed : int
+        Their bytes.
+
+    Raises
+    ------
+    OSError
+        The cache cannot be locked or written (e.g. it is read-only).
     """
     directory = Path(directory or _cache_dir())
     if not directory.is_dir():
