@@ -673,7 +673,10 @@ def _to_default_layout(arrays):
     """Make sure no array is left in an MKLDNN (oneDNN) blocked layout. An MKLDNN convolution
     or dense layer run for inference reorders its weight into such a layout in place, and
     MXNet 1.9 hands an in-place extension operator that array as it is, which fails
-    ("We can't generate TBlob for MKLDNN data"). MXNDArrayGetData reorders it back to the
+    ("We can't generate TBlob for MKLDNN data"); 1.7 and 1.8 hand it the same way as an
+    output, and as an input a reordered temporary copy, in which an update of a mutable input
+    would be lost (the states are never in such a layout: only this operator and the NDArray
+    path touch them). MXNDArrayGetData reorders it back to the
     default layout. MKLDNN's inference convolution does not reorder at once: while it runs (a
     read of the weight) it pushes the reorder as a new write. So wait for every pending read and
     write (the convolution has then run and pushed its reorder), then for that reorder, then
