@@ -4,10 +4,12 @@
 # installed into it with its dependencies, from the wheel that `python -m build` makes (on 1.8
 # from its sdist and from the clone too); pip must leave every package there as it was and add
 # only namsg (no MXNet change, none of the experiment packages). Then, against that installed
-# copy: the optimizer parity tests (the NDArray path: the fused operator needs MXNet 1.9, and
-# test_the_path_taken_and_why_is_said_once checks that its absence is reported), the Trainer
-# and Module tests against the NumPy reference, and the install tests that need no extra; and
-# one 2-worker parameter-server job (namsg_dist; its processes take the clone's namsg).
+# copy: the optimizer parity tests and the Trainer and Module tests against the NumPy reference,
+# on both paths where the fused operator can be had (1.7 and 1.8, built against their own
+# lib_api.h: the operator, its build, cache and isolation tests run too) and on the NDArray path
+# before (1.5, 1.6: test_the_path_taken_and_why_is_said_once checks the warning that says so);
+# the install tests that need no extra; and one 2-worker parameter-server job (namsg_dist; its
+# processes take the clone's namsg). Each run says which path ARSG took.
 # pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
 # in `make test`. NAMSG_COMPAT_MXNET="1.6.0 ..." picks the releases.
 set -euo pipefail
@@ -57,10 +59,27 @@ for version in $VERSIONS; do
     done
     "$venv/bin/pip" install --quiet "$WHEEL[test]"
     [[ $("$venv/bin/pip" freeze) == *"mxnet==$version"* ]] || fail 'the test extra changed mxnet'
+    # The path ARSG takes here, as the package reports it (once, on stderr).
+    path=$(cd "$WORK" && "$venv/bin/python" -c 'import logging, warnings
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+warnings.simplefilter("always")
+import namsg
+print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|NDArray path' |
+        sed 's/.*namsg: /namsg: /' || true)
+    echo "compat: mxnet $version: $path"
     # From tests/, so that `import namsg` finds the installed copy, not the clone's.
+    if [[ $version == 1.[56].* ]]; then
+        [[ $path == *'using the NDArray path'* ]] ||
+            fail "mxnet $version: expected the NDArray path"
+        tests=(-k 'not fused' test_parity.py test_gluon.py
+               test_kernels.py::test_the_path_taken_and_why_is_said_once)
+    else
+        [[ $path == *'ARSG takes the fused operator path (MXNet '* ]] ||
+            fail "mxnet $version: expected the fused path"
+        tests=(test_parity.py test_gluon.py test_kernels.py test_kernel_isolation.py)
+    fi
     (cd tests && "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$ROOT" \
-        -k 'not fused' test_parity.py test_gluon.py \
-        test_kernels.py::test_the_path_taken_and_why_is_said_once \
+        "${tests[@]}" \
         test_install.py::test_import_without_mxnet_says_which_package_to_install \
         test_install.py::test_unsupported_mxnet_release_is_refused_with_the_supported_range \
         'test_dist.py::test_settings_and_multipliers_reach_the_servers[arsg-set_learning_rate]')

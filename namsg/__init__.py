@@ -6,7 +6,7 @@ wherever MXNet takes an optimizer name (``gluon.Trainer``, ``mx.optimizer.create
 ``Module.fit``).
 
 namsg needs MXNet 1.5 to 1.9 and numpy, and installs neither MXNet nor the packages of the paper's
-experiments (``pip install namsg[experiments]``); the fused ARSG operator needs MXNet 1.9, and
+experiments (``pip install namsg[experiments]``); the fused ARSG operator needs MXNet 1.7, and
 older releases take the NDArray path (see :mod:`namsg.kernels`).
 """
 

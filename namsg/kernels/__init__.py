@@ -1,20 +1,39 @@
-"""The fused ARSG operator: building it, loading it into MXNet, and calling it.
+"""The fused ARSG operator: building it, loading it into MXNet, calling it, and its cache.
 
 ``arsg_update.cc`` is compiled on first use with the machine's C++ compiler (``$CXX`` or
-``g++``) against the headers that the mxnet wheel ships (``include/mxnet/lib_api.h``,
-``src/lib_api.cc``; MXNet 1.9 or later), cached under ``$NAMSG_KERNEL_CACHE`` (default
-``~/.cache/namsg``) by a hash of the sources, the whole compiler command, the MXNet version and
-the CPU, and loaded with ``mx.library.load``. ``python -m namsg.kernels build`` does this ahead of
-time (for read-only or shared home directories). Each library is written atomically with its
-SHA-256 beside it (``<library>.sha256``, in ``sha256sum`` format) and checked against it before
-MXNet maps it, so a damaged copy (an interrupted copy, a full disk) is rebuilt instead of
-crashing the process.
+``g++``) against the extension API of the MXNet that is installed (``include/mxnet/lib_api.h``
+of the mxnet package: library API version 7 on MXNet 1.7, 10 on 1.8, 11 on 1.9; MXNet loads a
+library of its own version only). Version 7 is all in the header; 10 and 11 need its
+implementation, ``src/lib_api.cc``, which the 1.9 wheels ship and the 1.8 wheels do not: there
+namsg compiles its own (``extension_api.cc``). MXNet 1.5 has no extension API and 1.6's cannot
+register operators, so they take the NDArray path.
+
+The library is cached under ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``) as
+``libnamsg_arsg_mxnet<MXNet version>_<key>.so``, the key a hash of the sources, MXNet's
+extension API files, the whole compiler command, the MXNet version and the CPU, and loaded
+with ``mx.library.load``. Each library is written atomically with its SHA-256 beside it
+(``<library>.sha256``, in ``sha256sum`` format) and checked against it before MXNet maps it, so a
+damaged copy (an interrupted copy, a full disk) is rebuilt instead of crashing the process.
+Builds and clean-ups in one cache directory take turns (an exclusive lock on its
+``.build.lock``); a process holds the lock shared while it checks and maps a library, so that
+no clean-up removes it meanwhile. Temporary files that a build killed half-way left behind are
+removed by the next build there.
+
+MXNet 1.7 and 1.8 close extension libraries at exit in a loop that reads freed memory
+(apache/mxnet#20411), which killed some processes after their work was done (SIGABRT or
+SIGSEGV, exit status lost); the library built for them ends the process with its own exit
+status when MXNet closes it (see the compatibility section of ``arsg_update.cc``).
+
+``python -m namsg.kernels build`` builds it ahead of time (for read-only or shared caches);
+``python -m namsg.kernels list`` shows the cache and ``python -m namsg.kernels clean`` removes
+the libraries that this MXNet does not use (see :mod:`namsg.kernels.__main__`).
 
 ``$NAMSG_FUSED`` chooses the path for optimizers that leave ``fused=None``: ``auto`` (default:
 the fused path where it can be built, else the NDArray path with one warning), ``1`` (fused,
 an error if it cannot be had), ``0`` (NDArray path).
 """
 
+import contextlib
 import ctypes
 import fcntl
 import functools
@@ -22,6 +41,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -35,34 +55,27 @@ from mxnet.base import _LIB, check_call
 
 from .._mxnet import VERSION as MXNET_VERSION
 
-__all__ = ['FusedUnavailable', 'build', 'library_path', 'load', 'use_fused', 'arsg_update']
+__all__ = ['FusedUnavailable', 'CachedLibrary', 'build', 'library_path', 'load', 'use_fused',
+           'arsg_update', 'cached_libraries', 'clean_cache', 'entry_points']
 
 SOURCE = Path(__file__).with_name('arsg_update.cc')
+# namsg's implementation of the library side of extension API versions 10 and 11, compiled
+# where the mxnet package lacks src/lib_api.cc (the 1.8 wheels).
+EXTENSION_API = Path(__file__).with_name('extension_api.cc')
 OP_NAME = '_namsg_arsg_update'
-# What MXNet's library loader (MXLoadLib in MXNet 1.9) looks up with dlsym: the extern "C" block
-# of lib_api.h. The library exports these and nothing else.
-EXPORTS = ('initialize', '_opVersion', '_opRegSize', '_opRegGet', '_opCallFree',
-           '_opCallParseAttrs', '_opCallInferShape', '_opCallInferType', '_opCallInferSType',
-           '_opCallFCompute', '_opCallMutateInputs', '_opCallCreateOpState',
-           '_opCallDestroyOpState', '_opCallFStatefulCompute', '_partRegSize', '_partRegGetCount',
-           '_partRegGet', '_partCallSupportedOps', '_partCallCreateSelector', '_partCallSelect',
-           '_partCallSelectInput', '_partCallSelectOutput', '_partCallFilter', '_partCallReset',
-           '_partCallReviewSubgraph', '_passRegSize', '_passRegGet', '_passCallGraphPass',
-           '_msgSize', '_msgGet')
-# Every other symbol -- lib_api.cc's mxnet::ext classes and the C++ templates that both sources
-# instantiate -- is local (`local: *`), so the library's calls stay inside it: otherwise the
-# dynamic linker binds them to the first copy in the process's global scope, e.g.
-# libmxnet.so's (built with the old std::string), which importing horovod.mxnet makes global
-# (RTLD_GLOBAL), or another extension's, and the update crashes. -Bsymbolic binds the exported
-# names to the library's own definitions too.
-VERSION_SCRIPT = '{\n  global:\n    %s;\n  local: *;\n};\n' % ';\n    '.join(EXPORTS)
-# Named by its content: the name is in FLAGS, and so in the cache key.
-VERSION_SCRIPT_NAME = 'exports-%s.map' % hashlib.sha256(VERSION_SCRIPT.encode()).hexdigest()[:16]
+# The extension API versions (MX_LIBRARY_VERSION) that the operator is written for: 7 (MXNet
+# 1.7, the first that registers operators from a library, with mutable inputs), 10 (1.8), 11
+# (1.9). arsg_update.cc's compatibility section holds what differs between them.
+API_VERSIONS = (7, 10, 11)
+FUSED_MXNET = (1, 7)
 # -fno-math-errno and -fno-trapping-math let GCC vectorise the update loop (sqrt, and the
 # selects of min/max, which it will not if-convert while FP operations may trap); neither
-# changes a result, and nothing here reads errno or FP exception flags.
+# changes a result, and nothing here reads errno or FP exception flags. The library exports
+# MXNet's entry points and nothing else (a version script, see _version_script); -Bsymbolic
+# binds those to the library's own definitions too. -z defs makes a function that lib_api.h
+# declares and no source defines a link error, not a failure when MXNet loads the library.
 FLAGS = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-std=c++14', '-fPIC', '-shared',
-         '-fopenmp', '-Wall', '-Wl,-Bsymbolic', '-Wl,--version-script=' + VERSION_SCRIPT_NAME]
+         '-fopenmp', '-Wall', '-Wl,-Bsymbolic', '-Wl,-z,defs']
 # The library is built on the machine that runs it, so it may use all of that CPU's vector
 # units (AVX-512 here, where the default is SSE2). -ffp-contract=off keeps
 # a*b+c as two roundings, as in the NDArray path, instead of fusing it into one FMA. The
@@ -70,9 +83,12 @@ FLAGS = ['-O3', '-fno-math-errno', '-fno-trapping-math', '-std=c++14', '-fPIC', 
 # a compiler that rejects these flags gets a portable build.
 ARCH_FLAGS = ['-march=native', '-ffp-contract=off']
 SWITCH = 'NAMSG_FUSED'
-# The extension-library API that the operator is written against (stateless in-place operators
-# with mutable inputs, lib_api.cc shipped in the wheel) is complete from MXNet 1.9 on.
-FUSED_MXNET = (1, 9)
+CACHE_ENV = 'NAMSG_KERNEL_CACHE'
+LIBRARY_PREFIX = 'libnamsg_arsg_'
+# What a build killed half-way leaves behind (mkstemp's names, see _compile_into and
+# _write_version_script).
+TEMPORARY_PATTERNS = ('*.so.tmp', '*.so.tmp.sha256', '*.map.tmp')
+LOCK_NAME = '.build.lock'
 
 logger = logging.getLogger(__name__)
 
@@ -89,46 +105,138 @@ def _mxnet_dir():
 
 
 def _cache_dir():
-    return Path(os.environ.get('NAMSG_KERNEL_CACHE', Path.home() / '.cache' / 'namsg'))
+    # Absolute, as mx.library.load requires; an empty variable counts as unset (a relative or
+    # empty path put the cache in the working directory, where loading then failed).
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'namsg').absolute()
 
 
 def _compiler():
     return os.environ.get('CXX', 'g++')
 
 
+def _header():
+    return _mxnet_dir() / 'include' / 'mxnet' / 'lib_api.h'
+
+
+def _lib_api_source():
+    return _mxnet_dir() / 'src' / 'lib_api.cc'
+
+
+@functools.lru_cache(maxsize=None)
+def api_version():
+    """MX_LIBRARY_VERSION of this MXNet's ``lib_api.h``, or None (no header, or MXNet 1.6's,
+    which defines no library API version: it only calls a library's ``initialize``)."""
+    try:
+        match = re.search(r'^\s*#define\s+MX_LIBRARY_VERSION\s+(\d+)', _header().read_text(),
+                          re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
 def unavailable_reason():
     """Why the fused operator cannot be had with this MXNet, or None. (A compiler is needed
     only where no intact library is cached: see build.)"""
     if MXNET_VERSION < FUSED_MXNET:
-        return 'the fused ARSG operator needs MXNet %d.%d or later (found %s)' % (
-            FUSED_MXNET + (mx.__version__,))
-    for needed in (_mxnet_dir() / 'include' / 'mxnet' / 'lib_api.h',
-                   _mxnet_dir() / 'src' / 'lib_api.cc'):
-        if not needed.is_file():
-            return ('the fused ARSG operator compiles against %s, which this mxnet package '
-                    'lacks' % needed)
+        # 1.5 has no extension API; 1.6's loads a library and calls its initialize(), nothing
+        # more: operators from a library came with 1.7's.
+        return ('the fused ARSG operator needs MXNet %d.%d or later (found %s), the first whose '
+                'extension API registers operators from a library' % (FUSED_MXNET +
+                                                                     (mx.__version__,)))
+    if not _header().is_file():
+        return ('the fused ARSG operator compiles against %s, which this mxnet package lacks'
+                % _header())
+    if api_version() not in API_VERSIONS:
+        return ('the fused ARSG operator is written for the extension API versions %s of MXNet '
+                '1.7 to 1.9; %s is version %s' % ('/'.join(map(str, API_VERSIONS)), _header(),
+                                                  api_version()))
     return None
+
+
+def _api_sources():
+    """What implements the extension API's library side: nothing for version 7 (all in the
+    header), else the package's src/lib_api.cc or, where it lacks one, namsg's."""
+    if api_version() < 10:
+        return []
+    return [_lib_api_source() if _lib_api_source().is_file() else EXTENSION_API]
+
+
+def entry_points(header_text=None):
+    """The functions that MXNet's library loader looks up (dlsym): what the library exports.
+
+    They are the names of the last ``extern "C"`` block of ``lib_api.h``, where 1.8 and 1.9
+    declare them and 1.7 defines them (names called inside those bodies are not counted). 1.7
+    has 27, 1.8 adds ``_msgSize`` and ``_msgGet``, 1.9 ``_opCallDestroyOpState``.
+
+    Parameters
+    ----------
+    header_text : str or None, default None
+        The text of a ``lib_api.h``; None reads this MXNet's.
+
+    Returns
+    -------
+    tuple of str
+        The names, in the header's order.
+
+    Raises
+    ------
+    OSError
+        ``header_text`` is None and this MXNet has no ``include/mxnet/lib_api.h``.
+    ValueError
+        The text has no ``extern "C" {`` block.
+    """
+    text = _header().read_text() if header_text is None else header_text
+    block = text[text.rindex('extern "C" {') + len('extern "C" {'):]
+    block = re.sub(r'/\*.*?\*/|//[^\n]*', '', block, flags=re.S)
+    block = re.sub(r'^\s*#[^\n]*', '', block, flags=re.M)
+    # Keep what is at the block's own level: function bodies (version 7) call other names.
+    outer, depth = [], 0
+    for char in block:
+        if char == '}':
+            depth -= 1
+            if depth < 0:          # the end of the extern "C" block
+                break
+        elif char == '{':
+            depth += 1
+        elif depth == 0:
+            outer.append(char)
+    names = re.findall(r'\b(_[A-Za-z]\w*|initialize)\s*\(', ''.join(outer))
+    return tuple(dict.fromkeys(names))
+
+
+def _version_script():
+    """The linker's version script: MXNet's entry points are global, every other symbol --
+    lib_api's mxnet::ext classes and the C++ templates that the sources instantiate -- is local,
+    so the library's calls stay inside it: otherwise the dynamic linker binds them to the first
+    copy in the process's global scope, e.g. libmxnet.so's (built with the old std::string),
+    which importing horovod.mxnet makes global (RTLD_GLOBAL), or another extension's, and the
+    update crashes. The entry points differ between API versions, hence read from the header."""
+    return '{\n  global:\n    %s;\n  local: *;\n};\n' % ';\n    '.join(entry_points())
+
+
+def _version_script_name():
+    # Named by its content, so the name (in the compiler command) is in the cache key.
+    return 'exports-%s.map' % hashlib.sha256(_version_script().encode()).hexdigest()[:16]
 
 
 def _build_command(compiler, output, arch_flags):
     """The compiler's argument list (nothing is written: the version script it names, beside
     ``output``, is written by _write_version_script just before compiling)."""
     mxnet_dir = _mxnet_dir()
-    script = Path(output).parent / VERSION_SCRIPT_NAME
-    flags = [flag.replace(VERSION_SCRIPT_NAME, str(script)) for flag in FLAGS]
-    return [compiler] + flags + arch_flags + ['-I', str(mxnet_dir / 'include' / 'mxnet'),
-                                 '-I', str(mxnet_dir / 'include'), str(SOURCE),
-                                 str(mxnet_dir / 'src' / 'lib_api.cc'), '-o', str(output)]
+    script = Path(output).parent / _version_script_name()
+    return ([compiler] + FLAGS + ['-Wl,--version-script=' + str(script)] + arch_flags +
+            ['-I', str(mxnet_dir / 'include' / 'mxnet'), '-I', str(mxnet_dir / 'include'),
+             str(SOURCE)] + [str(source) for source in _api_sources()] + ['-o', str(output)])
 
 
 def _write_version_script(directory):
     """The linker's version script in ``directory`` (the cache), written once and atomically,
     readable by every user of a shared cache."""
-    script = Path(directory) / VERSION_SCRIPT_NAME
+    script = Path(directory) / _version_script_name()
     if not script.is_file():
         fd, tmp = tempfile.mkstemp(dir=directory, suffix='.map.tmp')
         with os.fdopen(fd, 'w') as f:
-            f.write(VERSION_SCRIPT)
+            f.write(_version_script())
         os.chmod(tmp, 0o644)
         os.replace(tmp, script)
 
@@ -144,16 +252,25 @@ def _cpu_identity():
         return platform.machine() + platform.processor()
 
 
+def _version_tag(version):
+    """MXNet's version as it appears in a library's name."""
+    return re.sub(r'[^A-Za-z0-9.+-]', '_', version)
+
+
 def library_path():
-    """Where the built library for these sources, this compiler command (every flag), MXNet
-    version and CPU is cached. Needs MXNet's ``src/lib_api.cc`` (see unavailable_reason)."""
+    """Where the built library for these sources, MXNet's extension API files, this compiler
+    command (every flag), MXNet version and CPU is cached. Needs an MXNet that can have the
+    operator (see unavailable_reason)."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), (_mxnet_dir() / 'src' / 'lib_api.cc').read_bytes(),
-                 mx.__version__.encode(),
-                 '\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS)).encode(),
-                 _cpu_identity().encode()):
+    for part in ([SOURCE.read_bytes(), _header().read_bytes()] +
+                 [source.read_bytes() for source in _api_sources()] +
+                 [mx.__version__.encode(),
+                  '\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS)).encode(),
+                  _cpu_identity().encode()]):
         digest.update(part)
-    return _cache_dir() / ('libnamsg_arsg_%s.so' % digest.hexdigest()[:16])
+        digest.update(b'\0')
+    return _cache_dir() / ('%smxnet%s_%s.so' % (LIBRARY_PREFIX, _version_tag(mx.__version__),
+                                                digest.hexdigest()[:16]))
 
 
 def _checksum_file(path):
@@ -185,13 +302,95 @@ def _write_durably(path, text=None):
         os.fsync(f.fileno())
 
 
-def build(path=None, force=False):
-    """Compile the operator library to ``path`` (default: :func:`library_path` in the cache)
-    unless an intact one is there (``force`` rebuilds it); concurrent builders wait for each
-    other. Logs one line with the time it took. Returns the path.
+def _unwritable(directory, error):
+    """The error for a cache directory that cannot be written. Its advice is not the command
+    that just failed: `python -m namsg.kernels build` fails on it the same way."""
+    return FusedUnavailable(
+        'cannot write the fused-operator library to %s (%s): set $%s to a writable directory, '
+        'or build the library ahead of time where that directory is writable (as its owner, '
+        'or on a machine that mounts it read-write) with `python -m namsg.kernels build` and '
+        'the same $%s' % (directory, error, CACHE_ENV, CACHE_ENV))
 
-    Raises FusedUnavailable: this MXNet or machine cannot build it (the reason says which), the
-    compiler failed, or the cache directory is not writable."""
+
+def _open_lock(directory):
+    """A descriptor of the cache directory's lock file, made if missing (OSError if it cannot
+    be). Read-only suffices for flock, so that every user of a shared cache can lock it."""
+    return os.open(os.path.join(directory, LOCK_NAME), os.O_RDONLY | os.O_CREAT, 0o644)
+
+
+@contextlib.contextmanager
+def _locked(fd, exclusive, waiting=None):
+    """Hold the cache's lock on ``fd`` and close it after: exclusive to build or clean, shared
+    to check and map a library, so that no clean-up removes it meanwhile. ``fd`` None: no lock
+    (a read-only cache without a lock file, where nothing builds or cleans). ``waiting``: a
+    message to log if another process holds the lock."""
+    try:
+        if fd is not None:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    logger.warning(waiting)
+                fcntl.flock(fd, mode)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _stale_temporaries(directory):
+    """Temporary files in ``directory`` that builds killed half-way left behind. Called with
+    the exclusive lock held: every temporary file is made by a holder of that lock and renamed
+    or removed before it lets go, so any there now belongs to a build that died."""
+    found = set()
+    for pattern in TEMPORARY_PATTERNS:
+        found.update(Path(directory).glob(pattern))
+    return sorted(found)
+
+
+def _remove(paths):
+    """Remove ``paths``: (those removed, the bytes freed); one already gone is skipped."""
+    removed, freed = [], 0
+    for path in paths:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+        freed += size
+    return removed, freed
+
+
+def build(path=None, force=False):
+    """Compile the operator library unless an intact one is there.
+
+    Concurrent builders in one directory wait for each other (its lock); the one that builds
+    first removes the temporary files that builds killed half-way left there, and logs a
+    warning-level line saying how many. A build logs one warning-level line with the time it
+    took (some seconds).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path or None, default None
+        Where to write the library; None: :func:`library_path` in ``$NAMSG_KERNEL_CACHE``.
+    force : bool, default False
+        Rebuild even if an intact library is there.
+
+    Returns
+    -------
+    pathlib.Path
+        The library's path.
+
+    Raises
+    ------
+    FusedUnavailable
+        This MXNet or machine cannot build it (the reason says which: MXNet before 1.7, no
+        ``lib_api.h``, an unknown extension API version, no compiler), the compiler failed, or
+        the directory is not writable (the message says to set ``$NAMSG_KERNEL_CACHE`` to a
+        writable directory or to build where that one is writable).
+    """
     reason = unavailable_reason()
     if reason:
         raise FusedUnavailable(reason)
@@ -204,16 +403,16 @@ def build(path=None, force=False):
                                'not on PATH (install g++ or set $CXX)' % _compiler())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.parent / '.build.lock', 'w')
+        lock = _open_lock(path.parent)
     except OSError as e:
-        raise FusedUnavailable(
-            'cannot write the fused-operator library to %s (%s): set $NAMSG_KERNEL_CACHE to a '
-            'writable directory, or build it there ahead of time with `python -m namsg.kernels '
-            'build`' % (path.parent, e)) from e
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        raise _unwritable(path.parent, e) from e
+    with _locked(lock, exclusive=True):
         if not force and is_intact(path):       # another process built it meanwhile
             return path
+        leftovers, _ = _remove(_stale_temporaries(path.parent))
+        if leftovers:
+            logger.warning('namsg: removed %d temporary files that an interrupted build left in '
+                           '%s', len(leftovers), path.parent)
         damaged = path.exists() and not force
         start = time.monotonic()
         _compile_into(path)
@@ -228,7 +427,10 @@ def _compile_into(path):
     """Compile into a temporary file beside ``path``, then rename it and its checksum into
     place, the library first: a reader that finds the old checksum rebuilds under the lock."""
     compiler = _compiler()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.so.tmp')
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.so.tmp')
+    except OSError as e:
+        raise _unwritable(path.parent, e) from e
     os.close(fd)
     tmp_sum = tmp + '.sha256'
     try:
@@ -254,6 +456,28 @@ def _compile_into(path):
                 os.unlink(leftover)
 
 
+def _build_and_map():
+    """Build the library if needed and load it into MXNet; its path."""
+    reason = unavailable_reason()
+    if reason:
+        raise FusedUnavailable(reason)
+    from mxnet import library      # MXNet 1.5 has none
+    path = library_path()
+    for _ in range(2):
+        build(path)
+        # A clean-up between the build and the lock may have removed it: then build again.
+        try:
+            lock = _open_lock(path.parent)
+        except OSError:
+            lock = None
+        with _locked(lock, exclusive=False):
+            if is_intact(path):
+                library.load(str(path), verbose=False)
+                return path
+    raise FusedUnavailable('%s was removed twice between its build and its loading (is a '
+                           '`python -m namsg.kernels clean --all` running in a loop?)' % path)
+
+
 def load():
     """Build (if needed) and load the operator into MXNet once per process. True on success;
     the reason for a failure is kept for :func:`use_fused`."""
@@ -261,15 +485,143 @@ def load():
         if _state['loaded'] or _state['error'] is not None:
             return _state['loaded']
         try:
-            path = build()
-            from mxnet import library      # MXNet 1.5 has none; build() stops before 1.9
-            library.load(str(path), verbose=False)
+            path = _build_and_map()
             _state['loaded'] = True
             logger.info('namsg: ARSG takes the fused operator path (MXNet %s, %s)',
                         mx.__version__, path)
         except (FusedUnavailable, OSError, mx.base.MXNetError) as e:
             _state['error'] = str(e)
         return _state['loaded']
+
+
+# -- the cache: what is in it, and removing what this MXNet does not use ------------------------
+
+class CachedLibrary:
+    """One library in the kernel cache (see :func:`cached_libraries`).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The library.
+    mxnet_version : str or None
+        The MXNet version it was built for, from its name; None for a library that namsg named
+        before it put the version there.
+    size : int
+        Bytes of the library and its checksum file.
+    age : float
+        Seconds since it was written.
+    current : bool
+        Whether it is the library that this MXNet, compiler command, CPU and these namsg
+        sources use.
+    """
+
+    def __init__(self, path, current_path):
+        self.path = path
+        match = re.fullmatch(re.escape(LIBRARY_PREFIX) + r'mxnet(.+)_[0-9a-f]{16}\.so', path.name)
+        self.mxnet_version = match.group(1) if match else None
+        self.size = sum(f.stat().st_size for f in (path, _checksum_file(path)) if f.exists())
+        self.age = max(0.0, time.time() - path.stat().st_mtime)
+        self.current = path == current_path
+
+    def owner(self):
+        """Whether it belongs to this MXNet, in words."""
+        if self.current:
+            return 'yes'
+        if self.mxnet_version is None:
+            return 'no: built by an older namsg'
+        if self.mxnet_version != _version_tag(mx.__version__):
+            return 'no: MXNet %s' % self.mxnet_version
+        return 'no: other namsg sources, compiler or CPU'
+
+
+def _current_library():
+    """The library this process would use, or None where this MXNet cannot have one."""
+    return None if unavailable_reason() else library_path()
+
+
+def cached_libraries(directory=None):
+    """The libraries in a kernel cache.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path or None, default None
+        The cache; None: ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``).
+
+    Returns
+    -------
+    list of CachedLibrary
+        Oldest first.
+    """
+    directory = Path(directory or _cache_dir())
+    current = _current_library()
+    if current is not None:
+        current = directory / current.name
+    libraries = [CachedLibrary(path, current)
+                 for path in directory.glob(LIBRARY_PREFIX + '*.so') if path.is_file()]
+    return sorted(libraries, key=lambda library: -library.age)
+
+
+def clean_cache(directory=None, everything=False):
+    """Remove from a kernel cache what this MXNet does not use.
+
+    That is every library but this MXNet's (see :attr:`CachedLibrary.current`) with its
+    checksum, the linker scripts but this MXNet's, checksums whose library is gone, and the
+    temporary files of interrupted builds. Files that are not namsg's are left alone.
+
+    It waits for a build in progress there and for processes checking and mapping a library
+    (the cache's lock; a warning-level line says so), and holds off new ones meanwhile; what
+    was written while it waited stays: no library that another process is building or loading
+    is removed. Processes that have loaded a library keep it (it is mapped); the next process
+    that needs a removed one rebuilds it.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path or None, default None
+        The cache; None: ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``).
+    everything : bool, default False
+        Remove this MXNet's library and linker script too.
+
+    Returns
+    -------
+    removed : list of pathlib.Path
+        The files removed.
+    freed : int
+        Their bytes.
+
+    Raises
+    ------
+    OSError
+        The cache cannot be locked or written (e.g. it is read-only).
+    """
+    directory = Path(directory or _cache_dir())
+    if not directory.is_dir():
+        return [], 0
+    keep = set()
+    if not everything and _current_library() is not None:
+        current = directory / library_path().name
+        keep = {current, _checksum_file(current), directory / _version_script_name()}
+    # The files there before the lock is held, each with its inode: a file that a build
+    # renamed into place while this waited is another file, and stays.
+    before = _cache_files(directory, keep)
+    with _locked(_open_lock(directory), exclusive=True,
+                 waiting='namsg: waiting for the build or load in progress in %s' % directory):
+        now = _cache_files(directory, keep)
+        return _remove(sorted([path for path, inode in now.items()
+                               if before.get(path) == inode] + _stale_temporaries(directory)))
+
+
+def _cache_files(directory, keep):
+    """{path: inode} of the libraries, checksums and linker scripts in ``directory`` but
+    ``keep``."""
+    found = {}
+    for pattern in (LIBRARY_PREFIX + '*.so', LIBRARY_PREFIX + '*.so.sha256', 'exports-*.map'):
+        for path in directory.glob(pattern):
+            try:
+                if path not in keep and path.is_file():
+                    found[path] = path.stat().st_ino
+            except FileNotFoundError:
+                pass
+    return found
 
 
 def _switch():
@@ -321,7 +673,10 @@ def _to_default_layout(arrays):
     """Make sure no array is left in an MKLDNN (oneDNN) blocked layout. An MKLDNN convolution
     or dense layer run for inference reorders its weight into such a layout in place, and
     MXNet 1.9 hands an in-place extension operator that array as it is, which fails
-    ("We can't generate TBlob for MKLDNN data"). MXNDArrayGetData reorders it back to the
+    ("We can't generate TBlob for MKLDNN data"); 1.7 and 1.8 hand it the same way as an
+    output, and as an input a reordered temporary copy, in which an update of a mutable input
+    would be lost (the states are never in such a layout: only this operator and the NDArray
+    path touch them). MXNDArrayGetData reorders it back to the
     default layout. MKLDNN's inference convolution does not reorder at once: while it runs (a
     read of the weight) it pushes the reorder as a new write. So wait for every pending read and
     write (the convolution has then run and pushed its reorder), then for that reorder, then

@@ -1,14 +1,30 @@
-"""Build the fused ARSG operator ahead of time, e.g. on a cluster whose home directories are
-read-only or shared between machines (run it once per MXNet version and CPU kind, with the same
+"""The fused ARSG operator's kernel cache from the command line (``$NAMSG_KERNEL_CACHE``, default
+``~/.cache/namsg``).
+
+Build the operator ahead of time, e.g. on a cluster whose home directories are read-only or
+shared between machines (once per MXNet version and CPU kind, with the same
 ``$NAMSG_KERNEL_CACHE`` as the jobs)::
 
     python -m namsg.kernels build            # prints the library's path; exit status 1 if it
     python -m namsg.kernels build --force    # cannot be built or loaded, with the reason
+
+See what the cache holds, and remove what this MXNet does not use (each venv compiles the
+library for its own MXNet, and the cache only grows)::
+
+    python -m namsg.kernels list             # each library: MXNet version, size, age, and
+                                             # whether this MXNet uses it
+    python -m namsg.kernels clean            # remove the libraries this MXNet does not use
+    python -m namsg.kernels clean --all      # remove every library (rebuilt on next use)
+
+``clean`` waits for a build or load in progress in the cache and never removes a library that
+another process is building or loading; processes that have loaded a library keep it.
 """
 
 import argparse
 import logging
 import sys
+
+import mxnet as mx
 
 from namsg import kernels
 
@@ -16,21 +32,73 @@ from namsg import kernels
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m namsg.kernels',
-        description='Build the fused ARSG operator into the kernel cache ($NAMSG_KERNEL_CACHE, '
-                    'default ~/.cache/namsg) and check that MXNet loads it.')
+        description='Build, list or clean the fused ARSG operator libraries in the kernel cache '
+                    '($NAMSG_KERNEL_CACHE, default ~/.cache/namsg).')
     commands = parser.add_subparsers(dest='command', required=True)
     build = commands.add_parser('build', help='compile the library unless an intact one is '
                                 'cached, load it, and print its path')
     build.add_argument('--force', action='store_true',
                        help='rebuild even if an intact library is cached (default: off)')
+    commands.add_parser('list', help="the cache's libraries: MXNet version, size, age, and "
+                        'whether this MXNet uses it')
+    clean = commands.add_parser('clean', help='remove the libraries that this MXNet does not '
+                                'use, and what interrupted builds left behind')
+    clean.add_argument('--all', action='store_true',
+                       help="remove this MXNet's library too (default: keep it)")
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+def _size(size):
+    if size < 1000:
+        return '%d B' % size
+    return '%.1f kB' % (size / 1e3) if size < 1e6 else '%.1f MB' % (size / 1e6)
+
+
+def _age(seconds):
+    for unit, length in (('d', 86400), ('h', 3600), ('min', 60)):
+        if seconds >= length:
+            return '%d %s' % (seconds // length, unit)
+    return '%d s' % seconds
+
+
+def list_cache():
+    directory = kernels._cache_dir()
+    libraries = kernels.cached_libraries(directory) if directory.is_dir() else []
+    reason = kernels.unavailable_reason()
+    print('kernel cache %s: %d libraries, %s%s' % (
+        directory, len(libraries), _size(sum(lib.size for lib in libraries)),
+        '' if reason is None else ' (this MXNet uses none: %s)' % reason))
+    if libraries:
+        rows = [('library', 'MXNet', 'size', 'age', 'this MXNet %s' % mx.__version__)]
+        rows += [(lib.path.name, lib.mxnet_version or '?', _size(lib.size), _age(lib.age),
+                  lib.owner()) for lib in libraries]
+        widths = [max(len(row[k]) for row in rows) for k in range(4)]
+        for row in rows:
+            print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)) + '  ' +
+                  row[4])
+    leftovers = kernels._stale_temporaries(directory) if directory.is_dir() else []
+    if leftovers:
+        print('%d temporary files of interrupted builds (removed by the next build or by '
+              'clean), or of a build in progress' % len(leftovers))
+    return 0
+
+
+def clean_cache(everything):
+    directory = kernels._cache_dir()
     try:
-        path = kernels.build(force=args.force)
+        removed, freed = kernels.clean_cache(directory, everything=everything)
+    except OSError as e:
+        logging.error('namsg.kernels: cannot clean the kernel cache %s: %s', directory, e)
+        return 1
+    for path in removed:
+        print('removed %s' % path)
+    print('%s: removed %d files, %s' % (directory, len(removed), _size(freed)))
+    return 0
+
+
+def build(force):
+    try:
+        path = kernels.build(force=force)
     except kernels.FusedUnavailable as e:
         logging.error('namsg.kernels: cannot build the fused operator: %s', e)
         return 1
@@ -40,6 +108,16 @@ def main(argv=None):
         return 1
     print(path)
     return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    if args.command == 'list':
+        return list_cache()
+    if args.command == 'clean':
+        return clean_cache(args.all)
+    return build(args.force)
 
 
 if __name__ == '__main__':

@@ -15,19 +15,103 @@
 //   or one value for all weights;
 //   beta1, beta2, epsilon, mu, rescale_grad, clip_gradient (< 0: none),
 //   lower_bound / upper_bound (absent: unbounded).
+//
+// Built against the lib_api.h of the MXNet that loads it (the library API version
+// MX_LIBRARY_VERSION must equal MXNet's own): 7 (MXNet 1.7, the whole API in the header), 10
+// (1.8) and 11 (1.9). What differs between them for this operator is in the compatibility
+// section below, and nowhere else; where the mxnet package lacks the implementation of API 10
+// or 11 (src/lib_api.cc: the 1.8 wheels), namsg's extension_api.cc is compiled in its place.
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <limits>
 #include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include <unistd.h>
+
 #include "lib_api.h"
+
+// -- compatibility between extension API versions ------------------------------------------------
+#if !defined(MX_LIBRARY_VERSION) || (MX_LIBRARY_VERSION != 7 && MX_LIBRARY_VERSION != 10 && \
+                                     MX_LIBRARY_VERSION != 11)
+#error "namsg's fused ARSG operator knows MXNet's extension API versions 7, 10 and 11 only"
+#endif
+#if MX_LIBRARY_VERSION < 10
+// API 7 declares its types in the global namespace; 10 moved them into mxnet::ext.
+namespace mxnet {
+namespace ext {
+using ::MXReturnValue;
+using ::MXTensor;
+using ::OpResource;
+using ::MX_FAIL;
+using ::MX_SUCCESS;
+using ::kFloat16;
+using ::kFloat32;
+using ::kFloat64;
+}  // namespace ext
+}  // namespace mxnet
+
+// API 7 has no way to hand a library's error messages to MXNet (API 10 added _msgSize and
+// _msgGet, which MXNet appends to its error): MXNet raises "Error calling <function> for custom
+// operator '_namsg_arsg_update'" and the reason is written to stderr, one line per message.
+// (The Python caller checks its arguments first, so these are internal errors.)
+namespace {
+class StderrMessage {
+ public:
+  ~StderrMessage() { std::cerr << "namsg kernel: " << text_.str() << std::endl; }
+  template <typename T> StderrMessage& operator<<(const T& value) {
+    text_ << value;
+    return *this;
+  }
+
+ private:
+  std::ostringstream text_;
+};
+}  // namespace
+#define MX_ERROR_MSG StderrMessage()
+#endif
+
+#if MX_LIBRARY_VERSION < 11
+// MXNet 1.7 and 1.8 close every extension library when the process exits (the destructor of
+// their LibraryInitializer), erasing each one from the std::map they are iterating over; the
+// loop then reads freed memory, and a process that loaded a library may die after its work is
+// done, with SIGABRT ("Check failed: !libpath.empty()") or SIGSEGV, depending on the state of
+// its heap: one process in two in some environments here (apache/mxnet#20411; 1.9 no longer
+// closes them). That destructor is the last of MXNet's exit handlers, and closing this library
+// (the only one, or the first by path) is its first step, which runs the library's destructor
+// functions. When that happens during exit(), this library ends the process there, with the
+// status given to exit(), after flushing C stdio: what it skips is the rest of that loop, the
+// exit handlers registered before MXNet was loaded, and the libraries' finalizers.
+namespace {
+bool exiting = false;
+int exit_status = 0;
+
+void NoteExit(int status, void*) {
+  exiting = true;
+  exit_status = status;
+}
+
+__attribute__((destructor)) void EndExitBeforeMXNetsLoopGoesOn() {
+  if (!exiting) return;
+  std::fflush(nullptr);
+  _exit(exit_status);
+}
+}  // namespace
+
+// Called once, when MXNet loads the library: NoteExit then runs before MXNet's exit handlers.
+#define NAMSG_ON_LOAD() on_exit(NoteExit, nullptr)
+#else
+#define NAMSG_ON_LOAD()
+#endif
+// ------------------------------------------------------------------------------------------------
 
 using mxnet::ext::MXReturnValue;
 using mxnet::ext::MXTensor;
@@ -355,5 +439,6 @@ MXReturnValue initialize(int version) {
     MX_ERROR_MSG << "namsg's fused ARSG kernels need MXNet >= 1.7, found " << version;
     return MX_FAIL;
   }
+  NAMSG_ON_LOAD();
   return MX_SUCCESS;
 }
