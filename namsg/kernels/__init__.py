@@ -26,7 +26,7 @@ status when MXNet closes it (see the compatibility section of ``arsg_update.cc``
 
 ``python -m namsg.kernels build`` builds it ahead of time (for read-only or shared caches);
 ``python -m namsg.kernels list`` shows the cache and ``python -m namsg.kernels clean`` removes
-the libraries that this MXNet does not use (see :mod:`namsg.kernels.__main__`).
+the libraries that this MXNet does not use (``python -m namsg.kernels --help``).
 
 ``$NAMSG_FUSED`` chooses the path for optimizers that leave ``fused=None``: ``auto`` (default:
 the fused path where it can be built, else the NDArray path with one warning), ``1`` (fused,
