@@ -14,6 +14,9 @@ term is an exact 1 or 0:
 * ``contrib.quadratic(g, a=c)`` is ``g (c g + 0) + 0`` = ``(c g) g``, the overflow-safe order;
 * ``adam_update(w, w, s, d, lr, beta1=1, beta2=1, epsilon, wd=0, rescale_grad=0)`` is
   ``w - lr s / (sqrt(d) + epsilon)``; it adds ``0 r`` to s and ``0 r r`` to d, r = 0 w + 0 w.
+  MXNet 1.5 writes r back into its gradient input (``grad = rescale_grad grad + wd weight``,
+  in place), so there the gradient passed is a scratch copy ``0 w``, not ``w`` itself, which
+  would become 0 before the weight is read (see :func:`adam_writes_grad`).
 
 Parameters left out of the calls take MXNet's defaults: wd = 0, rescale_grad = 1, clip_gradient
 = -1 (no clipping), and b = c = 0 for quadratic.
@@ -46,7 +49,7 @@ class Arith:
     the constants rounded for that dtype. ``dtype``: numpy dtype of the arrays computed on;
     ``device_type``: their context's (``'cpu'``, ``'gpu'``, ...)."""
 
-    __slots__ = ('float32', 'fused_forms', 'sgd_forms')
+    __slots__ = ('float32', 'fused_forms', 'sgd_forms', 'adam_grad_copy')
 
     def __init__(self, dtype, device_type, chain_only=False):
         self.float32 = dtype == _F32
@@ -55,6 +58,8 @@ class Arith:
         self.fused_forms = self.float32 and not chain_only
         #: sgd_update and sgd_mom_update stand in.
         self.sgd_forms = self.fused_forms and device_type != 'gpu'
+        #: adam_update gets ``0 w`` in a scratch array as its gradient, not ``w`` itself.
+        self.adam_grad_copy = self.fused_forms and adam_writes_grad()
 
     def scalar(self, value):
         """``value`` as the operator must receive it (see the module docstring)."""
@@ -117,7 +122,11 @@ class Arith:
         (the callers' states are NaN there already); ``tmp`` and ``out`` are scratch needed
         only without the fused forms (``out`` may be ``s`` if s may be overwritten)."""
         if self.fused_forms:
-            nd.adam_update(weight, weight, s, d, lr=self.scalar(lr), beta1=1.0, beta2=1.0,
+            grad = weight
+            if self.adam_grad_copy:
+                grad = tmp
+                nd._internal._mul_scalar(weight, scalar=0.0, out=grad)
+            nd.adam_update(weight, grad, s, d, lr=self.scalar(lr), beta1=1.0, beta2=1.0,
                            epsilon=self.scalar(epsilon), rescale_grad=0.0, out=weight)
             return
         nd.sqrt(d, out=tmp)
@@ -128,6 +137,25 @@ class Arith:
             s = out
         nd.elemwise_div(s, tmp, out=out)
         nd.elemwise_sub(weight, out, out=weight)
+
+
+_ADAM_WRITES_GRAD = []
+
+
+def adam_writes_grad():
+    """Whether this MXNet's ``adam_update`` overwrites its gradient input with ``rescale_grad
+    grad + wd weight`` (MXNet 1.5 does, on CPU, when ``lr`` is not 0; 1.6 and later do not).
+    Found once per process by running the operator on one-element arrays. The engine does not
+    know of that write, so it is not ordered before later reads of the gradient either."""
+    if not _ADAM_WRITES_GRAD:
+        weight, grad = nd.ones((1,)), nd.ones((1,))
+        out = nd.zeros((1,))
+        nd.adam_update(weight, grad, nd.zeros((1,)), nd.ones((1,)), lr=1.0, wd=1.0, out=out)
+        # The engine orders reads of grad only after writers it knows of: adam_update declares
+        # grad an input, so wait for its output before reading grad.
+        out.wait_to_read()
+        _ADAM_WRITES_GRAD.append(bool(grad.asscalar() != 1.0))
+    return _ADAM_WRITES_GRAD[0]
 
 
 _ARITHS = {}
