@@ -243,6 +243,12 @@ class ElementwiseOptimizer(Optimizer):
     step size (MXNet's Optimizer would set it to the class default); both given: see
     :func:`step_size`. States end in the parameter's update count and name, and loaded states
     are checked against their parameters: see :mod:`namsg._states`.
+
+    What an update call finds out about its state, weight and gradient objects (states split
+    from their counts, layouts and loaded states checked, master copies, where the counts are)
+    is kept for the next call over the same objects (:class:`_Plan`, :func:`split_masters`,
+    :func:`namsg._states.adopt_states`); step sizes, weight decays and hyper-parameters are
+    read at every call.
     """
 
     #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).

@@ -93,8 +93,8 @@ def _counts_in_states(updater):
 
 def scheduler(fused):
     """A step-size schedule that changes at every update."""
-    updater = _updater(fused, learning_rate=None, lr_scheduler=mx.lr_scheduler.FactorScheduler(step=1, factor=0.5,
-                                                                           base_lr=0.04))
+    schedule = mx.lr_scheduler.FactorScheduler(step=1, factor=0.5, base_lr=0.04)
+    updater = _updater(fused, learning_rate=None, lr_scheduler=schedule)
     weights, grads = _problem(1)
     indices = list(range(len(weights)))
     for _ in range(4):
