@@ -15,6 +15,7 @@ import numpy
 from mxnet import engine, ndarray as nd
 from mxnet.lr_scheduler import LRScheduler
 from mxnet.ndarray import NDArray
+from mxnet.ndarray.sparse import BaseSparseNDArray
 from mxnet.optimizer import Optimizer
 
 from . import _nonfinite, _ops, kvstore_sync
@@ -23,8 +24,9 @@ from ._checks import (BASE_CHECKS, aggregation_size, check_floating_weight,
 # What the optimizers import from here; UpdateCount must stay importable here, the name under
 # which states saved before the count became an NDArray pickled it.
 from ._states import (UpdateCount, adopt_states, check_trainer_states,  # noqa: F401
-                      continue_update_counts, new_trailer, restored_update_counts, resume_counts,
-                      split_count, store_counts)
+                      continue_update_counts, count_runs, new_trailer, remember, remembered,
+                      restored_update_counts, resume_counts, same_objects, split_count,
+                      store_counts, write_count_runs)
 
 
 class DefaultStepSize(float):
@@ -122,19 +124,66 @@ def as_lists(index, weight, grad, state):
     return list(index), list(weight), list(grad), list(state)
 
 
-def split_masters(optimizer, weights, states):
+def split_masters(optimizer, weights, states, indices=None):
     """The float32 master copies that MXNet's ``multi_precision`` puts in front of the states
     of float16 weights (``(master, state)``), one per weight (None for a weight without one),
-    or None when no weight has one; ``states`` (a list) then holds the states they wrapped."""
+    or None when no weight has one; ``states`` (a list) then holds the states they wrapped.
+    With ``indices`` (the parameters' indices), the answer for the same weight and state
+    objects is kept for the next call (each weight's dtype is a call into MXNet)."""
     if not optimizer.multi_precision:
         return None
+    key = ('masters', tuple(indices)) if indices is not None else None
+    seen = remembered(optimizer, key) if key is not None else None
+    if seen is not None and same_objects(weights, seen[0]) and same_objects(states, seen[1]):
+        states[:] = seen[3]
+        return seen[2]
+    given = list(states)
     masters = [None] * len(weights)
     for j, weight in enumerate(weights):
         if weight.dtype == numpy.float16:
             masters[j], states[j] = states[j]
     # None rather than all None: ARSG's fused operator then takes float32 weights, as without
     # multi_precision.
-    return masters if any(master is not None for master in masters) else None
+    masters = masters if any(master is not None for master in masters) else None
+    if key is not None:
+        remember(optimizer, key, (list(weights), given, masters, list(states)))
+    return masters
+
+
+class _Plan:
+    """What an update call over a list of parameters found out about their state objects
+    (``states``, as the Updater holds them without the master copies): the states split from
+    their counts (``slots``, ``counts``) and their layout checked against ``layout`` (what
+    :meth:`ElementwiseOptimizer._check_layout` reads besides the state); ``resumed``: the counts
+    were all NDArray pairs and :func:`resume_counts` has taken them in (nothing is left for it
+    to do with them); ``runs``: where the counts are in the optimizer's count buffers
+    (:func:`namsg._states.count_runs`), or None; and, for the weight and gradient objects
+    ``arrays`` (checked to be NDArrays), whether they are all dense on a CPU (``dense_cpu``,
+    None until asked). Valid for the very same objects only (see namsg._states)."""
+
+    __slots__ = ('states', 'layout', 'slots', 'counts', 'resumed', 'runs', 'arrays',
+                 'dense_cpu')
+
+    def __init__(self, states, layout, slots, counts):
+        self.states, self.layout, self.slots, self.counts = states, layout, slots, counts
+        self.resumed, self.runs, self.arrays, self.dense_cpu = False, None, None, None
+
+    def take_arrays(self, weights, grads):
+        """Make ``weights`` and ``grads`` the arrays of this plan (unless they are already)."""
+        arrays = weights + grads
+        if self.arrays is None or not same_objects(arrays, self.arrays):
+            assert all(isinstance(a, NDArray) for a in arrays)
+            self.arrays, self.dense_cpu = arrays, None
+
+    def is_dense_cpu(self):
+        """Whether the plan's weights and gradients are all dense NDArrays on a CPU context
+        (the arrays the fused operator takes)."""
+        if self.dense_cpu is None:
+            weights = self.arrays[:len(self.arrays) // 2]
+            # Each NDArray property is a call into MXNet: isinstance tells the storage type.
+            self.dense_cpu = weights[0].context.device_type == 'cpu' and not any(
+                isinstance(a, BaseSparseNDArray) for a in self.arrays)
+        return self.dense_cpu
 
 
 def all_rows(array):
@@ -194,6 +243,12 @@ class ElementwiseOptimizer(Optimizer):
     step size (MXNet's Optimizer would set it to the class default); both given: see
     :func:`step_size`. States end in the parameter's update count and name, and loaded states
     are checked against their parameters: see :mod:`namsg._states`.
+
+    What an update call finds out about its state, weight and gradient objects (states split
+    from their counts, layouts and loaded states checked, master copies, where the counts are)
+    is kept for the next call over the same objects (:class:`_Plan`, :func:`split_masters`,
+    :func:`namsg._states.adopt_states`); step sizes, weight decays and hyper-parameters are
+    read at every call.
     """
 
     #: {attribute: check}, applied to every assignment (see :func:`namsg._checks.checked`).
@@ -291,10 +346,49 @@ class ElementwiseOptimizer(Optimizer):
         check_trainer_states(self, params)
 
     def _update_count(self, index):
-        # MXNet counts per device, so a parameter restored on a device it was not saved from
-        # would restart at begin_num_update.
-        continue_update_counts(self, index if isinstance(index, (list, tuple)) else [index])
-        super()._update_count(index)
+        """MXNet's ``Optimizer._update_count`` (MXNet 1.5 to 1.9 alike), with each count that is
+        new on this device continued from the count the optimizer was restored with: MXNet
+        counts per device, so a parameter restored on a device it was not saved from would
+        restart at ``begin_num_update``. ``num_update`` is assigned once per call (MXNet assigns
+        it per parameter, and each assignment goes through the checks of ``__setattr__``)."""
+        indices = index if isinstance(index, (list, tuple)) else [index]
+        continue_update_counts(self, indices)
+        counts, begin = self._index_update_count, self.begin_num_update
+        highest = self.num_update
+        for idx in indices:
+            count = counts[idx] = counts.get(idx, begin) + 1
+            if count > highest:
+                highest = count
+        self.num_update = highest
+
+    def _get_lrs(self, indices):
+        """MXNet's ``Optimizer._get_lrs`` (MXNet 1.5 to 1.9 alike): the step size (the
+        ``lr_scheduler``'s at ``num_update``, else ``lr``) times each parameter's multiplier,
+        Gluon's ``Parameter.lr_mult`` before ``lr_mult`` by index, then by name."""
+        lr = self.lr_scheduler(self.num_update) if self.lr_scheduler is not None else self.lr
+        return self._multiplied(lr, indices, self.lr_mult, 'lr_mult')
+
+    def _get_wds(self, indices):
+        """MXNet's ``Optimizer._get_wds``: ``wd`` times each parameter's multiplier, as
+        :meth:`_get_lrs`."""
+        return self._multiplied(self.wd, indices, self.wd_mult, 'wd_mult')
+
+    def _multiplied(self, value, indices, by_key, attribute):
+        # MXNet's loop, with param_dict (a property here) and idx2name read once per call
+        # instead of twice per parameter; a parameter without a multiplier gets ``value``
+        # itself, a multiplier is applied as MXNet does (value * multiplier).
+        params, names = self.param_dict, self.idx2name
+        values = []
+        for index in indices:
+            if index in params:
+                values.append(value * getattr(params[index], attribute))
+            elif index in by_key:
+                values.append(value * by_key[index])
+            elif index in names:
+                values.append(value * by_key.get(names[index], 1.0))
+            else:
+                values.append(value)
+        return values
 
     def update(self, index, weight, grad, state):
         """MXNet's ``Optimizer.update``: one parameter (or lists of them), ``state`` as
@@ -318,7 +412,8 @@ class ElementwiseOptimizer(Optimizer):
         # at a step that skip_nonfinite_grad skips, and a loaded state's count is the one
         # skip_nonfinite_grad's warning reports.
         adopt_states(self, indices, weights, states)
-        self._update_all(indices, weights, grads, states, split_masters(self, weights, states))
+        self._update_all(indices, weights, grads, states,
+                         split_masters(self, weights, states, indices))
 
     def _update_all(self, indices, weights, grads, states, masters, outer_counts=None):
         """Update the parameters of one call: those with a non-finite gradient left out
@@ -328,7 +423,6 @@ class ElementwiseOptimizer(Optimizer):
         gives them) of a wrapper's states of the same parameters (Lookahead's), written in that
         same operation for the parameters updated. Returns the positions in ``indices`` of the
         parameters updated."""
-        assert all(isinstance(a, NDArray) for a in weights + grads)
         kept = range(len(indices))
         if self.skip_nonfinite_grad:
             kept, (indices, weights, grads, states, masters, outer_counts) = \
@@ -336,29 +430,61 @@ class ElementwiseOptimizer(Optimizer):
                                           outer_counts)
             if not indices:
                 return kept
-        states, counts = zip(*(split_count(s) for s in states))
-        for state in states:
-            self._check_layout(state)
-        self._count_with_states(indices, counts, outer_counts)
-        self._apply(indices, weights, grads, states, masters, self._get_lrs(indices),
-                    self._get_wds(indices))
+        plan = self._plan(indices, weights, grads, states)
+        self._count_with_states(indices, plan.counts, outer_counts, plan)
+        self._apply(indices, weights, grads, plan.slots, masters, self._get_lrs(indices),
+                    self._get_wds(indices), plan)
         return kept
 
-    def _count_with_states(self, indices, counts, outer_counts=None):
+    def _layout(self):
+        """What :meth:`_check_layout`'s verdict depends on besides the state (None here): a
+        state that passed is not checked again while this stays the same."""
+        return None
+
+    def _plan(self, indices, weights, grads, states):
+        """The :class:`_Plan` of this call: the one of the last call over ``indices`` if it was
+        made for these very state objects and layout, else a new one (states split from their
+        counts, every layout checked: ValueError before anything changes)."""
+        key = ('plan', tuple(indices))
+        plan = remembered(self, key)
+        layout = self._layout()
+        if plan is None or plan.layout != layout or not same_objects(states, plan.states):
+            slots, counts = zip(*(split_count(s) for s in states))
+            for state in slots:
+                self._check_layout(state)
+            plan = remember(self, key, _Plan(list(states), layout, slots, counts))
+        plan.take_arrays(weights, grads)
+        return plan
+
+    def _count_with_states(self, indices, counts, outer_counts=None, plan=None):
         """MXNet's ``_update_count(indices)``, continuing from the counts the states carry
         (``counts`` from :func:`split_count`), then the new counts written into them and into
         ``outer_counts`` (see :meth:`_update_all`): one MXNet operation for the whole call,
-        whatever the number of parameters (see :mod:`namsg._states`)."""
-        resume_counts(self, indices, counts)
+        whatever the number of parameters (see :mod:`namsg._states`). ``plan``: the call's
+        :class:`_Plan`, whose ``counts`` these are."""
+        if plan is None or not plan.resumed:
+            resume_counts(self, indices, counts)
+            if plan is not None and all(type(c) is tuple for c in counts):
+                plan.resumed = True
+                plan.runs = count_runs(self, counts)
         self._update_count(indices)
         if outer_counts is not None:
             indices, counts = list(indices) * 2, list(counts) + list(outer_counts)
+        elif plan is not None and plan.runs is not None:
+            # The counts this optimizer made, in its buffers: when they all have one value
+            # (parameters updated together from the start) their runs are written as
+            # store_counts would write them.
+            counter = self._index_update_count
+            values = [counter[index] for index in indices]
+            if values.count(values[0]) == len(values):
+                write_count_runs(plan.runs, values[0])
+                return
         store_counts(self, indices, counts)
 
-    def _apply(self, indices, weights, grads, states, masters, lrs, wds):
+    def _apply(self, indices, weights, grads, states, masters, lrs, wds, plan=None):
         """Update each parameter (counted already) at learning rate ``lrs[j]``, weight decay
         ``wds[j]``, with its master copy ``masters[j]`` (``masters`` may be None): the NDArray
-        path, one parameter after the other."""
+        path, one parameter after the other. ``plan``: the call's :class:`_Plan`, or None."""
         with engine.bulk(_BULK):
             self._apply_each(indices, weights, grads, states, masters, lrs, wds)
 

@@ -27,6 +27,7 @@ those that ended in an :class:`UpdateCount` object instead of the pair.
 
 import hashlib
 import inspect
+import operator
 import re
 import sys
 import warnings
@@ -40,7 +41,8 @@ from mxnet.ndarray import NDArray
 
 __all__ = ['NAME_BYTES', 'StatesRenamedWarning', 'UpdateCount', 'split_count', 'new_trailer',
            'adopt_states', 'resume_counts', 'store_counts', 'check_trainer_states',
-           'restored_update_counts', 'continue_update_counts']
+           'restored_update_counts', 'continue_update_counts', 'same_objects', 'remembered',
+           'remember', 'count_runs', 'write_count_runs']
 
 #: Bytes of a parameter's name that a state keeps (the ``name`` array's length).
 NAME_BYTES = 128
@@ -142,11 +144,13 @@ class _Book:
     """What one optimizer knows of the states it counts for: ``known``, id of a state's marker
     (its ``t``, its UpdateCount, or for a 0.1.0 state its first array) -> (marker, buffer,
     offset), the buffer and offset of a ``t`` that it made (else None); ``buffers``, context ->
-    [the int64 buffer new counts are cut from, how many it has given out]."""
+    [the int64 buffer new counts are cut from, how many it has given out]; ``memo``, what the
+    update calls found out about their arrays (see :func:`remembered`)."""
 
     def __init__(self):
         self.known = {}
         self.buffers = {}
+        self.memo = {}
 
 
 # Outside the optimizers, so that it is never pickled, and it goes with them. The markers are
@@ -159,6 +163,76 @@ def _book(optimizer):
     if book is None:
         book = _BOOKS[optimizer] = _Book()
     return book
+
+
+# -- what an update call finds out about its arrays, kept for the next call over the same ones --
+#
+# MXNet's Updater hands an optimizer the same objects at every step: the state tuples it keeps
+# (replaced when states are loaded, moved or made for a new parameter) and, in Gluon, each
+# Parameter's weight and gradient arrays. What is derived from those objects alone (the states
+# split from their counts, their layout checked, the counts' places in their buffers, whether
+# the arrays can take the fused operator) is kept per optimizer and list of indices, with the
+# objects it was derived from, and reused while a call hands over the very same objects: a state
+# loaded or moved, a new parameter, a weight or gradient replaced is another object, and the
+# work is done again. NDArrays take no weak references, so the last call's lists are held (one
+# per list of indices): an array replaced stays alive until the next call over its index.
+
+#: How many lists of indices an optimizer keeps what it found for (skip_nonfinite_grad can
+#: make many sub-lists); past it all are forgotten and found again.
+_MEMO_SIZE = 64
+
+
+def same_objects(these, those):
+    """Whether the sequences ``these`` and ``those`` hold the very same objects, in order."""
+    return len(these) == len(those) and all(map(operator.is_, these, those))
+
+
+def remembered(optimizer, key):
+    """What :func:`remember` kept for ``optimizer`` under ``key``, or None."""
+    return _book(optimizer).memo.get(key)
+
+
+def remember(optimizer, key, value):
+    """Keep ``value`` for ``optimizer`` under ``key`` (outside the optimizer: never pickled)."""
+    memo = _book(optimizer).memo
+    if len(memo) >= _MEMO_SIZE and key not in memo:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+def count_runs(optimizer, counts):
+    """The places of ``counts`` (pairs ``(t, name)``, every ``t`` one that ``optimizer`` made:
+    a view into one of its count buffers) as ``[(buffer, begin, end)]``, the runs of adjacent
+    places in buffer order: what :func:`_write_counts` writes when all counts have one value.
+    None if a ``t`` is not one that ``optimizer`` made (a loaded state's, or a count that is
+    not a pair)."""
+    known = _book(optimizer).known
+    places = []
+    for count in counts:
+        if type(count) is not tuple:
+            return None
+        entry = known.get(id(count[0]))
+        if entry is None or entry[0] is not count[0] or entry[1] is None:
+            return None
+        places.append((id(entry[1]), entry[2], entry[1]))
+    places.sort(key=lambda place: place[:2])
+    runs = []
+    for _, offset, buffer in places:
+        if runs and runs[-1][0] is buffer and runs[-1][2] == offset:
+            runs[-1][2] += 1
+        else:
+            runs.append([buffer, offset, offset + 1])
+    return [tuple(run) for run in runs]
+
+
+def write_count_runs(runs, value):
+    """Set every count of ``runs`` (from :func:`count_runs`) to ``value``: the operations that
+    :func:`store_counts` makes for those counts when they all have that value."""
+    for buffer, begin, end in runs:
+        # The scalar is a double: counts are exact up to 2**53.
+        nd._internal._slice_assign_scalar(buffer, scalar=float(value), begin=(begin,),
+                                          end=(end,), out=buffer)
 
 
 def new_trailer(optimizer, index, weight):
@@ -199,9 +273,7 @@ def _write_counts(optimizer, counts, values):
         else:
             runs.append([buffer, offset, offset + 1, value])
     for buffer, begin, end, value in runs:
-        # The scalar is a double: counts are exact up to 2**53.
-        nd._internal._slice_assign_scalar(buffer, scalar=float(value), begin=(begin,),
-                                          end=(end,), out=buffer)
+        write_count_runs([(buffer, begin, end)], value)
     if len(loose) == 1:
         count, value = loose[0]
         nd._internal._slice_assign_scalar(count, scalar=float(value), begin=(0,), end=(1,),
@@ -296,6 +368,12 @@ def adopt_states(optimizer, indices, weights, states, owner=None, length=None):
     owner = optimizer if owner is None else owner
     known = _book(owner).known
     multi_precision = optimizer.multi_precision and weights[0].dtype == numpy.float16
+    # A state once made, seen or adopted stays known (markers are never forgotten): the same
+    # state objects, read the same way, have nothing left to check.
+    key = ('adopted', tuple(indices), multi_precision, length)
+    seen = remembered(optimizer, key)
+    if seen is not None and same_objects(states, seen):
+        return
     unknown = []
     for index, weight, state in zip(indices, weights, states):
         master = ()
@@ -315,6 +393,8 @@ def adopt_states(optimizer, indices, weights, states, owner=None, length=None):
             unknown.append((index, weight.shape, arrays, count))
     if unknown:
         _adopt(owner, unknown)
+    # A copy: update_multi_precision takes the master copies out of the list it hands here.
+    remember(optimizer, key, list(states))
 
 
 def _inspect(owner, states, rename):

@@ -3,11 +3,10 @@
 import numpy
 
 from mxnet import ndarray as nd
-from mxnet.ndarray.sparse import BaseSparseNDArray
 from mxnet.optimizer import register
 
 from . import kernels
-from ._base import DefaultStepSize, ElementwiseOptimizer
+from ._base import DefaultStepSize, ElementwiseOptimizer, _Plan
 from ._checks import (ADAPTIVE_CHECKS, check_bounds, check_choice, check_unit_interval,
                       clip_threshold, of_value)
 
@@ -200,22 +199,24 @@ class ARSG(ElementwiseOptimizer):
         """Set the observation factor (the name used by the paper's own MXNet class)."""
         self.mu = mu
 
-    def _apply(self, indices, weights, grads, states, masters, lrs, wds):
-        if self._fused_applies(weights, grads, masters):
+    def _apply(self, indices, weights, grads, states, masters, lrs, wds, plan=None):
+        if self._fused_applies(weights, grads, masters, plan):
             self._fused_update(indices, weights, grads, states, masters, lrs, wds)
         else:
-            super()._apply(indices, weights, grads, states, masters, lrs, wds)
+            super()._apply(indices, weights, grads, states, masters, lrs, wds, plan)
 
-    def _fused_applies(self, weights, grads, masters):
+    def _fused_applies(self, weights, grads, masters, plan=None):
         # Updater hands over arrays of one device and one dtype; the per-array checks stay in
-        # Python (isinstance) because each NDArray property is a call into MXNet.
+        # Python (isinstance) because each NDArray property is a call into MXNet, and the
+        # call's plan keeps their answer for the same arrays.
         # The operator is looked for (built, loaded, or its absence warned about) only where it
         # would be used: GPU and row_sparse arrays take the NDArray path whatever `fused` says.
-        if weights[0].context.device_type != 'cpu':
-            return False
         if masters is not None and any(master is None for master in masters):
             return False        # one call has master copies for all its weights or for none
-        if any(isinstance(a, BaseSparseNDArray) for a in weights + grads):
+        if plan is None:
+            plan = _Plan([], None, (), ())
+            plan.take_arrays(weights, grads)
+        if not plan.is_dense_cpu():
             return False
         return kernels.use_fused(self.fused)
 
@@ -238,6 +239,9 @@ class ARSG(ElementwiseOptimizer):
         if self.preconditioner == 'amsgrad':
             slots[2][:] = self.epsilon          # vhat starts at epsilon (paper, Sec. 2)
         return slots
+
+    def _layout(self):
+        return self.preconditioner
 
     def _check_layout(self, state):
         # States loaded from a file (Module.load_optimizer_states keeps the optimizer) may come
