@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# namsg in a user's own MXNet environment (issue 12), on the older MXNet releases. For each one:
-# a venv holding only that MXNet and numpy<1.24, as a user's pipeline has it; the package
-# installed into it with its dependencies, from the wheel that `python -m build` makes (on 1.8
-# from its sdist and from the clone too); pip must leave every package there as it was and add
-# only namsg (no MXNet change, none of the experiment packages). Then, against that installed
-# copy: the optimizer parity tests and the Trainer and Module tests against the NumPy reference,
+# namsg in a user's own MXNet environment (issue 12), on the older MXNet releases. For each one: a
+# venv holding only that MXNet and numpy<1.24, as a user's pipeline has it; the package installed
+# into it with its dependencies, from the wheel that `python -m build` makes (on 1.8 from its sdist
+# and from the clone too); pip must leave every package there as it was and add only namsg (no
+# MXNet change, none of the experiment packages). Then, against that installed copy: the optimizer
+# parity tests and the Trainer and Module tests against the NumPy reference, the optimizers'
+# constructors and settings, the NDArray path's operator forms and what an update call remembers,
 # on both paths where the fused operator can be had (1.7 and 1.8, built against their own
 # lib_api.h: the operator, its build, cache and isolation tests run too) and on the NDArray path
-# before (1.5, 1.6: test_the_path_taken_and_why_is_said_once checks the warning that says so);
-# the install tests that need no extra; and one 2-worker parameter-server job (namsg_dist; its
+# before (1.5, 1.6: test_the_path_taken_and_why_is_said_once checks the warning that says so); the
+# install tests that need no extra; and one 2-worker parameter-server job (namsg_dist; its
 # processes take the clone's namsg). Each run says which path ARSG took.
 # pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
 # in `make test`. NAMSG_COMPAT_MXNET="1.6.0 ..." picks the releases.
@@ -71,12 +72,13 @@ print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|NDArray path
     if [[ $version == 1.[56].* ]]; then
         [[ $path == *'using the NDArray path'* ]] ||
             fail "mxnet $version: expected the NDArray path"
-        tests=(-k 'not fused' test_parity.py test_gluon.py
-               test_kernels.py::test_the_path_taken_and_why_is_said_once)
+        tests=(-k 'not fused' test_parity.py test_gluon.py test_ops.py test_optimizer.py
+               test_call_memo.py test_kernels.py::test_the_path_taken_and_why_is_said_once)
     else
         [[ $path == *'ARSG takes the fused operator path (MXNet '* ]] ||
             fail "mxnet $version: expected the fused path"
-        tests=(test_parity.py test_gluon.py test_kernels.py test_kernel_isolation.py)
+        tests=(test_parity.py test_gluon.py test_ops.py test_optimizer.py test_call_memo.py
+               test_kernels.py test_kernel_isolation.py)
     fi
     (cd tests && "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$ROOT" \
         "${tests[@]}" \

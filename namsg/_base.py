@@ -40,14 +40,24 @@ class DefaultStepSize(float):
         return repr(float(self))
 
 
+#: What MXNet 1.6 and later's Optimizer makes of learning_rate=None without an lr_scheduler.
+MXNET_DEFAULT_LR = 0.01
+
+
 def step_size(learning_rate, lr_scheduler, optimizer):
-    """The ``learning_rate`` to hand MXNet's Optimizer: None (the scheduler's ``base_lr``) when
-    only ``lr_scheduler`` set it; with both, ``learning_rate``, as in MXNet, which overwrites the
-    scheduler's ``base_lr`` (warned here when they differ; MXNet only prints). Raises ValueError
-    for a ``learning_rate`` that is not a step size, before the scheduler is changed."""
-    if isinstance(learning_rate, DefaultStepSize):
-        return None if lr_scheduler is not None else float(learning_rate)
-    if lr_scheduler is None or learning_rate is None:
+    """The ``learning_rate`` to hand MXNet's Optimizer: the scheduler's ``base_lr`` when only
+    ``lr_scheduler`` set it (``learning_rate`` left out or None); with both, ``learning_rate``,
+    as in MXNet, which overwrites the scheduler's ``base_lr`` (warned here when they differ;
+    MXNet only prints); None alone is MXNet's 0.01. The number is handed on, not None, because
+    MXNet 1.5's Optimizer assigns ``learning_rate`` to the scheduler's ``base_lr`` and to ``lr``
+    as it comes (1.6 and later skip None). Raises ValueError for a ``learning_rate`` that is
+    not a step size, before the scheduler is changed."""
+    if isinstance(learning_rate, DefaultStepSize) or learning_rate is None:
+        if lr_scheduler is None:
+            return MXNET_DEFAULT_LR if learning_rate is None else float(learning_rate)
+        # A scheduler of one's own may have no base_lr: None, which 1.6 and later accept.
+        return getattr(lr_scheduler, 'base_lr', None)
+    if lr_scheduler is None:
         return learning_rate
     check_learning_rate(learning_rate, True)
     base_lr = getattr(lr_scheduler, 'base_lr', learning_rate)
