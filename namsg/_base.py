@@ -356,49 +356,10 @@ class ElementwiseOptimizer(Optimizer):
         check_trainer_states(self, params)
 
     def _update_count(self, index):
-        """MXNet's ``Optimizer._update_count`` (MXNet 1.5 to 1.9 alike), with each count that is
-        new on this device continued from the count the optimizer was restored with: MXNet
-        counts per device, so a parameter restored on a device it was not saved from would
-        restart at ``begin_num_update``. ``num_update`` is assigned once per call (MXNet assigns
-        it per parameter, and each assignment goes through the checks of ``__setattr__``)."""
-        indices = index if isinstance(index, (list, tuple)) else [index]
-        continue_update_counts(self, indices)
-        counts, begin = self._index_update_count, self.begin_num_update
-        highest = self.num_update
-        for idx in indices:
-            count = counts[idx] = counts.get(idx, begin) + 1
-            if count > highest:
-                highest = count
-        self.num_update = highest
-
-    def _get_lrs(self, indices):
-        """MXNet's ``Optimizer._get_lrs`` (MXNet 1.5 to 1.9 alike): the step size (the
-        ``lr_scheduler``'s at ``num_update``, else ``lr``) times each parameter's multiplier,
-        Gluon's ``Parameter.lr_mult`` before ``lr_mult`` by index, then by name."""
-        lr = self.lr_scheduler(self.num_update) if self.lr_scheduler is not None else self.lr
-        return self._multiplied(lr, indices, self.lr_mult, 'lr_mult')
-
-    def _get_wds(self, indices):
-        """MXNet's ``Optimizer._get_wds``: ``wd`` times each parameter's multiplier, as
-        :meth:`_get_lrs`."""
-        return self._multiplied(self.wd, indices, self.wd_mult, 'wd_mult')
-
-    def _multiplied(self, value, indices, by_key, attribute):
-        # MXNet's loop, with param_dict (a property here) and idx2name read once per call
-        # instead of twice per parameter; a parameter without a multiplier gets ``value``
-        # itself, a multiplier is applied as MXNet does (value * multiplier).
-        params, names = self.param_dict, self.idx2name
-        values = []
-        for index in indices:
-            if index in params:
-                values.append(value * getattr(params[index], attribute))
-            elif index in by_key:
-                values.append(value * by_key[index])
-            elif index in names:
-                values.append(value * by_key.get(names[index], 1.0))
-            else:
-                values.append(value)
-        return values
+        # MXNet counts per device, so a parameter restored on a device it was not saved from
+        # would restart at begin_num_update.
+        continue_update_counts(self, index if isinstance(index, (list, tuple)) else [index])
+        super()._update_count(index)
 
     def update(self, index, weight, grad, state):
         """MXNet's ``Optimizer.update``: one parameter (or lists of them), ``state`` as
