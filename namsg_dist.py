@@ -32,6 +32,7 @@ Commands (``python -m namsg_dist --help``):
 """
 
 import argparse
+import atexit
 import contextlib
 import importlib
 import logging
@@ -46,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 __all__ = ['serve', 'launch_local', 'launch_ssh', 'read_hosts', 'install_worker_exit_hooks',
            'worker_site', 'STOP_SIGNALS', 'main']
@@ -154,6 +156,12 @@ def install_worker_exit_hooks():
     (``finally`` blocks and ``with`` exits do: the stack has unwound). ``raise SystemExit(n)``
     written out is not covered (call ``sys.exit``).
 
+    A program that ends normally waits for MXNet's engine first (:func:`_wait_for_the_engine`):
+    a worker that ends with kvstore operations still pending (a script ending right after
+    ``trainer.step``) otherwise hangs in MXNet's own exit handler, whose ``WaitForAll`` waits
+    for replies the servers no longer send once another worker has reached the exit barrier
+    (MXNet 1.5-1.9, with MXNet's optimizers as with namsg's).
+
     ``import namsg`` installs this in a process with ``DMLC_ROLE=worker``; every worker that
     ``launch`` or ``run -- CMD`` starts (on this machine or, by ``run``, under ssh, mpi or
     another launcher) installs it at interpreter start too, namsg imported or not (the
@@ -161,6 +169,11 @@ def install_worker_exit_hooks():
     changes nothing."""
     if getattr(sys.exit, '_namsg_worker_exit', False):
         return
+    # Run by the interpreter's shutdown before any atexit handler (MXNet registers its own at
+    # import, which an atexit handler registered here, before the import, would follow).
+    # Python 3.8 lacks it: there atexit's, which precedes MXNet's where namsg is imported after
+    # mxnet (as it must be to be used).
+    getattr(threading, '_register_atexit', atexit.register)(_wait_for_the_engine)
     previous = sys.excepthook
 
     def excepthook(kind, value, traceback):
@@ -199,6 +212,21 @@ class _WorkerExit(SystemExit):
                 pass
             code = 1
         _exit_now(code)
+
+
+def _wait_for_the_engine():
+    """At a worker's normal end: wait until MXNet's engine has run every operation the program
+    pushed, before MXNet's exit handler and the kvstore's exit barrier (see
+    :func:`install_worker_exit_hooks`). An operation's error ends the process with status 1,
+    after its traceback: at exit MXNet would only print it."""
+    mxnet = sys.modules.get('mxnet')
+    if mxnet is None:
+        return
+    try:
+        mxnet.nd.waitall()
+    except Exception:       # noqa: BLE001 (any error of the program's operations)
+        traceback.print_exc()
+        _exit_now(1)
 
 
 def _exit_now(status):

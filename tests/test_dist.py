@@ -259,6 +259,56 @@ def test_worker_exit_hooks_leave_python_alone_outside_the_cases_they_cover(tmp_p
             (status, output, ''), code
 
 
+# Ends right after its last trainer.step, with that step's kvstore operations still pending;
+# rank 1 takes its last step late, so that rank 0 reaches the interpreter's exit first.
+ENDING_WORKER = """
+import os
+import time
+
+import mxnet as mx
+from mxnet import autograd, gluon
+if os.environ['OPTIMIZER'] != 'sgd':
+    import namsg
+
+kv = mx.kv.create('dist_sync')
+net = gluon.nn.Dense(3, in_units=4)
+net.initialize(mx.init.One())
+trainer = gluon.Trainer(net.collect_params(), os.environ['OPTIMIZER'], {'learning_rate': 0.1},
+                        kvstore=kv, update_on_kvstore=os.environ['ON_KVSTORE'] == '1')
+x = mx.nd.ones((2, 4))
+for step in range(3):
+    if kv.rank == 1 and step == 2:
+        time.sleep(3)
+    with autograd.record():
+        loss = net(x).sum()
+    loss.backward()
+    trainer.step(2)
+print('rank', kv.rank, 'done', flush=True)
+"""
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'arsg'])
+@pytest.mark.parametrize('on_kvstore', ['0', '1'], ids=['updates_on_workers', 'on_servers'])
+def test_workers_ending_right_after_a_step_end_the_job(tmp_path, optimizer, on_kvstore):
+    """A script that ends right after trainer.step leaves the step's pushes and pulls pending
+    at exit. Before the fix the job hung until --timeout (status 124: MXNet's exit handler
+    waited for replies that the servers no longer sent once the other worker was in the exit
+    barrier), with MXNet's sgd as with ARSG: with the updates on the servers in every run, with
+    the updates on the workers in 3 runs of 3 of this script alone (under pytest not always;
+    tests/test_states_dist.py's workers, which end alike, hung in one run of four)."""
+    script = tmp_path / 'ending_worker.py'
+    script.write_text(ENDING_WORKER)
+    out = io.StringIO()
+    started = time.monotonic()
+    status = namsg_dist.launch_local([sys.executable, str(script)], num_workers=2,
+                                     num_servers=1, timeout=60,
+                                     env=dict(OPTIMIZER=optimizer, ON_KVSTORE=on_kvstore),
+                                     out=out)
+    assert status == 0, out.getvalue()[-3000:]
+    assert out.getvalue().count(' done') == 2
+    assert time.monotonic() - started < 45, out.getvalue()[-3000:]
+
+
 # An optimizer of the user's own on the servers: a subclass of MXNet's sgd, defined in the
 # training script or in a module of its own.
 MY_SGD = """
