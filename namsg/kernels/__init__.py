@@ -58,6 +58,8 @@ from .._mxnet import VERSION as MXNET_VERSION
 __all__ = ['FusedUnavailable', 'CachedLibrary', 'build', 'library_path', 'load', 'use_fused',
            'arsg_update', 'cached_libraries', 'clean_cache', 'entry_points']
 
+# The update loop, which the operator's source includes.
+KERNEL_HEADER = Path(__file__).with_name('arsg_kernel.h')
 SOURCE = Path(__file__).with_name('arsg_update.cc')
 # namsg's implementation of the library side of extension API versions 10 and 11, compiled
 # where the mxnet package lacks src/lib_api.cc (the 1.8 wheels).
@@ -262,7 +264,7 @@ def library_path():
     command (every flag), MXNet version and CPU is cached. Needs an MXNet that can have the
     operator (see unavailable_reason)."""
     digest = hashlib.sha256()
-    for part in ([SOURCE.read_bytes(), _header().read_bytes()] +
+    for part in ([SOURCE.read_bytes(), KERNEL_HEADER.read_bytes(), _header().read_bytes()] +
                  [source.read_bytes() for source in _api_sources()] +
                  [mx.__version__.encode(),
                   '\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS)).encode(),
