@@ -465,7 +465,7 @@ def build(path=None, force=False, form=None):
     force : bool, default False
         Rebuild even if an intact library is there.
     form : {'operator', 'direct'} or None, default None
-        Which fused form (:data:`OPERATOR`, :data:`DIRECT`); None: the one this MXNet uses
+        Which fused form (``'operator'``, ``'direct'``); None: the one this MXNet uses
         (the operator from MXNet 1.7 on where it can have one, else the direct call).
 
     Returns
@@ -579,7 +579,7 @@ def _build_and_map(form=OPERATOR):
 
 def load():
     """Build (if needed) and load a fused form once per process: the operator into MXNet where
-    it can be had, else the direct call (see :func:`fused_forms`). True on success; the reason
+    it can be had, else the direct call (see ``fused_forms()``). True on success; the reason
     for a failure is kept for :func:`use_fused`. The form taken is said once: an INFO log line,
     or a warning-level one when the direct call stands in for an operator that failed."""
     with _lock:
@@ -609,7 +609,7 @@ def load():
 
 
 def fused_form():
-    """The fused form this process takes, :data:`OPERATOR` or :data:`DIRECT`, loading it if
+    """The fused form this process takes, ``'operator'`` or ``'direct'``, loading it if
     needed; None where neither can be had (:func:`use_fused` says why)."""
     return _state.get('form') if load() else None
 
@@ -838,13 +838,13 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
 
     Parameters
     ----------
-    weights, grads : list of mxnet.nd.NDArray
+    weights, grads : list of NDArray
         Dense arrays on one CPU context, all weights of one dtype (float16, float32 or
         float64), each gradient of its weight's shape and dtype.
-    states : list of tuple of mxnet.nd.NDArray
+    states : list of tuple of NDArray
         Weight j's states, ``(m, v, vhat)``, ``(m, v)`` or ``(m,)`` by the preconditioner,
         float32 for float16 weights, else of the weight's dtype; updated in place.
-    masters : list of mxnet.nd.NDArray or None
+    masters : list of NDArray or None
         float32 master copies of the weights (multi_precision), updated in place, or None.
     lrs, wds, denominator_scales : list of float
         Each weight's step size, weight decay, and ``1 / sqrt(1 - beta2^t)`` (read by the
