@@ -1036,10 +1036,10 @@ def _check_direct_calls_at_exit():
     library = _direct.get('library')
     if library is None or not library.pending:
         return
-    mx.nd.waitall()
     try:
+        mx.nd.waitall()
         library.raise_failures()
-    except DirectUpdateFailed as e:
+    except mx.base.MXNetError as e:     # DirectUpdateFailed, or a queued operation's error
         logger.error('%s', e)
 
 
