@@ -135,9 +135,12 @@ def test_direct_call_and_operator_give_the_same_bits(case_id, dtype, multi_preci
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_direct_call_under_mxnets_naive_engine():
-    """MXNET_ENGINE_TYPE=NaiveEngine runs what is pushed at once, in the pushing thread: the
-    direct call computes the reference there too, and is released at once."""
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _run_forced(body, **env):
+    """Run ``body`` in a fresh Python with the fused path through the direct call (the tests'
+    folder on sys.path, numpy as np, kernels, harness and cases imported); its result."""
     script = ('import sys\n'
               'sys.path.insert(0, %r)\n'
               'import numpy as np\n'
@@ -145,41 +148,38 @@ def test_the_direct_call_under_mxnets_naive_engine():
               'from harness import make_problem, run_mxnet, run_reference\n'
               'from cases import CASES_BY_ID\n'
               'assert kernels.load()\n'
-              'kernels._state["form"] = kernels.DIRECT\n'
-              'weights, grads = make_problem(5, seed=9)\n'
-              'case = CASES_BY_ID["everything"]\n'
-              'fused, _ = run_mxnet(case, weights, grads, fused=True)\n'
-              'for f, e in zip(fused, run_reference(case, weights, grads)):\n'
-              '    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)\n'
-              'assert all(s.released for s, _ in kernels._direct_library().pending)\n'
-              'print("matched")\n' % str(os.path.dirname(os.path.abspath(__file__))))
-    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            timeout=600, env=dict(os.environ, MXNET_ENGINE_TYPE='NaiveEngine'))
+              'kernels._direct_library()\n'
+              'kernels._state["form"] = kernels.DIRECT\n' % HERE) + body
+    return subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, **env))
+
+
+def test_the_direct_call_under_mxnets_naive_engine():
+    """MXNET_ENGINE_TYPE=NaiveEngine runs what is pushed at once, in the pushing thread: the
+    direct call computes the reference there too, and is released at once."""
+    result = _run_forced('weights, grads = make_problem(5, seed=9)\n'
+                         'case = CASES_BY_ID["everything"]\n'
+                         'fused, _ = run_mxnet(case, weights, grads, fused=True)\n'
+                         'for f, e in zip(fused, run_reference(case, weights, grads)):\n'
+                         '    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)\n'
+                         'assert all(s.released for s, _ in kernels._direct_library().pending)\n'
+                         'print("matched")\n', MXNET_ENGINE_TYPE='NaiveEngine')
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'matched' in result.stdout
 
 
-def test_results_do_not_depend_on_the_number_of_openmp_threads(tmp_path):
+def test_results_do_not_depend_on_the_number_of_openmp_threads():
     """The chunks of a call go to OpenMP's threads; each element is computed by one of them
     the same way, so one thread and two give the same bits."""
-    script = ('import sys, hashlib\n'
-              'sys.path.insert(0, %r)\n'
-              'import numpy as np\n'
-              'from namsg import kernels\n'
-              'from harness import make_problem, run_mxnet\n'
-              'from cases import CASES_BY_ID\n'
-              'assert kernels.load()\n'
-              'kernels._direct_library()\n'
-              'kernels._state["form"] = kernels.DIRECT\n'
-              'shapes = [(70001,), (129, 257), (3,), (40000,)]\n'
-              'weights, grads = make_problem(5, seed=8, shapes=shapes)\n'
-              'ws, _ = run_mxnet(CASES_BY_ID["everything"], weights, grads, fused=True)\n'
-              'print(hashlib.sha256(b"".join(w.tobytes() for w in ws)).hexdigest())\n'
-              % str(os.path.dirname(os.path.abspath(__file__))))
     digests = []
     for threads in ('1', '2'):
-        result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                                timeout=600, env=dict(os.environ, OMP_NUM_THREADS=threads))
+        result = _run_forced(
+            'import hashlib\n'
+            'shapes = [(70001,), (129, 257), (3,), (40000,)]\n'
+            'weights, grads = make_problem(5, seed=8, shapes=shapes)\n'
+            'ws, _ = run_mxnet(CASES_BY_ID["everything"], weights, grads, fused=True)\n'
+            'print(hashlib.sha256(b"".join(w.tobytes() for w in ws)).hexdigest())\n',
+            OMP_NUM_THREADS=threads)
         assert result.returncode == 0, result.stderr[-3000:]
         digests.append(result.stdout.split()[-1])
     assert digests[0] == digests[1]
@@ -435,23 +435,15 @@ def test_a_failure_in_the_engine_writes_nothing_and_is_raised_by_the_next_update
     assert not np.array_equal(weight.asnumpy(), before[0])
 
 
-def test_a_failure_in_the_last_update_is_logged_at_exit(tmp_path):
-    script = ('import sys, logging\n'
-              'sys.path.insert(0, %r)\n'
-              'logging.basicConfig(format="LOG %%(levelname)s %%(message)s")\n'
-              'import mxnet as mx\n'
-              'from namsg import kernels\n'
-              'import test_direct\n'
-              'assert kernels.load()\n'
-              'kernels._direct_library()\n'
-              'kernels._state["form"] = kernels.DIRECT\n'
-              'opt, weight, grad, state = test_direct._problem()\n'
-              'failing = test_direct.get_data_failing()\n'
-              'failing.__enter__()\n'
-              'opt.update_multi_precision(0, weight, grad, state)\n'
-              'print("pushed")\n' % str(os.path.dirname(os.path.abspath(__file__))))
-    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            timeout=600, cwd=str(tmp_path))
+def test_a_failure_in_the_last_update_is_logged_at_exit():
+    result = _run_forced('import logging\n'
+                         'logging.basicConfig(format="LOG %(levelname)s %(message)s")\n'
+                         'import test_direct\n'
+                         'opt, weight, grad, state = test_direct._problem()\n'
+                         'failing = test_direct.get_data_failing()\n'
+                         'failing.__enter__()\n'
+                         'opt.update_multi_precision(0, weight, grad, state)\n'
+                         'print("pushed")\n')
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'pushed' in result.stdout
     assert ("LOG ERROR namsg: 1 fused ARSG update (direct call) could not run in MXNet's engine "
