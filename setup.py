@@ -22,7 +22,7 @@ setup(
     # optimizer arsg').
     package_dir={'': '.'},
     # _worker_site/ is not a package: namsg_dist puts it on the workers' PYTHONPATH.
-    package_data={'namsg.kernels': ['*.cc'], 'namsg': ['_worker_site/sitecustomize.py']},
+    package_data={'namsg.kernels': ['*.cc', '*.h'], 'namsg': ['_worker_site/sitecustomize.py']},
     # Outside the package so that a parameter server can start it before mxnet (see its doc).
     py_modules=['namsg_dist'],
     python_requires='>=3.8',

@@ -6,9 +6,9 @@
 # MXNet change, none of the experiment packages). Then, against that installed copy: the optimizer
 # parity tests and the Trainer and Module tests against the NumPy reference, the optimizers'
 # constructors and settings, the NDArray path's operator forms and what an update call remembers,
-# on both paths where the fused operator can be had (1.7 and 1.8, built against their own
-# lib_api.h: the operator, its build, cache and isolation tests run too) and on the NDArray path
-# before (1.5, 1.6: test_the_path_taken_and_why_is_said_once checks the warning that says so); the
+# on both paths: the fused path is the extension operator on 1.7 and 1.8 (built against their
+# own lib_api.h) and the direct call on 1.5 and 1.6 (test_the_path_taken_and_why_is_said_once
+# checks which), and each runs its build, cache, isolation and direct-call tests too; the
 # install tests that need no extra; and one 2-worker parameter-server job (namsg_dist; its
 # processes take the clone's namsg). Each run says which path ARSG took.
 # pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
@@ -65,21 +65,19 @@ for version in $VERSIONS; do
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 warnings.simplefilter("always")
 import namsg
-print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|NDArray path' |
+print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|direct-call path|NDArray path' |
         sed 's/.*namsg: /namsg: /' || true)
     echo "compat: mxnet $version: $path"
     # From tests/, so that `import namsg` finds the installed copy, not the clone's.
     if [[ $version == 1.[56].* ]]; then
-        [[ $path == *'using the NDArray path'* ]] ||
-            fail "mxnet $version: expected the NDArray path"
-        tests=(-k 'not fused' test_parity.py test_gluon.py test_ops.py test_optimizer.py
-               test_call_memo.py test_kernels.py::test_the_path_taken_and_why_is_said_once)
+        [[ $path == *'ARSG takes the fused direct-call path (MXNet '* ]] ||
+            fail "mxnet $version: expected the fused direct-call path"
     else
         [[ $path == *'ARSG takes the fused operator path (MXNet '* ]] ||
-            fail "mxnet $version: expected the fused path"
-        tests=(test_parity.py test_gluon.py test_ops.py test_optimizer.py test_call_memo.py
-               test_kernels.py test_kernel_isolation.py)
+            fail "mxnet $version: expected the fused operator path"
     fi
+    tests=(test_parity.py test_gluon.py test_ops.py test_optimizer.py test_call_memo.py
+           test_kernels.py test_kernel_isolation.py test_direct.py)
     (cd tests && "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$ROOT" \
         "${tests[@]}" \
         test_install.py::test_import_without_mxnet_says_which_package_to_install \

@@ -21,8 +21,10 @@ each, in turns (one step of each optimizer after the other, the order rotating),
 times compared are taken within moments of each other; a step's time is the median of its
 round, and "vs adam" is the median over the rounds of each round's ratio, with the lowest and
 highest round in brackets: ratios from one round share the machine's state, which makes them
-comparable on a machine that other work shares. Where the fused operator cannot be had
-(MXNet 1.5, 1.6, no compiler) its rows say why and the rest is measured.
+comparable on a machine that other work shares. The first line says which fused form ARSG
+takes: the extension operator (MXNet 1.7 to 1.9) or the direct call (MXNet 1.5.1 and 1.6, or
+where the operator cannot be had); where neither can be had (no compiler) the fused rows say
+why and the rest is measured.
 """
 
 import argparse
@@ -46,6 +48,7 @@ OPTIMIZERS = {
 }
 # Values read and written per parameter value by one float32 step, each 4 bytes: the weight
 # and the gradient are read, the weight and every state array are read and written.
+FORMS = {kernels.OPERATOR: 'the extension operator', kernels.DIRECT: 'the direct call'}
 TRAFFIC = {'adam': (4, 3), 'sgd': (3, 2), 'arsg fused': (5, 4), 'arsg ndarray': (5, 4)}
 TRAFFIC_NOTE = {'adam': 'w g m v / w m v', 'sgd': 'w g mom / w mom',
                 'arsg fused': 'w g m v vhat / w m v vhat', 'arsg ndarray': 'as arsg fused'}
@@ -300,7 +303,8 @@ def main(argv=None):
     only = args.only.split(',')
     print('mxnet %s, %d cores, OMP_NUM_THREADS=%s; ARSG fused path: %s' % (
         mx.__version__, os.cpu_count(), os.environ.get('OMP_NUM_THREADS', 'unset'),
-        kernels.library_path().name if missing is None else 'none (%s)' % missing))
+        FORMS[kernels.fused_form()] + ' (%s)' % kernels._state['path'].name
+        if missing is None else 'none (%s)' % missing))
     print('%d rounds x %d timed steps per optimizer (after %d warm-up), optimizers interleaved'
           % (args.rounds, args.repeats, args.warmup))
     resnet_shapes = resnet20_shapes() if {'calls', 'resnet20', 'train', 'dispatch'} & set(

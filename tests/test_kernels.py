@@ -1,5 +1,6 @@
-"""The fused ARSG operator: build, choice of path, many arrays, odd sizes, engine ordering.
-(Its parity over the whole option matrix runs in test_parity, on both paths.)"""
+"""The fused ARSG update: build, choice of path and form, many arrays, odd sizes, engine
+ordering. (Its parity over the whole option matrix runs in test_parity, on both paths; the
+direct call's own tests are in test_direct.)"""
 
 import hashlib
 import logging
@@ -25,18 +26,46 @@ from harness import make_problem, run_mxnet, run_reference
 
 requires_fused = pytest.mark.skipif(not kernels.load(), reason='fused operator not built: %s'
                                     % kernels._state['error'])
+requires_direct = pytest.mark.skipif(kernels.direct_unavailable_reason() is not None,
+                                     reason=str(kernels.direct_unavailable_reason()))
+# The extension operator itself (MXNet 1.7 to 1.9), where the test calls it by its name.
+requires_operator = pytest.mark.skipif(
+    kernels.fused_form() != kernels.OPERATOR,
+    reason='the fused path here is the direct call (MXNet %s): %s' % (
+        mx.__version__, kernels.unavailable_reason() or kernels._state['error']))
+
+
+# The forms this MXNet can build: none on mxnet-mkl 1.5 (see direct_unavailable_reason).
+BUILDABLE = [form for form in kernels.fused_forms() if kernels._reason(form) is None]
+requires_a_form = pytest.mark.skipif(not BUILDABLE, reason='MXNet %s can build no fused form: %s'
+                                     % (mx.__version__, kernels.direct_unavailable_reason()))
+
+
+def _expected_form():
+    """The form this MXNet should take: the operator from 1.7 on, else the direct call, but for
+    MXNet 1.5 built with MKLDNN (None)."""
+    if kernels.MXNET_VERSION >= (1, 7):
+        return kernels.OPERATOR
+    return None if kernels.direct_unavailable_reason() else kernels.DIRECT
 
 
 def test_fused_operator_builds_here():
-    """CI's clean checkout must build it: a failure here is a failure, not a skip."""
-    assert kernels.load(), kernels._state['error']
+    """CI's clean checkout must build it: a failure here is a failure, not a skip. From MXNet
+    1.7 on that is the extension operator, on 1.5 and 1.6 the direct call (not on mxnet-mkl
+    1.5, where the reason is kept)."""
+    assert kernels.load() == (_expected_form() is not None), kernels._state['error']
+    assert kernels.fused_form() == _expected_form(), kernels.unavailable_reason()
+    if _expected_form() is None:
+        assert kernels._state['error'] == kernels.direct_unavailable_reason()
 
 
+@requires_a_form
 def test_build_from_scratch_into_a_given_path(tmp_path):
     path = kernels.build(tmp_path / 'libtest.so')
     assert path.is_file() and path.stat().st_size > 10000
 
 
+@requires_a_form
 def test_portable_build_when_the_compiler_rejects_the_cpu_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, 'ARCH_FLAGS', ['-mno-such-instruction-set'])
     path = kernels.build(tmp_path / 'libportable.so')
@@ -49,7 +78,7 @@ def test_cache_key_names_the_cpu(monkeypatch):
     assert kernels.library_path() != here
 
 
-@requires_fused
+@requires_operator
 def test_operator_without_out_leaves_the_weight_and_returns_the_update():
     """Called as a plain operator (no out=weights), the new weights come back as outputs and
     the input weights are untouched; states are updated in place either way."""
@@ -79,15 +108,21 @@ def test_operator_without_out_leaves_the_weight_and_returns_the_update():
             np.testing.assert_array_equal(x, y)
 
 
+def record_calls(monkeypatch, name):
+    """The number of weights of each call to ``kernels.<name>`` from now on (a list that
+    grows), the calls still made."""
+    calls = []
+    original = getattr(kernels, name)
+    monkeypatch.setattr(kernels, name, lambda weights, *a, **k: calls.append(len(weights)) or
+                        original(weights, *a, **k))
+    return calls
+
+
 @requires_fused
 @pytest.mark.parametrize('multi_precision', [False, True])
 def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch, multi_precision):
     """Also with multi_precision=True on float32 parameters (which have no master copies)."""
-    calls = []
-    original = kernels.arsg_update
-    monkeypatch.setattr(kernels, 'arsg_update',
-                        lambda weights, *a, **k: calls.append(len(weights)) or
-                        original(weights, *a, **k))
+    calls = record_calls(monkeypatch, 'arsg_update')
     monkeypatch.delenv(kernels.SWITCH, raising=False)
     net = gluon.nn.HybridSequential()
     net.add(gluon.nn.Dense(8, in_units=4), gluon.nn.Dense(3, in_units=8))
@@ -185,39 +220,43 @@ def test_sparse_gradients_take_the_ndarray_path_inside_a_fused_optimizer():
     np.testing.assert_allclose(weight.asnumpy(), expected, rtol=1e-12)
 
 
+def train_with_inference_between_steps(fused, steps=4):
+    """The parameters after ``steps`` Trainer steps of a hybridized conv + BN + ReLU + dense net
+    with ARSG(fused=fused), an inference forward between the steps: run before the update at
+    odd steps, still queued when the update is called at even ones."""
+    mx.random.seed(4)
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(8, 3, in_channels=3), gluon.nn.BatchNorm(in_channels=8),
+            gluon.nn.Activation('relu'), gluon.nn.Dense(10, in_units=800))
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), namsg.ARSG(learning_rate=0.01, fused=fused))
+    x = mx.nd.random.normal(shape=(4, 3, 12, 12))
+    y = mx.nd.array([1, 2, 3, 4])
+    big = mx.nd.random.normal(shape=(1500, 1500))
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    for step in range(steps):
+        with mx.autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        if step % 2:
+            net(x).wait_to_read()     # inference forward, run before the update
+        else:
+            # Inference forward still queued when the update is called: behind a slow
+            # product that its input waits for (what a loaded machine does by chance).
+            slow = mx.nd.dot(big, big)
+            net(x + 0 * slow[0, 0])
+        trainer.step(4)
+    return [p.data().asnumpy() for p in net.collect_params().values()]
+
+
 @requires_fused
 def test_weights_left_in_mkldnn_layout_by_inference_are_updated():
     """In a hybridized network MXNet's MKLDNN backend runs convolution + BN + ReLU fused for
     inference, and reorders the convolution's weight in place into a blocked layout; the next
     fused update must still see (and update) the weight in the default layout."""
-    results = {}
-    for fused in (True, False):
-        mx.random.seed(4)
-        net = gluon.nn.HybridSequential()
-        net.add(gluon.nn.Conv2D(8, 3, in_channels=3), gluon.nn.BatchNorm(in_channels=8),
-                gluon.nn.Activation('relu'), gluon.nn.Dense(10, in_units=800))
-        net.initialize(mx.init.Xavier())
-        net.hybridize()
-        trainer = gluon.Trainer(net.collect_params(), namsg.ARSG(learning_rate=0.01,
-                                                                 fused=fused))
-        x = mx.nd.random.normal(shape=(4, 3, 12, 12))
-        y = mx.nd.array([1, 2, 3, 4])
-        big = mx.nd.random.normal(shape=(1500, 1500))
-        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        for step in range(4):
-            with mx.autograd.record():
-                loss = loss_fn(net(x), y)
-            loss.backward()
-            if step % 2:
-                net(x).wait_to_read()     # inference forward, run before the update
-            else:
-                # Inference forward still queued when the update is called: behind a slow
-                # product that its input waits for (what a loaded machine does by chance).
-                slow = mx.nd.dot(big, big)
-                net(x + 0 * slow[0, 0])
-            trainer.step(4)
-        results[fused] = [p.data().asnumpy() for p in net.collect_params().values()]
-    for f, p in zip(results[True], results[False]):
+    fused, plain = (train_with_inference_between_steps(fused) for fused in (True, False))
+    for f, p in zip(fused, plain):
         np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-6)
 
 
@@ -231,10 +270,10 @@ def _python(code, cache, **env):
                           env=environment, timeout=600)
 
 
-def _copy_cached_library(cache):
-    """The library this process uses, copied into ``cache`` under its own name with whatever
-    lies beside it (the checksum), as a copied or shared cache holds it."""
-    built = kernels.build()
+def _copy_cached_library(cache, form=None):
+    """The library this process uses (or that of ``form``), copied into ``cache`` under its own
+    name with whatever lies beside it (the checksum), as a copied or shared cache holds it."""
+    built = kernels.build(form=form)
     cache.mkdir(parents=True, exist_ok=True)
     for f in built.parent.glob(built.name + '*'):
         shutil.copy(f, cache / f.name)
@@ -256,10 +295,12 @@ def test_truncated_cached_library_is_rebuilt_before_mxnet_maps_it(tmp_path):
                      'assert namsg.kernels._state["loaded"]\n'
                      'print(w.asnumpy())', tmp_path)
     assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
-    assert 'rebuilt a damaged copy of the fused ARSG operator' in result.stderr
+    assert re.search('rebuilt a damaged copy of the fused ARSG (operator|direct-call library)',
+                     result.stderr)
     assert library.stat().st_size == size and kernels.is_intact(library)
 
 
+@requires_a_form
 def test_library_is_written_with_its_checksum_and_checked(tmp_path, caplog):
     path = kernels.build(tmp_path / 'libcheck.so')
     checksum = (tmp_path / 'libcheck.so.sha256').read_text()
@@ -277,8 +318,8 @@ def test_library_is_written_with_its_checksum_and_checked(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger='namsg.kernels'):
         kernels.build(path)
     assert kernels.is_intact(path)
-    assert re.search(r'rebuilt a damaged copy of the fused ARSG operator in [0-9.]+ s',
-                     caplog.text)
+    assert re.search(r'rebuilt a damaged copy of the fused ARSG (operator|direct-call library) '
+                     r'in [0-9.]+ s', caplog.text)
 
 
 def test_cache_key_changes_with_every_compiler_flag(monkeypatch):
@@ -297,6 +338,7 @@ ADVICE = ('set $NAMSG_KERNEL_CACHE to a writable directory, or build the library
           'time where that directory is writable')
 
 
+@requires_a_form
 def test_unwritable_cache_names_the_variable_to_set_and_not_the_command_that_fails(
         tmp_path, monkeypatch):
     """The advice was `python -m namsg.kernels build` alone, which fails the same way there."""
@@ -310,6 +352,7 @@ def test_unwritable_cache_names_the_variable_to_set_and_not_the_command_that_fai
     assert result.returncode == 1 and ADVICE in result.stderr
 
 
+@requires_a_form
 def test_cache_whose_files_cannot_be_created_gives_the_same_advice(tmp_path, monkeypatch):
     """A cache whose lock file exists but where no new file can be made (read-only for this
     user; as root, simulated) said `writing ... failed` with no advice."""
@@ -369,30 +412,104 @@ def test_build_ahead_of_time_from_the_command_line(tmp_path):
     assert 'needs a C++ compiler to build and no-such-compiler is not on PATH' in result.stderr
 
 
-def test_the_path_taken_and_why_is_said_once():
-    """In a fresh process: from MXNet 1.7 the fused path (logged), before it one warning that the
-    fused operator needs 1.7 and names the version found, not a missing file."""
-    result = _python(
-        'import logging, warnings\n'
-        'logging.basicConfig(level=logging.INFO, format="LOG %(message)s")\n'
-        'warnings.simplefilter("always")\n'
-        'import mxnet as mx, namsg\n'
-        'for _ in range(3):\n'
-        '    print(namsg.kernels.use_fused(None))\n', kernels._cache_dir())
+PATH_TAKEN = ('import logging, warnings\n'
+              'logging.basicConfig(level=logging.INFO, format="LOG %(message)s")\n'
+              'warnings.simplefilter("always")\n'
+              'import mxnet as mx, namsg\n'
+              '{setup}'
+              'for _ in range(3):\n'
+              '    print(namsg.kernels.use_fused(None), namsg.kernels.fused_form())\n')
+
+
+def _path_lines(result):
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if 'namsg' in line]
+    return [line for line in result.stderr.splitlines() if 'namsg' in line and
+            ' built the fused' not in line]
+
+
+def test_the_path_taken_and_why_is_said_once():
+    """In a fresh process, one line: from MXNet 1.7 the fused operator path, on 1.5 and 1.6 the
+    fused direct-call path (INFO), each naming its library; no warning."""
+    result = _python(PATH_TAKEN.format(setup=''), kernels._cache_dir())
+    lines = _path_lines(result)
+    if _expected_form() is None:          # mxnet-mkl 1.5
+        assert result.stdout.split() == ['False', 'None'] * 3
+        assert len([line for line in lines if kernels.direct_unavailable_reason() +
+                    '; using the NDArray path' in line]) == 1, lines
+        return
     if kernels.MXNET_VERSION >= (1, 7):
-        assert result.stdout.split() == ['True'] * 3
-        assert [line for line in lines if 'operator path' in line] == [
-            'LOG namsg: ARSG takes the fused operator path (MXNet %s, %s)'
-            % (mx.__version__, kernels.library_path())]
+        assert result.stdout.split() == ['True', 'operator'] * 3
+        expected = 'LOG namsg: ARSG takes the fused operator path (MXNet %s, %s)' % (
+            mx.__version__, kernels.library_path(kernels.OPERATOR))
     else:
-        assert result.stdout.split() == ['False'] * 3
-        warning = 'namsg: the fused ARSG operator needs MXNet 1.7 or later (found %s), the ' \
-                  'first whose extension API registers operators from a library; using the ' \
-                  'NDArray path' % mx.__version__
-        assert len([line for line in lines if warning in line]) == 1, lines
-        assert 'No such file' not in result.stderr
+        assert result.stdout.split() == ['True', 'direct'] * 3
+        expected = 'LOG namsg: ARSG takes the fused direct-call path (MXNet %s, %s)' % (
+            mx.__version__, kernels.library_path(kernels.DIRECT))
+    assert lines == [expected], lines          # and no warning from namsg
+
+
+@requires_a_form
+def test_without_a_compiler_or_library_the_ndarray_path_is_said_once(tmp_path):
+    """Neither form can be built (no compiler, an empty cache): one warning naming the reason
+    once, also from MXNet 1.7 on where both forms fail for it."""
+    result = _python(PATH_TAKEN.format(setup=''), tmp_path, CXX='no-such-compiler')
+    lines = _path_lines(result)
+    assert result.stdout.split() == ['False', 'None'] * 3
+    warning = ('namsg: the fused ARSG operator needs a C++ compiler to build and '
+               'no-such-compiler is not on PATH (install g++ or set $CXX); using the NDArray '
+               'path (slower, same results). Set NAMSG_FUSED=0 to silence this.')
+    assert len([line for line in lines if warning in line]) == 1, lines
+    assert not [line for line in lines if 'takes the fused' in line], lines
+
+
+@requires_direct
+def test_the_direct_call_stands_in_for_an_operator_that_cannot_be_had(tmp_path):
+    """From MXNet 1.7 on, where the operator cannot be built (here: its lib_api.h missing) the
+    direct call is the fused path, said once at warning level with the operator's reason, and it
+    computes the reference. (On 1.5 and 1.6 the direct call is the fused path itself.)"""
+    setup = ('from pathlib import Path\n'
+             'missing = Path("/nonexistent/include/mxnet/lib_api.h")\n'
+             'namsg.kernels._header = lambda: missing\n'
+             'sys_path = {tests!r}\n'
+             'import sys; sys.path.insert(0, sys_path)\n'
+             'import numpy as np\n'
+             'from cases import CASES_BY_ID\n'
+             'from harness import make_problem, run_mxnet, run_reference\n'
+             'weights, grads = make_problem(10, seed=5)\n'
+             'case = CASES_BY_ID["everything"]\n'
+             'fused, _ = run_mxnet(case, weights, grads, fused=True)\n'
+             'for f, e in zip(fused, run_reference(case, weights, grads)):\n'
+             '    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)\n'
+             ).format(tests=str(Path(__file__).resolve().parent))
+    result = _python(PATH_TAKEN.format(setup=setup), kernels._cache_dir())
+    lines = _path_lines(result)
+    assert result.stdout.split() == ['True', 'direct'] * 3
+    expected = 'LOG namsg: ARSG takes the fused direct-call path (MXNet %s, %s)' % (
+        mx.__version__, kernels.library_path(kernels.DIRECT))
+    if kernels.MXNET_VERSION >= (1, 7):
+        expected += (': the fused operator is not available: the fused ARSG operator compiles '
+                     'against /nonexistent/include/mxnet/lib_api.h, which this mxnet package '
+                     'lacks')
+    assert lines == [expected], lines
+
+
+def test_mxnet_15_with_mkldnn_takes_the_ndarray_path_with_the_reason(monkeypatch):
+    """MXNet 1.5's MXNDArrayGetData refuses an array in an MKLDNN layout, which an inference
+    convolution leaves its weight in: the direct call is not offered there (it is on 1.6)."""
+    monkeypatch.setattr(kernels, 'MXNET_VERSION', (1, 5, 1))
+    monkeypatch.setattr(kernels, '_mkldnn', lambda: True)
+    monkeypatch.setattr(kernels, '_state', dict(loaded=False, error=None, warned=False,
+                                                form=None, path=None))
+    monkeypatch.delenv(kernels.SWITCH, raising=False)
+    reason = ('the fused ARSG update cannot be called directly on MXNet %s built with MKLDNN: '
+              'its MXNDArrayGetData refuses an array that an MKLDNN layer left in its own '
+              'layout (MXNet 1.6 reorders it)' % mx.__version__)
+    assert kernels.direct_unavailable_reason() == reason
+    assert kernels.fused_forms() == (kernels.DIRECT,)
+    with pytest.warns(UserWarning, match=re.escape(reason + '; using the NDArray path')):
+        assert kernels.use_fused(None) is False
+    monkeypatch.setattr(kernels, 'MXNET_VERSION', (1, 6, 0))
+    assert kernels.direct_unavailable_reason() is None
 
 
 @requires_fused
@@ -448,6 +565,7 @@ def _interrupted_build_leftovers(cache):
     return [cache / name for name in names]
 
 
+@requires_a_form
 def test_temporaries_of_a_killed_build_are_removed_by_the_next_build(tmp_path, caplog):
     """They stayed in the cache for ever. Every temporary file is made under the cache's
     exclusive lock and renamed or removed before it is let go, so the next build, holding the
@@ -488,6 +606,7 @@ def _release(process):
     process.stdin.flush()
 
 
+@requires_a_form
 def test_a_build_waits_for_one_in_progress_and_keeps_its_temporary_files(tmp_path):
     """While another process builds (it holds the lock), its temporary file is not touched."""
     builder = _builder(tmp_path, tmp_path / 'libdone.so')
@@ -504,10 +623,18 @@ def test_a_build_waits_for_one_in_progress_and_keeps_its_temporary_files(tmp_pat
 
 
 def test_library_name_carries_the_mxnet_version(monkeypatch):
+    """The operator's library is MXNet's version's; the direct call's serves every MXNet."""
     version = mx.__version__
-    assert kernels.library_path().name.startswith('libnamsg_arsg_mxnet%s_' % version)
+    direct = kernels.library_path(kernels.DIRECT)
+    assert re.fullmatch(r'libnamsg_arsg_direct_[0-9a-f]{16}\.so', direct.name)
+    if kernels.unavailable_reason() is None:
+        assert kernels.library_path().name.startswith('libnamsg_arsg_mxnet%s_' % version)
+    else:
+        assert kernels.library_path() == direct
     monkeypatch.setattr(kernels.mx, '__version__', version + '.post9')
-    assert kernels.library_path().name.startswith('libnamsg_arsg_mxnet%s.post9_' % version)
+    if kernels.unavailable_reason() is None:
+        assert kernels.library_path().name.startswith('libnamsg_arsg_mxnet%s.post9_' % version)
+    assert kernels.library_path(kernels.DIRECT) == direct
 
 
 def _cli(cache, *args):
@@ -517,19 +644,23 @@ def _cli(cache, *args):
 
 
 def _cache_with_libraries_of_other_versions(cache):
-    """This MXNet's library (when it can have one), another MXNet's, this MXNet version's from
-    other sources, one named by an older namsg, and an interrupted build's leftovers."""
+    """This MXNet's libraries (the operator's, where it can have one, and the direct call's),
+    another MXNet's, this MXNet version's from other sources, a direct call's from other
+    sources, one named by an older namsg."""
     cache.mkdir(parents=True, exist_ok=True)
-    current = _copy_cached_library(cache) if kernels.load() else None
+    current = [_copy_cached_library(cache, form) for form in kernels.fused_forms()
+               if kernels._reason(form) is None]
     others = [_fake_library(cache, 'libnamsg_arsg_mxnet1.6.9_0123456789abcdef.so', 3 * 86400,
                             2500000),
               _fake_library(cache, 'libnamsg_arsg_mxnet%s_fedcba9876543210.so' % mx.__version__,
                             2 * 3600),
+              _fake_library(cache, 'libnamsg_arsg_direct_fedcba9876543210.so', 3 * 3600),
               _fake_library(cache, 'libnamsg_arsg_00112233aabbccdd.so', 600)]
     (cache / 'exports-0000000000000000.map').write_text('{ local: *; };\n')
     return current, others
 
 
+@requires_a_form
 def test_list_shows_each_library_with_its_mxnet_size_age_and_owner(tmp_path):
     current, _ = _cache_with_libraries_of_other_versions(tmp_path)
     _interrupted_build_leftovers(tmp_path)
@@ -541,15 +672,20 @@ def test_list_shows_each_library_with_its_mxnet_size_age_and_owner(tmp_path):
                      r'+no: MXNet 1\.6\.9$', rows['libnamsg_arsg_mxnet1.6.9_0123456789abcdef.so'])
     assert re.search(r' [0-9.]+ kB +2 h +no: other namsg sources, compiler or CPU$',
                      rows['libnamsg_arsg_mxnet%s_fedcba9876543210.so' % mx.__version__])
+    assert re.search(r' any +[0-9.]+ kB +3 h +no: other namsg sources, compiler or CPU$',
+                     rows['libnamsg_arsg_direct_fedcba9876543210.so'])
     assert re.search(r' \? +[0-9.]+ kB +10 min +no: built by an older namsg$',
                      rows['libnamsg_arsg_00112233aabbccdd.so'])
-    if current is not None:
-        assert rows[current.name].endswith(' yes')
-        assert len(rows) == 4
+    assert len(current) == (2 if kernels.MXNET_VERSION >= (1, 7) else 1)
+    for library in current:
+        assert rows[library.name].endswith(' yes')
+        assert (' any ' in rows[library.name]) == library.name.startswith(kernels.DIRECT_PREFIX)
+    assert len(rows) == 4 + len(current)
     assert '3 temporary files of interrupted builds' in result.stdout
     assert result.stdout.startswith('kernel cache %s: %d libraries' % (tmp_path, len(rows)))
 
 
+@requires_a_form
 def test_clean_removes_what_this_mxnet_does_not_use_and_all_with_a_flag(tmp_path):
     current, others = _cache_with_libraries_of_other_versions(tmp_path)
     leftovers = _interrupted_build_leftovers(tmp_path)
@@ -560,8 +696,7 @@ def test_clean_removes_what_this_mxnet_does_not_use_and_all_with_a_flag(tmp_path
         assert not path.exists(), path
         assert 'removed %s' % path in result.stdout
     assert (tmp_path / 'notes.txt').exists()
-    if current is not None:
-        assert kernels.is_intact(current)
+    assert current and all(kernels.is_intact(library) for library in current)
     assert re.search(r': removed \d+ files, 2\.5 MB$', result.stdout.strip())
     result = _cli(tmp_path, 'clean', '--all')
     assert result.returncode == 0, result.stderr
@@ -654,7 +789,7 @@ print('reference matched')
 '''
 
 
-@requires_fused
+@requires_operator
 def test_namsgs_own_extension_api_loads_and_computes_the_reference(tmp_path):
     """The 1.8 wheels ship lib_api.h without the src/lib_api.cc that implements it; namsg
     compiles its own (extension_api.cc). Built so against this MXNet's header, as the 1.8 build

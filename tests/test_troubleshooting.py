@@ -12,6 +12,8 @@ import contextlib
 import importlib.util
 import io
 import re
+import threading
+import types
 import warnings
 from pathlib import Path
 
@@ -187,6 +189,23 @@ def _kernel_state(monkeypatch, reason):
         monkeypatch.setitem(kernels._state, key, value)
 
 
+def _direct_call_failed_in_the_engine():
+    """What the next update raises after a direct call that MXNet's engine could not run (its
+    status as the library writes it; nothing is built)."""
+    status = kernels._CallStatus(ran=2, released=1, message=b'MXNDArrayGetData failed')
+    pending = types.SimpleNamespace(pending=[(status, ())], pending_lock=threading.Lock())
+    kernels._DirectLibrary.raise_failures(pending)
+
+
+def _direct_call_reason(monkeypatch, version, mkldnn):
+    """Why the direct call cannot be had on MXNet ``version`` (with MKLDNN or not)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(mx, '__version__', version)
+        patch.setattr(kernels, 'MXNET_VERSION', tuple(int(v) for v in version.split('.')[:2]))
+        patch.setattr(kernels, '_mkldnn', lambda: mkldnn)
+        return kernels.direct_unavailable_reason()
+
+
 def _parser_error(argv):
     """What ``python -m namsg_dist ARGV`` prints last on stderr for a refused command line."""
     err = io.StringIO()
@@ -240,6 +259,9 @@ def messages(tmp_path, monkeypatch):
                                'not on PATH (install g++ or set $CXX)')
     found['the fused operator required but unavailable'] = raised(_first_update, 'arsg', fused=True)
     found['the fused operator unavailable'] = warned(UserWarning, kernels.use_fused, None)
+    found['the direct call on MXNet 1.5.0'] = _direct_call_reason(monkeypatch, '1.5.0', False)
+    found['the direct call on mxnet-mkl 1.5'] = _direct_call_reason(monkeypatch, '1.5.1', True)
+    found['a direct call that failed in the engine'] = raised(_direct_call_failed_in_the_engine)
     (tmp_path / 'a-file').write_text('')
     found['a kernel cache that cannot be written'] = raised(
         kernels.build, tmp_path / 'a-file' / 'cache' / 'libnamsg_arsg.so')

@@ -59,7 +59,8 @@ EXTERNAL = {
         ('mxnet.kvstore.KVStoreBase', 'kvstore/index.html'),
         ('mxnet.kvstore.KVStore', 'kvstore/index.html'),
         ('mxnet.module.Module', 'module/index.html'),
-    )],
+    )] + [('mxnet.base.MXNetError', 'py:exception',
+           'api/mxnet/base/index.html#mxnet.base.MXNetError')],
 }
 
 

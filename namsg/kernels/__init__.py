@@ -1,22 +1,38 @@
-"""The fused ARSG operator: building it, loading it into MXNet, calling it, and its cache.
+"""The fused ARSG update: building it, loading it, calling it, and its cache.
 
-``arsg_update.cc`` is compiled on first use with the machine's C++ compiler (``$CXX`` or
-``g++``) against the extension API of the MXNet that is installed (``include/mxnet/lib_api.h``
-of the mxnet package: library API version 7 on MXNet 1.7, 10 on 1.8, 11 on 1.9; MXNet loads a
-library of its own version only). Version 7 is all in the header; 10 and 11 need its
-implementation, ``src/lib_api.cc``, which the 1.9 wheels ship and the 1.8 wheels do not: there
-namsg compiles its own (``extension_api.cc``). MXNet 1.5 has no extension API and 1.6's cannot
-register operators, so they take the NDArray path.
+One update loop (``arsg_kernel.h``: weight decay, rescale, clip, m, v, vhat and the weight in
+one pass over each array, all arrays of a call in one OpenMP loop) comes in two forms:
 
-The library is cached under ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``) as
+- the **operator** (``arsg_update.cc``), an MXNet operator registered through MXNet's extension
+  API and loaded with ``mx.library.load``: MXNet's engine runs it asynchronously, ordered by its
+  inputs and outputs. It is compiled on first use with the machine's C++ compiler (``$CXX`` or
+  ``g++``) against the extension API of the MXNet that is installed (``include/mxnet/lib_api.h``
+  of the mxnet package: library API version 7 on MXNet 1.7, 10 on 1.8, 11 on 1.9; MXNet loads a
+  library of its own version only). Version 7 is all in the header; 10 and 11 need its
+  implementation, ``src/lib_api.cc``, which the 1.9 wheels ship and the 1.8 wheels do not:
+  there namsg compiles its own (``extension_api.cc``). MXNet 1.5 has no extension API and 1.6's
+  cannot register operators.
+- the **direct call** (``arsg_direct.cc``), a plain shared library that needs no MXNet header,
+  loaded with ctypes. It checks the arrays at once, then pushes the update to MXNet's engine
+  through MXNet's C API (``MXEnginePushSyncND``), with the gradients as the arrays it reads and
+  the rest as those it writes, so that the engine orders and runs it asynchronously as it does
+  the operator (see that file). It is the fused path on MXNet 1.5.1 and 1.6, and on 1.7 to 1.9
+  where the operator cannot be built or loaded (a warning says why). It is not offered on MXNet
+  1.5.0, whose ``MXEnginePushSyncND`` misreads its arrays, nor on 1.5 built with MKLDNN
+  (``mxnet-mkl``), which cannot hand over an array that an MKLDNN layer left in its blocked
+  layout (1.6 reorders it): there it is the NDArray path.
+
+The operator's library is cached under ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``) as
 ``libnamsg_arsg_mxnet<MXNet version>_<key>.so``, the key a hash of the sources, MXNet's
 extension API files, the whole compiler command, the MXNet version and the CPU, and loaded
-with ``mx.library.load``. Each library is written atomically with its SHA-256 beside it
-(``<library>.sha256``, in ``sha256sum`` format) and checked against it before MXNet maps it, so a
-damaged copy (an interrupted copy, a full disk) is rebuilt instead of crashing the process.
-Builds and clean-ups in one cache directory take turns (an exclusive lock on its
-``.build.lock``); a process holds the lock shared while it checks and maps a library, so that
-no clean-up removes it meanwhile. Temporary files that a build killed half-way left behind are
+with ``mx.library.load``; the direct call's as ``libnamsg_arsg_direct_<key>.so``, the key a
+hash of its sources, the compiler command and the CPU (one library for every MXNet). Each
+library is written atomically with its SHA-256 beside it (``<library>.sha256``, in
+``sha256sum`` format) and checked against it before it is mapped, so a damaged copy (an
+interrupted copy, a full disk) is rebuilt instead of crashing the process. Builds and
+clean-ups in one cache directory take turns (an exclusive lock on its ``.build.lock``); a
+process holds the lock shared while it checks and maps a library, so that no clean-up removes
+it meanwhile. Temporary files that a build killed half-way left behind are
 removed by the next build there.
 
 MXNet 1.7 and 1.8 close extension libraries at exit in a loop that reads freed memory
@@ -24,15 +40,18 @@ MXNet 1.7 and 1.8 close extension libraries at exit in a loop that reads freed m
 SIGSEGV, exit status lost); the library built for them ends the process with its own exit
 status when MXNet closes it (see the compatibility section of ``arsg_update.cc``).
 
-``python -m namsg.kernels build`` builds it ahead of time (for read-only or shared caches);
-``python -m namsg.kernels list`` shows the cache and ``python -m namsg.kernels clean`` removes
-the libraries that this MXNet does not use (``python -m namsg.kernels --help``).
+``python -m namsg.kernels build`` builds the library this MXNet uses ahead of time (for
+read-only or shared caches); ``python -m namsg.kernels list`` shows the cache and ``python -m
+namsg.kernels clean`` removes the libraries that this MXNet does not use (``python -m
+namsg.kernels --help``).
 
 ``$NAMSG_FUSED`` chooses the path for optimizers that leave ``fused=None``: ``auto`` (default:
-the fused path where it can be built, else the NDArray path with one warning), ``1`` (fused,
-an error if it cannot be had), ``0`` (NDArray path).
+the fused path, in either form, where it can be built, else the NDArray path with one warning),
+``1`` (fused, an error if it cannot be had), ``0`` (NDArray path). Which path and form are
+taken is said once per process (an INFO log line naming the library).
 """
 
+import atexit
 import contextlib
 import ctypes
 import fcntl
@@ -51,14 +70,27 @@ import warnings
 from pathlib import Path
 
 import mxnet as mx
-from mxnet.base import _LIB, check_call
+from mxnet.base import _LIB, check_call, py_str
 
 from .._mxnet import VERSION as MXNET_VERSION
 
-__all__ = ['FusedUnavailable', 'CachedLibrary', 'build', 'library_path', 'load', 'use_fused',
-           'arsg_update', 'cached_libraries', 'clean_cache', 'entry_points']
+__all__ = ['FusedUnavailable', 'DirectUpdateFailed', 'CachedLibrary', 'OPERATOR', 'DIRECT',
+           'build', 'library_path', 'load', 'use_fused', 'fused_form', 'arsg_update',
+           'operator_update', 'direct_update', 'cached_libraries', 'clean_cache', 'entry_points']
 
+# The fused forms (see the module's docstring).
+OPERATOR = 'operator'
+DIRECT = 'direct'
+# The update loop, which both forms' sources include.
+KERNEL_HEADER = Path(__file__).with_name('arsg_kernel.h')
 SOURCE = Path(__file__).with_name('arsg_update.cc')
+DIRECT_SOURCE = Path(__file__).with_name('arsg_direct.cc')
+# What the direct-call library exports, and the version of that interface it must report
+# (NAMSG_ARSG_DIRECT_ABI in arsg_direct.cc).
+DIRECT_ENTRY_POINTS = ('namsg_arsg_direct_abi', 'namsg_arsg_direct_update')
+DIRECT_ABI = 3
+# MXNDArrayGetData reorders an array in an MKLDNN layout from MXNet 1.6 on (1.5's fails on it).
+DIRECT_MKLDNN_MXNET = (1, 6)
 # namsg's implementation of the library side of extension API versions 10 and 11, compiled
 # where the mxnet package lacks src/lib_api.cc (the 1.8 wheels).
 EXTENSION_API = Path(__file__).with_name('extension_api.cc')
@@ -85,6 +117,7 @@ ARCH_FLAGS = ['-march=native', '-ffp-contract=off']
 SWITCH = 'NAMSG_FUSED'
 CACHE_ENV = 'NAMSG_KERNEL_CACHE'
 LIBRARY_PREFIX = 'libnamsg_arsg_'
+DIRECT_PREFIX = LIBRARY_PREFIX + 'direct_'
 # What a build killed half-way leaves behind (mkstemp's names, see _compile_into and
 # _write_version_script).
 TEMPORARY_PATTERNS = ('*.so.tmp', '*.so.tmp.sha256', '*.map.tmp')
@@ -93,11 +126,13 @@ LOCK_NAME = '.build.lock'
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_state = {'loaded': False, 'error': None, 'warned': False}
+# loaded: a fused form is ready (form: which, path: its library); error: why none can be had.
+_state = {'loaded': False, 'error': None, 'warned': False, 'form': None, 'path': None}
+_direct = {}         # the direct-call library, once loaded: see _DirectLibrary
 
 
 class FusedUnavailable(RuntimeError):
-    """The fused operator was required (NAMSG_FUSED=1 or fused=True) but cannot be built."""
+    """The fused update was required (NAMSG_FUSED=1 or fused=True) but cannot be built."""
 
 
 def _mxnet_dir():
@@ -135,8 +170,9 @@ def api_version():
 
 
 def unavailable_reason():
-    """Why the fused operator cannot be had with this MXNet, or None. (A compiler is needed
-    only where no intact library is cached: see build.)"""
+    """Why the fused extension operator cannot be had with this MXNet, or None. (A compiler is
+    needed only where no intact library is cached: see build. The direct call may still be had:
+    see direct_unavailable_reason.)"""
     if MXNET_VERSION < FUSED_MXNET:
         # 1.5 has no extension API; 1.6's loads a library and calls its initialize(), nothing
         # more: operators from a library came with 1.7's.
@@ -151,6 +187,40 @@ def unavailable_reason():
                 '1.7 to 1.9; %s is version %s' % ('/'.join(map(str, API_VERSIONS)), _header(),
                                                   api_version()))
     return None
+
+
+def direct_unavailable_reason():
+    """Why the fused direct call cannot be had with this MXNet, or None. (It needs a compiler
+    only where no intact library is cached, as the operator does.)"""
+    if mx.__version__ == '1.5.0':
+        return ('the fused ARSG update cannot be pushed to the engine of MXNet 1.5.0, whose '
+                'MXEnginePushSyncND misreads its arrays (apache/mxnet#15774, fixed in 1.5.1): '
+                'upgrade to MXNet 1.5.1 or later')
+    if MXNET_VERSION < DIRECT_MKLDNN_MXNET and _mkldnn():
+        return ('the fused ARSG update cannot be called directly on MXNet %s built with MKLDNN: '
+                'its MXNDArrayGetData refuses an array that an MKLDNN layer left in its own '
+                'layout (MXNet 1.6 reorders it)' % mx.__version__)
+    missing = [name for field, name in _MXNET_API.items()
+               if field != 'get_shape64' and not hasattr(_LIB, name)]
+    if missing:
+        return ('the fused ARSG update calls MXNet C API functions that this MXNet lacks: %s'
+                % ', '.join(missing))
+    return None
+
+
+def _reason(form):
+    return unavailable_reason() if form == OPERATOR else direct_unavailable_reason()
+
+
+def fused_forms():
+    """The fused forms this MXNet may take, best first: the operator from MXNet 1.7 on (MXNet's
+    engine orders it asynchronously), then the direct call."""
+    return (OPERATOR, DIRECT) if MXNET_VERSION >= FUSED_MXNET else (DIRECT,)
+
+
+def _default_form():
+    """The form whose library this MXNet uses unless it fails to build or load."""
+    return OPERATOR if unavailable_reason() is None else DIRECT
 
 
 def _api_sources():
@@ -204,39 +274,48 @@ def entry_points(header_text=None):
     return tuple(dict.fromkeys(names))
 
 
-def _version_script():
-    """The linker's version script: MXNet's entry points are global, every other symbol --
+def _exports(form):
+    return entry_points() if form == OPERATOR else DIRECT_ENTRY_POINTS
+
+
+def _version_script(form=OPERATOR):
+    """The linker's version script. The direct call's library exports its two functions; the
+    operator's: MXNet's entry points are global, every other symbol --
     lib_api's mxnet::ext classes and the C++ templates that the sources instantiate -- is local,
     so the library's calls stay inside it: otherwise the dynamic linker binds them to the first
     copy in the process's global scope, e.g. libmxnet.so's (built with the old std::string),
     which importing horovod.mxnet makes global (RTLD_GLOBAL), or another extension's, and the
     update crashes. The entry points differ between API versions, hence read from the header."""
-    return '{\n  global:\n    %s;\n  local: *;\n};\n' % ';\n    '.join(entry_points())
+    return '{\n  global:\n    %s;\n  local: *;\n};\n' % ';\n    '.join(_exports(form))
 
 
-def _version_script_name():
+def _version_script_name(form=OPERATOR):
     # Named by its content, so the name (in the compiler command) is in the cache key.
-    return 'exports-%s.map' % hashlib.sha256(_version_script().encode()).hexdigest()[:16]
+    return 'exports-%s.map' % hashlib.sha256(_version_script(form).encode()).hexdigest()[:16]
 
 
-def _build_command(compiler, output, arch_flags):
+def _build_command(compiler, output, arch_flags, form=OPERATOR):
     """The compiler's argument list (nothing is written: the version script it names, beside
-    ``output``, is written by _write_version_script just before compiling)."""
+    ``output``, is written by _write_version_script just before compiling). The sources find
+    arsg_kernel.h beside them; the direct call's needs nothing of MXNet's."""
+    script = Path(output).parent / _version_script_name(form)
+    command = [compiler] + FLAGS + ['-Wl,--version-script=' + str(script)] + arch_flags
+    if form == DIRECT:
+        return command + [str(DIRECT_SOURCE), '-o', str(output)]
     mxnet_dir = _mxnet_dir()
-    script = Path(output).parent / _version_script_name()
-    return ([compiler] + FLAGS + ['-Wl,--version-script=' + str(script)] + arch_flags +
-            ['-I', str(mxnet_dir / 'include' / 'mxnet'), '-I', str(mxnet_dir / 'include'),
-             str(SOURCE)] + [str(source) for source in _api_sources()] + ['-o', str(output)])
+    return (command + ['-I', str(mxnet_dir / 'include' / 'mxnet'),
+                       '-I', str(mxnet_dir / 'include'), str(SOURCE)] +
+            [str(source) for source in _api_sources()] + ['-o', str(output)])
 
 
-def _write_version_script(directory):
+def _write_version_script(directory, form=OPERATOR):
     """The linker's version script in ``directory`` (the cache), written once and atomically,
     readable by every user of a shared cache."""
-    script = Path(directory) / _version_script_name()
+    script = Path(directory) / _version_script_name(form)
     if not script.is_file():
         fd, tmp = tempfile.mkstemp(dir=directory, suffix='.map.tmp')
         with os.fdopen(fd, 'w') as f:
-            f.write(_version_script())
+            f.write(_version_script(form))
         os.chmod(tmp, 0o644)
         os.replace(tmp, script)
 
@@ -257,18 +336,26 @@ def _version_tag(version):
     return re.sub(r'[^A-Za-z0-9.+-]', '_', version)
 
 
-def library_path():
-    """Where the built library for these sources, MXNet's extension API files, this compiler
-    command (every flag), MXNet version and CPU is cached. Needs an MXNet that can have the
-    operator (see unavailable_reason)."""
+def library_path(form=None):
+    """Where the built library of ``form`` is cached: the operator's for these sources, MXNet's
+    extension API files, this compiler command (every flag), MXNet version and CPU (it needs an
+    MXNet that can have the operator, see unavailable_reason); the direct call's for its
+    sources, this compiler command and CPU, whatever the MXNet. ``form`` None: the form this
+    MXNet uses (the operator where it can have one)."""
+    form = form or _default_form()
+    if form == DIRECT:
+        parts = [DIRECT_SOURCE.read_bytes(), KERNEL_HEADER.read_bytes()]
+    else:
+        parts = ([SOURCE.read_bytes(), KERNEL_HEADER.read_bytes(), _header().read_bytes()] +
+                 [source.read_bytes() for source in _api_sources()] + [mx.__version__.encode()])
     digest = hashlib.sha256()
-    for part in ([SOURCE.read_bytes(), _header().read_bytes()] +
-                 [source.read_bytes() for source in _api_sources()] +
-                 [mx.__version__.encode(),
-                  '\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS)).encode(),
-                  _cpu_identity().encode()]):
+    for part in parts + ['\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS,
+                                                    form)).encode(),
+                         _cpu_identity().encode()]:
         digest.update(part)
         digest.update(b'\0')
+    if form == DIRECT:
+        return _cache_dir() / ('%s%s.so' % (DIRECT_PREFIX, digest.hexdigest()[:16]))
     return _cache_dir() / ('%smxnet%s_%s.so' % (LIBRARY_PREFIX, _version_tag(mx.__version__),
                                                 digest.hexdigest()[:16]))
 
@@ -363,8 +450,8 @@ def _remove(paths):
     return removed, freed
 
 
-def build(path=None, force=False):
-    """Compile the operator library unless an intact one is there.
+def build(path=None, force=False, form=None):
+    """Compile a fused form's library unless an intact one is there.
 
     Concurrent builders in one directory wait for each other (its lock); the one that builds
     first removes the temporary files that builds killed half-way left there, and logs a
@@ -377,6 +464,9 @@ def build(path=None, force=False):
         Where to write the library; None: :func:`library_path` in ``$NAMSG_KERNEL_CACHE``.
     force : bool, default False
         Rebuild even if an intact library is there.
+    form : {'operator', 'direct'} or None, default None
+        Which fused form (``'operator'``, ``'direct'``); None: the one this MXNet uses
+        (the operator from MXNet 1.7 on where it can have one, else the direct call).
 
     Returns
     -------
@@ -386,15 +476,17 @@ def build(path=None, force=False):
     Raises
     ------
     FusedUnavailable
-        This MXNet or machine cannot build it (the reason says which: MXNet before 1.7, no
-        ``lib_api.h``, an unknown extension API version, no compiler), the compiler failed, or
-        the directory is not writable (the message says to set ``$NAMSG_KERNEL_CACHE`` to a
-        writable directory or to build where that one is writable).
+        This MXNet or machine cannot build it (the reason says which: for the operator MXNet
+        before 1.7, no ``lib_api.h`` or an unknown extension API version; for the direct call
+        MXNet 1.5 with MKLDNN; no compiler), the compiler failed, or the directory is not
+        writable (the message says to set ``$NAMSG_KERNEL_CACHE`` to a writable directory or to
+        build where that one is writable).
     """
-    reason = unavailable_reason()
+    form = form or _default_form()
+    reason = _reason(form)
     if reason:
         raise FusedUnavailable(reason)
-    path = Path(path or library_path())
+    path = Path(path or library_path(form))
     if not force and is_intact(path):
         return path
     # Checked only now: machines that run a library built ahead of time need no compiler.
@@ -415,15 +507,17 @@ def build(path=None, force=False):
                            '%s', len(leftovers), path.parent)
         damaged = path.exists() and not force
         start = time.monotonic()
-        _compile_into(path)
-        logger.warning('namsg: %s the fused ARSG operator in %.1f s (once for this MXNet, '
-                       'compiler command and CPU): %s',
+        _compile_into(path, form)
+        logger.warning('namsg: %s the fused ARSG %s in %.1f s (once for this %s and CPU): %s',
                        'rebuilt a damaged copy of' if damaged else 'built',
-                       time.monotonic() - start, path)
+                       'operator' if form == OPERATOR else 'direct-call library',
+                       time.monotonic() - start,
+                       'MXNet, compiler command' if form == OPERATOR else 'compiler command',
+                       path)
     return path
 
 
-def _compile_into(path):
+def _compile_into(path, form=OPERATOR):
     """Compile into a temporary file beside ``path``, then rename it and its checksum into
     place, the library first: a reader that finds the old checksum rebuilds under the lock."""
     compiler = _compiler()
@@ -434,14 +528,15 @@ def _compile_into(path):
     os.close(fd)
     tmp_sum = tmp + '.sha256'
     try:
-        _write_version_script(path.parent)
+        _write_version_script(path.parent, form)
         for arch_flags in (ARCH_FLAGS, []):
-            result = subprocess.run(_build_command(compiler, tmp, arch_flags),
+            result = subprocess.run(_build_command(compiler, tmp, arch_flags, form),
                                     capture_output=True, text=True)
             if result.returncode == 0:
                 break
         if result.returncode != 0:
-            raise FusedUnavailable('compiling %s failed:\n%s' % (SOURCE.name,
+            source = SOURCE if form == OPERATOR else DIRECT_SOURCE
+            raise FusedUnavailable('compiling %s failed:\n%s' % (source.name,
                                                                  result.stderr[-3000:]))
         os.chmod(tmp, 0o755)        # mkstemp's 0600 would hide it from a shared cache's users
         _write_durably(tmp)
@@ -456,15 +551,15 @@ def _compile_into(path):
                 os.unlink(leftover)
 
 
-def _build_and_map():
-    """Build the library if needed and load it into MXNet; its path."""
-    reason = unavailable_reason()
+def _build_and_map(form=OPERATOR):
+    """Build the library of ``form`` if needed and load it (the operator into MXNet, the direct
+    call with ctypes); its path."""
+    reason = _reason(form)
     if reason:
         raise FusedUnavailable(reason)
-    from mxnet import library      # MXNet 1.5 has none
-    path = library_path()
+    path = library_path(form)
     for _ in range(2):
-        build(path)
+        build(path, form=form)
         # A clean-up between the build and the lock may have removed it: then build again.
         try:
             lock = _open_lock(path.parent)
@@ -472,26 +567,51 @@ def _build_and_map():
             lock = None
         with _locked(lock, exclusive=False):
             if is_intact(path):
-                library.load(str(path), verbose=False)
+                if form == OPERATOR:
+                    from mxnet import library      # MXNet 1.5 has none
+                    library.load(str(path), verbose=False)
+                else:
+                    _direct['library'] = _DirectLibrary(path)
                 return path
     raise FusedUnavailable('%s was removed twice between its build and its loading (is a '
                            '`python -m namsg.kernels clean --all` running in a loop?)' % path)
 
 
 def load():
-    """Build (if needed) and load the operator into MXNet once per process. True on success;
-    the reason for a failure is kept for :func:`use_fused`."""
+    """Build (if needed) and load a fused form once per process: the operator into MXNet where
+    it can be had, else the direct call (see ``fused_forms()``). True on success; the reason
+    for a failure is kept for :func:`use_fused`. The form taken is said once: an INFO log line,
+    or a warning-level one when the direct call stands in for an operator that failed."""
     with _lock:
         if _state['loaded'] or _state['error'] is not None:
             return _state['loaded']
-        try:
-            path = _build_and_map()
-            _state['loaded'] = True
-            logger.info('namsg: ARSG takes the fused operator path (MXNet %s, %s)',
-                        mx.__version__, path)
-        except (FusedUnavailable, OSError, mx.base.MXNetError) as e:
-            _state['error'] = str(e)
-        return _state['loaded']
+        reasons = []
+        for form in fused_forms():
+            try:
+                path = _build_and_map(form)
+            except (FusedUnavailable, OSError, mx.base.MXNetError) as e:
+                reasons.append(str(e))
+                continue
+            _state.update(loaded=True, form=form, path=path)
+            if form == OPERATOR:
+                logger.info('namsg: ARSG takes the fused operator path (MXNet %s, %s)',
+                            mx.__version__, path)
+            elif reasons:
+                logger.warning('namsg: ARSG takes the fused direct-call path (MXNet %s, %s): '
+                               'the fused operator is not available: %s', mx.__version__, path,
+                               reasons[0])
+            else:
+                logger.info('namsg: ARSG takes the fused direct-call path (MXNet %s, %s)',
+                            mx.__version__, path)
+            return True
+        _state['error'] = '; '.join(dict.fromkeys(reasons))    # each reason once
+        return False
+
+
+def fused_form():
+    """The fused form this process takes, ``'operator'`` or ``'direct'``, loading it if
+    needed; None where neither can be had (:func:`use_fused` says why)."""
+    return _state.get('form') if load() else None
 
 
 # -- the cache: what is in it, and removing what this MXNet does not use ------------------------
@@ -503,40 +623,50 @@ class CachedLibrary:
     ----------
     path : pathlib.Path
         The library.
+    form : {'operator', 'direct'} or None
+        The fused form it holds, from its name; None for a library that namsg named before it
+        put the version there (an operator's).
     mxnet_version : str or None
-        The MXNet version it was built for, from its name; None for a library that namsg named
-        before it put the version there.
+        The MXNet version an operator's library was built for, from its name; None for the
+        direct call's (every MXNet) and for a library that namsg named before it put the
+        version there.
     size : int
         Bytes of the library and its checksum file.
     age : float
         Seconds since it was written.
     current : bool
-        Whether it is the library that this MXNet, compiler command, CPU and these namsg
-        sources use.
+        Whether it is a library that this MXNet, compiler command, CPU and these namsg
+        sources use: the operator's, and the direct call's, which stands in for it where it
+        fails.
     """
 
-    def __init__(self, path, current_path):
+    def __init__(self, path, current_paths):
         self.path = path
         match = re.fullmatch(re.escape(LIBRARY_PREFIX) + r'mxnet(.+)_[0-9a-f]{16}\.so', path.name)
         self.mxnet_version = match.group(1) if match else None
+        if re.fullmatch(re.escape(DIRECT_PREFIX) + r'[0-9a-f]{16}\.so', path.name):
+            self.form = DIRECT
+        else:
+            self.form = OPERATOR if match else None
         self.size = sum(f.stat().st_size for f in (path, _checksum_file(path)) if f.exists())
         self.age = max(0.0, time.time() - path.stat().st_mtime)
-        self.current = path == current_path
+        self.current = path in current_paths
 
     def owner(self):
         """Whether it belongs to this MXNet, in words."""
         if self.current:
             return 'yes'
-        if self.mxnet_version is None:
+        if self.form is None:
             return 'no: built by an older namsg'
-        if self.mxnet_version != _version_tag(mx.__version__):
+        if self.form == OPERATOR and self.mxnet_version != _version_tag(mx.__version__):
             return 'no: MXNet %s' % self.mxnet_version
         return 'no: other namsg sources, compiler or CPU'
 
 
-def _current_library():
-    """The library this process would use, or None where this MXNet cannot have one."""
-    return None if unavailable_reason() else library_path()
+def _current_libraries():
+    """The libraries this process may use, by form: the operator's where this MXNet can have
+    one, and the direct call's where this MXNet can call it."""
+    return {form: library_path(form) for form in fused_forms() if _reason(form) is None}
 
 
 def cached_libraries(directory=None):
@@ -553,9 +683,7 @@ def cached_libraries(directory=None):
         Oldest first.
     """
     directory = Path(directory or _cache_dir())
-    current = _current_library()
-    if current is not None:
-        current = directory / current.name
+    current = {directory / path.name for path in _current_libraries().values()}
     libraries = [CachedLibrary(path, current)
                  for path in directory.glob(LIBRARY_PREFIX + '*.so') if path.is_file()]
     return sorted(libraries, key=lambda library: -library.age)
@@ -564,9 +692,10 @@ def cached_libraries(directory=None):
 def clean_cache(directory=None, everything=False):
     """Remove from a kernel cache what this MXNet does not use.
 
-    That is every library but this MXNet's (see :attr:`CachedLibrary.current`) with its
-    checksum, the linker scripts but this MXNet's, checksums whose library is gone, and the
-    temporary files of interrupted builds. Files that are not namsg's are left alone.
+    That is every library but this MXNet's (see :attr:`CachedLibrary.current`: the operator's
+    and the direct call's) with its checksum, the linker scripts but theirs, checksums whose
+    library is gone, and the temporary files of interrupted builds. Files that are not namsg's
+    are left alone.
 
     It waits for a build in progress there and for processes checking and mapping a library
     (the cache's lock; a warning-level line says so), and holds off new ones meanwhile; what
@@ -579,7 +708,7 @@ def clean_cache(directory=None, everything=False):
     directory : str or pathlib.Path or None, default None
         The cache; None: ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``).
     everything : bool, default False
-        Remove this MXNet's library and linker script too.
+        Remove this MXNet's libraries and linker scripts too.
 
     Returns
     -------
@@ -597,9 +726,10 @@ def clean_cache(directory=None, everything=False):
     if not directory.is_dir():
         return [], 0
     keep = set()
-    if not everything and _current_library() is not None:
-        current = directory / library_path().name
-        keep = {current, _checksum_file(current), directory / _version_script_name()}
+    if not everything:
+        for form, path in _current_libraries().items():
+            current = directory / path.name
+            keep |= {current, _checksum_file(current), directory / _version_script_name(form)}
     # The files there before the lock is held, each with its inode: a file that a build
     # renamed into place while this waited is another file, and stays.
     before = _cache_files(directory, keep)
@@ -669,8 +799,10 @@ def _join(values):
     return ','.join(repr(float(v)) for v in values)
 
 
-def _to_default_layout(arrays):
-    """Make sure no array is left in an MKLDNN (oneDNN) blocked layout. An MKLDNN convolution
+def _default_layout_data(arrays):
+    """The arrays' data pointers, none left in an MKLDNN (oneDNN) blocked layout (the direct
+    call takes them: inside the engine's run of the call, MXNDArrayGetData would wait for the
+    engine to reorder such an array, that is for the call itself). An MKLDNN convolution
     or dense layer run for inference reorders its weight into such a layout in place, and
     MXNet 1.9 hands an in-place extension operator that array as it is, which fails
     ("We can't generate TBlob for MKLDNN data"); 1.7 and 1.8 hand it the same way as an
@@ -687,19 +819,74 @@ def _to_default_layout(arrays):
     whole step. After it each array's own wait returns at once.
     """
     mx.nd.waitall()
-    pointer = ctypes.c_void_p()
+    pointers = []
     for array in arrays:
         array.wait_to_read()
+        pointer = ctypes.c_void_p()
         check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+        pointers.append(pointer.value)
+    return pointers
 
 
 def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *, beta1, beta2,
                 epsilon, mu, rescale_grad, clip_gradient, lower_bound, upper_bound,
                 preconditioner_index):
-    """One fused call for all ``weights`` (dense NDArrays on one CPU context), in place.
-    ``states[j]`` is weight j's state tuple; ``masters`` is None or the float32 master copies."""
+    """One fused ARSG step for all ``weights``, in place, in the form this process took
+    (:func:`fused_form`: the extension operator or the direct call, each pushed to MXNet's
+    engine, which runs it asynchronously in the order of its arrays). Both compute the same
+    values.
+
+    Parameters
+    ----------
+    weights, grads : list of NDArray
+        Dense arrays on one CPU context, all weights of one dtype (float16, float32 or
+        float64), each gradient of its weight's shape and dtype.
+    states : list of tuple of NDArray
+        Weight j's states, ``(m, v, vhat)``, ``(m, v)`` or ``(m,)`` by the preconditioner,
+        float32 for float16 weights, else of the weight's dtype; updated in place.
+    masters : list of NDArray or None
+        float32 master copies of the weights (multi_precision), updated in place, or None.
+    lrs, wds, denominator_scales : list of float
+        Each weight's step size, weight decay, and ``1 / sqrt(1 - beta2^t)`` (read by the
+        'adam' preconditioner only).
+    beta1, beta2, epsilon, mu, rescale_grad : float
+        As :class:`namsg.ARSG`'s.
+    clip_gradient : float or None
+        The clipping threshold; None or 0: none.
+    lower_bound, upper_bound : float or None
+        The projection's bounds; None: unbounded.
+    preconditioner_index : int
+        The index of the preconditioner in ``namsg.arsg.PRECONDITIONERS`` (0 'amsgrad', 1
+        'adam', 2 'none').
+
+    Raises
+    ------
+    FusedUnavailable
+        No fused form can be had (the reason says why).
+    ValueError
+        Direct call: arrays that do not fit together (counts, dtypes, sizes, sparse or GPU
+        arrays), before anything is pushed.
+    mxnet.base.MXNetError
+        MXNet refused a call (e.g. the operator's checks).
+    DirectUpdateFailed
+        Direct call: an earlier call could not run in MXNet's engine (it wrote nothing).
+    """
+    if not load():
+        raise FusedUnavailable('the fused ARSG operator is not available: %s' % _state['error'])
+    update = direct_update if _state.get('form') == DIRECT else operator_update
+    update(weights, grads, states, masters, lrs, wds, denominator_scales, beta1=beta1,
+           beta2=beta2, epsilon=epsilon, mu=mu, rescale_grad=rescale_grad,
+           clip_gradient=clip_gradient, lower_bound=lower_bound, upper_bound=upper_bound,
+           preconditioner_index=preconditioner_index)
+
+
+def operator_update(weights, grads, states, masters, lrs, wds, denominator_scales, *, beta1,
+                    beta2, epsilon, mu, rescale_grad, clip_gradient, lower_bound, upper_bound,
+                    preconditioner_index):
+    """:func:`arsg_update` through the extension operator (loaded by :func:`load`), pushed to
+    MXNet's engine."""
     if _mkldnn():
-        _to_default_layout(weights)
+        _default_layout_data(weights)
     inputs = []
     for j, (w, g, state) in enumerate(zip(weights, grads, states)):
         inputs += [w, g] + list(state)
@@ -717,3 +904,186 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
     if upper_bound is not None:
         attrs['upper_bound'] = repr(upper_bound)
     getattr(mx.nd._internal, OP_NAME)(*inputs, out=list(weights), **attrs)
+
+
+# -- the direct call -----------------------------------------------------------------------------
+
+# The MXNet C API functions that the direct-call library calls (NamsgMXNetApi in arsg_direct.cc,
+# in its order), and the names MXNet exports them by.
+_MXNET_API = {'get_storage_type': 'MXNDArrayGetStorageType',
+              'get_context': 'MXNDArrayGetContext', 'get_dtype': 'MXNDArrayGetDType',
+              'get_shape': 'MXNDArrayGetShapeEx', 'get_shape64': 'MXNDArrayGetShapeEx64',
+              'get_data': 'MXNDArrayGetData', 'last_error': 'MXGetLastError',
+              'push_sync_nd': 'MXEnginePushSyncND'}
+
+
+class _MXNetApi(ctypes.Structure):
+    _fields_ = [(field, ctypes.c_void_p) for field in _MXNET_API]
+
+
+class _Hyper(ctypes.Structure):
+    """NamsgArsgHyper in arsg_direct.cc."""
+    _fields_ = ([(name, ctypes.c_int) for name in ('preconditioner', 'multi_precision',
+                                                    'has_lower', 'has_upper')] +
+                [(name, ctypes.c_double) for name in ('beta1', 'beta2', 'epsilon', 'mu',
+                                                       'rescale_grad', 'clip_gradient',
+                                                       'lower_bound', 'upper_bound')])
+
+
+class _CallStatus(ctypes.Structure):
+    """NamsgCallStatus in arsg_direct.cc: one pushed call, as MXNet's engine runs it."""
+    _fields_ = [('ran', ctypes.c_int), ('released', ctypes.c_int),
+                ('message', ctypes.c_char * 512)]
+
+
+def _int64_shapes():
+    """Whether this MXNet was built with large-tensor support, where its Python reads shapes
+    with MXNDArrayGetShapeEx64 (MXNet 1.5 has neither)."""
+    enabled = getattr(mx.ndarray.ndarray, '_int64_enabled', None)
+    return bool(enabled and enabled())
+
+
+class DirectUpdateFailed(mx.base.MXNetError):
+    """A direct call that MXNet's engine ran could not update its arrays (it wrote nothing).
+    Raised by the next update through the direct call, or logged at exit."""
+
+
+class _DirectLibrary:
+    """The direct-call library, loaded with ctypes, the MXNet functions it is handed, and the
+    calls pushed to MXNet's engine that it has not released yet (their arrays and statuses are
+    kept alive until then: the engine reads them later, from its own threads)."""
+
+    def __init__(self, path):
+        library = ctypes.CDLL(str(path))
+        abi = library.namsg_arsg_direct_abi()
+        if abi != DIRECT_ABI:
+            raise FusedUnavailable('%s has interface version %d, this namsg needs %d: rebuild it '
+                                   'with `python -m namsg.kernels build --force`'
+                                   % (path, abi, DIRECT_ABI))
+        self.update = library.namsg_arsg_direct_update
+        self.update.restype = ctypes.c_int
+        self.update.argtypes = [ctypes.POINTER(_MXNetApi), ctypes.c_int,
+                                ctypes.POINTER(ctypes.c_void_p)] + \
+            [ctypes.POINTER(ctypes.c_double)] * 3 + [
+                ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(_Hyper),
+                ctypes.POINTER(_CallStatus), ctypes.c_char_p, ctypes.c_int]
+        functions = {field: ctypes.cast(getattr(_LIB, name), ctypes.c_void_p)
+                     for field, name in _MXNET_API.items()
+                     if field != 'get_shape64' or _int64_shapes()}
+        self.api = _MXNetApi(**functions)
+        self.library = library        # kept mapped while this object lives
+        self.pending = []             # (status, arrays) of calls not released yet
+        self.pending_lock = threading.Lock()
+
+    def push(self, count, arrays, lrs, wds, scales, hyper):
+        """Check and push one call (see namsg_arsg_direct_update); raise a failure of an
+        earlier call first. Where MXNet runs MKLDNN, the arrays' data is taken now, after a
+        wait for the engine (see arsg_direct.cc)."""
+        self.raise_failures()
+        status = _CallStatus()
+        message = ctypes.create_string_buffer(512)
+        values = ctypes.c_double * count
+        pointers = (ctypes.c_void_p * len(arrays))
+        data = pointers(*_default_layout_data(arrays)) if _mkldnn() else None
+        result = self.update(ctypes.byref(self.api), count,
+                             pointers(*[a.handle for a in arrays]), values(*lrs),
+                             values(*wds), values(*scales), data, ctypes.byref(hyper),
+                             ctypes.byref(status), message, len(message))
+        if result > 0:
+            raise ValueError('arsg_update: %s' % message.value.decode())
+        if result == 0 or not status.released:
+            # Pushed: the engine releases it. Refused by MXNet: the engine may still hold it
+            # (then its arrays are never read, but its status is written).
+            with self.pending_lock:
+                self.pending.append((status, arrays if result == 0 else ()))
+        if result < 0:
+            raise mx.base.MXNetError(py_str(_LIB.MXGetLastError()))
+
+    def raise_failures(self):
+        """Raise DirectUpdateFailed for the calls that failed in the engine since the last
+        check; forget the calls that the engine released. (The engine writes a call's outcome
+        as it runs it, and releases it a moment later, after its waiters have returned.)"""
+        failed = []
+        with self.pending_lock:
+            kept = []
+            for status, arrays in self.pending:
+                if status.ran == 2:
+                    failed.append(status.message.decode(errors='replace'))
+                    status.ran = 3            # reported
+                if not status.released:
+                    kept.append((status, arrays))
+            self.pending = kept
+        if failed:
+            raise DirectUpdateFailed(
+                'namsg: %d fused ARSG update%s (direct call) could not run in MXNet\'s engine and '
+                'left %s weights as they were: %s' % (
+                    len(failed), 's' if len(failed) > 1 else '',
+                    'their' if len(failed) > 1 else 'its', failed[0]))
+
+
+def _direct_library():
+    """The direct-call library, built and loaded if needed (any MXNet, whichever form
+    :func:`load` took)."""
+    if 'library' not in _direct:
+        with _lock:
+            if 'library' not in _direct:
+                _build_and_map(DIRECT)
+    return _direct['library']
+
+
+def _check_direct_calls_at_exit():
+    """At exit: wait for the direct calls still queued, and log a failure no update raised."""
+    library = _direct.get('library')
+    if library is None or not library.pending:
+        return
+    try:
+        mx.nd.waitall()
+        library.raise_failures()
+    except mx.base.MXNetError as e:     # DirectUpdateFailed, or a queued operation's error
+        logger.error('%s', e)
+
+
+atexit.register(_check_direct_calls_at_exit)
+
+
+def direct_update(weights, grads, states, masters, lrs, wds, denominator_scales, *, beta1,
+                  beta2, epsilon, mu, rescale_grad, clip_gradient, lower_bound, upper_bound,
+                  preconditioner_index):
+    """:func:`arsg_update` through the direct call, on any MXNet: the arrays are checked now,
+    and the update is pushed to MXNet's engine, which runs it asynchronously in the order of its
+    arrays, as it runs MXNet's own operators (see ``arsg_direct.cc``). Builds and loads its
+    library on first use.
+
+    Raises
+    ------
+    ValueError
+        Arrays that do not fit together (counts, dtypes, sizes, sparse or GPU arrays), before
+        anything is pushed.
+    mxnet.base.MXNetError
+        MXNet refused a call (its message).
+    DirectUpdateFailed
+        An earlier call, pushed, could not run (its message says why; it wrote nothing).
+    """
+    library = _direct_library()
+    count = len(weights)
+    lengths = [len(a) for a in (grads, states, lrs, wds, denominator_scales)] + \
+        ([] if masters is None else [len(masters)])
+    if any(length != count for length in lengths):
+        raise ValueError('arsg_update: %d weights, and gradients, states, lrs, wds, '
+                         'denominator_scales%s of lengths %s' % (
+                             count, '' if masters is None else ', masters', lengths))
+    num_states = 3 - preconditioner_index
+    arrays = []
+    for j, (weight, grad, state) in enumerate(zip(weights, grads, states)):
+        if len(state) != num_states:
+            raise ValueError('arsg_update: weight %d has %d states; preconditioner %d keeps %d'
+                             % (j, len(state), preconditioner_index, num_states))
+        arrays += [weight, grad] + list(state)
+        if masters is not None:
+            arrays.append(masters[j])
+    hyper = _Hyper(preconditioner_index, masters is not None, lower_bound is not None,
+                   upper_bound is not None, beta1, beta2, epsilon, mu, rescale_grad,
+                   float(clip_gradient) if clip_gradient else -1.0,
+                   0.0 if lower_bound is None else lower_bound,
+                   0.0 if upper_bound is None else upper_bound)
+    library.push(count, arrays, lrs, wds, denominator_scales, hyper)

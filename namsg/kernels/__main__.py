@@ -1,18 +1,22 @@
-"""The fused ARSG operator's kernel cache from the command line (``$NAMSG_KERNEL_CACHE``, default
+"""The fused ARSG update's kernel cache from the command line (``$NAMSG_KERNEL_CACHE``, default
 ``~/.cache/namsg``).
 
-Build the operator ahead of time, e.g. on a cluster whose home directories are read-only or
-shared between machines (once per MXNet version and CPU kind, with the same
-``$NAMSG_KERNEL_CACHE`` as the jobs)::
+Build the library this MXNet uses ahead of time (the extension operator from MXNet 1.7 on, the
+direct call on 1.5 and 1.6 and where the operator cannot be had), e.g. on a cluster whose home
+directories are read-only or shared between machines (once per MXNet version and CPU kind, with
+the same ``$NAMSG_KERNEL_CACHE`` as the jobs)::
 
-    python -m namsg.kernels build            # prints the library's path; exit status 1 if it
-    python -m namsg.kernels build --force    # cannot be built or loaded, with the reason
+    python -m namsg.kernels build            # prints the path of the library loaded; exit
+    python -m namsg.kernels build --force    # status 1 if none can be built or loaded, with
+                                             # the reasons
 
 See what the cache holds, and remove what this MXNet does not use (each venv compiles the
-library for its own MXNet, and the cache only grows)::
+operator for its own MXNet, and the cache only grows; the direct call's library serves every
+MXNet)::
 
-    python -m namsg.kernels list             # each library: MXNet version, size, age, and
-                                             # whether this MXNet uses it
+    python -m namsg.kernels list             # each library: MXNet version ('any' for the
+                                             # direct call's), size, age, and whether this
+                                             # MXNet uses it
     python -m namsg.kernels clean            # remove the libraries this MXNet does not use
     python -m namsg.kernels clean --all      # remove every library (rebuilt on next use)
 
@@ -32,11 +36,11 @@ from namsg import kernels
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m namsg.kernels',
-        description='Build, list or clean the fused ARSG operator libraries in the kernel cache '
+        description='Build, list or clean the fused ARSG update libraries in the kernel cache '
                     '($NAMSG_KERNEL_CACHE, default ~/.cache/namsg).')
     commands = parser.add_subparsers(dest='command', required=True)
-    build = commands.add_parser('build', help='compile the library unless an intact one is '
-                                'cached, load it, and print its path')
+    build = commands.add_parser('build', help='compile the library this MXNet uses unless an '
+                                'intact one is cached, load it, and print its path')
     build.add_argument('--force', action='store_true',
                        help='rebuild even if an intact library is cached (default: off)')
     commands.add_parser('list', help="the cache's libraries: MXNet version, size, age, and "
@@ -64,14 +68,15 @@ def _age(seconds):
 def list_cache():
     directory = kernels._cache_dir()
     libraries = kernels.cached_libraries(directory) if directory.is_dir() else []
-    reason = kernels.unavailable_reason()
+    reasons = [kernels._reason(form) for form in kernels.fused_forms()]
     print('kernel cache %s: %d libraries, %s%s' % (
         directory, len(libraries), _size(sum(lib.size for lib in libraries)),
-        '' if reason is None else ' (this MXNet uses none: %s)' % reason))
+        '' if None in reasons else ' (this MXNet uses none: %s)' % '; '.join(reasons)))
     if libraries:
         rows = [('library', 'MXNet', 'size', 'age', 'this MXNet %s' % mx.__version__)]
-        rows += [(lib.path.name, lib.mxnet_version or '?', _size(lib.size), _age(lib.age),
-                  lib.owner()) for lib in libraries]
+        rows += [(lib.path.name, 'any' if lib.form == kernels.DIRECT else
+                  lib.mxnet_version or '?', _size(lib.size), _age(lib.age), lib.owner())
+                 for lib in libraries]
         widths = [max(len(row[k]) for row in rows) for k in range(4)]
         for row in rows:
             print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)) + '  ' +
@@ -97,16 +102,24 @@ def clean_cache(everything):
 
 
 def build(force):
-    try:
-        path = kernels.build(force=force)
-    except kernels.FusedUnavailable as e:
-        logging.error('namsg.kernels: cannot build the fused operator: %s', e)
+    """Build the forms this MXNet may take, best first, until one builds; then load as a
+    process does (which falls back to the direct call where the operator does not load)."""
+    reasons = []
+    for form in kernels.fused_forms():
+        try:
+            path = kernels.build(force=force, form=form)
+            break
+        except kernels.FusedUnavailable as e:
+            reasons.append(str(e))
+    else:
+        logging.error('namsg.kernels: cannot build the fused operator: %s',
+                      '; '.join(dict.fromkeys(reasons)))
         return 1
     if not kernels.load():
         logging.error('namsg.kernels: %s was built but MXNet cannot load it: %s', path,
                       kernels._state['error'])
         return 1
-    print(path)
+    print(kernels._state['path'])
     return 0
 
 
