@@ -156,7 +156,7 @@ def install_worker_exit_hooks():
     (``finally`` blocks and ``with`` exits do: the stack has unwound). ``raise SystemExit(n)``
     written out is not covered (call ``sys.exit``).
 
-    A program that ends normally waits for MXNet's engine first (:func:`_wait_for_the_engine`):
+    A program that ends normally waits for MXNet's engine first, before any ``atexit`` handler:
     a worker that ends with kvstore operations still pending (a script ending right after
     ``trainer.step``) otherwise hangs in MXNet's own exit handler, whose ``WaitForAll`` waits
     for replies the servers no longer send once another worker has reached the exit barrier
