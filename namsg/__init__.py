@@ -6,8 +6,9 @@ wherever MXNet takes an optimizer name (``gluon.Trainer``, ``mx.optimizer.create
 ``Module.fit``).
 
 namsg needs MXNet 1.5 to 1.9 and numpy, and installs neither MXNet nor the packages of the paper's
-experiments (``pip install namsg[experiments]``); the fused ARSG operator needs MXNet 1.7, and
-older releases take the NDArray path (see :mod:`namsg.kernels`).
+experiments (``pip install namsg[experiments]``). ARSG's fused update is an extension operator
+from MXNet 1.7 and a direct call on 1.5.1 and 1.6; elsewhere ARSG takes the NDArray path (see
+:mod:`namsg.kernels`).
 """
 
 # First, so that without MXNet the one error is which MXNet to install.
@@ -19,6 +20,7 @@ from .radam import RAdam
 from .lookahead import Lookahead, Ranger
 from .kvstore_sync import sync_initial_weights
 from ._states import StatesRenamedWarning
+from ._checks import check_environment
 # The 'horovod' kvstore subclasses KVStoreBase, which MXNet has from 1.7 on; before that a
 # Trainer takes no kvstore class of ours, and Horovod's own DistributedTrainer remains.
 if _mxnet.has_kvstore_base():
@@ -27,4 +29,4 @@ if _mxnet.has_kvstore_base():
 __version__ = '0.2.0'
 
 __all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', 'AMSGrad', 'RAdam', 'Lookahead', 'Ranger',
-           'sync_initial_weights', 'StatesRenamedWarning', '__version__']
+           'sync_initial_weights', 'StatesRenamedWarning', 'check_environment', '__version__']

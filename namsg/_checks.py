@@ -137,6 +137,17 @@ AGGREGATION_ENV = 'NAMSG_AGGREGATION_SIZE'
 DEFAULT_AGGREGATION = 128
 
 
+def check_environment():
+    """Check the environment variables that namsg's optimizers read when they are made
+    (``$NAMSG_FUSED``, ``$NAMSG_AGGREGATION_SIZE``), so that a program can refuse a bad value
+    before any work starts rather than at its first optimizer: the experiment scripts do this
+    first. Returns None; raises ValueError naming the variable and the values it takes (the
+    error the optimizers would raise)."""
+    from . import kernels       # here: kernels imports this module
+    kernels.fused_switch()
+    aggregation_size()
+
+
 def aggregation_size():
     """``$NAMSG_AGGREGATION_SIZE``: how many parameters of one dtype MXNet's Updater hands one
     of namsg's optimizers in one call (ARSG's fused operator updates them in one pass; the

@@ -306,7 +306,7 @@ def _check_fused(fused):
         # $NAMSG_FUSED decides: a bad value fails here, where the error reaches the caller. At
         # the first update it can be inside a kvstore's callback, whose exceptions MXNet only
         # prints while the weights stay as they were.
-        kernels._switch()
+        kernels.fused_switch()
     return fused
 
 

@@ -78,6 +78,7 @@ def main(argv=None):
 
 def _main(argv):
     args = parse_args(argv)
+    cli.check_namsg_environment()
     methods = cli._split(args.methods, METHODS, '--methods')
     protocol = PROTOCOLS[args.setting]
     epochs = protocol.epochs if args.epochs is None else args.epochs

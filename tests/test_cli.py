@@ -124,6 +124,25 @@ def test_bad_input_is_refused_before_any_work_and_writes_nothing(workdir, argv, 
     assert {p: (workdir / p).read_bytes() for p in before} == before   # nothing written
 
 
+@pytest.mark.parametrize('script', ['reproduce_mnist', 'reproduce_cifar10', 'grid_search'])
+@pytest.mark.parametrize('variable,value,message', [
+    ('NAMSG_FUSED', 'maybe', r"NAMSG_FUSED='maybe': set it to auto, 0 or 1"),
+    ('NAMSG_AGGREGATION_SIZE', 'abc', r"\$NAMSG_AGGREGATION_SIZE='abc' is not a number")])
+def test_a_bad_namsg_variable_is_refused_before_any_run(workdir, monkeypatch, script, variable,
+                                                        value, message):
+    """The optimizers read these when they are made: the scripts trained every run of MXNet's
+    own optimizers first (SGD, ADAM, ... in the default order) and then stopped at the first
+    namsg optimizer with a traceback. Now an error line before the data is even read."""
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(data, 'load_mnist_sample', lambda: pytest.fail('data loaded'))
+    with pytest.raises(SystemExit, match='^error: .*' + message):
+        if script == 'grid_search':
+            _grid_search(monkeypatch).main(['--setting', 'mnist_logreg', '--methods', 'SGD'])
+        else:
+            cli.main(script.split('_')[1], ['--methods', 'SGD,ARSG'])
+    assert _tree(workdir) == []
+
+
 def _grid_search(monkeypatch):
     """scripts/grid_search.py, loaded with its training blocked."""
     module = _load_script('grid_search')

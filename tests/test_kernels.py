@@ -194,9 +194,14 @@ def test_unavailable_operator_falls_back_with_one_warning(monkeypatch):
 def test_switch_environment_variable(monkeypatch):
     monkeypatch.setenv(kernels.SWITCH, '0')
     assert kernels.use_fused(None) is False
+    for value, read in ((' 1 ', '1'), ('AUTO', 'auto'), ('', 'auto')):
+        monkeypatch.setenv(kernels.SWITCH, value)
+        assert kernels.fused_switch() == read
     monkeypatch.setenv(kernels.SWITCH, 'sometimes')
     with pytest.raises(ValueError, match=kernels.SWITCH):
         kernels.use_fused(None)
+    with pytest.raises(ValueError, match=kernels.SWITCH):
+        namsg.check_environment()
 
 
 def test_fused_argument_is_checked():

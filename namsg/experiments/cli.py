@@ -22,6 +22,7 @@ from pathlib import Path
 
 import mxnet as mx
 
+from .._checks import check_environment
 from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
@@ -389,6 +390,16 @@ def interrupted_status(error):
     return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
 
 
+def check_namsg_environment():
+    """The environment variables namsg's optimizers read (:func:`namsg.check_environment`),
+    checked before any run: a bad value would otherwise stop the first run of a namsg
+    optimizer, after the runs before it, with a traceback. Exits with ``error: ...``."""
+    try:
+        check_environment()
+    except ValueError as e:
+        raise SystemExit('error: %s' % e)
+
+
 def main(experiment, argv=None):
     """The reproduction command of ``experiment`` ('mnist' or 'cifar10') on ``argv``."""
     with sigterm_as_ctrl_c():
@@ -397,6 +408,7 @@ def main(experiment, argv=None):
 
 def _main(experiment, argv):
     args = parse_args(experiment, argv)
+    check_namsg_environment()
     settings = _split(args.settings, EXPERIMENTS[experiment]['settings'], '--settings')
     methods = _split(args.methods, METHODS, '--methods')
     try:

@@ -75,8 +75,8 @@ from mxnet.base import _LIB, check_call, py_str
 from .._mxnet import VERSION as MXNET_VERSION
 
 __all__ = ['FusedUnavailable', 'DirectUpdateFailed', 'CachedLibrary', 'OPERATOR', 'DIRECT',
-           'build', 'library_path', 'load', 'use_fused', 'fused_form', 'arsg_update',
-           'operator_update', 'direct_update', 'cached_libraries', 'clean_cache', 'entry_points']
+           'build', 'library_path', 'load', 'fused_switch', 'use_fused', 'fused_form',
+           'arsg_update', 'operator_update', 'direct_update', 'cached_libraries', 'clean_cache', 'entry_points']
 
 # The fused forms (see the module's docstring).
 OPERATOR = 'operator'
@@ -754,8 +754,11 @@ def _cache_files(directory, keep):
     return found
 
 
-def _switch():
-    value = os.environ.get(SWITCH, 'auto').strip().lower()
+def fused_switch():
+    """``$NAMSG_FUSED`` as the optimizers read it: ``'auto'`` (unset or empty), ``'0'`` or
+    ``'1'``, case and surrounding spaces ignored. Raises ValueError naming the variable for any
+    other value."""
+    value = os.environ.get(SWITCH, 'auto').strip().lower() or 'auto'
     if value not in ('auto', '0', '1'):
         raise ValueError('%s=%r: set it to auto, 0 or 1' % (SWITCH, value))
     return value
@@ -765,7 +768,7 @@ def use_fused(requested=None):
     """Whether an optimizer with ``fused=requested`` takes the fused path: True/False force it
     (True raises FusedUnavailable if it cannot be had), None follows $NAMSG_FUSED."""
     if requested is None:
-        switch = _switch()
+        switch = fused_switch()
         if switch == '0':
             return False
         requested = True if switch == '1' else None
