@@ -427,8 +427,11 @@ PATH_TAKEN = ('import logging, warnings\n'
 
 
 def _path_lines(result):
+    """namsg's log lines and warnings on ``result``'s stderr (their messages begin with
+    'namsg: '; other packages' warnings name files whose path may hold 'namsg', such as a
+    clone's venv), but the build line."""
     assert result.returncode == 0, result.stderr[-3000:]
-    return [line for line in result.stderr.splitlines() if 'namsg' in line and
+    return [line for line in result.stderr.splitlines() if 'namsg: ' in line and
             ' built the fused' not in line]
 
 
