@@ -6,11 +6,11 @@
 # MXNet change, none of the experiment packages). Then, against that installed copy: the optimizer
 # parity tests and the Trainer and Module tests against the NumPy reference, the optimizers'
 # constructors and settings, the NDArray path's operator forms and what an update call remembers,
-# on both paths: the fused path is the extension operator on 1.7 and 1.8 (built against their
-# own lib_api.h) and the direct call on 1.5 and 1.6 (test_the_path_taken_and_why_is_said_once
-# checks which), and each runs its build, cache, isolation and direct-call tests too; the
-# install tests that need no extra; and one 2-worker parameter-server job (namsg_dist; its
-# processes take the clone's namsg). Each run says which path ARSG took.
+# on both paths: the fused path is the direct call on every release
+# (test_the_path_taken_and_why_is_said_once checks it), and 1.7 and 1.8 run the parity, build,
+# cache and isolation tests of their extension operator too (built against their own
+# lib_api.h); the install tests that need no extra; and one 2-worker parameter-server job
+# (namsg_dist; its processes take the clone's namsg). Each run says which path ARSG took.
 # pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
 # in `make test`. NAMSG_COMPAT_MXNET="1.6.0 ..." picks the releases.
 set -euo pipefail
@@ -69,13 +69,8 @@ print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|direct-call 
         sed 's/.*namsg: /namsg: /' || true)
     echo "compat: mxnet $version: $path"
     # From tests/, so that `import namsg` finds the installed copy, not the clone's.
-    if [[ $version == 1.[56].* ]]; then
-        [[ $path == *'ARSG takes the fused direct-call path (MXNet '* ]] ||
-            fail "mxnet $version: expected the fused direct-call path"
-    else
-        [[ $path == *'ARSG takes the fused operator path (MXNet '* ]] ||
-            fail "mxnet $version: expected the fused operator path"
-    fi
+    [[ $path == *'ARSG takes the fused direct-call path (MXNet '* ]] ||
+        fail "mxnet $version: expected the fused direct-call path"
     tests=(test_parity.py test_gluon.py test_ops.py test_optimizer.py test_call_memo.py
            test_kernels.py test_kernel_isolation.py test_direct.py)
     (cd tests && "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider --rootdir "$ROOT" \

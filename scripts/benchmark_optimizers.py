@@ -14,7 +14,8 @@ Measurements (--only):
   train     trainer.step inside real Gluon training iterations of ResNet-20 (forward and
             backward finished before the step is timed; the whole iteration is shown too)
   dispatch  one fused ARSG call over ResNet-20's arrays against the same call over as many
-            1-element arrays: how much of the call is dispatch rather than arithmetic
+            1-element arrays: how much of the call is dispatch rather than arithmetic, for
+            each fused form
 
 Timing: a round warms every optimizer up (--warmup steps), then times --repeats steps of
 each, in turns (one step of each optimizer after the other, the order rotating), so that the
@@ -22,12 +23,14 @@ times compared are taken within moments of each other; a step's time is the medi
 round, and "vs adam" is the median over the rounds of each round's ratio, with the lowest and
 highest round in brackets: ratios from one round share the machine's state, which makes them
 comparable on a machine that other work shares. The first line says which fused form ARSG
-takes: the extension operator (MXNet 1.7 to 1.9) or the direct call (MXNet 1.5.1 and 1.6, or
-where the operator cannot be had); where neither can be had (no compiler) the fused rows say
-why and the rest is measured.
+takes: the direct call (every MXNet from 1.5.1), or the extension operator where that cannot
+be had; where neither can be had (no compiler) the fused rows say why and the rest is
+measured. Where MXNet has the extension operator (1.7 to 1.9) and the process takes the direct
+call, the operator is measured too, as the row 'arsg operator'.
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -49,9 +52,13 @@ OPTIMIZERS = {
 # Values read and written per parameter value by one float32 step, each 4 bytes: the weight
 # and the gradient are read, the weight and every state array are read and written.
 FORMS = {kernels.OPERATOR: 'the extension operator', kernels.DIRECT: 'the direct call'}
-TRAFFIC = {'adam': (4, 3), 'sgd': (3, 2), 'arsg fused': (5, 4), 'arsg ndarray': (5, 4)}
+TRAFFIC = {'adam': (4, 3), 'sgd': (3, 2), 'arsg fused': (5, 4), 'arsg operator': (5, 4),
+           'arsg ndarray': (5, 4)}
 TRAFFIC_NOTE = {'adam': 'w g m v / w m v', 'sgd': 'w g mom / w mom',
-                'arsg fused': 'w g m v vhat / w m v vhat', 'arsg ndarray': 'as arsg fused'}
+                'arsg fused': 'w g m v vhat / w m v vhat', 'arsg operator': 'as arsg fused',
+                'arsg ndarray': 'as arsg fused'}
+# The fused form a row forces (the other rows take the process's).
+FORM_OF_ROW = {'arsg operator': kernels.OPERATOR}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -95,22 +102,39 @@ def resnet20_shapes():
 def available_optimizers():
     """The rows to measure, and why the fused one is missing where it is."""
     if kernels.load():
-        return dict(OPTIMIZERS), None
+        rows = dict(OPTIMIZERS)
+        if kernels.fused_form() != kernels.OPERATOR and kernels.unavailable_reason() is None:
+            kernels._mapped_form(kernels.OPERATOR)
+            rows = dict(rows, **{'arsg operator': rows['arsg fused']})
+        return rows, None
     rows = {k: v for k, v in OPTIMIZERS.items() if k != 'arsg fused'}
     return rows, kernels._state['error']
+
+
+@contextlib.contextmanager
+def fused_form_taken(form):
+    """ARSG's fused path through ``form`` meanwhile (None: the process's own)."""
+    saved = kernels._state['form']
+    kernels._state['form'] = form or saved
+    try:
+        yield
+    finally:
+        kernels._state['form'] = saved
 
 
 class Problem:
     """One optimizer's Updater over its own copy of the same weights and gradients."""
 
-    def __init__(self, name, kwargs, weights, grads, wd):
+    def __init__(self, name, kwargs, weights, grads, wd, form=None):
         self.weights = [w.copy() for w in weights]
         self.grads = grads
         self.updater = mx.optimizer.get_updater(mx.optimizer.create(name, wd=wd, **kwargs))
         self.indices = list(range(len(weights)))
+        self.form = form
 
     def step(self):
-        self.updater(self.indices, self.grads, self.weights)
+        with fused_form_taken(self.form):
+            self.updater(self.indices, self.grads, self.weights)
 
 
 def random_arrays(shapes, seed):
@@ -213,7 +237,7 @@ def measure(title, shapes, rows, missing, args, floor=False):
     operations in the same rounds (in turns with the steps), and set each round's bandwidth to
     the fastest of them."""
     weights, grads = random_arrays(shapes, 0), random_arrays(shapes, 1)
-    problems = {label: Problem(name, kw, weights, grads, args.wd)
+    problems = {label: Problem(name, kw, weights, grads, args.wd, FORM_OF_ROW.get(label))
                 for label, (name, kw) in rows.items()}
     steps = {label: p.step for label, p in problems.items()}
     values = sum(int(np.prod(s)) for s in shapes)
@@ -322,16 +346,18 @@ def main(argv=None):
                 counts = []
                 for shapes in (resnet_shapes, [(4096, 4096)]):
                     weights, grads = random_arrays(shapes, 0), random_arrays(shapes, 1)
-                    counts.append(count_calls(Problem(name, kw, weights, grads, args.wd)) /
-                                  len(shapes))
+                    counts.append(count_calls(Problem(name, kw, weights, grads, args.wd,
+                                                      FORM_OF_ROW.get(label))) / len(shapes))
                 print('  %-14s %14.2f %12.0f' % (label, counts[0], counts[1]))
         elif what == 'resnet20':
             measure(resnet_title, resnet_shapes, rows, missing, args)
         elif what == 'large':
             measure(large_title, [(4096, 4096)], rows, missing, args, floor=True)
         elif what == 'train':
-            results = {label: time_training(name, kw, args) for label, (name, kw) in
-                       rows.items()}
+            results = {}
+            for label, (name, kw) in rows.items():
+                with fused_form_taken(FORM_OF_ROW.get(label)):
+                    results[label] = time_training(name, kw, args)
             base = results['adam'][0]
             print('\ntrainer.step inside ResNet-20 training iterations (batch %d)'
                   % args.batch_size)
@@ -344,10 +370,14 @@ def main(argv=None):
             if missing:
                 print('\ndispatch: not measured: %s' % missing)
                 continue
-            full = time_fused_call(resnet_shapes, args)
-            tiny = time_fused_call([(1,)] * len(resnet_shapes), args)
-            print("\none fused call, %d arrays: %.2f ms on ResNet-20's arrays, %.2f ms on "
-                  '1-element arrays' % (len(resnet_shapes), full * 1e3, tiny * 1e3))
+            for form in [kernels.fused_form()] + [FORM_OF_ROW[label] for label in rows
+                                                  if label in FORM_OF_ROW]:
+                with fused_form_taken(form):
+                    full = time_fused_call(resnet_shapes, args)
+                    tiny = time_fused_call([(1,)] * len(resnet_shapes), args)
+                print("\none fused call (%s), %d arrays: %.2f ms on ResNet-20's arrays, %.2f ms "
+                      'on 1-element arrays' % (FORMS[form], len(resnet_shapes), full * 1e3,
+                                               tiny * 1e3))
 
 
 if __name__ == '__main__':

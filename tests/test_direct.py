@@ -1,7 +1,8 @@
 """The fused update's direct call (namsg/kernels/arsg_direct.cc, called with ctypes and pushed to
-MXNet's engine): the fused path on MXNet 1.5.1 and 1.6, and the operator's stand-in on 1.7 to
-1.9. Every test here forces it, on every MXNet: parity over every fusable case of the table
-(test_parity's tests), the same bits as the extension operator where MXNet has one, the order
+MXNet's engine): the fused path on every MXNet from 1.5.1, with the extension operator as its
+stand-in on 1.7 to 1.9. Parity over every fusable case of the table (test_parity's tests) for
+each fused form; the rest forces the direct call: the same bits as the extension operator where
+MXNet has one, the order
 the engine gives it (a weight, gradient or state still being written, or still being read, by
 queued operations when it is called; MKLDNN layouts in a Trainer loop), OpenMP threads, arrays
 that do not fit together refused before anything is pushed, the arrays of a queued call kept
@@ -98,21 +99,16 @@ def test_direct_call_is_dispatched(direct, monkeypatch):
     test_parity.test_float32_gradients_near_1e20_stay_finite_and_match_reference],
     ids=lambda test: test.__name__[5:])
 @pytest.mark.parametrize('case', FUSABLE, ids=[case.id for case in FUSABLE])
-def test_direct_call_matches_the_reference(case, test, direct):
+def test_each_fused_form_matches_the_reference(case, test, each_fused_form):
     test(case, True)
 
 
 @pytest.mark.parametrize('case', FUSABLE, ids=[case.id for case in FUSABLE])
-def test_direct_call_computes_the_moments_of_the_ndarray_path(case, direct):
+def test_each_fused_form_computes_the_moments_of_the_ndarray_path(case, each_fused_form):
     test_parity.test_fused_and_ndarray_paths_compute_the_same_moments(case)
 
 
-@pytest.mark.parametrize('preconditioner', namsg.PRECONDITIONERS)
-def test_many_arrays_of_odd_sizes_in_one_direct_call(preconditioner, direct):
-    test_kernels.test_many_arrays_of_odd_sizes_in_one_call(preconditioner)
-
-
-@pytest.mark.skipif(kernels.fused_form() != kernels.OPERATOR,
+@pytest.mark.skipif(kernels.unavailable_reason() is not None,
                     reason='MXNet %s has no extension operator' % mx.__version__)
 @pytest.mark.parametrize('dtype,multi_precision', [('float32', False), ('float64', False),
                                                    ('float16', True), ('float16', False)])
@@ -125,6 +121,7 @@ def test_direct_call_and_operator_give_the_same_bits(case_id, dtype, multi_preci
     case = CASES_BY_ID[case_id]
     weights, grads = make_problem(20, seed=6)
     runs = {}
+    kernels._mapped_form(kernels.OPERATOR)
     for form in (kernels.OPERATOR, kernels.DIRECT):
         monkeypatch.setitem(kernels._state, 'form', form)
         ws, updater = run_mxnet(case, weights, grads, dtype=dtype,
@@ -395,9 +392,11 @@ _INJECTED = ctypes.create_string_buffer(b'injected: MXNDArrayGetData failed')
 
 
 @contextlib.contextmanager
-def get_data_failing():
+def get_data_failing(at_the_push=False):
     """MXNDArrayGetData failing inside the engine's run of the call, as MXNet 1.5's does for
-    an MKLDNN layout (the direct call is not offered there; here it is forced)."""
+    an MKLDNN layout (the direct call is not offered there; here it is forced); or, with
+    ``at_the_push``, where the call takes the data before it pushes the update (where MXNet
+    runs MKLDNN, forced here on every build)."""
     @_GET_DATA
     def get_data(handle, out):
         return -1
@@ -407,7 +406,7 @@ def get_data_failing():
         return ctypes.addressof(_INJECTED)
 
     saved = kernels._mkldnn
-    kernels._mkldnn = lambda: False       # where MXNet runs MKLDNN, data is taken beforehand
+    kernels._mkldnn = lambda: at_the_push
     try:
         with mxnet_function_replaced('get_data', get_data), \
                 mxnet_function_replaced('last_error', last_error):
@@ -432,6 +431,23 @@ def test_a_failure_in_the_engine_writes_nothing_and_is_raised_by_the_next_update
     for a, b in zip(before, [a.asnumpy() for a in [weight] + flat_states(state)]):
         np.testing.assert_array_equal(a, b)       # the raising call pushed nothing
     opt.update_multi_precision(0, weight, grad, state)       # reported once; then it works
+    assert not np.array_equal(weight.asnumpy(), before[0])
+
+
+def test_a_failure_to_take_the_data_at_the_push_is_raised_by_that_update(direct):
+    """Where MXNet runs MKLDNN the direct call takes the arrays' data before it pushes the
+    update (after a wait for the engine): MXNet's failure there is raised at once, with MXNet's
+    reason, and nothing is pushed or written."""
+    opt, weight, grad, state = _problem()
+    before = [a.asnumpy() for a in [weight] + flat_states(state)]
+    with get_data_failing(at_the_push=True):
+        with pytest.raises(mx.base.MXNetError, match='^injected: MXNDArrayGetData failed$'):
+            opt.update_multi_precision(0, weight, grad, state)
+        mx.nd.waitall()
+    for a, b in zip(before, [a.asnumpy() for a in [weight] + flat_states(state)]):
+        np.testing.assert_array_equal(a, b)
+    assert kernels._direct_library().pending == []
+    opt.update_multi_precision(0, weight, grad, state)       # nothing left over; it works
     assert not np.array_equal(weight.asnumpy(), before[0])
 
 

@@ -81,6 +81,7 @@ def load_other():
 if {order!r} == 'before':
     load_other()
 assert kernels.load(), kernels._state['error']
+kernels._mapped_form({form!r})
 kernels._state['form'] = {form!r}
 if {order!r} == 'after':
     load_other()
@@ -105,12 +106,12 @@ def _built_kernel(form=None):
     """The library of ``form`` (None: the one this process takes), built and loaded."""
     assert kernels.load(), kernels._state['error']
     if form is not None and form != kernels.fused_form():
-        kernels._direct_library()
+        kernels._mapped_form(form)
         return kernels.library_path(form)
     return kernels._state['path']
 
 
-# The forms this MXNet takes: the direct call also where it stands in for the operator.
+# The forms this MXNet can take: the operator also where it stands in for the direct call.
 FORMS = [form for form in kernels.fused_forms() if kernels._reason(form) is None]
 requires_operator = pytest.mark.skipif(
     kernels.OPERATOR not in FORMS, reason='MXNet %s has no extension operator: %s' % (

@@ -28,11 +28,12 @@ requires_fused = pytest.mark.skipif(not kernels.load(), reason='fused operator n
                                     % kernels._state['error'])
 requires_direct = pytest.mark.skipif(kernels.direct_unavailable_reason() is not None,
                                      reason=str(kernels.direct_unavailable_reason()))
-# The extension operator itself (MXNet 1.7 to 1.9), where the test calls it by its name.
+# The extension operator itself (MXNet 1.7 to 1.9), which the tests map (a process takes the
+# direct call where it can).
 requires_operator = pytest.mark.skipif(
-    kernels.fused_form() != kernels.OPERATOR,
-    reason='the fused path here is the direct call (MXNet %s): %s' % (
-        mx.__version__, kernels.unavailable_reason() or kernels._state['error']))
+    kernels.unavailable_reason() is not None,
+    reason='MXNet %s has no extension operator: %s' % (mx.__version__,
+                                                       kernels.unavailable_reason()))
 
 
 # The forms this MXNet can build: none on mxnet-mkl 1.5 (see direct_unavailable_reason).
@@ -42,21 +43,21 @@ requires_a_form = pytest.mark.skipif(not BUILDABLE, reason='MXNet %s can build n
 
 
 def _expected_form():
-    """The form this MXNet should take: the operator from 1.7 on, else the direct call, but for
-    MXNet 1.5 built with MKLDNN (None)."""
-    if kernels.MXNET_VERSION >= (1, 7):
-        return kernels.OPERATOR
+    """The form this MXNet should take: the direct call, but for MXNet 1.5 built with MKLDNN
+    (None)."""
     return None if kernels.direct_unavailable_reason() else kernels.DIRECT
 
 
 def test_fused_operator_builds_here():
-    """CI's clean checkout must build it: a failure here is a failure, not a skip. From MXNet
-    1.7 on that is the extension operator, on 1.5 and 1.6 the direct call (not on mxnet-mkl
-    1.5, where the reason is kept)."""
+    """CI's clean checkout must build it: a failure here is a failure, not a skip. That is the
+    direct call on every MXNet from 1.5.1 (not on mxnet-mkl 1.5, where the reason is kept);
+    from MXNet 1.7 on the extension operator too."""
     assert kernels.load() == (_expected_form() is not None), kernels._state['error']
     assert kernels.fused_form() == _expected_form(), kernels.unavailable_reason()
     if _expected_form() is None:
         assert kernels._state['error'] == kernels.direct_unavailable_reason()
+    if kernels.MXNET_VERSION >= kernels.FUSED_MXNET:
+        assert kernels._mapped_form(kernels.OPERATOR) == kernels.library_path(kernels.OPERATOR)
 
 
 @requires_a_form
@@ -82,6 +83,7 @@ def test_cache_key_names_the_cpu(monkeypatch):
 def test_operator_without_out_leaves_the_weight_and_returns_the_update():
     """Called as a plain operator (no out=weights), the new weights come back as outputs and
     the input weights are untouched; states are updated in place either way."""
+    kernels._mapped_form(kernels.OPERATOR)
     shapes = [(5,), (70001,)]
     results = []
     for in_place in (True, False):
@@ -118,9 +120,9 @@ def record_calls(monkeypatch, name):
     return calls
 
 
-@requires_fused
 @pytest.mark.parametrize('multi_precision', [False, True])
-def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch, multi_precision):
+def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch, multi_precision,
+                                                                  each_fused_form):
     """Also with multi_precision=True on float32 parameters (which have no master copies)."""
     calls = record_calls(monkeypatch, 'arsg_update')
     monkeypatch.delenv(kernels.SWITCH, raising=False)
@@ -137,9 +139,8 @@ def test_trainer_takes_the_fused_path_by_itself_one_call_per_step(monkeypatch, m
     assert calls == [4, 4]        # all four arrays in one call, once per step
 
 
-@requires_fused
 @pytest.mark.parametrize('preconditioner', namsg.PRECONDITIONERS)
-def test_many_arrays_of_odd_sizes_in_one_call(preconditioner):
+def test_many_arrays_of_odd_sizes_in_one_call(preconditioner, each_fused_form):
     """60 arrays, from 1 element to beyond the OpenMP threshold, sizes that are no multiple of
     any vector width; fused, NDArray and reference agree after 20 steps."""
     rng = np.random.default_rng(11)
@@ -160,8 +161,7 @@ def test_many_arrays_of_odd_sizes_in_one_call(preconditioner):
         np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)
 
 
-@requires_fused
-def test_engine_orders_the_update_with_asynchronous_producers_and_consumers():
+def test_engine_orders_the_update_with_asynchronous_producers_and_consumers(each_fused_form):
     """Gradients come from a chain of asynchronous ops and the weights are read by ops queued
     right after the update: the declared inputs, outputs and mutable states order them."""
     results = {}
@@ -209,8 +209,7 @@ def test_fused_argument_is_checked():
         namsg.ARSG(fused='yes')
 
 
-@requires_fused
-def test_sparse_gradients_take_the_ndarray_path_inside_a_fused_optimizer():
+def test_sparse_gradients_take_the_ndarray_path_inside_a_fused_optimizer(each_fused_form):
     opt = namsg.ARSG(learning_rate=0.01, fused=True)
     weight = mx.nd.ones((5, 2), dtype='float64')
     state = opt.create_state(0, weight)
@@ -255,8 +254,7 @@ def train_with_inference_between_steps(fused, steps=4):
     return [p.data().asnumpy() for p in net.collect_params().values()]
 
 
-@requires_fused
-def test_weights_left_in_mkldnn_layout_by_inference_are_updated():
+def test_weights_left_in_mkldnn_layout_by_inference_are_updated(each_fused_form):
     """In a hybridized network MXNet's MKLDNN backend runs convolution + BN + ReLU fused for
     inference, and reorders the convolution's weight in place into a blocked layout; the next
     fused update must still see (and update) the weight in the default layout."""
@@ -436,8 +434,8 @@ def _path_lines(result):
 
 
 def test_the_path_taken_and_why_is_said_once():
-    """In a fresh process, one line: from MXNet 1.7 the fused operator path, on 1.5 and 1.6 the
-    fused direct-call path (INFO), each naming its library; no warning."""
+    """In a fresh process, one line: the fused direct-call path (INFO), naming its library; no
+    warning."""
     result = _python(PATH_TAKEN.format(setup=''), kernels._cache_dir())
     lines = _path_lines(result)
     if _expected_form() is None:          # mxnet-mkl 1.5
@@ -445,14 +443,9 @@ def test_the_path_taken_and_why_is_said_once():
         assert len([line for line in lines if kernels.direct_unavailable_reason() +
                     '; using the NDArray path' in line]) == 1, lines
         return
-    if kernels.MXNET_VERSION >= (1, 7):
-        assert result.stdout.split() == ['True', 'operator'] * 3
-        expected = 'LOG namsg: ARSG takes the fused operator path (MXNet %s, %s)' % (
-            mx.__version__, kernels.library_path(kernels.OPERATOR))
-    else:
-        assert result.stdout.split() == ['True', 'direct'] * 3
-        expected = 'LOG namsg: ARSG takes the fused direct-call path (MXNet %s, %s)' % (
-            mx.__version__, kernels.library_path(kernels.DIRECT))
+    assert result.stdout.split() == ['True', 'direct'] * 3
+    expected = 'LOG namsg: ARSG takes the fused direct-call path (MXNet %s, %s)' % (
+        mx.__version__, kernels.library_path(kernels.DIRECT))
     assert lines == [expected], lines          # and no warning from namsg
 
 
@@ -470,14 +463,13 @@ def test_without_a_compiler_or_library_the_ndarray_path_is_said_once(tmp_path):
     assert not [line for line in lines if 'takes the fused' in line], lines
 
 
-@requires_direct
-def test_the_direct_call_stands_in_for_an_operator_that_cannot_be_had(tmp_path):
-    """From MXNet 1.7 on, where the operator cannot be built (here: its lib_api.h missing) the
-    direct call is the fused path, said once at warning level with the operator's reason, and it
-    computes the reference. (On 1.5 and 1.6 the direct call is the fused path itself.)"""
-    setup = ('from pathlib import Path\n'
-             'missing = Path("/nonexistent/include/mxnet/lib_api.h")\n'
-             'namsg.kernels._header = lambda: missing\n'
+@requires_operator
+def test_the_operator_stands_in_for_a_direct_call_that_cannot_be_had(tmp_path):
+    """From MXNet 1.7 on, where the direct call cannot be had (here: a C API function that it
+    calls missing from this MXNet) the extension operator is the fused path, said once at
+    warning level with the direct call's reason, and it computes the reference."""
+    setup = ('namsg.kernels._MXNET_API = dict(namsg.kernels._MXNET_API, '
+             'get_data="MXNoSuchFunction")\n'
              'sys_path = {tests!r}\n'
              'import sys; sys.path.insert(0, sys_path)\n'
              'import numpy as np\n'
@@ -491,13 +483,11 @@ def test_the_direct_call_stands_in_for_an_operator_that_cannot_be_had(tmp_path):
              ).format(tests=str(Path(__file__).resolve().parent))
     result = _python(PATH_TAKEN.format(setup=setup), kernels._cache_dir())
     lines = _path_lines(result)
-    assert result.stdout.split() == ['True', 'direct'] * 3
-    expected = 'LOG namsg: ARSG takes the fused direct-call path (MXNet %s, %s)' % (
-        mx.__version__, kernels.library_path(kernels.DIRECT))
-    if kernels.MXNET_VERSION >= (1, 7):
-        expected += (': the fused operator is not available: the fused ARSG operator compiles '
-                     'against /nonexistent/include/mxnet/lib_api.h, which this mxnet package '
-                     'lacks')
+    assert result.stdout.split() == ['True', 'operator'] * 3
+    expected = ('LOG namsg: ARSG takes the fused operator path (MXNet %s, %s): the fused direct '
+                'call is not available: the fused ARSG update calls MXNet C API functions that '
+                'this MXNet lacks: MXNoSuchFunction' % (mx.__version__,
+                                                         kernels.library_path(kernels.OPERATOR)))
     assert lines == [expected], lines
 
 
@@ -520,20 +510,24 @@ def test_mxnet_15_with_mkldnn_takes_the_ndarray_path_with_the_reason(monkeypatch
     assert kernels.direct_unavailable_reason() is None
 
 
-@requires_fused
-def test_a_process_that_loaded_the_kernel_exits_with_its_own_status_and_output(tmp_path):
+def test_a_process_that_loaded_the_kernel_exits_with_its_own_status_and_output(tmp_path,
+                                                                               each_fused_form):
     """MXNet 1.7 and 1.8 close extension libraries at exit in a loop that reads freed memory
     (apache/mxnet#20411): a process whose work was done died with SIGABRT or SIGSEGV, for some
     heaps (here one run in two, with some environments). MALLOC_PERTURB_ makes glibc overwrite
     freed memory, which makes that loop fail every time. The process must end with the status
     it gave exit() and with its output written."""
     script = ('import sys, mxnet as mx, namsg\n'
+              'assert namsg.kernels.load()\n'
+              'namsg.kernels._mapped_form({form!r})\n'
+              'namsg.kernels._state["form"] = {form!r}\n'.format(form=each_fused_form) +
               'opt = namsg.ARSG(learning_rate=0.1, fused=True)\n'
               'w = mx.nd.ones(3)\n'
               'opt.update_multi_precision(0, w, mx.nd.ones(3), opt.create_state(0, w))\n'
               'sys.stdout.write("weights %s" % w.asnumpy().tolist())\n'
               'sys.exit(3)\n')
-    _copy_cached_library(tmp_path)
+    for form in BUILDABLE:
+        _copy_cached_library(tmp_path, form)
     for perturb in ('165', '90'):
         result = _python(script, tmp_path, MALLOC_PERTURB_=perturb)
         assert result.returncode == 3, (result.returncode, result.stderr[-3000:])
@@ -635,13 +629,14 @@ def test_library_name_carries_the_mxnet_version(monkeypatch):
     version = mx.__version__
     direct = kernels.library_path(kernels.DIRECT)
     assert re.fullmatch(r'libnamsg_arsg_direct_[0-9a-f]{16}\.so', direct.name)
+    assert kernels.library_path() == direct         # the form this MXNet takes
     if kernels.unavailable_reason() is None:
-        assert kernels.library_path().name.startswith('libnamsg_arsg_mxnet%s_' % version)
-    else:
-        assert kernels.library_path() == direct
+        assert kernels.library_path(kernels.OPERATOR).name.startswith(
+            'libnamsg_arsg_mxnet%s_' % version)
     monkeypatch.setattr(kernels.mx, '__version__', version + '.post9')
     if kernels.unavailable_reason() is None:
-        assert kernels.library_path().name.startswith('libnamsg_arsg_mxnet%s.post9_' % version)
+        assert kernels.library_path(kernels.OPERATOR).name.startswith(
+            'libnamsg_arsg_mxnet%s.post9_' % version)
     assert kernels.library_path(kernels.DIRECT) == direct
 
 
@@ -782,6 +777,8 @@ from harness import make_problem, run_mxnet, run_reference
 kernels._lib_api_source = lambda: Path('/nonexistent/src/lib_api.cc')   # as in a 1.8 wheel
 assert kernels._api_sources() == [kernels.EXTENSION_API], kernels._api_sources()
 assert kernels.load(), kernels._state['error']
+kernels._mapped_form(kernels.OPERATOR)
+kernels._state['form'] = kernels.OPERATOR
 case = CASES_BY_ID['everything']
 weights, grads = make_problem(10, seed=5)
 fused, _ = run_mxnet(case, weights, grads, fused=True)
@@ -812,7 +809,8 @@ def test_namsgs_own_extension_api_loads_and_computes_the_reference(tmp_path):
     assert 'reference matched' in result.stdout
     assert "Error calling ParseAttrs for custom operator '_namsg_arsg_update'" in result.stdout
     assert 'inconsistent num_weights / num_states / preconditioner' in result.stdout
-    built = [p.name for p in tmp_path.glob('libnamsg_arsg_*.so')]
+    built = [p.name for p in tmp_path.glob('libnamsg_arsg_mxnet*.so')]
     # Another cache key than this process's library, unless that is built so too (1.8).
     assert len(built) == 1
-    assert (built[0] != kernels.library_path().name) == kernels._lib_api_source().is_file()
+    assert (built[0] != kernels.library_path(kernels.OPERATOR).name) == \
+        kernels._lib_api_source().is_file()

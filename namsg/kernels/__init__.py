@@ -3,42 +3,46 @@
 One update loop (``arsg_kernel.h``: weight decay, rescale, clip, m, v, vhat and the weight in
 one pass over each array, all arrays of a call in one OpenMP loop) comes in two forms:
 
-- the **operator** (``arsg_update.cc``), an MXNet operator registered through MXNet's extension
-  API and loaded with ``mx.library.load``: MXNet's engine runs it asynchronously, ordered by its
-  inputs and outputs. It is compiled on first use with the machine's C++ compiler (``$CXX`` or
-  ``g++``) against the extension API of the MXNet that is installed (``include/mxnet/lib_api.h``
-  of the mxnet package: library API version 7 on MXNet 1.7, 10 on 1.8, 11 on 1.9; MXNet loads a
-  library of its own version only). Version 7 is all in the header; 10 and 11 need its
-  implementation, ``src/lib_api.cc``, which the 1.9 wheels ship and the 1.8 wheels do not:
-  there namsg compiles its own (``extension_api.cc``). MXNet 1.5 has no extension API and 1.6's
-  cannot register operators.
 - the **direct call** (``arsg_direct.cc``), a plain shared library that needs no MXNet header,
   loaded with ctypes. It checks the arrays at once, then pushes the update to MXNet's engine
   through MXNet's C API (``MXEnginePushSyncND``), with the gradients as the arrays it reads and
   the rest as those it writes, so that the engine orders and runs it asynchronously as it does
-  the operator (see that file). It is the fused path on MXNet 1.5.1 and 1.6, and on 1.7 to 1.9
-  where the operator cannot be built or loaded (a warning says why). It is not offered on MXNet
-  1.5.0, whose ``MXEnginePushSyncND`` misreads its arrays, nor on 1.5 built with MKLDNN
-  (``mxnet-mkl``), which cannot hand over an array that an MKLDNN layer left in its blocked
-  layout (1.6 reorders it): there it is the NDArray path.
+  MXNet's own operators (see that file). It is the fused path wherever it can be had: on every
+  MXNet from 1.5.1, but not on 1.5.0, whose ``MXEnginePushSyncND`` misreads its arrays, nor on
+  1.5 built with MKLDNN (``mxnet-mkl``), which cannot hand over an array that an MKLDNN layer
+  left in its blocked layout (1.6 reorders it): there it is the NDArray path. Its call costs
+  less than the operator's, whose inputs MXNet's extension API dispatches one by one through
+  the library (shape, dtype and storage callbacks): on ResNet-20's 65 weights about half the
+  operator's, which is most of ARSG's step (``scripts/benchmark_optimizers.py`` times both).
+- the **operator** (``arsg_update.cc``), an MXNet operator registered through MXNet's extension
+  API and loaded with ``mx.library.load``: MXNet's engine runs it asynchronously, ordered by its
+  inputs and outputs. It stands in for the direct call on MXNet 1.7 to 1.9 where that cannot be
+  built or loaded (a warning says why). It is compiled on first use with the machine's C++
+  compiler (``$CXX`` or ``g++``) against the extension API of the MXNet that is installed
+  (``include/mxnet/lib_api.h`` of the mxnet package: library API version 7 on MXNet 1.7, 10 on
+  1.8, 11 on 1.9; MXNet loads a library of its own version only). Version 7 is all in the
+  header; 10 and 11 need its implementation, ``src/lib_api.cc``, which the 1.9 wheels ship and
+  the 1.8 wheels do not: there namsg compiles its own (``extension_api.cc``). MXNet 1.5 has no
+  extension API and 1.6's cannot register operators.
 
-The operator's library is cached under ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``) as
+The direct call's library is cached under ``$NAMSG_KERNEL_CACHE`` (default
+``~/.cache/namsg``) as ``libnamsg_arsg_direct_<key>.so``, the key a hash of its sources, the
+compiler command and the CPU (one library for every MXNet); the operator's as
 ``libnamsg_arsg_mxnet<MXNet version>_<key>.so``, the key a hash of the sources, MXNet's
 extension API files, the whole compiler command, the MXNet version and the CPU, and loaded
-with ``mx.library.load``; the direct call's as ``libnamsg_arsg_direct_<key>.so``, the key a
-hash of its sources, the compiler command and the CPU (one library for every MXNet). Each
-library is written atomically with its SHA-256 beside it (``<library>.sha256``, in
-``sha256sum`` format) and checked against it before it is mapped, so a damaged copy (an
-interrupted copy, a full disk) is rebuilt instead of crashing the process. Builds and
-clean-ups in one cache directory take turns (an exclusive lock on its ``.build.lock``); a
-process holds the lock shared while it checks and maps a library, so that no clean-up removes
-it meanwhile. Temporary files that a build killed half-way left behind are
+with ``mx.library.load``. Each library is written atomically with its SHA-256 beside it
+(``<library>.sha256``, in ``sha256sum`` format) and checked against it before it is mapped, so
+a damaged copy (an interrupted copy, a full disk) is rebuilt instead of crashing the process.
+Builds and clean-ups in one cache directory take turns (an exclusive lock on its
+``.build.lock``); a process holds the lock shared while it checks and maps a library, so that
+no clean-up removes it meanwhile. Temporary files that a build killed half-way left behind are
 removed by the next build there.
 
 MXNet 1.7 and 1.8 close extension libraries at exit in a loop that reads freed memory
 (apache/mxnet#20411), which killed some processes after their work was done (SIGABRT or
 SIGSEGV, exit status lost); the library built for them ends the process with its own exit
-status when MXNet closes it (see the compatibility section of ``arsg_update.cc``).
+status when MXNet closes it (see the compatibility section of ``arsg_update.cc``). The direct
+call's library is not an MXNet extension: MXNet neither loads nor closes it.
 
 ``python -m namsg.kernels build`` builds the library this MXNet uses ahead of time (for
 read-only or shared caches); ``python -m namsg.kernels list`` shows the cache and ``python -m
@@ -70,13 +74,14 @@ import warnings
 from pathlib import Path
 
 import mxnet as mx
-from mxnet.base import _LIB, check_call, py_str
+from mxnet.base import _LIB, check_call
 
 from .._mxnet import VERSION as MXNET_VERSION
 
 __all__ = ['FusedUnavailable', 'DirectUpdateFailed', 'CachedLibrary', 'OPERATOR', 'DIRECT',
            'build', 'library_path', 'load', 'fused_switch', 'use_fused', 'fused_form',
-           'arsg_update', 'operator_update', 'direct_update', 'cached_libraries', 'clean_cache', 'entry_points']
+           'arsg_update', 'operator_update', 'direct_update', 'cached_libraries', 'clean_cache',
+           'entry_points']
 
 # The fused forms (see the module's docstring).
 OPERATOR = 'operator'
@@ -88,7 +93,7 @@ DIRECT_SOURCE = Path(__file__).with_name('arsg_direct.cc')
 # What the direct-call library exports, and the version of that interface it must report
 # (NAMSG_ARSG_DIRECT_ABI in arsg_direct.cc).
 DIRECT_ENTRY_POINTS = ('namsg_arsg_direct_abi', 'namsg_arsg_direct_update')
-DIRECT_ABI = 3
+DIRECT_ABI = 4
 # MXNDArrayGetData reorders an array in an MKLDNN layout from MXNet 1.6 on (1.5's fails on it).
 DIRECT_MKLDNN_MXNET = (1, 6)
 # namsg's implementation of the library side of extension API versions 10 and 11, compiled
@@ -128,7 +133,8 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 # loaded: a fused form is ready (form: which, path: its library); error: why none can be had.
 _state = {'loaded': False, 'error': None, 'warned': False, 'form': None, 'path': None}
-_direct = {}         # the direct-call library, once loaded: see _DirectLibrary
+# The forms mapped in this process: the direct call's _DirectLibrary, the operator's path.
+_mapped = {}
 
 
 class FusedUnavailable(RuntimeError):
@@ -213,14 +219,14 @@ def _reason(form):
 
 
 def fused_forms():
-    """The fused forms this MXNet may take, best first: the operator from MXNet 1.7 on (MXNet's
-    engine orders it asynchronously), then the direct call."""
-    return (OPERATOR, DIRECT) if MXNET_VERSION >= FUSED_MXNET else (DIRECT,)
+    """The fused forms this MXNet may take, best first: the direct call (the cheaper call), then
+    the operator from MXNet 1.7 on."""
+    return (DIRECT, OPERATOR) if MXNET_VERSION >= FUSED_MXNET else (DIRECT,)
 
 
 def _default_form():
     """The form whose library this MXNet uses unless it fails to build or load."""
-    return OPERATOR if unavailable_reason() is None else DIRECT
+    return next((form for form in fused_forms() if _reason(form) is None), DIRECT)
 
 
 def _api_sources():
@@ -341,7 +347,7 @@ def library_path(form=None):
     extension API files, this compiler command (every flag), MXNet version and CPU (it needs an
     MXNet that can have the operator, see unavailable_reason); the direct call's for its
     sources, this compiler command and CPU, whatever the MXNet. ``form`` None: the form this
-    MXNet uses (the operator where it can have one)."""
+    MXNet uses (the direct call where it can have it)."""
     form = form or _default_form()
     if form == DIRECT:
         parts = [DIRECT_SOURCE.read_bytes(), KERNEL_HEADER.read_bytes()]
@@ -570,18 +576,19 @@ def _build_and_map(form=OPERATOR):
                 if form == OPERATOR:
                     from mxnet import library      # MXNet 1.5 has none
                     library.load(str(path), verbose=False)
+                    _mapped[OPERATOR] = path
                 else:
-                    _direct['library'] = _DirectLibrary(path)
+                    _mapped[DIRECT] = _DirectLibrary(path)
                 return path
     raise FusedUnavailable('%s was removed twice between its build and its loading (is a '
                            '`python -m namsg.kernels clean --all` running in a loop?)' % path)
 
 
 def load():
-    """Build (if needed) and load a fused form once per process: the operator into MXNet where
-    it can be had, else the direct call (see ``fused_forms()``). True on success; the reason
+    """Build (if needed) and load a fused form once per process: the direct call where it can
+    be had, else the operator into MXNet (see ``fused_forms()``). True on success; the reason
     for a failure is kept for :func:`use_fused`. The form taken is said once: an INFO log line,
-    or a warning-level one when the direct call stands in for an operator that failed."""
+    or a warning-level one when the operator stands in for a direct call that failed."""
     with _lock:
         if _state['loaded'] or _state['error'] is not None:
             return _state['loaded']
@@ -593,16 +600,13 @@ def load():
                 reasons.append(str(e))
                 continue
             _state.update(loaded=True, form=form, path=path)
-            if form == OPERATOR:
-                logger.info('namsg: ARSG takes the fused operator path (MXNet %s, %s)',
-                            mx.__version__, path)
-            elif reasons:
-                logger.warning('namsg: ARSG takes the fused direct-call path (MXNet %s, %s): '
-                               'the fused operator is not available: %s', mx.__version__, path,
+            taken = 'namsg: ARSG takes the fused %s path (MXNet %s, %s)' % (
+                'operator' if form == OPERATOR else 'direct-call', mx.__version__, path)
+            if reasons:
+                logger.warning('%s: the fused direct call is not available: %s', taken,
                                reasons[0])
             else:
-                logger.info('namsg: ARSG takes the fused direct-call path (MXNet %s, %s)',
-                            mx.__version__, path)
+                logger.info('%s', taken)
             return True
         _state['error'] = '; '.join(dict.fromkeys(reasons))    # each reason once
         return False
@@ -636,7 +640,7 @@ class CachedLibrary:
         Seconds since it was written.
     current : bool
         Whether it is a library that this MXNet, compiler command, CPU and these namsg
-        sources use: the operator's, and the direct call's, which stands in for it where it
+        sources use: the direct call's, and the operator's, which stands in for it where it
         fails.
     """
 
@@ -802,26 +806,34 @@ def _join(values):
     return ','.join(repr(float(v)) for v in values)
 
 
-def _default_layout_data(arrays):
-    """The arrays' data pointers, none left in an MKLDNN (oneDNN) blocked layout (the direct
-    call takes them: inside the engine's run of the call, MXNDArrayGetData would wait for the
-    engine to reorder such an array, that is for the call itself). An MKLDNN convolution
-    or dense layer run for inference reorders its weight into such a layout in place, and
-    MXNet 1.9 hands an in-place extension operator that array as it is, which fails
-    ("We can't generate TBlob for MKLDNN data"); 1.7 and 1.8 hand it the same way as an
-    output, and as an input a reordered temporary copy, in which an update of a mutable input
-    would be lost (the states are never in such a layout: only this operator and the NDArray
-    path touch them). MXNDArrayGetData reorders it back to the
-    default layout. MKLDNN's inference convolution does not reorder at once: while it runs (a
-    read of the weight) it pushes the reorder as a new write. So wait for every pending read and
-    write (the convolution has then run and pushed its reorder), then for that reorder, then
-    reorder back; nothing else can be pushed before the update, from this same thread. Waiting
-    for writes only lost the race when the convolution ran between that wait and the update.
-    One wait for the whole engine (a reorder pushed while it waits is counted too) costs one
-    round trip; a wait per array cost one each, 5 ms for ResNet-20's 65 weights, twice adam's
-    whole step. After it each array's own wait returns at once.
+def _wait_for_layouts():
+    """Wait for MXNet's engine so that no array is, or is about to be, left in an MKLDNN
+    (oneDNN) blocked layout; then MXNDArrayGetData reorders one that is back to the default
+    layout, at once. (Both fused forms take such arrays this way: inside the engine's run of the
+    direct call, MXNDArrayGetData would wait for the engine to reorder such an array, that is
+    for the call itself.) An MKLDNN convolution or dense layer run for inference reorders its
+    weight into such a layout in place, and MXNet 1.9 hands an in-place extension operator that
+    array as it is, which fails ("We can't generate TBlob for MKLDNN data"); 1.7 and 1.8 hand it
+    the same way as an output, and as an input a reordered temporary copy, in which an update of
+    a mutable input would be lost (the states are never in such a layout: only this operator
+    and the NDArray path touch them).
+
+    MKLDNN's inference convolution does not reorder at once: while it runs (a read of the
+    weight) it pushes the reorder as a new write. So wait for every pending read and write (the
+    convolution has then run and pushed its reorder), then for that reorder, then reorder back;
+    nothing else can be pushed before the update, from this same thread. Waiting for writes
+    only lost the race when the convolution ran between that wait and the update. One wait for
+    the whole engine (a reorder pushed while it waits is counted too) costs one round trip; a
+    wait per array cost one each, 5 ms for ResNet-20's 65 weights, twice adam's whole step.
+    After it each array's own wait returns at once.
     """
     mx.nd.waitall()
+
+
+def _default_layout_data(arrays):
+    """The arrays' data pointers, none left in an MKLDNN blocked layout (see
+    ``_wait_for_layouts``)."""
+    _wait_for_layouts()
     pointers = []
     for array in arrays:
         array.wait_to_read()
@@ -968,7 +980,7 @@ class _DirectLibrary:
         self.update.argtypes = [ctypes.POINTER(_MXNetApi), ctypes.c_int,
                                 ctypes.POINTER(ctypes.c_void_p)] + \
             [ctypes.POINTER(ctypes.c_double)] * 3 + [
-                ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(_Hyper),
+                ctypes.c_int, ctypes.POINTER(_Hyper),
                 ctypes.POINTER(_CallStatus), ctypes.c_char_p, ctypes.c_int]
         functions = {field: ctypes.cast(getattr(_LIB, name), ctypes.c_void_p)
                      for field, name in _MXNET_API.items()
@@ -980,17 +992,19 @@ class _DirectLibrary:
 
     def push(self, count, arrays, lrs, wds, scales, hyper):
         """Check and push one call (see namsg_arsg_direct_update); raise a failure of an
-        earlier call first. Where MXNet runs MKLDNN, the arrays' data is taken now, after a
-        wait for the engine (see arsg_direct.cc)."""
+        earlier call first. Where MXNet runs MKLDNN, the library takes the arrays' data now,
+        after a wait for the engine (see arsg_direct.cc)."""
         self.raise_failures()
         status = _CallStatus()
         message = ctypes.create_string_buffer(512)
         values = ctypes.c_double * count
         pointers = (ctypes.c_void_p * len(arrays))
-        data = pointers(*_default_layout_data(arrays)) if _mkldnn() else None
+        take_data = _mkldnn()
+        if take_data:
+            _wait_for_layouts()
         result = self.update(ctypes.byref(self.api), count,
                              pointers(*[a.handle for a in arrays]), values(*lrs),
-                             values(*wds), values(*scales), data, ctypes.byref(hyper),
+                             values(*wds), values(*scales), take_data, ctypes.byref(hyper),
                              ctypes.byref(status), message, len(message))
         if result > 0:
             raise ValueError('arsg_update: %s' % message.value.decode())
@@ -1000,7 +1014,7 @@ class _DirectLibrary:
             with self.pending_lock:
                 self.pending.append((status, arrays if result == 0 else ()))
         if result < 0:
-            raise mx.base.MXNetError(py_str(_LIB.MXGetLastError()))
+            raise mx.base.MXNetError(message.value.decode(errors='replace'))
 
     def raise_failures(self):
         """Raise DirectUpdateFailed for the calls that failed in the engine since the last
@@ -1024,19 +1038,25 @@ class _DirectLibrary:
                     'their' if len(failed) > 1 else 'its', failed[0]))
 
 
-def _direct_library():
-    """The direct-call library, built and loaded if needed (any MXNet, whichever form
-    :func:`load` took)."""
-    if 'library' not in _direct:
+def _mapped_form(form):
+    """The library of ``form``, built and mapped in this process if needed, whichever form
+    :func:`load` took: the direct call's _DirectLibrary, or the operator's path (MXNet 1.7 on).
+    Raises FusedUnavailable where it cannot be had."""
+    if form not in _mapped:
         with _lock:
-            if 'library' not in _direct:
-                _build_and_map(DIRECT)
-    return _direct['library']
+            if form not in _mapped:
+                _build_and_map(form)
+    return _mapped[form]
+
+
+def _direct_library():
+    """The direct-call library (see ``_mapped_form``)."""
+    return _mapped_form(DIRECT)
 
 
 def _check_direct_calls_at_exit():
     """At exit: wait for the direct calls still queued, and log a failure no update raised."""
-    library = _direct.get('library')
+    library = _mapped.get(DIRECT)
     if library is None or not library.pending:
         return
     try:

@@ -22,12 +22,14 @@
 // array not yet written), then the update runs. MXNet built with MKLDNN is the exception: its
 // MXNDArrayGetData waits for the engine to reorder an array that an MKLDNN layer left in a
 // blocked layout, which inside the engine's own run of this call would wait for itself. There
-// the caller waits for the engine, reorders every array back with MXNDArrayGetData in its own
-// thread (as it does for the extension operator) and hands over the data pointers: step (2)
-// then reads no array through MXNet. A failure in (2) cannot be thrown into MXNet's engine: it
-// is written to the caller's NamsgCallStatus, nothing is updated, and the caller raises it
-// (namsg raises it at the next update, or logs it at exit). The caller keeps the arrays alive
-// until ``released``.
+// the caller waits for the engine first and asks for ``take_data``: step (1) then also takes
+// every array's data with MXNDArrayGetData in the caller's thread, which reorders an array back
+// to the default layout (as namsg does for the extension operator), and step (2) reads no
+// array through MXNet. (One C loop: the same calls made from Python cost the step more than
+// the update of ResNet-20's weights itself.) A failure in (2) cannot be thrown into MXNet's
+// engine: it is written to the caller's NamsgCallStatus, nothing is updated, and the caller
+// raises it (namsg raises it at the next update, or logs it at exit). The caller keeps the
+// arrays alive until ``released``.
 
 #include <cstdint>
 #include <cstdio>
@@ -40,7 +42,7 @@ namespace kernel = namsg::kernel;
 extern "C" {
 
 // The version of this interface: the caller refuses a library of another one.
-#define NAMSG_ARSG_DIRECT_ABI 3
+#define NAMSG_ARSG_DIRECT_ABI 4
 
 typedef void (*NamsgEngineSyncFunc)(void* run_context, void* param);
 typedef void (*NamsgEngineDeleter)(void* param);
@@ -104,6 +106,13 @@ const char* DTypeName(int dtype) {
 
 enum Status { kOk = 0, kBadInput = 1, kMXNetFailed = -1 };
 
+// kMXNetFailed, with MXNet's reason (MXGetLastError of this thread) copied into ``message``.
+Status MXNetFailed(const NamsgMXNetApi& api, char* message, int message_size) {
+  const char* reason = api.last_error();
+  std::snprintf(message, message_size, "%s", reason != nullptr ? reason : "unknown error");
+  return kMXNetFailed;
+}
+
 // An array's dtype and size, after checking its storage and device (kMXNetFailed: the reason
 // is MXNet's last error).
 Status Describe(const NamsgMXNetApi& api, void* handle, int* dtype, int64_t* size,
@@ -138,7 +147,7 @@ struct Call {
   kernel::Hyper hyper;
   int dtype = -1, stride = 0;
   std::vector<void*> handles;      // weight j's arrays at [j * stride, (j + 1) * stride)
-  std::vector<void*> data;         // their data, where the caller gave it (MKLDNN builds)
+  std::vector<void*> data;         // their data, where taken at the push (MKLDNN builds)
   std::vector<kernel::Slot> slots;
   NamsgCallStatus* status;
 };
@@ -146,6 +155,22 @@ struct Call {
 void Fail(Call* call, const char* what) {
   std::snprintf(call->status->message, sizeof call->status->message, "%s", what);
   __atomic_store_n(&call->status->ran, 2, __ATOMIC_RELEASE);
+}
+
+// Every array's data, now (``take_data``): MXNDArrayGetData reorders an array left in an MKLDNN
+// layout back to the default one, and allocates one not yet written.
+Status TakeData(const NamsgMXNetApi& api, Call* call, char* message, int message_size) {
+  call->data.assign(call->handles.size(), nullptr);
+  for (size_t index = 0; index < call->handles.size(); ++index) {
+    if (call->slots[index / call->stride].size == 0) continue;
+    if (api.get_data(call->handles[index], &call->data[index]) != 0) return kMXNetFailed;
+    if (call->data[index] == nullptr) {
+      std::snprintf(message, message_size, "MXNDArrayGetData gave no data for array %zu of "
+                    "weight %zu", index % call->stride, index / call->stride);
+      return kBadInput;
+    }
+  }
+  return kOk;
 }
 
 // Run by MXNet's engine once every array is free for it.
@@ -191,15 +216,16 @@ extern "C" {
 // Push the update of ``num_weights`` weights, in place, to MXNet's engine. ``handles`` holds,
 // for each weight j, the NDArray handles of its weight, gradient, states (m, v, vhat as the
 // preconditioner has them) and, with multi_precision, its float32 master copy; lrs, wds and
-// denominator_scales hold one value per weight; ``data``, null or the arrays' data pointers in
-// the order of ``handles``, which the caller took after waiting for the engine (see the
-// top of this file). Returns 0 when pushed (``status`` follows the
+// denominator_scales hold one value per weight; ``take_data``, 1 to take the arrays' data now,
+// which the caller asks for after waiting for the engine (see the top of this file), 0 to take
+// it when the engine runs the call. Returns 0 when pushed (``status`` follows the
 // call; nothing pushed for no weights, ``released`` is then 1 at once); 1 for inconsistent
-// arrays, said in ``message``; -1 when an MXNet call failed (its reason is MXGetLastError()).
+// arrays, said in ``message``; -1 when an MXNet call failed, its reason (MXGetLastError()) in
+// ``message``.
 // Nothing is pushed unless it returns 0.
 int namsg_arsg_direct_update(const NamsgMXNetApi* api, int num_weights, void* const* handles,
                              const double* lrs, const double* wds,
-                             const double* denominator_scales, void* const* data,
+                             const double* denominator_scales, int take_data,
                              const NamsgArsgHyper* hyper, NamsgCallStatus* status,
                              char* message, int message_size) {
   status->ran = 0;
@@ -222,6 +248,7 @@ int namsg_arsg_direct_update(const NamsgMXNetApi* api, int num_weights, void* co
       p.preconditioner > kernel::kNone) {
     std::snprintf(message, message_size, "num_weights %d or preconditioner %d out of range",
                   num_weights, p.preconditioner);
+    status->released = 1;
     return kBadInput;
   }
   if (num_weights == 0) {
@@ -233,12 +260,17 @@ int namsg_arsg_direct_update(const NamsgMXNetApi* api, int num_weights, void* co
   const int stride = 2 + num_states + (p.multi_precision ? 1 : 0);
   static const char* const kRoles[] = {"weight", "gradient", "state m", "state v", "state vhat"};
   Call* call = new Call;
+  // Refused before the push: the engine never holds the call, which is released at once.
+  auto refuse = [&](Status why) {
+    delete call;
+    status->released = 1;
+    return why == kMXNetFailed ? MXNetFailed(*api, message, message_size) : why;
+  };
   call->api = api;
   call->hyper = p;
   call->stride = stride;
   call->status = status;
   call->handles.assign(handles, handles + num_weights * stride);
-  if (data != nullptr) call->data.assign(data, data + num_weights * stride);
   call->slots.resize(num_weights);
   // The engine's arrays: the gradients read, the rest written.
   std::vector<void*> reads, writes;
@@ -250,10 +282,7 @@ int namsg_arsg_direct_update(const NamsgMXNetApi* api, int num_weights, void* co
       void* handle = handles[j * stride + k];
       Status checked = Describe(*api, handle, &dtypes[k], &sizes[k], role, j, message,
                                 message_size);
-      if (checked != kOk) {
-        delete call;
-        return checked;
-      }
+      if (checked != kOk) return refuse(checked);
       if (k == 0) {
         if (j == 0) call->dtype = dtypes[0];
         const char* refusal = nullptr;
@@ -268,10 +297,7 @@ int namsg_arsg_direct_update(const NamsgMXNetApi* api, int num_weights, void* co
                         DTypeName(call->dtype));
           refusal = message;
         }
-        if (refusal != nullptr) {
-          delete call;
-          return kBadInput;
-        }
+        if (refusal != nullptr) return refuse(kBadInput);
       }
       // The gradient has the weight's dtype; states and master copies are float32 for float16
       // weights, else of the weight's dtype.
@@ -288,10 +314,7 @@ int namsg_arsg_direct_update(const NamsgMXNetApi* api, int num_weights, void* co
                       static_cast<long long>(sizes[0]));
         refusal = message;
       }
-      if (refusal != nullptr) {
-        delete call;
-        return kBadInput;
-      }
+      if (refusal != nullptr) return refuse(kBadInput);
       (k == 1 ? reads : writes).push_back(handle);
     }
     kernel::Slot& slot = call->slots[j];
@@ -300,11 +323,15 @@ int namsg_arsg_direct_update(const NamsgMXNetApi* api, int num_weights, void* co
     slot.wd = wds[j];
     slot.denominator_scale = denominator_scales[j];
   }
+  if (take_data) {
+    Status taken = TakeData(*api, call, message, message_size);
+    if (taken != kOk) return refuse(taken);
+  }
   // From here on the engine owns ``call``: Release frees it, also when the push fails.
   if (api->push_sync_nd(Run, call, Release, kCpuContext, reads.data(),
                         static_cast<int>(reads.size()), writes.data(),
                         static_cast<int>(writes.size()), nullptr, 0, "namsg_arsg_direct") != 0)
-    return kMXNetFailed;
+    return MXNetFailed(*api, message, message_size);
   return kOk;
 }
 
