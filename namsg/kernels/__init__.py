@@ -56,6 +56,7 @@ __all__ = ['FusedUnavailable', 'DirectUpdateFailed', 'CachedLibrary', 'OPERATOR'
 
 SWITCH = 'NAMSG_FUSED'
 
+# The package's one logger (see namsg.kernels.library).
 logger = logging.getLogger('namsg.kernels')
 
 # loaded: a fused form is ready (form: which, path: its library); error: why none can be had.

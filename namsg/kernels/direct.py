@@ -33,6 +33,7 @@ from .library import DIRECT, FusedUnavailable
 # in arsg_direct.cc).
 DIRECT_ABI = 4
 
+# The package's one logger (see namsg.kernels.library).
 logger = logging.getLogger('namsg.kernels')
 
 

@@ -85,14 +85,15 @@ DIRECT_PREFIX = LIBRARY_PREFIX + 'direct_'
 TEMPORARY_PATTERNS = ('*.so.tmp', '*.so.tmp.sha256', '*.map.tmp')
 LOCK_NAME = '.build.lock'
 # The MXNet C API functions that the direct-call library calls (NamsgMXNetApi in arsg_direct.cc,
-# in its order), and the names MXNet exports them by.
+# in its order), and the names MXNet exports them by: direct_unavailable_reason checks that this
+# MXNet has them, and namsg.kernels.direct hands them to the library.
 _MXNET_API = {'get_storage_type': 'MXNDArrayGetStorageType',
               'get_context': 'MXNDArrayGetContext', 'get_dtype': 'MXNDArrayGetDType',
               'get_shape': 'MXNDArrayGetShapeEx', 'get_shape64': 'MXNDArrayGetShapeEx64',
               'get_data': 'MXNDArrayGetData', 'last_error': 'MXGetLastError',
               'push_sync_nd': 'MXEnginePushSyncND'}
 
-# Every log line of the package is on this logger (docs/troubleshooting.md).
+# Every module of the package logs on this one logger, which docs/troubleshooting.md names.
 logger = logging.getLogger('namsg.kernels')
 
 # Held while a form is built and mapped: by namsg.kernels.load too, so that a process maps
