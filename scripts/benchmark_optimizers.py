@@ -103,7 +103,8 @@ def available_optimizers():
     """The rows to measure, and why the fused one is missing where it is."""
     if kernels.load():
         rows = dict(OPTIMIZERS)
-        if kernels.fused_form() != kernels.OPERATOR and kernels.unavailable_reason() is None:
+        if (kernels.fused_form() != kernels.OPERATOR and
+                kernels.library.unavailable_reason() is None):
             kernels._mapped_form(kernels.OPERATOR)
             rows = dict(rows, **{'arsg operator': rows['arsg fused']})
         return rows, None

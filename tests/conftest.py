@@ -5,8 +5,9 @@ import pytest
 from namsg import kernels
 
 # The fused forms this MXNet can build: the direct call from MXNet 1.5.1 (not on mxnet-mkl 1.5,
-# see kernels.direct_unavailable_reason), and the extension operator from 1.7 on.
-BUILDABLE = [form for form in kernels.fused_forms() if kernels._reason(form) is None]
+# see kernels.library.direct_unavailable_reason), and the extension operator from 1.7 on.
+BUILDABLE = [form for form in kernels.library.fused_forms()
+             if kernels.library._reason(form) is None]
 
 
 @pytest.fixture(params=BUILDABLE)

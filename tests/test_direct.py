@@ -27,8 +27,8 @@ from cases import CASES, CASES_BY_ID
 from harness import flat_states, make_problem, run_mxnet
 
 pytestmark = pytest.mark.skipif(
-    kernels.direct_unavailable_reason() is not None or not kernels.load(),
-    reason='no direct call here: %s' % (kernels.direct_unavailable_reason() or
+    kernels.library.direct_unavailable_reason() is not None or not kernels.load(),
+    reason='no direct call here: %s' % (kernels.library.direct_unavailable_reason() or
                                         kernels._state['error']))
 
 FUSABLE = [case for case in CASES if case.fusable]
@@ -38,7 +38,7 @@ FUSABLE = [case for case in CASES if case.fusable]
 def direct(monkeypatch):
     """ARSG's fused path through the direct call, whichever form this MXNet takes."""
     assert kernels.load(), kernels._state['error']
-    kernels._direct_library()
+    kernels.direct._direct_library()
     monkeypatch.setitem(kernels._state, 'form', kernels.DIRECT)
 
 
@@ -53,7 +53,7 @@ _PUSH = ctypes.CFUNCTYPE(ctypes.c_int, _SYNC_FUNC, ctypes.c_void_p, _DELETER, ct
 def mxnet_function_replaced(field, replacement):
     """The direct call with MXNet's C API function ``field`` (of NamsgMXNetApi) replaced by the
     ctypes callback ``replacement``; everything queued is waited for afterwards."""
-    library = kernels._direct_library()
+    library = kernels.direct._direct_library()
     saved = getattr(library.api, field)
     setattr(library.api, field, ctypes.cast(replacement, ctypes.c_void_p).value)
     try:
@@ -73,13 +73,13 @@ def engine_order_removed():
         func(None, param)
         deleter(param)
         return 0
-    saved = kernels._mkldnn
-    kernels._mkldnn = lambda: False
+    saved = kernels.library._mkldnn
+    kernels.library._mkldnn = lambda: False
     try:
         with mxnet_function_replaced('push_sync_nd', run_now):
             yield
     finally:
-        kernels._mkldnn = saved
+        kernels.library._mkldnn = saved
 
 
 def test_direct_call_is_dispatched(direct, monkeypatch):
@@ -108,7 +108,7 @@ def test_each_fused_form_computes_the_moments_of_the_ndarray_path(case, each_fus
     test_parity.test_fused_and_ndarray_paths_compute_the_same_moments(case)
 
 
-@pytest.mark.skipif(kernels.unavailable_reason() is not None,
+@pytest.mark.skipif(kernels.library.unavailable_reason() is not None,
                     reason='MXNet %s has no extension operator' % mx.__version__)
 @pytest.mark.parametrize('dtype,multi_precision', [('float32', False), ('float64', False),
                                                    ('float16', True), ('float16', False)])
@@ -145,7 +145,7 @@ def _run_forced(body, **env):
               'from harness import make_problem, run_mxnet, run_reference\n'
               'from cases import CASES_BY_ID\n'
               'assert kernels.load()\n'
-              'kernels._direct_library()\n'
+              'kernels.direct._direct_library()\n'
               'kernels._state["form"] = kernels.DIRECT\n' % HERE) + body
     return subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, **env))
@@ -159,7 +159,8 @@ def test_the_direct_call_under_mxnets_naive_engine():
                          'fused, _ = run_mxnet(case, weights, grads, fused=True)\n'
                          'for f, e in zip(fused, run_reference(case, weights, grads)):\n'
                          '    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)\n'
-                         'assert all(s.released for s, _ in kernels._direct_library().pending)\n'
+                         'assert all(s.released\n'
+                         '           for s, _ in kernels.direct._direct_library().pending)\n'
                          'print("matched")\n', MXNET_ENGINE_TYPE='NaiveEngine')
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'matched' in result.stdout
@@ -240,7 +241,7 @@ SCENARIOS = ['weight written', 'gradient written', 'state written', 'weight read
 
 # How the direct call is ordered: by MXNet's engine, into which it is pushed; where MXNet runs
 # MKLDNN, also by the wait for the engine before it (which finds the arrays' data).
-ORDERINGS = ['engine'] + (['engine after a wait'] if kernels._mkldnn() else [])
+ORDERINGS = ['engine'] + (['engine after a wait'] if kernels.library._mkldnn() else [])
 
 
 @pytest.mark.parametrize('ordering', ORDERINGS)
@@ -252,7 +253,7 @@ def test_direct_call_is_ordered_after_queued_writers_and_readers(name, ordering,
     pushed to the engine, the same scenario gives other values (the test can fail)."""
     with monkeypatch.context() as patch:
         if ordering == 'engine':
-            patch.setattr(kernels, '_mkldnn', lambda: False)   # no array here is MKLDNN's
+            patch.setattr(kernels.library, '_mkldnn', lambda: False)   # no array here is MKLDNN's
         direct_result = _scenario(name)
     with engine_order_removed():
         unordered = _scenario(name)
@@ -357,7 +358,7 @@ def test_arrays_of_a_queued_call_are_kept_until_the_engine_releases_it(direct, m
     that the caller drops at once (a temporary) stays alive until then, and the result is the
     NDArray path's. (Where MXNet runs MKLDNN the call waits for the engine before it is pushed;
     no array here is MKLDNN's, so that wait is left out, as the call is queued without it.)"""
-    monkeypatch.setattr(kernels, '_mkldnn', lambda: False)
+    monkeypatch.setattr(kernels.library, '_mkldnn', lambda: False)
     results = []
     for fused in (True, False):
         opt, weight, grad, state = _problem()
@@ -365,13 +366,13 @@ def test_arrays_of_a_queued_call_are_kept_until_the_engine_releases_it(direct, m
         delay = _delay()
         opt.update_multi_precision(0, weight, mx.nd.broadcast_add(grad, delay), state)
         if fused:
-            status, arrays = kernels._direct_library().pending[-1]      # this call's
+            status, arrays = kernels.direct._direct_library().pending[-1]      # this call's
             assert not status.released
             assert any(a.shape == grad.shape and a is not grad for a in arrays)
         mx.nd.waitall()
         results.append([a.asnumpy() for a in [weight] + flat_states(state)])
         if fused:
-            assert _released(kernels._direct_library())
+            assert _released(kernels.direct._direct_library())
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -405,14 +406,14 @@ def get_data_failing(at_the_push=False):
     def last_error():
         return ctypes.addressof(_INJECTED)
 
-    saved = kernels._mkldnn
-    kernels._mkldnn = lambda: at_the_push
+    saved = kernels.library._mkldnn
+    kernels.library._mkldnn = lambda: at_the_push
     try:
         with mxnet_function_replaced('get_data', get_data), \
                 mxnet_function_replaced('last_error', last_error):
             yield
     finally:
-        kernels._mkldnn = saved
+        kernels.library._mkldnn = saved
 
 
 def test_a_failure_in_the_engine_writes_nothing_and_is_raised_by_the_next_update(direct):
@@ -446,7 +447,7 @@ def test_a_failure_to_take_the_data_at_the_push_is_raised_by_that_update(direct)
         mx.nd.waitall()
     for a, b in zip(before, [a.asnumpy() for a in [weight] + flat_states(state)]):
         np.testing.assert_array_equal(a, b)
-    assert kernels._direct_library().pending == []
+    assert kernels.direct._direct_library().pending == []
     opt.update_multi_precision(0, weight, grad, state)       # nothing left over; it works
     assert not np.array_equal(weight.asnumpy(), before[0])
 

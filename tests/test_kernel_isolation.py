@@ -112,10 +112,10 @@ def _built_kernel(form=None):
 
 
 # The forms this MXNet can take: the operator also where it stands in for the direct call.
-FORMS = [form for form in kernels.fused_forms() if kernels._reason(form) is None]
+FORMS = [form for form in kernels.library.fused_forms() if kernels.library._reason(form) is None]
 requires_operator = pytest.mark.skipif(
     kernels.OPERATOR not in FORMS, reason='MXNet %s has no extension operator: %s' % (
-        mx.__version__, kernels.unavailable_reason()))
+        mx.__version__, kernels.library.unavailable_reason()))
 
 
 @pytest.fixture(scope='module')
@@ -131,7 +131,7 @@ def other_extension(tmp_path_factory):
         [os.environ.get('CXX', 'g++'), '-O1', '-std=c++14', '-fPIC', '-shared',
          '-D_GLIBCXX_USE_CXX11_ABI=0', '-I', str(MXNET_DIR / 'include' / 'mxnet'),
          '-I', str(MXNET_DIR / 'include'), str(source)] +
-        [str(f) for f in kernels._api_sources()] + ['-o', str(output)],
+        [str(f) for f in kernels.library._api_sources()] + ['-o', str(output)],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return output
@@ -144,7 +144,7 @@ def test_fused_update_is_right_beside_foreign_copies_of_the_extension_api(other,
                                                                           request):
     if other == 'extension' and kernels.OPERATOR not in FORMS:
         pytest.skip('MXNet %s cannot load another extension: %s' % (
-            mx.__version__, kernels.unavailable_reason()))
+            mx.__version__, kernels.library.unavailable_reason()))
     _built_kernel(form)
     target = ('libmxnet' if other == 'libmxnet' else
               str(request.getfixturevalue('other_extension')))
@@ -226,5 +226,6 @@ def test_library_exports_nothing_else(form):
 
 def test_cache_key_follows_the_flags(monkeypatch):
     here = kernels.library_path()
-    monkeypatch.setattr(kernels, 'FLAGS', [f for f in kernels.FLAGS if f != '-Wl,-Bsymbolic'])
+    monkeypatch.setattr(kernels.library, 'FLAGS',
+                        [f for f in kernels.library.FLAGS if f != '-Wl,-Bsymbolic'])
     assert kernels.library_path() != here

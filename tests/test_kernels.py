@@ -26,26 +26,28 @@ from harness import make_problem, run_mxnet, run_reference
 
 requires_fused = pytest.mark.skipif(not kernels.load(), reason='fused operator not built: %s'
                                     % kernels._state['error'])
-requires_direct = pytest.mark.skipif(kernels.direct_unavailable_reason() is not None,
-                                     reason=str(kernels.direct_unavailable_reason()))
+requires_direct = pytest.mark.skipif(kernels.library.direct_unavailable_reason() is not None,
+                                     reason=str(kernels.library.direct_unavailable_reason()))
 # The extension operator itself (MXNet 1.7 to 1.9), which the tests map (a process takes the
 # direct call where it can).
 requires_operator = pytest.mark.skipif(
-    kernels.unavailable_reason() is not None,
+    kernels.library.unavailable_reason() is not None,
     reason='MXNet %s has no extension operator: %s' % (mx.__version__,
-                                                       kernels.unavailable_reason()))
+                                                       kernels.library.unavailable_reason()))
 
 
 # The forms this MXNet can build: none on mxnet-mkl 1.5 (see direct_unavailable_reason).
-BUILDABLE = [form for form in kernels.fused_forms() if kernels._reason(form) is None]
-requires_a_form = pytest.mark.skipif(not BUILDABLE, reason='MXNet %s can build no fused form: %s'
-                                     % (mx.__version__, kernels.direct_unavailable_reason()))
+BUILDABLE = [form for form in kernels.library.fused_forms()
+             if kernels.library._reason(form) is None]
+requires_a_form = pytest.mark.skipif(
+    not BUILDABLE, reason='MXNet %s can build no fused form: %s'
+    % (mx.__version__, kernels.library.direct_unavailable_reason()))
 
 
 def _expected_form():
     """The form this MXNet should take: the direct call, but for MXNet 1.5 built with MKLDNN
     (None)."""
-    return None if kernels.direct_unavailable_reason() else kernels.DIRECT
+    return None if kernels.library.direct_unavailable_reason() else kernels.DIRECT
 
 
 def test_fused_operator_builds_here():
@@ -53,10 +55,10 @@ def test_fused_operator_builds_here():
     direct call on every MXNet from 1.5.1 (not on mxnet-mkl 1.5, where the reason is kept);
     from MXNet 1.7 on the extension operator too."""
     assert kernels.load() == (_expected_form() is not None), kernels._state['error']
-    assert kernels.fused_form() == _expected_form(), kernels.unavailable_reason()
+    assert kernels.fused_form() == _expected_form(), kernels.library.unavailable_reason()
     if _expected_form() is None:
-        assert kernels._state['error'] == kernels.direct_unavailable_reason()
-    if kernels.MXNET_VERSION >= kernels.FUSED_MXNET:
+        assert kernels._state['error'] == kernels.library.direct_unavailable_reason()
+    if kernels.library.MXNET_VERSION >= kernels.library.FUSED_MXNET:
         assert kernels._mapped_form(kernels.OPERATOR) == kernels.library_path(kernels.OPERATOR)
 
 
@@ -68,14 +70,14 @@ def test_build_from_scratch_into_a_given_path(tmp_path):
 
 @requires_a_form
 def test_portable_build_when_the_compiler_rejects_the_cpu_flags(tmp_path, monkeypatch):
-    monkeypatch.setattr(kernels, 'ARCH_FLAGS', ['-mno-such-instruction-set'])
+    monkeypatch.setattr(kernels.library, 'ARCH_FLAGS', ['-mno-such-instruction-set'])
     path = kernels.build(tmp_path / 'libportable.so')
     assert path.is_file()
 
 
 def test_cache_key_names_the_cpu(monkeypatch):
     here = kernels.library_path()
-    monkeypatch.setattr(kernels, '_cpu_identity', lambda: 'flags: sse2')
+    monkeypatch.setattr(kernels.library, '_cpu_identity', lambda: 'flags: sse2')
     assert kernels.library_path() != here
 
 
@@ -93,7 +95,7 @@ def test_operator_without_out_leaves_the_weight_and_returns_the_update():
         before = [w.asnumpy() for w in weights]
         states = [(mx.nd.zeros(s), mx.nd.zeros(s), mx.nd.ones(s) * 1e-8) for s in shapes]
         inputs = [a for w, g, st in zip(weights, grads, states) for a in (w, g) + st]
-        op = getattr(mx.nd._internal, kernels.OP_NAME)
+        op = getattr(mx.nd._internal, kernels.operator.OP_NAME)
         attrs = dict(num_weights=2, num_states=3, multi_precision=0, preconditioner=0,
                      lrs='0.01', wds='0.001', denominator_scales='1.0', beta1=0.9, beta2=0.99,
                      epsilon=1e-8, mu=0.1, rescale_grad=1.0, clip_gradient=-1.0)
@@ -300,7 +302,7 @@ def test_truncated_cached_library_is_rebuilt_before_mxnet_maps_it(tmp_path):
     assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
     assert re.search('rebuilt a damaged copy of the fused ARSG (operator|direct-call library)',
                      result.stderr)
-    assert library.stat().st_size == size and kernels.is_intact(library)
+    assert library.stat().st_size == size and kernels.library.is_intact(library)
 
 
 @requires_a_form
@@ -308,19 +310,19 @@ def test_library_is_written_with_its_checksum_and_checked(tmp_path, caplog):
     path = kernels.build(tmp_path / 'libcheck.so')
     checksum = (tmp_path / 'libcheck.so.sha256').read_text()
     assert checksum == '%s  libcheck.so\n' % hashlib.sha256(path.read_bytes()).hexdigest()
-    assert kernels.is_intact(path)
+    assert kernels.library.is_intact(path)
     assert not list(tmp_path.glob('*.tmp*'))            # nothing half-written left behind
     built_at = path.stat().st_mtime_ns
     assert kernels.build(path) == path and path.stat().st_mtime_ns == built_at   # not rebuilt
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF                         # same size, one byte changed
     path.write_bytes(bytes(data))
-    assert not kernels.is_intact(path)
+    assert not kernels.library.is_intact(path)
     (tmp_path / 'libcheck.so.sha256').unlink()
-    assert not kernels.is_intact(path)                   # no checksum: not trusted either
+    assert not kernels.library.is_intact(path)                   # no checksum: not trusted either
     with caplog.at_level(logging.WARNING, logger='namsg.kernels'):
         kernels.build(path)
-    assert kernels.is_intact(path)
+    assert kernels.library.is_intact(path)
     assert re.search(r'rebuilt a damaged copy of the fused ARSG (operator|direct-call library) '
                      r'in [0-9.]+ s', caplog.text)
 
@@ -328,11 +330,11 @@ def test_library_is_written_with_its_checksum_and_checked(tmp_path, caplog):
 def test_cache_key_changes_with_every_compiler_flag(monkeypatch):
     """Libraries built with other flags (e.g. symbol visibility) must not be taken for this one."""
     here = kernels.library_path()
-    monkeypatch.setattr(kernels, 'FLAGS', kernels.FLAGS + ['-fvisibility=hidden'])
+    monkeypatch.setattr(kernels.library, 'FLAGS', kernels.library.FLAGS + ['-fvisibility=hidden'])
     assert kernels.library_path() != here
     monkeypatch.undo()
-    original = kernels._build_command
-    monkeypatch.setattr(kernels, '_build_command',
+    original = kernels.library._build_command
+    monkeypatch.setattr(kernels.library, '_build_command',
                         lambda *a: original(*a) + ['-Wl,--exclude-libs,ALL'])
     assert kernels.library_path() != here
 
@@ -364,7 +366,7 @@ def test_cache_whose_files_cannot_be_created_gives_the_same_advice(tmp_path, mon
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, 'Permission denied')
-    monkeypatch.setattr(kernels.tempfile, 'mkstemp', refuse)
+    monkeypatch.setattr(kernels.library.tempfile, 'mkstemp', refuse)
     with pytest.raises(kernels.FusedUnavailable, match=re.escape(ADVICE)):
         kernels.build(force=True)
 
@@ -392,7 +394,7 @@ def test_library_built_ahead_of_time_needs_no_compiler(tmp_path, monkeypatch):
     """Compute nodes often have no compiler: an intact cached library is used as it is."""
     library = _copy_cached_library(tmp_path)
     monkeypatch.setenv('NAMSG_KERNEL_CACHE', str(tmp_path))
-    monkeypatch.setattr(kernels.shutil, 'which', lambda name: None)
+    monkeypatch.setattr(kernels.library.shutil, 'which', lambda name: None)
     assert kernels.build() == library
     library.unlink()
     with pytest.raises(kernels.FusedUnavailable, match=r'needs a C\+\+ compiler to build'):
@@ -436,11 +438,11 @@ def _path_lines(result):
 def test_the_path_taken_and_why_is_said_once():
     """In a fresh process, one line: the fused direct-call path (INFO), naming its library; no
     warning."""
-    result = _python(PATH_TAKEN.format(setup=''), kernels._cache_dir())
+    result = _python(PATH_TAKEN.format(setup=''), kernels.library._cache_dir())
     lines = _path_lines(result)
     if _expected_form() is None:          # mxnet-mkl 1.5
         assert result.stdout.split() == ['False', 'None'] * 3
-        assert len([line for line in lines if kernels.direct_unavailable_reason() +
+        assert len([line for line in lines if kernels.library.direct_unavailable_reason() +
                     '; using the NDArray path' in line]) == 1, lines
         return
     assert result.stdout.split() == ['True', 'direct'] * 3
@@ -468,7 +470,7 @@ def test_the_operator_stands_in_for_a_direct_call_that_cannot_be_had(tmp_path):
     """From MXNet 1.7 on, where the direct call cannot be had (here: a C API function that it
     calls missing from this MXNet) the extension operator is the fused path, said once at
     warning level with the direct call's reason, and it computes the reference."""
-    setup = ('namsg.kernels._MXNET_API = dict(namsg.kernels._MXNET_API, '
+    setup = ('namsg.kernels.library._MXNET_API = dict(namsg.kernels.library._MXNET_API, '
              'get_data="MXNoSuchFunction")\n'
              'sys_path = {tests!r}\n'
              'import sys; sys.path.insert(0, sys_path)\n'
@@ -481,7 +483,7 @@ def test_the_operator_stands_in_for_a_direct_call_that_cannot_be_had(tmp_path):
              'for f, e in zip(fused, run_reference(case, weights, grads)):\n'
              '    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)\n'
              ).format(tests=str(Path(__file__).resolve().parent))
-    result = _python(PATH_TAKEN.format(setup=setup), kernels._cache_dir())
+    result = _python(PATH_TAKEN.format(setup=setup), kernels.library._cache_dir())
     lines = _path_lines(result)
     assert result.stdout.split() == ['True', 'operator'] * 3
     expected = ('LOG namsg: ARSG takes the fused operator path (MXNet %s, %s): the fused direct '
@@ -494,20 +496,20 @@ def test_the_operator_stands_in_for_a_direct_call_that_cannot_be_had(tmp_path):
 def test_mxnet_15_with_mkldnn_takes_the_ndarray_path_with_the_reason(monkeypatch):
     """MXNet 1.5's MXNDArrayGetData refuses an array in an MKLDNN layout, which an inference
     convolution leaves its weight in: the direct call is not offered there (it is on 1.6)."""
-    monkeypatch.setattr(kernels, 'MXNET_VERSION', (1, 5, 1))
-    monkeypatch.setattr(kernels, '_mkldnn', lambda: True)
+    monkeypatch.setattr(kernels.library, 'MXNET_VERSION', (1, 5, 1))
+    monkeypatch.setattr(kernels.library, '_mkldnn', lambda: True)
     monkeypatch.setattr(kernels, '_state', dict(loaded=False, error=None, warned=False,
                                                 form=None, path=None))
     monkeypatch.delenv(kernels.SWITCH, raising=False)
     reason = ('the fused ARSG update cannot be called directly on MXNet %s built with MKLDNN: '
               'its MXNDArrayGetData refuses an array that an MKLDNN layer left in its own '
               'layout (MXNet 1.6 reorders it)' % mx.__version__)
-    assert kernels.direct_unavailable_reason() == reason
-    assert kernels.fused_forms() == (kernels.DIRECT,)
+    assert kernels.library.direct_unavailable_reason() == reason
+    assert kernels.library.fused_forms() == (kernels.DIRECT,)
     with pytest.warns(UserWarning, match=re.escape(reason + '; using the NDArray path')):
         assert kernels.use_fused(None) is False
-    monkeypatch.setattr(kernels, 'MXNET_VERSION', (1, 6, 0))
-    assert kernels.direct_unavailable_reason() is None
+    monkeypatch.setattr(kernels.library, 'MXNET_VERSION', (1, 6, 0))
+    assert kernels.library.direct_unavailable_reason() is None
 
 
 def test_a_process_that_loaded_the_kernel_exits_with_its_own_status_and_output(tmp_path,
@@ -621,7 +623,7 @@ def test_a_build_waits_for_one_in_progress_and_keeps_its_temporary_files(tmp_pat
         builder.wait(timeout=60)
     assert builder.returncode == 0
     assert (tmp_path / 'libdone.so').read_text() == 'building'     # renamed by its builder
-    assert kernels.is_intact(tmp_path / 'libwaiting.so')
+    assert kernels.library.is_intact(tmp_path / 'libwaiting.so')
 
 
 def test_library_name_carries_the_mxnet_version(monkeypatch):
@@ -630,11 +632,11 @@ def test_library_name_carries_the_mxnet_version(monkeypatch):
     direct = kernels.library_path(kernels.DIRECT)
     assert re.fullmatch(r'libnamsg_arsg_direct_[0-9a-f]{16}\.so', direct.name)
     assert kernels.library_path() == direct         # the form this MXNet takes
-    if kernels.unavailable_reason() is None:
+    if kernels.library.unavailable_reason() is None:
         assert kernels.library_path(kernels.OPERATOR).name.startswith(
             'libnamsg_arsg_mxnet%s_' % version)
     monkeypatch.setattr(kernels.mx, '__version__', version + '.post9')
-    if kernels.unavailable_reason() is None:
+    if kernels.library.unavailable_reason() is None:
         assert kernels.library_path(kernels.OPERATOR).name.startswith(
             'libnamsg_arsg_mxnet%s.post9_' % version)
     assert kernels.library_path(kernels.DIRECT) == direct
@@ -651,8 +653,8 @@ def _cache_with_libraries_of_other_versions(cache):
     another MXNet's, this MXNet version's from other sources, a direct call's from other
     sources, one named by an older namsg."""
     cache.mkdir(parents=True, exist_ok=True)
-    current = [_copy_cached_library(cache, form) for form in kernels.fused_forms()
-               if kernels._reason(form) is None]
+    current = [_copy_cached_library(cache, form) for form in kernels.library.fused_forms()
+               if kernels.library._reason(form) is None]
     others = [_fake_library(cache, 'libnamsg_arsg_mxnet1.6.9_0123456789abcdef.so', 3 * 86400,
                             2500000),
               _fake_library(cache, 'libnamsg_arsg_mxnet%s_fedcba9876543210.so' % mx.__version__,
@@ -679,10 +681,11 @@ def test_list_shows_each_library_with_its_mxnet_size_age_and_owner(tmp_path):
                      rows['libnamsg_arsg_direct_fedcba9876543210.so'])
     assert re.search(r' \? +[0-9.]+ kB +10 min +no: built by an older namsg$',
                      rows['libnamsg_arsg_00112233aabbccdd.so'])
-    assert len(current) == (2 if kernels.MXNET_VERSION >= (1, 7) else 1)
+    assert len(current) == (2 if kernels.library.MXNET_VERSION >= (1, 7) else 1)
     for library in current:
         assert rows[library.name].endswith(' yes')
-        assert (' any ' in rows[library.name]) == library.name.startswith(kernels.DIRECT_PREFIX)
+        assert (' any ' in rows[library.name]) == \
+            library.name.startswith(kernels.library.DIRECT_PREFIX)
     assert len(rows) == 4 + len(current)
     assert '3 temporary files of interrupted builds' in result.stdout
     assert result.stdout.startswith('kernel cache %s: %d libraries' % (tmp_path, len(rows)))
@@ -699,7 +702,7 @@ def test_clean_removes_what_this_mxnet_does_not_use_and_all_with_a_flag(tmp_path
         assert not path.exists(), path
         assert 'removed %s' % path in result.stdout
     assert (tmp_path / 'notes.txt').exists()
-    assert current and all(kernels.is_intact(library) for library in current)
+    assert current and all(kernels.library.is_intact(library) for library in current)
     assert re.search(r': removed \d+ files, 2\.5 MB$', result.stdout.strip())
     result = _cli(tmp_path, 'clean', '--all')
     assert result.returncode == 0, result.stderr
@@ -745,14 +748,14 @@ def test_clean_waits_while_a_process_checks_and_maps_the_library(tmp_path):
         [sys.executable, '-c',
          'import sys, namsg\n'
          'from namsg import kernels\n'
-         'original, calls = kernels.is_intact, []\n'
+         'original, calls = kernels.library.is_intact, []\n'
          'def checked_slowly(path):\n'
          '    calls.append(path)\n'
          '    if len(calls) == 2:         # the check under the shared lock (build() has none)\n'
          '        print("locked", flush=True)\n'
          '        sys.stdin.readline()\n'
          '    return original(path)\n'
-         'kernels.is_intact = checked_slowly\n'
+         'kernels.library.is_intact = checked_slowly\n'
          'assert kernels.load(), kernels._state\n'
          'print("loaded", flush=True)\n'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -774,8 +777,9 @@ from namsg import kernels
 from cases import CASES_BY_ID
 from harness import make_problem, run_mxnet, run_reference
 
-kernels._lib_api_source = lambda: Path('/nonexistent/src/lib_api.cc')   # as in a 1.8 wheel
-assert kernels._api_sources() == [kernels.EXTENSION_API], kernels._api_sources()
+kernels.library._lib_api_source = lambda: Path('/nonexistent/src/lib_api.cc')   # as in a 1.8 wheel
+assert kernels.library._api_sources() == [kernels.library.EXTENSION_API], \
+    kernels.library._api_sources()
 assert kernels.load(), kernels._state['error']
 kernels._mapped_form(kernels.OPERATOR)
 kernels._state['form'] = kernels.OPERATOR
@@ -786,8 +790,8 @@ for f, e in zip(fused, run_reference(case, weights, grads)):
     np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)
 w = mx.nd.ones(3)
 try:       # an error of the operator reaches MXNet's message (_msgSize, _msgGet)
-    getattr(mx.nd._internal, kernels.OP_NAME)(w, w, w, num_weights=1, num_states=2,
-                                                multi_precision=0, preconditioner=0)
+    getattr(mx.nd._internal, kernels.operator.OP_NAME)(w, w, w, num_weights=1, num_states=2,
+                                                       multi_precision=0, preconditioner=0)
 except mx.base.MXNetError as e:
     print('error:', ' '.join(str(e).split()))
 print('reference matched')
@@ -800,8 +804,8 @@ def test_namsgs_own_extension_api_loads_and_computes_the_reference(tmp_path):
     compiles its own (extension_api.cc). Built so against this MXNet's header, as the 1.8 build
     is, the operator loads, computes the reference and reports its errors. (MXNet 1.7's header
     holds the whole implementation: nothing is added there.)"""
-    if kernels.api_version() < 10:
-        assert kernels._api_sources() == []
+    if kernels.library.api_version() < 10:
+        assert kernels.library._api_sources() == []
         return
     result = _python(OWN_EXTENSION_API.format(tests=str(Path(__file__).resolve().parent)),
                      tmp_path)
@@ -813,4 +817,4 @@ def test_namsgs_own_extension_api_loads_and_computes_the_reference(tmp_path):
     # Another cache key than this process's library, unless that is built so too (1.8).
     assert len(built) == 1
     assert (built[0] != kernels.library_path(kernels.OPERATOR).name) == \
-        kernels._lib_api_source().is_file()
+        kernels.library._lib_api_source().is_file()

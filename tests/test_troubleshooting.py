@@ -192,18 +192,19 @@ def _kernel_state(monkeypatch, reason):
 def _direct_call_failed_in_the_engine():
     """What the next update raises after a direct call that MXNet's engine could not run (its
     status as the library writes it; nothing is built)."""
-    status = kernels._CallStatus(ran=2, released=1, message=b'MXNDArrayGetData failed')
+    status = kernels.direct._CallStatus(ran=2, released=1, message=b'MXNDArrayGetData failed')
     pending = types.SimpleNamespace(pending=[(status, ())], pending_lock=threading.Lock())
-    kernels._DirectLibrary.raise_failures(pending)
+    kernels.direct._DirectLibrary.raise_failures(pending)
 
 
 def _direct_call_reason(monkeypatch, version, mkldnn):
     """Why the direct call cannot be had on MXNet ``version`` (with MKLDNN or not)."""
     with monkeypatch.context() as patch:
         patch.setattr(mx, '__version__', version)
-        patch.setattr(kernels, 'MXNET_VERSION', tuple(int(v) for v in version.split('.')[:2]))
-        patch.setattr(kernels, '_mkldnn', lambda: mkldnn)
-        return kernels.direct_unavailable_reason()
+        patch.setattr(kernels.library, 'MXNET_VERSION',
+                      tuple(int(v) for v in version.split('.')[:2]))
+        patch.setattr(kernels.library, '_mkldnn', lambda: mkldnn)
+        return kernels.library.direct_unavailable_reason()
 
 
 def _parser_error(argv):

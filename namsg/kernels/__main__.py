@@ -66,9 +66,9 @@ def _age(seconds):
 
 
 def list_cache():
-    directory = kernels._cache_dir()
+    directory = kernels.library._cache_dir()
     libraries = kernels.cached_libraries(directory) if directory.is_dir() else []
-    reasons = [kernels._reason(form) for form in kernels.fused_forms()]
+    reasons = [kernels.library._reason(form) for form in kernels.library.fused_forms()]
     print('kernel cache %s: %d libraries, %s%s' % (
         directory, len(libraries), _size(sum(lib.size for lib in libraries)),
         '' if None in reasons else ' (this MXNet uses none: %s)' % '; '.join(reasons)))
@@ -81,7 +81,7 @@ def list_cache():
         for row in rows:
             print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)) + '  ' +
                   row[4])
-    leftovers = kernels._stale_temporaries(directory) if directory.is_dir() else []
+    leftovers = kernels.library._stale_temporaries(directory) if directory.is_dir() else []
     if leftovers:
         print('%d temporary files of interrupted builds (removed by the next build or by '
               'clean), or of a build in progress' % len(leftovers))
@@ -89,7 +89,7 @@ def list_cache():
 
 
 def clean_cache(everything):
-    directory = kernels._cache_dir()
+    directory = kernels.library._cache_dir()
     try:
         removed, freed = kernels.clean_cache(directory, everything=everything)
     except OSError as e:
@@ -105,7 +105,7 @@ def build(force):
     """Build the forms this MXNet may take, best first, until one builds; then load as a
     process does (which falls back to the direct call where the operator does not load)."""
     reasons = []
-    for form in kernels.fused_forms():
+    for form in kernels.library.fused_forms():
         try:
             path = kernels.build(force=force, form=form)
             break
