@@ -32,6 +32,10 @@ def parse_args(argv=None):
                                ('--samples', args.samples, 1), ('--seed', args.seed, 0)):
         if value < least:
             parser.error('argument %s: must be an integer >= %d, got %d' % (flag, least, value))
+    try:
+        namsg.check_environment()      # $NAMSG_FUSED and the like, before any work starts
+    except ValueError as e:
+        parser.error(str(e))
     return args
 
 

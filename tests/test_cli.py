@@ -143,6 +143,18 @@ def test_a_bad_namsg_variable_is_refused_before_any_run(workdir, monkeypatch, sc
     assert _tree(workdir) == []
 
 
+def test_demo_refuses_a_bad_namsg_variable_before_it_trains(monkeypatch, capsys):
+    """make demo's script met $NAMSG_FUSED=maybe only when it made the optimizer, with a
+    traceback; now it is an error line of its command line, as the other scripts give."""
+    monkeypatch.setenv('NAMSG_FUSED', 'maybe')
+    demo = _load_script('demo')
+    monkeypatch.setattr(demo.gluon, 'Trainer', lambda *a, **k: pytest.fail('training started'))
+    with pytest.raises(SystemExit) as stop:
+        demo.main(['--epochs', '1', '--samples', '64'])
+    assert stop.value.code == 2
+    assert "error: NAMSG_FUSED='maybe': set it to auto, 0 or 1" in capsys.readouterr().err
+
+
 def _grid_search(monkeypatch):
     """scripts/grid_search.py, loaded with its training blocked."""
     module = _load_script('grid_search')

@@ -256,7 +256,7 @@ def messages(tmp_path, monkeypatch):
     found['a bad $NAMSG_FUSED'] = raised(_first_update, 'rsg')
     monkeypatch.delenv('NAMSG_FUSED')
 
-    _kernel_state(monkeypatch, 'the fused ARSG operator needs a C++ compiler to build and g++ is '
+    _kernel_state(monkeypatch, 'the fused ARSG update needs a C++ compiler to build and g++ is '
                                'not on PATH (install g++ or set $CXX)')
     found['the fused operator required but unavailable'] = raised(_first_update, 'arsg', fused=True)
     found['the fused operator unavailable'] = warned(UserWarning, kernels.use_fused, None)

@@ -133,7 +133,7 @@ def use_fused(requested=None):
     if load():
         return True
     if requested:
-        raise FusedUnavailable('the fused ARSG operator is not available: %s' % _state['error'])
+        raise FusedUnavailable('the fused ARSG update is not available: %s' % _state['error'])
     if not _state['warned']:
         _state['warned'] = True
         warnings.warn('namsg: %s; using the NDArray path (slower, same results). Set %s=0 '
@@ -159,9 +159,12 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
         float32 for float16 weights, else of the weight's dtype; updated in place.
     masters : list of NDArray or None
         float32 master copies of the weights (multi_precision), updated in place, or None.
-    lrs, wds, denominator_scales : list of float
-        Each weight's step size, weight decay, and ``1 / sqrt(1 - beta2^t)`` (read by the
-        'adam' preconditioner only).
+    lrs : list of float
+        Each weight's step size.
+    wds : list of float
+        Each weight's weight decay.
+    denominator_scales : list of float
+        Each weight's ``1 / sqrt(1 - beta2^t)``, read by the 'adam' preconditioner only.
     beta1, beta2, epsilon, mu, rescale_grad : float
         As :class:`namsg.ARSG`'s.
     clip_gradient : float or None
@@ -185,7 +188,7 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
         Direct call: an earlier call could not run in MXNet's engine (it wrote nothing).
     """
     if not load():
-        raise FusedUnavailable('the fused ARSG operator is not available: %s' % _state['error'])
+        raise FusedUnavailable('the fused ARSG update is not available: %s' % _state['error'])
     update = direct_update if _state.get('form') == DIRECT else operator_update
     update(weights, grads, states, masters, lrs, wds, denominator_scales, beta1=beta1,
            beta2=beta2, epsilon=epsilon, mu=mu, rescale_grad=rescale_grad,

@@ -44,7 +44,8 @@ def parse_args(argv=None):
     build.add_argument('--force', action='store_true',
                        help='rebuild even if an intact library is cached (default: off)')
     commands.add_parser('list', help="the cache's libraries: MXNet version, size, age, and "
-                        'whether this MXNet uses it')
+                        "whether this MXNet uses it ('yes, stand-in': the operator, kept for "
+                        'where the direct call cannot be had)')
     clean = commands.add_parser('clean', help='remove the libraries that this MXNet does not '
                                 'use, and what interrupted builds left behind')
     clean.add_argument('--all', action='store_true',
@@ -69,8 +70,9 @@ def list_cache():
     directory = kernels.library._cache_dir()
     libraries = kernels.cached_libraries(directory) if directory.is_dir() else []
     reasons = [kernels.library._reason(form) for form in kernels.library.fused_forms()]
-    print('kernel cache %s: %d libraries, %s%s' % (
-        directory, len(libraries), _size(sum(lib.size for lib in libraries)),
+    print('kernel cache %s: %d librar%s, %s%s' % (
+        directory, len(libraries), 'y' if len(libraries) == 1 else 'ies',
+        _size(sum(lib.size for lib in libraries)),
         '' if None in reasons else ' (this MXNet uses none: %s)' % '; '.join(reasons)))
     if libraries:
         rows = [('library', 'MXNet', 'size', 'age', 'this MXNet %s' % mx.__version__)]

@@ -1,8 +1,9 @@
 """The kernel cache's listing and clean-up: which libraries it holds, which of them this MXNet
 uses, and removing the others.
 
-Each venv compiles the operator for its own MXNet, and the cache only grows; the direct call's
-library serves every MXNet. A clean-up takes the cache's lock exclusively, as a build does (see
+The cache only grows: the direct call's library is built once for each set of sources,
+compiler command and CPU, and where the operator stands in for it, one operator library is
+built for each MXNet version. A clean-up takes the cache's lock exclusively, as a build does (see
 :mod:`namsg.kernels.library`), so it never removes a library that another process is building
 or loading; processes that have loaded a library keep it.
 """
@@ -55,9 +56,11 @@ class CachedLibrary:
         self.current = path in current_paths
 
     def owner(self):
-        """Whether it belongs to this MXNet, in words."""
+        """Whether it belongs to this MXNet, in words: ``'yes'`` for the form this MXNet takes,
+        ``'yes, stand-in'`` for the operator where this MXNet takes the direct call (it is kept
+        for when the direct call cannot be had)."""
         if self.current:
-            return 'yes'
+            return 'yes' if self.form == _library._default_form() else 'yes, stand-in'
         if self.form is None:
             return 'no: built by an older namsg'
         if self.form == OPERATOR and self.mxnet_version != _library._version_tag(mx.__version__):
@@ -66,8 +69,8 @@ class CachedLibrary:
 
 
 def _current_libraries():
-    """The libraries this process may use, by form: the operator's where this MXNet can have
-    one, and the direct call's where this MXNet can call it."""
+    """The libraries this process may use, by form: the direct call's where this MXNet can call
+    it, and the operator's where this MXNet can have one."""
     return {form: _library.library_path(form) for form in _library.fused_forms()
             if _library._reason(form) is None}
 
@@ -95,8 +98,8 @@ def cached_libraries(directory=None):
 def clean_cache(directory=None, everything=False):
     """Remove from a kernel cache what this MXNet does not use.
 
-    That is every library but this MXNet's (see :attr:`CachedLibrary.current`: the operator's
-    and the direct call's) with its checksum, the linker scripts but theirs, checksums whose
+    That is every library but this MXNet's (see :attr:`CachedLibrary.current`: the direct
+    call's and the operator's) with its checksum, the linker scripts but theirs, checksums whose
     library is gone, and the temporary files of interrupted builds. Files that are not namsg's
     are left alone.
 

@@ -104,7 +104,9 @@ _mapped = {}
 
 
 class FusedUnavailable(RuntimeError):
-    """The fused update was required (NAMSG_FUSED=1 or fused=True) but cannot be built."""
+    """The fused update cannot be had: raised where it was required (``NAMSG_FUSED=1`` or
+    ``fused=True``) and by :func:`build` (also ``python -m namsg.kernels build``); the message
+    says why."""
 
 
 def _mxnet_dir():
@@ -321,17 +323,20 @@ def library_path(form=None):
     extension API files, this compiler command (every flag), MXNet version and CPU (it needs an
     MXNet that can have the operator, see unavailable_reason); the direct call's for its
     sources, this compiler command and CPU, whatever the MXNet. ``form`` None: the form this
-    MXNet uses (the direct call where it can have it)."""
+    MXNet uses (the direct call where it can have it). The key holds the files' contents, not
+    where they are: namsg installed into several venvs (one per MXNet) shares one direct-call
+    library."""
     form = form or _default_form()
     if form == DIRECT:
         parts = [DIRECT_SOURCE.read_bytes(), KERNEL_HEADER.read_bytes()]
     else:
         parts = ([SOURCE.read_bytes(), KERNEL_HEADER.read_bytes(), _header().read_bytes()] +
                  [source.read_bytes() for source in _api_sources()] + [mx.__version__.encode()])
+    command = '\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS, form))
+    for folder, name in ((_mxnet_dir(), '<mxnet>'), (DIRECT_SOURCE.parent, '<namsg.kernels>')):
+        command = command.replace(str(folder), name)
     digest = hashlib.sha256()
-    for part in parts + ['\0'.join(_build_command(_compiler(), 'OUTPUT', ARCH_FLAGS,
-                                                    form)).encode(),
-                         _cpu_identity().encode()]:
+    for part in parts + [command.encode(), _cpu_identity().encode()]:
         digest.update(part)
         digest.update(b'\0')
     if form == DIRECT:
@@ -373,7 +378,7 @@ def _unwritable(directory, error):
     """The error for a cache directory that cannot be written. Its advice is not the command
     that just failed: `python -m namsg.kernels build` fails on it the same way."""
     return FusedUnavailable(
-        'cannot write the fused-operator library to %s (%s): set $%s to a writable directory, '
+        'cannot write the fused-update library to %s (%s): set $%s to a writable directory, '
         'or build the library ahead of time where that directory is writable (as its owner, '
         'or on a machine that mounts it read-write) with `python -m namsg.kernels build` and '
         'the same $%s' % (directory, error, CACHE_ENV, CACHE_ENV))
@@ -446,7 +451,7 @@ def build(path=None, force=False, form=None):
         Rebuild even if an intact library is there.
     form : {'operator', 'direct'} or None, default None
         Which fused form (``'operator'``, ``'direct'``); None: the one this MXNet uses
-        (the operator from MXNet 1.7 on where it can have one, else the direct call).
+        (the direct call where it can have it, else, from MXNet 1.7 on, the operator).
 
     Returns
     -------
@@ -471,7 +476,7 @@ def build(path=None, force=False, form=None):
         return path
     # Checked only now: machines that run a library built ahead of time need no compiler.
     if shutil.which(_compiler()) is None:
-        raise FusedUnavailable('the fused ARSG operator needs a C++ compiler to build and %s is '
+        raise FusedUnavailable('the fused ARSG update needs a C++ compiler to build and %s is '
                                'not on PATH (install g++ or set $CXX)' % _compiler())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
