@@ -617,6 +617,20 @@ def _paused(root, epoch, flags):
     return process, go
 
 
+@pytest.mark.parametrize('note', ['threads: MXNet will run its operators on ...', None])
+def test_the_cores_mxnet_would_leave_idle_are_said_before_training(tmp_path, monkeypatch, note):
+    folder = _mnist_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, 'idle_cores_note', lambda: note)
+    lines = []
+    monkeypatch.setattr(cli, '_echo', lines.append)
+    cli.main('mnist', ['--settings', 'mnist_logreg', '--scale', '0.1', '--seeds', '0',
+                       '--methods', 'SGD', '--no-progress', '--data-dir', str(folder)])
+    assert lines[0].startswith('data: ')
+    assert lines[1].startswith('mnist_logreg/SGD/seed0 epoch 1') if note is None else \
+        lines[1] == note
+
+
 def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path, monkeypatch):
     """Processes started with overlapping runs (the same command twice; --settings a,b beside
     --settings b) trained the runs they shared at once, each rewriting the other's log and
@@ -641,6 +655,7 @@ def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path
         out = other.communicate(timeout=120)[0]
     assert other.returncode == 0, out
     log = Path('runs/mnist/mnist_logreg/SGD/seed0.jsonl')
+    lines = [line for line in lines if not line.startswith('threads: ')]   # the machine's
     assert lines[1:] == [
         'mnist_logreg/SGD/seed0 is being trained by another process, pid %d on %s (it holds '
         'the lock on %s): put off until the other runs are done'

@@ -290,6 +290,8 @@ def script_messages(tmp_path):
     from namsg.experiments.resume import run_state
     from namsg.experiments.runs import check_config
     from namsg.experiments.train import train_all
+    from namsg.experiments.threads import idle_cores_note
+    from test_threads import _sysfs
 
     def as_script(call, *args):
         """As ``error: ...``, the form every script gives an exception it refuses with."""
@@ -329,6 +331,7 @@ def script_messages(tmp_path):
             tmp_path / 'checkpoints'),
         'a run locked by another process': lines[0],
         'waiting for it': lines[1],
+        'cores MXNet leaves idle': idle_cores_note({}, [0, 1], 'x86_64', _sysfs(tmp_path, 2, 1)),
     }
 
 

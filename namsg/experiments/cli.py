@@ -32,6 +32,7 @@ from .plots import write_report
 from .prepare import PREPARE
 from .resume import check_run
 from .runs import CheckpointError, run_header, run_name
+from .threads import idle_cores_note
 from .train import train_all, train_run
 
 EXPERIMENTS = {
@@ -471,6 +472,9 @@ def _main(experiment, argv):
 
     _echo('data: %s (%d training, %d validation images); logs in %s'
           % (dataset.source, len(prepared.train_y), len(prepared.test_y), log_dir))
+    note = idle_cores_note()
+    if note:
+        _echo(note)
     bar = not args.no_progress and sys.stderr.isatty()
     every = None if args.no_progress or bar else args.progress_every
 
