@@ -18,7 +18,7 @@ this same thread. Waiting for writes only lost the race when the convolution ran
 wait and the update. One wait for the whole engine (a reorder pushed while it waits is counted
 too) costs one round trip per update call; a wait per array cost one each, 5 ms for ResNet-20's
 65 weights, twice adam's whole step. The direct call takes the data itself, in one C loop, after
-this wait (see ``arsg_direct.cc``); the operator's call takes it here.
+this wait (see ``arsg_direct.cc``); the operator's call reorders its weights here.
 """
 
 import ctypes
@@ -34,14 +34,10 @@ def _wait_for_layouts():
     mx.nd.waitall()
 
 
-def _default_layout_data(arrays):
-    """The arrays' data pointers, none left in an MKLDNN blocked layout (see
-    ``_wait_for_layouts``)."""
+def _reorder_to_default(arrays):
+    """Leave none of ``arrays`` in an MKLDNN blocked layout (see ``_wait_for_layouts``):
+    MXNDArrayGetData reorders one that is back to the default layout."""
     _wait_for_layouts()
-    pointers = []
     for array in arrays:
         array.wait_to_read()
-        pointer = ctypes.c_void_p()
-        check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-        pointers.append(pointer.value)
-    return pointers
+        check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(ctypes.c_void_p())))

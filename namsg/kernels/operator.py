@@ -43,7 +43,7 @@ def operator_update(weights, grads, states, masters, lrs, wds, denominator_scale
     """:func:`~namsg.kernels.arsg_update` through the extension operator (loaded by
     :func:`~namsg.kernels.load`), pushed to MXNet's engine."""
     if _library._mkldnn():
-        _layouts._default_layout_data(weights)
+        _layouts._reorder_to_default(weights)
     inputs = []
     for j, (w, g, state) in enumerate(zip(weights, grads, states)):
         inputs += [w, g] + list(state)
