@@ -708,6 +708,35 @@ def test_list_shows_each_library_with_its_mxnet_size_age_and_owner(tmp_path):
     assert result.stdout.startswith('kernel cache %s: %d libraries' % (tmp_path, len(rows)))
 
 
+@pytest.mark.parametrize('command', [['list'], ['clean'], ['clean', '--all']])
+def test_a_cache_path_through_a_file_is_an_error_not_an_empty_cache(tmp_path, command):
+    """`list` and `clean` took a $NAMSG_KERNEL_CACHE where no directory can be (the path, or a
+    folder above it, a file: a mistyped variable) for an empty cache, and exited 0."""
+    (tmp_path / 'a-file').write_text('kept')
+    for cache in (tmp_path / 'a-file', tmp_path / 'a-file' / 'cache'):
+        with pytest.raises(NotADirectoryError, match='a-file is a file'):
+            (kernels.cached_libraries if command == ['list'] else kernels.clean_cache)(cache)
+        result = _cli(cache, *command)
+        assert result.returncode == 1 and result.stdout == ''
+        assert ('namsg.kernels: cannot %s the kernel cache %s: %s is a file, so no kernel cache '
+                'can be there: set $NAMSG_KERNEL_CACHE to a directory this user may write'
+                % (command[0], cache, tmp_path / 'a-file')) in result.stderr
+    assert (tmp_path / 'a-file').read_text() == 'kept'
+
+
+def test_a_cache_not_made_yet_lists_as_empty_and_is_not_made(tmp_path):
+    cache = tmp_path / 'not' / 'yet'
+    result = _cli(cache, 'list')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('kernel cache %s: 0 libraries, 0 B (not made yet: the first '
+                                    'fused update or `python -m namsg.kernels build` makes it)'
+                                    % cache)
+    result = _cli(cache, 'clean')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '%s: removed 0 files, 0 B' % cache
+    assert not (tmp_path / 'not').exists()
+
+
 @requires_a_form
 def test_clean_removes_what_this_mxnet_does_not_use_and_all_with_a_flag(tmp_path):
     current, others = _cache_with_libraries_of_other_versions(tmp_path)

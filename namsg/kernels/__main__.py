@@ -1,18 +1,18 @@
 """The fused ARSG update's kernel cache from the command line (``$NAMSG_KERNEL_CACHE``, default
 ``~/.cache/namsg``).
 
-Build the library this MXNet uses ahead of time (the extension operator from MXNet 1.7 on, the
-direct call on 1.5 and 1.6 and where the operator cannot be had), e.g. on a cluster whose home
-directories are read-only or shared between machines (once per MXNet version and CPU kind, with
-the same ``$NAMSG_KERNEL_CACHE`` as the jobs)::
+Build the library this MXNet uses ahead of time (the direct call's; on MXNet 1.7 to 1.9, where
+that one cannot be built or loaded, the extension operator's), e.g. on a cluster whose home
+directories are read-only or shared between machines (once per CPU kind, with the same
+``$NAMSG_KERNEL_CACHE`` as the jobs)::
 
     python -m namsg.kernels build            # prints the path of the library loaded; exit
     python -m namsg.kernels build --force    # status 1 if none can be built or loaded, with
                                              # the reasons
 
-See what the cache holds, and remove what this MXNet does not use (each venv compiles the
-operator for its own MXNet, and the cache only grows; the direct call's library serves every
-MXNet)::
+See what the cache holds, and remove what this MXNet does not use (the cache only grows: a
+new namsg, compiler or CPU builds a new direct-call library, and where the operator stands in,
+each MXNet version its own operator library)::
 
     python -m namsg.kernels list             # each library: MXNet version ('any' for the
                                              # direct call's), size, age, and whether this
@@ -21,7 +21,9 @@ MXNet)::
     python -m namsg.kernels clean --all      # remove every library (rebuilt on next use)
 
 ``clean`` waits for a build or load in progress in the cache and never removes a library that
-another process is building or loading; processes that have loaded a library keep it.
+another process is building or loading; processes that have loaded a library keep it. Each
+command exits with status 1 and says why where the cache cannot be there (its path, or a folder
+above it, is a file) or cannot be read or written.
 """
 
 import argparse
@@ -49,8 +51,13 @@ def parse_args(argv=None):
     clean = commands.add_parser('clean', help='remove the libraries that this MXNet does not '
                                 'use, and what interrupted builds left behind')
     clean.add_argument('--all', action='store_true',
-                       help="remove this MXNet's library too (default: keep it)")
+                       help="remove every library, this MXNet's too (default: keep this MXNet's)")
     return parser.parse_args(argv)
+
+
+# Where the cache cannot be used, what the user can do about it.
+_WHAT_TO_DO = (': set $NAMSG_KERNEL_CACHE to a directory this user may write (or unset it '
+               'for the default ~/.cache/namsg)')
 
 
 def _size(size):
@@ -68,11 +75,20 @@ def _age(seconds):
 
 def list_cache():
     directory = kernels.library._cache_dir()
-    libraries = kernels.cached_libraries(directory) if directory.is_dir() else []
+    try:
+        made = kernels.cache.cache_exists(directory)
+        libraries = kernels.cached_libraries(directory)
+        leftovers = kernels.library._stale_temporaries(directory) if made else []
+    except OSError as e:
+        logging.error('namsg.kernels: cannot list the kernel cache %s: %s%s', directory,
+                      e.strerror or e, _WHAT_TO_DO)
+        return 1
     reasons = [kernels.library._reason(form) for form in kernels.library.fused_forms()]
-    print('kernel cache %s: %d librar%s, %s%s' % (
+    print('kernel cache %s: %d librar%s, %s%s%s' % (
         directory, len(libraries), 'y' if len(libraries) == 1 else 'ies',
         _size(sum(lib.size for lib in libraries)),
+        '' if made else ' (not made yet: the first fused update or `python -m namsg.kernels '
+                        'build` makes it)',
         '' if None in reasons else ' (this MXNet uses none: %s)' % '; '.join(reasons)))
     if libraries:
         rows = [('library', 'MXNet', 'size', 'age', 'this MXNet %s' % mx.__version__)]
@@ -83,7 +99,6 @@ def list_cache():
         for row in rows:
             print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)) + '  ' +
                   row[4])
-    leftovers = kernels.library._stale_temporaries(directory) if directory.is_dir() else []
     if leftovers:
         print('%d temporary files of interrupted builds (removed by the next build or by '
               'clean), or of a build in progress' % len(leftovers))
@@ -95,7 +110,8 @@ def clean_cache(everything):
     try:
         removed, freed = kernels.clean_cache(directory, everything=everything)
     except OSError as e:
-        logging.error('namsg.kernels: cannot clean the kernel cache %s: %s', directory, e)
+        logging.error('namsg.kernels: cannot clean the kernel cache %s: %s%s', directory,
+                      e.strerror or e, _WHAT_TO_DO)
         return 1
     for path in removed:
         print('removed %s' % path)
@@ -105,7 +121,8 @@ def clean_cache(everything):
 
 def build(force):
     """Build the forms this MXNet may take, best first, until one builds; then load as a
-    process does (which falls back to the direct call where the operator does not load)."""
+    process does (the direct call first; on MXNet 1.7 to 1.9 the operator stands in where the
+    direct call does not build or load)."""
     reasons = []
     for form in kernels.library.fused_forms():
         try:
@@ -114,7 +131,7 @@ def build(force):
         except kernels.FusedUnavailable as e:
             reasons.append(str(e))
     else:
-        logging.error('namsg.kernels: cannot build the fused operator: %s',
+        logging.error('namsg.kernels: cannot build the fused ARSG update: %s',
                       '; '.join(dict.fromkeys(reasons)))
         return 1
     if not kernels.load():

@@ -8,6 +8,8 @@ built for each MXNet version. A clean-up takes the cache's lock exclusively, as 
 or loading; processes that have loaded a library keep it.
 """
 
+import errno
+import fnmatch
 import re
 import time
 from pathlib import Path
@@ -75,6 +77,32 @@ def _current_libraries():
             if _library._reason(form) is None}
 
 
+def cache_exists(directory=None):
+    """Whether a kernel cache's directory exists (a cache not made yet holds nothing).
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path or None, default None
+        The cache; None: ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``).
+
+    Raises
+    ------
+    NotADirectoryError
+        The path, or a folder above it, is a file: no cache can be there. (Read as "no
+        directory", this made a mistyped ``$NAMSG_KERNEL_CACHE`` look like an empty cache.)
+    OSError
+        The path cannot be looked at (e.g. a folder above it is not readable).
+    """
+    directory = Path(directory or _library._cache_dir())
+    for path in (directory, *directory.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, '%s is a file, so no kernel cache can '
+                                         'be there' % path, str(directory))
+            return path == directory
+    return False
+
+
 def cached_libraries(directory=None):
     """The libraries in a kernel cache.
 
@@ -86,12 +114,20 @@ def cached_libraries(directory=None):
     Returns
     -------
     list of CachedLibrary
-        Oldest first.
+        Oldest first; empty where the cache's directory does not exist yet.
+
+    Raises
+    ------
+    OSError
+        As :func:`cache_exists`.
     """
     directory = Path(directory or _library._cache_dir())
+    if not cache_exists(directory):
+        return []
     current = {directory / path.name for path in _current_libraries().values()}
-    libraries = [CachedLibrary(path, current)
-                 for path in directory.glob(LIBRARY_PREFIX + '*.so') if path.is_file()]
+    # iterdir, not glob: glob takes a directory it may not read for an empty one.
+    libraries = [CachedLibrary(path, current) for path in directory.iterdir()
+                 if fnmatch.fnmatchcase(path.name, LIBRARY_PREFIX + '*.so') and path.is_file()]
     return sorted(libraries, key=lambda library: -library.age)
 
 
@@ -126,10 +162,11 @@ def clean_cache(directory=None, everything=False):
     Raises
     ------
     OSError
-        The cache cannot be locked or written (e.g. it is read-only).
+        The cache cannot be locked or written (e.g. it is read-only); or as
+        :func:`cache_exists`.
     """
     directory = Path(directory or _library._cache_dir())
-    if not directory.is_dir():
+    if not cache_exists(directory):
         return [], 0
     keep = set()
     if not everything:
