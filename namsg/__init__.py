@@ -6,8 +6,9 @@ wherever MXNet takes an optimizer name (``gluon.Trainer``, ``mx.optimizer.create
 ``Module.fit``).
 
 namsg needs MXNet 1.5 to 1.9 and numpy, and installs neither MXNet nor the packages of the paper's
-experiments (``pip install namsg[experiments]``). ARSG's fused update is an extension operator
-from MXNet 1.7 and a direct call on 1.5.1 and 1.6; elsewhere ARSG takes the NDArray path (see
+experiments (``pip install namsg[experiments]``). ARSG's fused update is a direct call into
+MXNet's engine on every MXNet from 1.5.1 (on 1.7 to 1.9 an extension operator stands in where
+that cannot be built or loaded); elsewhere ARSG takes the NDArray path (see
 :mod:`namsg.kernels`).
 """
 

@@ -150,7 +150,7 @@ def check_environment():
 
 def aggregation_size():
     """``$NAMSG_AGGREGATION_SIZE``: how many parameters of one dtype MXNet's Updater hands one
-    of namsg's optimizers in one call (ARSG's fused operator updates them in one pass; the
+    of namsg's optimizers in one call (ARSG's fused update takes them in one pass; the
     states loaded for them are checked before any is updated); default 128 (unset or empty).
     0 or 1: one parameter per call. Raises ValueError naming the variable for anything but an
     integer >= 0, when the optimizer is made (not at its first update)."""

@@ -1,5 +1,5 @@
 """The NDArray path's arithmetic in few MXNet operator calls, rounding for rounding as the fused
-kernel (``namsg/kernels/arsg_update.cc``) and the NumPy reference's order of operations.
+update's loop (``namsg/kernels/arsg_kernel.h``) and the NumPy reference's order of operations.
 
 Each function writes into an array it is given (``out=``, in place) instead of making a new one,
 and where one of MXNet's own fused update operators computes the same chain of float32 roundings

@@ -79,7 +79,7 @@ class ARSG(ElementwiseOptimizer):
         vhat and weights), like MXNet's ``adam(lazy_update=True)``. If False, the gradient is
         made dense and every row is updated.
     fused : bool or None, default None
-        Use the fused operator (one pass per array, many arrays per call; see
+        Use the fused update (one pass per array, many arrays per call; see
         :mod:`namsg.kernels`) for dense arrays on CPU contexts. None follows ``$NAMSG_FUSED``
         (default: fused where it can be built); True requires it; False takes the NDArray path.
         Both paths compute the same update, bit for bit in float32 and float16 (also for
@@ -133,7 +133,7 @@ class ARSG(ElementwiseOptimizer):
     element stays poisoned for good, as with MXNet's optimizers.
 
     ``$NAMSG_AGGREGATION_SIZE`` (default 128; an integer >= 0) sets how many parameters MXNet's
-    Updater hands to one update call, which the fused operator updates in one pass (for every
+    Updater hands to one update call, which the fused update takes in one pass (for every
     optimizer of namsg: their loaded states are checked together, and ``skip_nonfinite_grad``
     checks their gradients at once).
 

@@ -16,11 +16,12 @@ pushed to MXNet's engine, which runs it asynchronously in the order of its array
   for the direct call on MXNet 1.7 to 1.9 where that cannot be built or loaded (a warning says
   why).
 
-Each form's library is compiled on first use against the MXNet that is installed and cached
-under ``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``): :mod:`namsg.kernels.library` says
-what this MXNet can have, and builds, caches and maps a library; :mod:`namsg.kernels.cache`
-lists the cache and removes what this MXNet does not use; :mod:`namsg.kernels.layouts` brings
-arrays out of MKLDNN's blocked layouts before a call. The package itself chooses the form and
+Each form's library is compiled on first use (the direct call's with no MXNet header, one for
+every MXNet; the operator's against the installed MXNet's extension API) and cached under
+``$NAMSG_KERNEL_CACHE`` (default ``~/.cache/namsg``): :mod:`namsg.kernels.library` says what
+this MXNet can have, and builds, caches and maps a library; :mod:`namsg.kernels.cache` lists
+the cache and removes what this MXNet does not use; :mod:`namsg.kernels.layouts` brings arrays
+out of MKLDNN's blocked layouts before a call. The package itself chooses the form and
 the path, and hands on the public names of its modules (``namsg.kernels.build`` is
 :func:`namsg.kernels.library.build`, and so on: see ``namsg.kernels.__all__``).
 
@@ -78,9 +79,10 @@ def _mapped_form(form):
 
 def load():
     """Build (if needed) and load a fused form once per process: the direct call where it can
-    be had, else the operator into MXNet (see ``fused_forms()``). True on success; the reason
-    for a failure is kept for :func:`use_fused`. The form taken is said once: an INFO log line,
-    or a warning-level one when the operator stands in for a direct call that failed."""
+    be had, else the operator into MXNet (see :func:`namsg.kernels.library.fused_forms`). True
+    on success; the reason for a failure is kept for :func:`use_fused`. The form taken is said
+    once: an INFO log line, or a warning-level one when the operator stands in for a direct call
+    that failed."""
     with _library._lock:
         if _state['loaded'] or _state['error'] is not None:
             return _state['loaded']

@@ -1,9 +1,9 @@
 // The fused ARSG update as a plain library, called with ctypes on the arrays of any MXNet 1.x:
-// the direct form of namsg's fused path, for the MXNet releases whose extension API cannot
-// register an operator (1.5 and 1.6), and wherever the operator cannot be had. The loop is
-// arsg_kernel.h's, which the extension operator (arsg_update.cc) shares.
+// the direct form of namsg's fused path, which every MXNet from 1.5.1 takes (its call costs
+// less than the extension operator's, arsg_update.cc, which stands in for it on 1.7 to 1.9
+// where it cannot be had). The loop is arsg_kernel.h's, which the operator shares.
 //
-// It needs no MXNet header and links against no MXNet: the caller (namsg/kernels/__init__.py)
+// It needs no MXNet header and links against no MXNet: the caller (namsg/kernels/direct.py)
 // hands over the addresses of the few MXNet C API functions it calls, from the libmxnet.so that
 // the process has loaded. Their signatures have been the same from MXNet 1.5.1 to 1.9.
 //

@@ -463,7 +463,8 @@ def build(path=None, force=False, form=None):
     FusedUnavailable
         This MXNet or machine cannot build it (the reason says which: for the operator MXNet
         before 1.7, no ``lib_api.h`` or an unknown extension API version; for the direct call
-        MXNet 1.5 with MKLDNN; no compiler), the compiler failed, or the directory is not
+        MXNet 1.5.0, MXNet 1.5 with MKLDNN or an MXNet without the C API functions it calls;
+        no compiler), the compiler failed, or the directory is not
         writable (the message says to set ``$NAMSG_KERNEL_CACHE`` to a writable directory or to
         build where that one is writable).
     """
