@@ -230,6 +230,24 @@ def test_multi_precision_state_is_master_copy_then_float32_state():
     assert count.dtype == np.int64 and name.dtype == np.uint8
 
 
+def test_the_parity_harness_fails_an_optimizer_that_writes_into_its_gradients():
+    """Every parity run checks that the gradients come back as they went in (tests/harness.py's
+    apply_steps); this is that check failing where it should."""
+    case = CASES_BY_ID['rsg']
+    weights, grads = make_problem(3, seed=1)
+    updater = make_updater(case)
+    update = updater.optimizer.update_multi_precision
+
+    def update_and_write(index, weight, grad, state):
+        update(index, weight, grad, state)
+        (grad if isinstance(grad, (list, tuple)) else [grad])[-1][:] *= 2
+    updater.optimizer.update_multi_precision = update_and_write
+    ws = [mx.nd.array(w) for w in weights]
+    with pytest.raises(AssertionError, match='step 1 wrote into the gradient of parameter %d'
+                       % (len(ws) - 1)):
+        apply_steps(updater, case, ws, grads)
+
+
 @pytest.mark.parametrize('case_id', ['everything', 'rsg_mu_changed', 'amsgrad', 'radam',
                                      'ranger', 'lookahead_arsg'])
 def test_pickle_round_trip_mid_run_continues_identically(case_id):
