@@ -509,6 +509,29 @@ def test_the_operator_stands_in_for_a_direct_call_that_cannot_be_had(tmp_path):
     assert lines == [expected], lines
 
 
+@requires_operator
+def test_load_takes_a_form_mapped_earlier_without_mapping_it_again(tmp_path):
+    """load() mapped the operator into MXNet a second time where it had been mapped before
+    (by kernels._mapped_form, as the benchmark and the tests do) and the direct call then
+    failed."""
+    script = ('import namsg\n'
+              'from namsg import kernels\n'
+              'kernels._mapped_form(kernels.OPERATOR)\n'
+              'kernels.library._MXNET_API = dict(kernels.library._MXNET_API, '
+              'get_data="MXNoSuchFunction")\n'
+              'loads = []\n'
+              'load_library = kernels.operator._load_library\n'
+              'kernels.operator._load_library = lambda path: loads.append(path) or '
+              'load_library(path)\n'
+              'assert kernels.load(), kernels._state\n'
+              'print(kernels.fused_form(), len(loads), '
+              'kernels._state["path"] == kernels.library_path(kernels.OPERATOR))\n')
+    _copy_cached_library(tmp_path, kernels.OPERATOR)
+    result = _python(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['operator', '0', 'True']
+
+
 def test_mxnet_15_with_mkldnn_takes_the_ndarray_path_with_the_reason(monkeypatch):
     """MXNet 1.5's MXNDArrayGetData refuses an array in an MKLDNN layout, which an inference
     convolution leaves its weight in: the direct call is not offered there (it is on 1.6)."""

@@ -99,8 +99,10 @@ logger = logging.getLogger('namsg.kernels')
 # Held while a form is built and mapped: by namsg.kernels.load too, so that a process maps
 # each form once at a time.
 _lock = threading.Lock()
-# The forms mapped in this process: the direct call's _DirectLibrary, the operator's path.
+# The forms mapped in this process: the direct call's _DirectLibrary, the operator's path;
+# and the path of each form's library mapped.
 _mapped = {}
+_mapped_paths = {}
 
 
 class FusedUnavailable(RuntimeError):
@@ -541,10 +543,13 @@ def _build_and_map(form, open_library):
     """Build the library of ``form`` if needed and map it into this process: ``open_library``
     (the operator's loader into MXNet, the direct call's ``_DirectLibrary``) is called with its
     path while the cache's shared lock keeps it there, and what it returns is kept in
-    ``_mapped``; its path."""
+    ``_mapped``; its path. A form mapped before is not mapped again (MXNet would load the
+    operator's library twice)."""
     reason = _reason(form)
     if reason:
         raise FusedUnavailable(reason)
+    if form in _mapped:
+        return _mapped_paths[form]
     path = library_path(form)
     for _ in range(2):
         build(path, form=form)
@@ -556,6 +561,7 @@ def _build_and_map(form, open_library):
         with _locked(lock, exclusive=False):
             if is_intact(path):
                 _mapped[form] = open_library(path)
+                _mapped_paths[form] = path
                 return path
     raise FusedUnavailable('%s was removed twice between its build and its loading (is a '
                            '`python -m namsg.kernels clean --all` running in a loop?)' % path)
