@@ -42,9 +42,7 @@ import warnings
 
 import mxnet as mx
 
-from . import direct as _direct
-from . import library as _library
-from . import operator as _operator
+from . import direct, library, operator
 from .cache import CachedLibrary, cached_libraries, clean_cache
 from .direct import DirectUpdateFailed, direct_update
 from .library import DIRECT, OPERATOR, FusedUnavailable, build, entry_points, library_path
@@ -67,14 +65,14 @@ _state = {'loaded': False, 'error': None, 'warned': False, 'form': None, 'path':
 def _opener(form):
     """What maps the library of ``form`` into this process: the direct call's
     ``_DirectLibrary``, or the operator's loader into MXNet."""
-    return _direct._DirectLibrary if form == DIRECT else _operator._load_library
+    return direct._DirectLibrary if form == DIRECT else operator._load_library
 
 
 def _mapped_form(form):
     """The library of ``form``, built and mapped in this process if needed, whichever form
     :func:`load` took: the direct call's ``_DirectLibrary``, or the operator's path (MXNet 1.7
     on). Raises FusedUnavailable where it cannot be had."""
-    return _library._mapped_form(form, _opener(form))
+    return library._mapped_form(form, _opener(form))
 
 
 def load():
@@ -83,13 +81,13 @@ def load():
     on success; the reason for a failure is kept for :func:`use_fused`. The form taken is said
     once: an INFO log line, or a warning-level one when the operator stands in for a direct call
     that failed."""
-    with _library._lock:
+    with library._lock:
         if _state['loaded'] or _state['error'] is not None:
             return _state['loaded']
         reasons = []
-        for form in _library.fused_forms():
+        for form in library.fused_forms():
             try:
-                path = _library._build_and_map(form, _opener(form))
+                path = library._build_and_map(form, _opener(form))
             except (FusedUnavailable, OSError, mx.base.MXNetError) as e:
                 reasons.append(str(e))
                 continue
