@@ -192,6 +192,38 @@ def test_every_table_a1_entry_builds_an_mxnet_optimizer(method, setting):
     assert opt.lr == pytest.approx(spec.kwargs['learning_rate'])
 
 
+def _markdown_rows(table):
+    """{first cell: [other cells]} of a Markdown table's body."""
+    lines = table.strip().splitlines()[2:]
+    return {cells[0]: cells[1:] for cells in
+            ([c.strip() for c in line.strip('|').split('|')] for line in lines)}
+
+
+def test_the_docs_table_a1_is_table_a1():
+    rows = _markdown_rows(hparams.table_a1_markdown())
+    assert list(rows) == list(hparams.METHODS)
+    for method, cells in rows.items():
+        assert cells[0] == '(%s)' % ', '.join(hparams.TUPLE_FIELDS[method])
+        for setting, cell in zip(hparams.SETTINGS, cells[1:]):
+            assert tuple(float(v) for v in cell.strip('()').split(', ')) == \
+                hparams.TABLE_A1[method][setting]
+
+
+@pytest.mark.parametrize('setting', hparams.SETTINGS)
+def test_the_docs_mxnet_arguments_are_what_the_scripts_create(setting):
+    rows = _markdown_rows(hparams.mxnet_arguments_markdown(setting))
+    assert list(rows) == list(hparams.METHODS)
+    for method, (name, arguments) in rows.items():
+        spec = hparams.paper_optimizer(method, setting)
+        assert name == "`'%s'`" % spec.name
+        assert arguments.endswith(' and the observation boost') == spec.boost
+        written = dict(item.split('=') for item in
+                       arguments.split('`')[1].split(', '))
+        assert list(written) == list(spec.kwargs)
+        for key, value in spec.kwargs.items():
+            assert float(written[key]) == pytest.approx(value, rel=1e-12, abs=1e-15)
+
+
 def test_sgd_tuple_maps_to_mxnet_heavy_ball_convention():
     spec = hparams.to_mxnet('SGD', (1.0, 0.9))
     assert spec.name == 'sgd'

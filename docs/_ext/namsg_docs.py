@@ -13,6 +13,12 @@ Directives (in MyST pages, as ```` ```{results-table} ````):
 ``grid-table``
     One argument, ``LOG_DIR:SETTING``: B.5's grid search drawn from every point's log
     (:func:`namsg.experiments.plots.grid_markdown`).
+``table-a1``
+    No argument: the paper's Table A1 as the scripts use it
+    (:func:`namsg.experiments.hparams.table_a1_markdown`).
+``mxnet-arguments``
+    One argument, a setting: what each method's Table A1 tuple becomes in MXNet
+    (:func:`namsg.experiments.hparams.mxnet_arguments_markdown`).
 
 A source that holds no runs fails the build (an error, not a warning), naming the source.
 """
@@ -117,6 +123,20 @@ class GridTable(_MarkdownTable):
         return grid_markdown(self.arguments[0], root=ROOT)
 
 
+class TableA1(_MarkdownTable):
+    def markdown(self):
+        from namsg.experiments.hparams import table_a1_markdown
+        return table_a1_markdown()
+
+
+class MXNetArguments(_MarkdownTable):
+    required_arguments = 1
+
+    def markdown(self):
+        from namsg.experiments.hparams import mxnet_arguments_markdown
+        return mxnet_arguments_markdown(self.arguments[0])
+
+
 def _prose_attribute_docstring(self):
     """Napoleon reads the first line of an attribute's docstring as ``type: description``; the
     package's ``#:`` comments are prose ("Table A1 of the supplementary: the hyper-parameters
@@ -132,4 +152,6 @@ def setup(app):
     app.connect('config-inited', write_inventories)
     app.add_directive('results-table', ResultsTable)
     app.add_directive('grid-table', GridTable)
+    app.add_directive('table-a1', TableA1)
+    app.add_directive('mxnet-arguments', MXNetArguments)
     return {'parallel_read_safe': True, 'parallel_write_safe': True}

@@ -1,7 +1,7 @@
 """The paper's hyper-parameters (Table A1, the B.5 grids) and their translation to MXNet.
 
 This is the one place where the paper's numbers live; scripts and tests read them from here.
-Tuples are in the paper's notation (supplementary, Appendix B):
+Tuples are in the paper's notation (supplementary, Appendix B)::
 
     SGD (a, b)          heavy ball, eq. (1): m = b m + (1-b) g ; x -= a m
     ADAM, NADAM, AMSGRAD (a, b1, b2)
@@ -129,6 +129,50 @@ TUPLE_FIELDS = {'SGD': ('a', 'b'), 'ADAM': ('a', 'b1', 'b2'), 'NADAM': ('a', 'b1
                 'AMSGRAD': ('a', 'b1', 'b2'), 'RANGER': ('a', 'b1', 'b2', 'k', 'alpha_LA'),
                 'RSG': ('a', 'b', 'mu'), 'ARSG': ('a', 'b1', 'b2', 'mu'),
                 'ARSGB': ('a', 'b1', 'b2', 'mu0')}
+
+
+#: How the settings are headed in tables.
+SETTING_TITLES = {'mnist_logreg': 'MNIST logistic regression', 'mnist_cnn': 'MNIST CNN',
+                  'cifar10_fast': 'CIFAR-10 fast', 'cifar10_fine': 'CIFAR-10 fine'}
+
+
+def _number(value):
+    return '%g' % value if isinstance(value, (int, float)) else repr(value)
+
+
+def table_a1_markdown():
+    """Table A1 as a Markdown table: a row per method, its tuple's fields (``TUPLE_FIELDS``),
+    then its tuple in each setting (``TABLE_A1``). The docs draw their copy of the table with
+    this (the ``table-a1`` directive), so it cannot drift from the numbers the scripts use."""
+    lines = ['| method | tuple | %s |' % ' | '.join(SETTING_TITLES[s] for s in SETTINGS),
+             '|---|---|' + '---|' * len(SETTINGS)]
+    for method in METHODS:
+        lines.append('| %s | (%s) | %s |' % (
+            method, ', '.join(TUPLE_FIELDS[method]),
+            ' | '.join('(%s)' % ', '.join(_number(v) for v in TABLE_A1[method][s])
+                       for s in SETTINGS)))
+    return '\n'.join(lines) + '\n'
+
+
+def mxnet_arguments_markdown(setting):
+    """What each method's Table A1 tuple in ``setting`` becomes (:func:`paper_optimizer`), as
+    a Markdown table: the registered MXNet optimizer name and its keyword arguments, before the
+    protocol adds its weight decay and step-size schedule (:func:`optimizer_kwargs`).
+
+    Raises
+    ------
+    ValueError
+        ``setting`` is not one of ``SETTINGS``.
+    """
+    lines = ['| method | MXNet optimizer | arguments |', '|---|---|---|']
+    for method in METHODS:
+        spec = paper_optimizer(method, setting)
+        arguments = ', '.join('%s=%s' % (k, _number(v)) for k, v in spec.kwargs.items())
+        lines.append("| %s | `'%s'` | `%s`%s |" % (
+            method, spec.name, arguments,
+            ' and the observation boost' if spec.boost else ''))
+    return '\n'.join(lines) + '\n'
+
 
 
 def grid_tuples(method):
