@@ -349,6 +349,23 @@ def test_a_run_in_progress_before_the_drop_is_not_called_not_run(tmp_path):
     assert table[2] == '| fine (4 epochs, 1 seed) | - |'
 
 
+def test_epochs_to_adams_loss_says_when_adams_run_is_unfinished(tmp_path):
+    """The README's CIFAR-10 table showed ADAM "0.8220 after 50 of 80 epochs" while its column
+    "epochs to ADAM's final loss" said "no ADAM run" for the other methods."""
+    _write_fake_log(tmp_path / 'runs', 'cifar10_fine', 'ADAM', 0, [1.0, 0.6], [0.5, 0.7],
+                    FAKE_PROTOCOL)                        # in progress: 2 of 3 epochs
+    _write_fake_log(tmp_path / 'runs', 'cifar10_fine', 'ARSG', 0, [0.9, 0.3, 0.1],
+                    [0.6, 0.8, 0.9], FAKE_PROTOCOL)
+    table = plots.results_markdown([('runs', 'cifar10_fine', 'fine')], tmp_path,
+                                   metric='to_reference').splitlines()
+    assert table[2] == ('| fine (3 epochs, 1 seed) | - | no final ADAM loss yet (ADAM at 2 of 3 '
+                        'epochs) |')
+    (tmp_path / 'runs' / 'cifar10_fine' / 'ADAM' / 'seed0.jsonl').unlink()
+    table = plots.results_markdown([('runs', 'cifar10_fine', 'fine')], tmp_path,
+                                   metric='to_reference').splitlines()
+    assert table[2] == '| fine (3 epochs, 1 seed) | no ADAM run |'
+
+
 def test_results_table_by_metric_has_a_row_per_source(tmp_path):
     _fake_cifar_logs(tmp_path / 'a')
     _write_fake_log(tmp_path / 'b', 'cifar10_fast', 'SGD', 0, [0.7, 0.2, 0.1],

@@ -362,7 +362,8 @@ def source_results(log_dir, setting, reference='ADAM'):
     """The results of the runs of ``setting`` under ``log_dir``, runs in progress included:
     (protocol, seed counts, {method: {metric: cell text}}) with the metrics of RESULT_METRICS
     (means over seeds; 'before_drop' where the protocol has a step-size drop, '-' for runs that
-    have not reached it yet). Raises
+    have not reached it yet; 'to_reference' says where the ``reference`` method was not run, or
+    has not finished, so that there is no final loss to reach). Raises
     ValueError when there are no such runs or they were made under different protocols."""
     runs = load_runs(log_dir, headers=True, unfinished=True).get(setting, {})
     if not runs:
@@ -385,8 +386,12 @@ def source_results(log_dir, setting, reference='ADAM'):
             row = rows[method]
             reached = row['epochs_to_reference']
             cell = {key: '%.4f' % row[key] for key in ('final_loss', 'best_acc', 'final_acc')}
-            cell['to_reference'] = ('no %s run' % reference if reference not in rows else
-                                    'never' if reached is None else str(reached))
+            cell['to_reference'] = (str(reached) if reached is not None else
+                                    'never' if reference in rows else
+                                    'no %s run' % reference if reference not in runs else
+                                    # Its run in progress: no final loss to reach yet.
+                                    'no final %s loss yet (%s at %d of %d epochs)'
+                                    % (reference, reference, done[reference], epochs))
         else:               # in progress: what it reached so far
             row = summary_rows({method: [r[:done[method]] for _, r in pairs]})[0]
             cell = {key: '%.4f after %d of %d epochs' % (row[key], done[method], epochs)
