@@ -754,6 +754,64 @@ def test_the_reference_is_found_from_any_working_directory(tmp_path, monkeypatch
     assert 'No reference runs of the same protocol in `logs/mnist`' in out
 
 
+def test_the_reference_folders_are_those_of_the_experiment_and_its_kind(tmp_path,
+                                                                     monkeypatch):
+    """Only logs/<experiment> was looked in: the CIFAR-10 runs of B.3's network, committed in
+    logs/cifar10-full/ and logs/cifar10-b3-scale0.125/, were never compared with."""
+    monkeypatch.chdir(tmp_path)
+    for name in ('cifar10', 'cifar10-full', 'cifar10-b3-scale0.125', 'cifar10-dist',
+                 'cifar10-dist-full', 'cifar10-horovod', 'cifar10-sample', 'cifar100', 'mnist',
+                 'mnist-dist', 'mnist-horovod', 'mnist-sample', 'grid'):
+        (tmp_path / 'logs' / name).mkdir(parents=True)
+    (tmp_path / 'logs' / 'cifar10-notes.md').write_text('')          # a file, not a folder
+
+    def found(experiment, kvstore):
+        return [str(folder) for folder in cli.reference_dirs(experiment, kvstore)]
+    assert found('cifar10', 'device') == ['logs/cifar10', 'logs/cifar10-b3-scale0.125',
+                                          'logs/cifar10-full']
+    assert found('cifar10', 'local') == found('cifar10', 'device')
+    assert found('cifar10', 'dist_sync') == ['logs/cifar10-dist', 'logs/cifar10-dist-full']
+    assert found('cifar10', 'horovod') == ['logs/cifar10-horovod']
+    assert found('mnist', 'device') == ['logs/mnist']
+    assert found('mnist', 'dist_async') == ['logs/mnist-dist']
+    # The working directory's logs/ holds none of this kind: the checkout's are found.
+    assert found('mnist', 'horovod') == ['logs/mnist-horovod']
+    (tmp_path / 'logs' / 'mnist-horovod').rmdir()
+    assert cli.reference_dirs('mnist', 'horovod') == [ROOT / 'logs' / 'mnist-horovod']
+    # From the checkout: B.3's committed CIFAR-10 runs are among them.
+    monkeypatch.chdir(tmp_path / 'logs' / 'grid')
+    assert {ROOT / 'logs' / 'cifar10-full', ROOT / 'logs' / 'cifar10-b3-scale0.125'} <= set(
+        cli.reference_dirs('cifar10', 'device'))
+
+
+def _cifar10(argv, folder, capsys):
+    """reproduce_cifar10.py on the small CIFAR-10 in ``folder``: one epoch of SGD, fine mode."""
+    cli.main('cifar10', ['--settings', 'cifar10_fine', '--methods', 'sgd', '--scale', '0.0125',
+                         '--no-progress', '--data-dir', str(folder)] + argv)
+    return capsys.readouterr().out
+
+
+def test_a_cifar10_run_is_compared_with_the_reference_of_its_network_and_budget(
+        tmp_path, monkeypatch, capsys):
+    """The report compared a CIFAR-10 run with logs/cifar10 alone, whose runs are of GluonCV's
+    network at --scale 0.0375, and always ended "No reference runs of the same protocol in
+    logs/cifar10."; B.3's runs of the same protocol in another folder were never found."""
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_folder(tmp_path)
+    _cifar10(['--log-dir', 'logs/cifar10-b3-short'], folder, capsys)     # the reference
+    (tmp_path / 'logs' / 'cifar10').mkdir()
+    out = _cifar10([], folder, capsys)
+    assert 'Reference runs of the same protocol in `logs/cifar10-b3-short`' in out
+    assert '| SGD | 0 |' in out.split('The same runs here and in the reference')[1]
+    # A job's runs are not a single process's reference, however many.
+    shutil.move(str(tmp_path / 'logs' / 'cifar10-b3-short'), str(tmp_path / 'logs' /
+                                                                  'cifar10-dist'))
+    out = _cifar10(['--log-dir', 'runs/again'], folder, capsys)
+    assert 'Reference runs of the same protocol' not in out
+    assert 'No reference runs of the same protocol in `logs/cifar10`: no finished runs of ' \
+        'cifar10_fine there.' in out
+
+
 def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeypatch, capsys):
     """A damaged log of a grid point, or Ctrl-C, ended grid_search.py in a traceback."""
     from namsg.experiments.grid import tuple_name

@@ -42,7 +42,8 @@ EXPERIMENTS = {
 #: kvstore types the training loop accepts ('horovod': Horovod's allreduce, see its section).
 KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod')
 #: Where a user's runs go by default. logs/ holds the committed reference runs: a rerun is
-#: written beside them only when --log-dir asks for it, and is compared with them in the report.
+#: written beside them only when --log-dir asks for it, and is compared with them in the report
+#: (those of its experiment and kind: see reference_dirs).
 RUNS_DIR = 'runs'
 REFERENCE_DIR = 'logs'
 #: The checkout's reference runs, found from any working directory (scripts run from a clone).
@@ -78,9 +79,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def output_name(experiment, sample=False, kvstore='device'):
     """<experiment>[-sample][-dist|-horovod]: the folder of a user's runs under runs/, and of
     the reference runs of the same kind under logs/ (a job's runs differ from a single
-    process's in their configuration, so they are kept apart)."""
+    process's in their configuration, so they are kept apart; see reference_dirs)."""
     return experiment + ('-sample' if sample else '') + (
         '-dist' if kvstore.startswith('dist') else '-horovod' if kvstore == 'horovod' else '')
+
+
+#: The words of output_name that name a kind of runs.
+KIND_TAGS = frozenset(('sample', 'dist', 'horovod'))
+
+
+def folder_kind(name, experiment):
+    """The kind of runs that a folder named ``name`` holds by output_name's naming, as the set
+    of its ``-``-separated words among KIND_TAGS (empty: a single process's runs on the full
+    data); None when the folder is not ``experiment``'s (``<experiment>`` or
+    ``<experiment>-<words>``). 'cifar10-b3-scale0.125' -> frozenset(), 'mnist-dist' ->
+    frozenset({'dist'}), 'cifar100' -> None."""
+    words = name.split('-')
+    if words[0] != experiment:
+        return None
+    return KIND_TAGS.intersection(words[1:])
 
 
 def output_dirs(experiment, sample=False, kvstore='device'):
@@ -100,8 +117,9 @@ def build_parser(experiment):
                     'hyper-parameters. Each run is checked before any is trained; finished runs '
                     'are skipped and interrupted ones resumed. The plots and summary.md are '
                     'drawn at the end, beside the committed reference runs of the same protocol '
-                    'in %s/%s.' % ('MNIST' if mnist else 'CIFAR-10', spec['section'],
-                                   REFERENCE_DIR, experiment), 90),
+                    '(network and budget) found in %s/%s or %s/%s-*.'
+                    % ('MNIST' if mnist else 'CIFAR-10', spec['section'], REFERENCE_DIR,
+                       experiment, REFERENCE_DIR, experiment), 90),
         formatter_class=HelpFormatter)
     parser.add_argument('--settings', default=','.join(spec['settings']),
                         help='comma-separated experiment settings, from %s'
@@ -499,25 +517,26 @@ def _main(experiment, argv):
 
     train_all(runs, train, echo=_echo)
     # Runs on the sample are not compared with reference runs on the full set.
-    reference = None if sample else reference_dir(experiment, args.kvstore)
+    references = [] if sample else reference_dirs(experiment, args.kvstore)
     if sample:
         _echo('reference: runs on the embedded sample are not compared with the committed '
               'runs on the full set')
-    elif reference is None:
-        _echo('reference: no committed reference runs found (%s/%s in the working directory or '
-              'the checkout); the report shows these runs alone'
-              % (REFERENCE_DIR, output_name(experiment, kvstore=args.kvstore)))
-    elif reference.resolve() == Path(log_dir).resolve():
-        reference = None
+    elif not references:
+        name = output_name(experiment, kvstore=args.kvstore)
+        _echo('reference: no committed reference runs found (%s/%s or %s/%s-* in the working '
+              'directory or the checkout); the report shows these runs alone'
+              % (REFERENCE_DIR, name, REFERENCE_DIR, name))
+    # Runs written into a reference folder are not their own reference.
+    references = [r for r in references if r.resolve() != Path(log_dir).resolve()]
     if distributed or args.kvstore == 'horovod':
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards,
         # and rank 0 alone says how (it wrote the logs).
         if launcher_rank(args.kvstore) == 0:
             _echo('plots: python scripts/plot_results.py --log-dir %s%s'
-                  % (log_dir, '' if reference is None else ' --reference %s' % reference))
+                  % (log_dir, ''.join(' --reference %s' % r for r in references)))
         return
     try:
-        summary = write_report(log_dir, reference_dir=reference)
+        summary = write_report(log_dir, reference_dir=references)
     except LogError as e:
         # The runs are trained and logged; a damaged log of another run in the folder stops
         # only the report, which plot_results.py draws once it is moved away.
@@ -528,14 +547,23 @@ def _main(experiment, argv):
         print('\nplots and summary.md written to %s\n\n%s' % (log_dir, summary))
 
 
-def reference_dir(experiment, kvstore):
-    """The committed reference runs for ``experiment`` run on ``kvstore``: ``logs/<name>``
-    in the working directory, else in the checkout these scripts belong to, else None."""
+def reference_dirs(experiment, kvstore):
+    """The folders of committed reference runs for ``experiment`` run on ``kvstore``:
+    ``logs/<name>`` (``<name>`` is :func:`output_name`'s) and every ``logs/<experiment>-<words>``
+    of the same kind (:func:`folder_kind`; e.g. logs/cifar10-full and
+    logs/cifar10-b3-scale0.125 beside logs/cifar10, never logs/mnist-dist for a single process's
+    runs), ``logs/<name>`` first, then by name. From the working directory's logs/ where it holds
+    any, else from the checkout these scripts belong to; [] where neither does. The report
+    compares each setting with the one holding runs of its protocol
+    (:func:`~namsg.experiments.plots.write_report`)."""
     name = output_name(experiment, kvstore=kvstore)
+    kind = folder_kind(name, experiment)
     for root in (Path(REFERENCE_DIR), _CHECKOUT_REFERENCE):
-        if (root / name).is_dir():
-            return root / name
-    return None
+        found = [folder for folder in root.glob(experiment + '*')
+                 if folder.is_dir() and folder_kind(folder.name, experiment) == kind]
+        if found:
+            return sorted(found, key=lambda folder: (folder.name != name, folder.name))
+    return []
 
 
 def _after_interrupt(distributed, log_path, checkpoint_dir):
