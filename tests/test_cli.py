@@ -812,6 +812,86 @@ def test_a_cifar10_run_is_compared_with_the_reference_of_its_network_and_budget(
         'cifar10_fine there.' in out
 
 
+def test_cifar10_takes_gluoncvs_network_and_compares_with_its_older_logs(tmp_path, monkeypatch,
+                                                                         capsys):
+    """The docs said GluonCV's network "stays available as cifar_resnet20_v1 to rerun" the logs
+    it made, but reproduce_cifar10.py had no flag for it ("unrecognized arguments"); and those
+    logs name it 'resnet20', so a rerun must be taken as of their protocol."""
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_folder(tmp_path)
+    _cifar10(['--model', 'cifar_resnet20_v1', '--log-dir', 'logs/cifar10-gluoncv'], folder,
+             capsys)
+    log = tmp_path / 'logs' / 'cifar10-gluoncv' / 'cifar10_fine' / 'SGD' / 'seed0.jsonl'
+    header, records = read_log(log)
+    assert header['protocol']['model'] == 'cifar_resnet20_v1' and len(records) == 1
+    # As the logs made before B.3's network was built name it.
+    log.write_text(log.read_text().replace('"model": "cifar_resnet20_v1"', '"model": "resnet20"',
+                                           1))
+    assert read_log(log)[0]['protocol']['model'] == 'resnet20'
+    out = _cifar10(['--model', 'cifar_resnet20_v1'], folder, capsys)
+    assert 'Reference runs of the same protocol in `logs/cifar10-gluoncv`' in out
+    assert '| SGD | 0 |' in out.split('The same runs here and in the reference')[1]
+    out = _cifar10(['--log-dir', 'runs/b3'], folder, capsys)             # B.3's, the default
+    assert read_log(tmp_path / 'runs' / 'b3' / 'cifar10_fine' / 'SGD' / 'seed0.jsonl')[0][
+        'protocol']['model'] == 'resnet20_b3'
+    assert ('No reference runs of the same protocol in `logs/cifar10-gluoncv`: model '
+            'cifar_resnet20_v1 (logged as resnet20) there, resnet20_b3 here.') in out
+
+
+def test_a_run_is_not_resumed_or_skipped_with_another_model(tmp_path, monkeypatch, capsys):
+    """--model is part of the run's configuration (its header's protocol): a run begun or
+    finished with one network is refused with the other, its files kept."""
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_folder(tmp_path)
+    argv = ['--settings', 'cifar10_fine', '--methods', 'sgd', '--seeds', '0', '--scale',
+            '0.025', '--no-progress', '--data-dir', str(folder)]
+    original, calls = prepare.Prepared.train_batches, []
+
+    def second_epoch_interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', second_epoch_interrupted)
+    with pytest.raises(SystemExit):
+        cli.main('cifar10', argv)
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', original)
+    log, checkpoints = _run_files('cifar10')
+
+    def refused(model, made, then):
+        files = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+        with pytest.raises(SystemExit, match=r"^error: %s by another configuration of this run "
+                                             r"\(protocol: \{[^}]*'model': '%s'.*\} then, "
+                                             r"\{[^}]*'model': '%s'.*\} now\)"
+                                             % (re.escape(made), then, model)):
+            cli.main('cifar10', argv + ['--model', model])
+        assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == files
+    # Begun with B.3's network (the default): its checkpoint refuses GluonCV's.
+    refused('cifar_resnet20_v1', 'checkpoint %s was made' % (checkpoints / 'epoch-0001'),
+            'resnet20_b3')
+    # Finished with GluonCV's (the checkpoints removed): its log refuses B.3's.
+    shutil.rmtree(tmp_path / 'runs')
+    cli.main('cifar10', argv + ['--model', 'cifar_resnet20_v1'])
+    shutil.rmtree(checkpoints)
+    refused('resnet20_b3', 'log %s was written' % log, 'cifar_resnet20_v1')
+
+
+def test_model_flag_states_its_choices_and_names_an_older_logs_name(workdir, capsys):
+    text = ' '.join(cli.build_parser('cifar10').format_help().split())
+    assert '--model {resnet20_b3,cifar_resnet20_v1}' in text
+    assert 'logs name it resnet20) (default: resnet20_b3)' in text
+    assert '--model' not in cli.build_parser('mnist').format_help()
+    for value, says in (('resnet20', "argument --model: 'resnet20' is what logs of earlier "
+                                     "versions call cifar_resnet20_v1: give --model "
+                                     "cifar_resnet20_v1"),
+                        ('resnet56', "argument --model: invalid choice: 'resnet56' (choose "
+                                     "from 'resnet20_b3', 'cifar_resnet20_v1')")):
+        with pytest.raises(SystemExit):
+            cli.main('cifar10', ['--model', value])
+        assert says in capsys.readouterr().err
+    assert _tree(workdir) == []
+
+
 def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeypatch, capsys):
     """A damaged log of a grid point, or Ctrl-C, ended grid_search.py in a traceback."""
     from namsg.experiments.grid import tuple_name

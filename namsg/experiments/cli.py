@@ -28,6 +28,7 @@ from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .checkpoints import Checkpoints
 from .logs import LogError
+from .models import CIFAR10_MODELS, LOGGED_NAMES
 from .plots import write_report
 from .prepare import PREPARE
 from .resume import check_run
@@ -126,6 +127,14 @@ def build_parser(experiment):
                         % ', '.join(spec['settings']))
     parser.add_argument('--methods', default=','.join(METHODS),
                         help='comma-separated methods, from %s (any case)' % ', '.join(METHODS))
+    if not mnist:
+        # MNIST's settings have a network each; CIFAR-10's two share one, of a choice.
+        parser.add_argument('--model', default=CIFAR10_MODELS[0], type=_model_name,
+                            choices=CIFAR10_MODELS,
+                            help='the network: resnet20_b3 (B.3\'s ResNet-20 as written) or '
+                                 'cifar_resnet20_v1 (GluonCV\'s, without the ReLU after the '
+                                 'first conv+BN; it made the runs in logs/cifar10 and '
+                                 'logs/cifar10-scale0.125, whose logs name it resnet20)')
     parser.add_argument('--seeds', default=None,
                         help='comma-separated random seeds, integers >= 0 (default: %s%s)'
                         % (spec['seeds'], '; 0 on the embedded sample' if mnist else ''))
@@ -163,6 +172,16 @@ def build_parser(experiment):
 
 def parse_args(experiment, argv=None):
     return build_parser(experiment).parse_args(argv)
+
+
+def _model_name(name):
+    """--model's value; an older log's name for a model (e.g. 'resnet20') is refused, naming
+    the model's name now (argparse then checks the choices)."""
+    if name in LOGGED_NAMES:
+        raise argparse.ArgumentTypeError(
+            '%r is what logs of earlier versions call %s: give --model %s'
+            % (name, LOGGED_NAMES[name], LOGGED_NAMES[name]))
+    return name
 
 
 def _split(text, allowed, flag):
@@ -430,8 +449,10 @@ def _main(experiment, argv):
     check_namsg_environment()
     settings = _split(args.settings, EXPERIMENTS[experiment]['settings'], '--settings')
     methods = _split(args.methods, METHODS, '--methods')
+    model = getattr(args, 'model', None)     # CIFAR-10's: else the settings' own networks
     try:
-        protocols = [PROTOCOLS[s].scaled(args.scale) for s in settings]
+        protocols = [PROTOCOLS[s].scaled(args.scale)._replace(
+            model=model or PROTOCOLS[s].model) for s in settings]
     except ValueError as e:
         raise SystemExit('error: --scale: %s' % e)
     check_boost(protocols, methods)
