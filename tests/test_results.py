@@ -524,7 +524,10 @@ def _listing(root):
     (['--log-dir', 'typo'], '--log-dir typo does not exist'),
     (['--log-dir', 'afile'], '--log-dir afile is not a directory'),
     (['--log-dir', 'runs', '--reference', 'typo'], '--reference typo does not exist'),
-    (['--log-dir', 'runs', '--reference', 'afile'], '--reference afile is not a directory')])
+    (['--log-dir', 'runs', '--reference', 'afile'], '--reference afile is not a directory'),
+    (['--log-dir', 'runs', '--reference', 'runs', 'typo'], '--reference typo does not exist'),
+    (['--reference', 'runs', '--log-dir', 'runs', '--reference', 'typo'],
+     '--reference typo does not exist')])
 def test_plot_results_names_a_mistyped_folder(plot_results, tmp_path, argv, says):
     """A mistyped --log-dir said "no finished runs"; a mistyped --reference drew the runs alone
     and exited 0 with "No reference runs of the same protocol"."""
@@ -532,6 +535,19 @@ def test_plot_results_names_a_mistyped_folder(plot_results, tmp_path, argv, says
     with pytest.raises(SystemExit, match='^error: %s; give the folder that holds the ' % says):
         plot_results(argv)
     assert _listing(tmp_path) == listing
+
+
+def test_plot_results_compares_with_the_folder_of_the_same_protocol_among_several(
+        plot_results, tmp_path, capsys):
+    """--reference took one folder, so the committed runs of a protocol had to be looked for by
+    hand among logs/cifar10, logs/cifar10-full, logs/cifar10-b3-scale0.125, ..."""
+    _copy_reference_run(tmp_path / 'ref')
+    (tmp_path / 'other').mkdir()
+    for argv in (['--reference', 'other', 'ref'], ['--reference', 'other', '--reference', 'ref']):
+        plot_results(['--log-dir', 'runs'] + argv)
+        out = capsys.readouterr().out
+        assert 'Reference runs of the same protocol in `ref`:' in out
+        assert '| ARSG | 0 | ' in out.split('The same runs here and in the reference')[1]
 
 
 @pytest.mark.parametrize('where', ['log', 'reference'])
