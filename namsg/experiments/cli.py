@@ -543,10 +543,7 @@ def _main(experiment, argv):
         _echo('reference: runs on the embedded sample are not compared with the committed '
               'runs on the full set')
     elif not references:
-        name = output_name(experiment, kvstore=args.kvstore)
-        _echo('reference: no committed reference runs found (%s/%s or %s/%s-* in the working '
-              'directory or the checkout); the report shows these runs alone'
-              % (REFERENCE_DIR, name, REFERENCE_DIR, name))
+        _echo(no_reference_note(experiment, args.kvstore))
     # Runs written into a reference folder are not their own reference.
     references = [r for r in references if r.resolve() != Path(log_dir).resolve()]
     if distributed or args.kvstore == 'horovod':
@@ -585,6 +582,14 @@ def reference_dirs(experiment, kvstore):
         if found:
             return sorted(found, key=lambda folder: (folder.name != name, folder.name))
     return []
+
+
+def no_reference_note(experiment, kvstore):
+    """The line said after the runs where :func:`reference_dirs` finds no folder."""
+    name = output_name(experiment, kvstore=kvstore)
+    return ('reference: no committed reference runs found (%s/%s or %s/%s-* in the working '
+            'directory or the checkout); the report shows these runs alone'
+            % (REFERENCE_DIR, name, REFERENCE_DIR, name))
 
 
 def _after_interrupt(distributed, log_path, checkpoint_dir):
