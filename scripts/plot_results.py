@@ -14,9 +14,12 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--log-dir', default='runs/mnist',
                         help='directory with <setting>/<method>/seed<k>.jsonl logs')
-    parser.add_argument('--reference', default=None,
-                        help='directory of reference logs (e.g. logs/mnist) whose runs of the '
-                             'same protocol are drawn dashed beside them (default: none)')
+    parser.add_argument('--reference', default=None, nargs='+', action='append',
+                        help='directories of reference logs (e.g. logs/mnist), whose runs '
+                             'of the same protocol are drawn dashed beside them; of several '
+                             '(--reference A B, or the flag given again), each setting is '
+                             'compared with the one holding the most runs of its protocol '
+                             '(default: none)')
     parser.add_argument('--out-dir', default=None,
                         help='where <setting>.png and summary.md go (default: the log dir)')
     parser.add_argument('--target', default='ADAM',
@@ -28,13 +31,17 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    return build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.reference is not None:      # [[a, b], [c]] from --reference a b --reference c
+        args.reference = [folder for group in args.reference for folder in group]
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     # Every input before any drawing: a mistyped folder is named as such, not as "no runs".
-    for flag, folder in (('--log-dir', args.log_dir), ('--reference', args.reference)):
+    for flag, folder in [('--log-dir', args.log_dir)] + [('--reference', folder) for folder
+                                                          in args.reference or []]:
         if folder is not None and not Path(folder).is_dir():
             raise SystemExit('error: %s %s %s; give the folder that holds the '
                              '<setting>/<method>/seed<k>.jsonl logs'

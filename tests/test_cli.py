@@ -754,6 +754,144 @@ def test_the_reference_is_found_from_any_working_directory(tmp_path, monkeypatch
     assert 'No reference runs of the same protocol in `logs/mnist`' in out
 
 
+def test_the_reference_folders_are_those_of_the_experiment_and_its_kind(tmp_path,
+                                                                     monkeypatch):
+    """Only logs/<experiment> was looked in: the CIFAR-10 runs of B.3's network, committed in
+    logs/cifar10-full/ and logs/cifar10-b3-scale0.125/, were never compared with."""
+    monkeypatch.chdir(tmp_path)
+    for name in ('cifar10', 'cifar10-full', 'cifar10-b3-scale0.125', 'cifar10-dist',
+                 'cifar10-dist-full', 'cifar10-horovod', 'cifar10-sample', 'cifar100', 'mnist',
+                 'mnist-dist', 'mnist-horovod', 'mnist-sample', 'grid'):
+        (tmp_path / 'logs' / name).mkdir(parents=True)
+    (tmp_path / 'logs' / 'cifar10-notes.md').write_text('')          # a file, not a folder
+
+    def found(experiment, kvstore):
+        return [str(folder) for folder in cli.reference_dirs(experiment, kvstore)]
+    assert found('cifar10', 'device') == ['logs/cifar10', 'logs/cifar10-b3-scale0.125',
+                                          'logs/cifar10-full']
+    assert found('cifar10', 'local') == found('cifar10', 'device')
+    assert found('cifar10', 'dist_sync') == ['logs/cifar10-dist', 'logs/cifar10-dist-full']
+    assert found('cifar10', 'horovod') == ['logs/cifar10-horovod']
+    assert found('mnist', 'device') == ['logs/mnist']
+    assert found('mnist', 'dist_async') == ['logs/mnist-dist']
+    # The working directory's logs/ holds none of this kind: the checkout's are found.
+    assert found('mnist', 'horovod') == ['logs/mnist-horovod']
+    (tmp_path / 'logs' / 'mnist-horovod').rmdir()
+    assert cli.reference_dirs('mnist', 'horovod') == [ROOT / 'logs' / 'mnist-horovod']
+    # From the checkout: B.3's committed CIFAR-10 runs are among them.
+    monkeypatch.chdir(tmp_path / 'logs' / 'grid')
+    assert {ROOT / 'logs' / 'cifar10-full', ROOT / 'logs' / 'cifar10-b3-scale0.125'} <= set(
+        cli.reference_dirs('cifar10', 'device'))
+
+
+def _cifar10(argv, folder, capsys):
+    """reproduce_cifar10.py on the small CIFAR-10 in ``folder``: one epoch of SGD, fine mode."""
+    cli.main('cifar10', ['--settings', 'cifar10_fine', '--methods', 'sgd', '--scale', '0.0125',
+                         '--no-progress', '--data-dir', str(folder)] + argv)
+    return capsys.readouterr().out
+
+
+def test_a_cifar10_run_is_compared_with_the_reference_of_its_network_and_budget(
+        tmp_path, monkeypatch, capsys):
+    """The report compared a CIFAR-10 run with logs/cifar10 alone, whose runs are of GluonCV's
+    network at --scale 0.0375, and always ended "No reference runs of the same protocol in
+    logs/cifar10."; B.3's runs of the same protocol in another folder were never found."""
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_folder(tmp_path)
+    _cifar10(['--log-dir', 'logs/cifar10-b3-short'], folder, capsys)     # the reference
+    (tmp_path / 'logs' / 'cifar10').mkdir()
+    out = _cifar10([], folder, capsys)
+    assert 'Reference runs of the same protocol in `logs/cifar10-b3-short`' in out
+    assert '| SGD | 0 |' in out.split('The same runs here and in the reference')[1]
+    # A job's runs are not a single process's reference, however many.
+    shutil.move(str(tmp_path / 'logs' / 'cifar10-b3-short'), str(tmp_path / 'logs' /
+                                                                  'cifar10-dist'))
+    out = _cifar10(['--log-dir', 'runs/again'], folder, capsys)
+    assert 'Reference runs of the same protocol' not in out
+    assert 'No reference runs of the same protocol in `logs/cifar10`: no finished runs of ' \
+        'cifar10_fine there.' in out
+
+
+def test_cifar10_takes_gluoncvs_network_and_compares_with_its_older_logs(tmp_path, monkeypatch,
+                                                                         capsys):
+    """The docs said GluonCV's network "stays available as cifar_resnet20_v1 to rerun" the logs
+    it made, but reproduce_cifar10.py had no flag for it ("unrecognized arguments"); and those
+    logs name it 'resnet20', so a rerun must be taken as of their protocol."""
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_folder(tmp_path)
+    _cifar10(['--model', 'cifar_resnet20_v1', '--log-dir', 'logs/cifar10-gluoncv'], folder,
+             capsys)
+    log = tmp_path / 'logs' / 'cifar10-gluoncv' / 'cifar10_fine' / 'SGD' / 'seed0.jsonl'
+    header, records = read_log(log)
+    assert header['protocol']['model'] == 'cifar_resnet20_v1' and len(records) == 1
+    # As the logs made before B.3's network was built name it.
+    log.write_text(log.read_text().replace('"model": "cifar_resnet20_v1"', '"model": "resnet20"',
+                                           1))
+    assert read_log(log)[0]['protocol']['model'] == 'resnet20'
+    out = _cifar10(['--model', 'cifar_resnet20_v1'], folder, capsys)
+    assert 'Reference runs of the same protocol in `logs/cifar10-gluoncv`' in out
+    assert '| SGD | 0 |' in out.split('The same runs here and in the reference')[1]
+    out = _cifar10(['--log-dir', 'runs/b3'], folder, capsys)             # B.3's, the default
+    assert read_log(tmp_path / 'runs' / 'b3' / 'cifar10_fine' / 'SGD' / 'seed0.jsonl')[0][
+        'protocol']['model'] == 'resnet20_b3'
+    assert ('No reference runs of the same protocol in `logs/cifar10-gluoncv`: model '
+            'cifar_resnet20_v1 (logged as resnet20) there, resnet20_b3 here.') in out
+
+
+def test_a_run_is_not_resumed_or_skipped_with_another_model(tmp_path, monkeypatch, capsys):
+    """--model is part of the run's configuration (its header's protocol): a run begun or
+    finished with one network is refused with the other, its files kept."""
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_folder(tmp_path)
+    argv = ['--settings', 'cifar10_fine', '--methods', 'sgd', '--seeds', '0', '--scale',
+            '0.025', '--no-progress', '--data-dir', str(folder)]
+    original, calls = prepare.Prepared.train_batches, []
+
+    def second_epoch_interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', second_epoch_interrupted)
+    with pytest.raises(SystemExit):
+        cli.main('cifar10', argv)
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', original)
+    log, checkpoints = _run_files('cifar10')
+
+    def refused(model, made, then):
+        files = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+        with pytest.raises(SystemExit, match=r"^error: %s by another configuration of this run "
+                                             r"\(protocol: \{[^}]*'model': '%s'.*\} then, "
+                                             r"\{[^}]*'model': '%s'.*\} now\)"
+                                             % (re.escape(made), then, model)):
+            cli.main('cifar10', argv + ['--model', model])
+        assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == files
+    # Begun with B.3's network (the default): its checkpoint refuses GluonCV's.
+    refused('cifar_resnet20_v1', 'checkpoint %s was made' % (checkpoints / 'epoch-0001'),
+            'resnet20_b3')
+    # Finished with GluonCV's (the checkpoints removed): its log refuses B.3's.
+    shutil.rmtree(tmp_path / 'runs')
+    cli.main('cifar10', argv + ['--model', 'cifar_resnet20_v1'])
+    shutil.rmtree(checkpoints)
+    refused('resnet20_b3', 'log %s was written' % log, 'cifar_resnet20_v1')
+
+
+def test_model_flag_states_its_choices_and_names_an_older_logs_name(workdir, capsys):
+    text = ' '.join(cli.build_parser('cifar10').format_help().split())
+    assert '--model {resnet20_b3,cifar_resnet20_v1}' in text
+    assert 'logs name it resnet20) (default: resnet20_b3)' in text
+    assert '--model' not in cli.build_parser('mnist').format_help()
+    for value, says in (('resnet20', "argument --model: 'resnet20' is what logs of earlier "
+                                     "versions call cifar_resnet20_v1: give --model "
+                                     "cifar_resnet20_v1"),
+                        ('resnet56', "argument --model: invalid choice: 'resnet56' (choose "
+                                     "from 'resnet20_b3', 'cifar_resnet20_v1')")):
+        with pytest.raises(SystemExit):
+            cli.main('cifar10', ['--model', value])
+        assert says in capsys.readouterr().err
+    assert _tree(workdir) == []
+
+
 def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeypatch, capsys):
     """A damaged log of a grid point, or Ctrl-C, ended grid_search.py in a traceback."""
     from namsg.experiments.grid import tuple_name

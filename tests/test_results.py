@@ -276,6 +276,77 @@ def test_the_report_says_why_runs_are_not_compared_and_names_no_data_path(tmp_pa
     assert '| ARSG | 0 | 0.25000 | 0.25000 | 0.0e+00 | yes: identical |' in summary
 
 
+#: CIFAR-10 fine mode at the budgets of the committed logs.
+SHORT = hparams.PROTOCOLS['cifar10_fine'].scaled(0.0375)            # 3 epochs
+TENTH = hparams.PROTOCOLS['cifar10_fine'].scaled(0.125)             # 10 epochs
+
+
+def test_no_reference_run_of_the_same_protocol_says_what_differs(tmp_path, monkeypatch):
+    """"No reference runs of the same protocol in logs/cifar10-scale0.125." said nothing of
+    why: there, GluonCV's network (logged as 'resnet20'), here B.3's."""
+    monkeypatch.chdir(tmp_path)
+    gluoncv = TENTH._replace(model='resnet20')          # as the logs made before B.3's net
+    _write_runs(tmp_path / 'ref', [_run('ARSG', 0, [1.0] * 10, protocol=gluoncv)])
+    _write_runs(tmp_path / 'runs', [_run('ARSG', 0, [1.0] * 10, protocol=TENTH)])
+    summary = plots.write_report(tmp_path / 'runs', reference_dir=tmp_path / 'ref')
+    assert summary.splitlines()[-1] == (
+        'No reference runs of the same protocol in `ref`: model cifar_resnet20_v1 (logged as '
+        'resnet20) there, resnet20_b3 here.')
+    # The budget: the scale, with the epochs it sets (not its boost epoch and drop again).
+    _write_runs(tmp_path / 'short', [_run('ARSG', 0, [1.0] * 3, protocol=SHORT._replace(
+        model='resnet20'))])
+    summary = plots.write_report(tmp_path / 'runs', reference_dir='short')
+    assert summary.splitlines()[-1] == (
+        'No reference runs of the same protocol in `short`: model cifar_resnet20_v1 (logged as '
+        'resnet20) there, resnet20_b3 here; scale 0.0375 there (3 epochs), 0.125 here '
+        '(10 epochs).')
+    # Any other field by its name; a folder without runs of the setting says so.
+    _write_runs(tmp_path / 'wd', [_run('ARSG', 0, [1.0] * 10, protocol=TENTH._replace(wd=0.0))])
+    (tmp_path / 'empty').mkdir()
+    summary = plots.write_report(tmp_path / 'runs', reference_dir=['empty', 'short', 'wd'])
+    assert summary.split('\n\n')[-2:] == [
+        'No reference runs of the same protocol in `empty`, `short` or `wd`:',
+        '- `empty`: no finished runs of cifar10_fine there.\n'
+        '- `short`: model cifar_resnet20_v1 (logged as resnet20) there, resnet20_b3 here; scale '
+        '0.0375 there (3 epochs), 0.125 here (10 epochs).\n'
+        '- `wd`: wd 0 there, 0.001 here.\n']
+
+
+def test_several_reference_folders_compare_each_setting_with_the_one_of_its_protocol(
+        tmp_path, monkeypatch):
+    """Each setting is compared with the folder holding the most runs of its protocol, the
+    network logged under an earlier name taken as the one it names now."""
+    monkeypatch.chdir(tmp_path)
+    gluoncv = TENTH._replace(model='cifar_resnet20_v1')
+    _write_runs(tmp_path / 'a', [_run('ARSG', 0, [1.0] * 3, protocol=SHORT)])
+    _write_runs(tmp_path / 'b', [_run(m, 0, [1.0] * 10, protocol=TENTH._replace(
+        model='resnet20')) for m in ('ARSG', 'SGD')])
+    _write_runs(tmp_path / 'c', [_run('ARSG', 0, [1.0] * 10, protocol=TENTH._replace(
+        model='resnet20'))])
+    _write_runs(tmp_path / 'runs', [_run('ARSG', 0, [1.0] * 10, protocol=gluoncv)])
+    summary = plots.write_report(tmp_path / 'runs', reference_dir=['a', 'c', 'b'])
+    assert 'Reference runs of the same protocol in `b`:' in summary
+    assert '| ARSG | 0 | 1.00000 | 1.00000 | 0.0e+00 | yes: identical |' in summary
+    summary = plots.write_report(tmp_path / 'runs', reference_dir=['a', 'c'])
+    assert 'Reference runs of the same protocol in `c`:' in summary
+
+
+def test_a_cifar10_rerun_is_compared_with_the_committed_runs_of_its_network(tmp_path,
+                                                                            monkeypatch):
+    """A rerun of B.3's network at --scale 0.125 was compared with logs/cifar10 (GluonCV's
+    network at --scale 0.0375) alone: "No reference runs of the same protocol"."""
+    from namsg.experiments import cli
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    run = Path('cifar10_fine') / 'ARSG' / 'seed0.jsonl'
+    (tmp_path / 'runs' / run).parent.mkdir(parents=True)
+    shutil.copy(ROOT / 'logs' / 'cifar10-b3-scale0.125' / run, tmp_path / 'runs' / run)
+    summary = plots.write_report('runs', reference_dir=cli.reference_dirs('cifar10', 'device'))
+    assert 'Reference runs of the same protocol in `logs/cifar10-b3-scale0.125`:' in summary
+    assert '| ARSG | 0 |' in summary.split('The same runs here and in the reference')[1]
+    assert 'yes: identical |' in summary
+
+
 def test_plots_against_the_reference_draw_the_methods_run_in_one_colour_each():
     """All eight reference methods were drawn with their bands when one or two were run, and a
     method's colour depended on which others were drawn."""
@@ -347,6 +418,23 @@ def test_a_run_in_progress_before_the_drop_is_not_called_not_run(tmp_path):
     table = plots.results_markdown([('runs', 'cifar10_fine', 'fine')], tmp_path,
                                    metric='before_drop').splitlines()
     assert table[2] == '| fine (4 epochs, 1 seed) | - |'
+
+
+def test_epochs_to_adams_loss_says_when_adams_run_is_unfinished(tmp_path):
+    """The README's CIFAR-10 table showed ADAM "0.8220 after 50 of 80 epochs" while its column
+    "epochs to ADAM's final loss" said "no ADAM run" for the other methods."""
+    _write_fake_log(tmp_path / 'runs', 'cifar10_fine', 'ADAM', 0, [1.0, 0.6], [0.5, 0.7],
+                    FAKE_PROTOCOL)                        # in progress: 2 of 3 epochs
+    _write_fake_log(tmp_path / 'runs', 'cifar10_fine', 'ARSG', 0, [0.9, 0.3, 0.1],
+                    [0.6, 0.8, 0.9], FAKE_PROTOCOL)
+    table = plots.results_markdown([('runs', 'cifar10_fine', 'fine')], tmp_path,
+                                   metric='to_reference').splitlines()
+    assert table[2] == ('| fine (3 epochs, 1 seed) | - | no final ADAM loss yet (ADAM at 2 of 3 '
+                        'epochs) |')
+    (tmp_path / 'runs' / 'cifar10_fine' / 'ADAM' / 'seed0.jsonl').unlink()
+    table = plots.results_markdown([('runs', 'cifar10_fine', 'fine')], tmp_path,
+                                   metric='to_reference').splitlines()
+    assert table[2] == '| fine (3 epochs, 1 seed) | no ADAM run |'
 
 
 def test_results_table_by_metric_has_a_row_per_source(tmp_path):
@@ -436,7 +524,10 @@ def _listing(root):
     (['--log-dir', 'typo'], '--log-dir typo does not exist'),
     (['--log-dir', 'afile'], '--log-dir afile is not a directory'),
     (['--log-dir', 'runs', '--reference', 'typo'], '--reference typo does not exist'),
-    (['--log-dir', 'runs', '--reference', 'afile'], '--reference afile is not a directory')])
+    (['--log-dir', 'runs', '--reference', 'afile'], '--reference afile is not a directory'),
+    (['--log-dir', 'runs', '--reference', 'runs', 'typo'], '--reference typo does not exist'),
+    (['--reference', 'runs', '--log-dir', 'runs', '--reference', 'typo'],
+     '--reference typo does not exist')])
 def test_plot_results_names_a_mistyped_folder(plot_results, tmp_path, argv, says):
     """A mistyped --log-dir said "no finished runs"; a mistyped --reference drew the runs alone
     and exited 0 with "No reference runs of the same protocol"."""
@@ -444,6 +535,19 @@ def test_plot_results_names_a_mistyped_folder(plot_results, tmp_path, argv, says
     with pytest.raises(SystemExit, match='^error: %s; give the folder that holds the ' % says):
         plot_results(argv)
     assert _listing(tmp_path) == listing
+
+
+def test_plot_results_compares_with_the_folder_of_the_same_protocol_among_several(
+        plot_results, tmp_path, capsys):
+    """--reference took one folder, so the committed runs of a protocol had to be looked for by
+    hand among logs/cifar10, logs/cifar10-full, logs/cifar10-b3-scale0.125, ..."""
+    _copy_reference_run(tmp_path / 'ref')
+    (tmp_path / 'other').mkdir()
+    for argv in (['--reference', 'other', 'ref'], ['--reference', 'other', '--reference', 'ref']):
+        plot_results(['--log-dir', 'runs'] + argv)
+        out = capsys.readouterr().out
+        assert 'Reference runs of the same protocol in `ref`:' in out
+        assert '| ARSG | 0 | ' in out.split('The same runs here and in the reference')[1]
 
 
 @pytest.mark.parametrize('where', ['log', 'reference'])

@@ -309,6 +309,10 @@ def script_messages(tmp_path):
         raise RunBusy('mnist_logreg/ARSG/seed0', damaged, 'pid 12 on host')
 
     train_all([None], lambda run, wait: None if wait else busy(run, wait), echo=lines.append)
+    from namsg.experiments import plots
+    ours = dict(protocol=PROTOCOLS['cifar10_fine']._asdict())
+    theirs = {'cifar10_fine': {'ARSG': [(dict(protocol=dict(ours['protocol'], model='resnet20')),
+                                         [])]}}
     return {
         'an unknown method': raised(cli._split, 'ARSG,FOO', METHODS, '--methods'),
         'an empty seed': raised(cli.parse_seeds, '0,,1'),
@@ -332,7 +336,22 @@ def script_messages(tmp_path):
         'a run locked by another process': lines[0],
         'waiting for it': lines[1],
         'cores MXNet leaves idle': idle_cores_note({}, [0, 1], 'x86_64', _sysfs(tmp_path, 2, 1)),
+        'an older log\'s name for a model': _argparse_error(cli.build_parser('cifar10'),
+                                                            ['--model', 'resnet20']),
+        'no reference folder': cli.no_reference_note('cifar10', 'device'),
+        'no reference run of the protocol': plots._no_reference(ours, 'cifar10_fine',
+                                                                [('logs/x', theirs)])[0],
+        'none in several folders': plots._no_reference(ours, 'cifar10_fine',
+                                                       [('logs/x', theirs), ('logs/y', {})])[0],
     }
+
+
+def _argparse_error(parser, argv):
+    """The last line the argument parser prints refusing ``argv``."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    return err.getvalue().strip().splitlines()[-1]
 
 
 def test_the_scripts_messages_are_on_the_page(tmp_path):

@@ -28,6 +28,7 @@ from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .checkpoints import Checkpoints
 from .logs import LogError
+from .models import CIFAR10_MODELS, LOGGED_NAMES
 from .plots import write_report
 from .prepare import PREPARE
 from .resume import check_run
@@ -42,7 +43,8 @@ EXPERIMENTS = {
 #: kvstore types the training loop accepts ('horovod': Horovod's allreduce, see its section).
 KVSTORES = ('device', 'local', 'dist_sync', 'dist_device_sync', 'dist_async', 'horovod')
 #: Where a user's runs go by default. logs/ holds the committed reference runs: a rerun is
-#: written beside them only when --log-dir asks for it, and is compared with them in the report.
+#: written beside them only when --log-dir asks for it, and is compared with them in the report
+#: (those of its experiment and kind: see reference_dirs).
 RUNS_DIR = 'runs'
 REFERENCE_DIR = 'logs'
 #: The checkout's reference runs, found from any working directory (scripts run from a clone).
@@ -78,9 +80,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def output_name(experiment, sample=False, kvstore='device'):
     """<experiment>[-sample][-dist|-horovod]: the folder of a user's runs under runs/, and of
     the reference runs of the same kind under logs/ (a job's runs differ from a single
-    process's in their configuration, so they are kept apart)."""
+    process's in their configuration, so they are kept apart; see reference_dirs)."""
     return experiment + ('-sample' if sample else '') + (
         '-dist' if kvstore.startswith('dist') else '-horovod' if kvstore == 'horovod' else '')
+
+
+#: The words of output_name that name a kind of runs.
+KIND_TAGS = frozenset(('sample', 'dist', 'horovod'))
+
+
+def folder_kind(name, experiment):
+    """The kind of runs that a folder named ``name`` holds by output_name's naming, as the set
+    of its ``-``-separated words among KIND_TAGS (empty: a single process's runs on the full
+    data); None when the folder is not ``experiment``'s (``<experiment>`` or
+    ``<experiment>-<words>``). 'cifar10-b3-scale0.125' -> frozenset(), 'mnist-dist' ->
+    frozenset({'dist'}), 'cifar100' -> None."""
+    words = name.split('-')
+    if words[0] != experiment:
+        return None
+    return KIND_TAGS.intersection(words[1:])
 
 
 def output_dirs(experiment, sample=False, kvstore='device'):
@@ -100,14 +118,23 @@ def build_parser(experiment):
                     'hyper-parameters. Each run is checked before any is trained; finished runs '
                     'are skipped and interrupted ones resumed. The plots and summary.md are '
                     'drawn at the end, beside the committed reference runs of the same protocol '
-                    'in %s/%s.' % ('MNIST' if mnist else 'CIFAR-10', spec['section'],
-                                   REFERENCE_DIR, experiment), 90),
+                    '(network and budget) found in %s/%s or %s/%s-*.'
+                    % ('MNIST' if mnist else 'CIFAR-10', spec['section'], REFERENCE_DIR,
+                       experiment, REFERENCE_DIR, experiment), 90),
         formatter_class=HelpFormatter)
     parser.add_argument('--settings', default=','.join(spec['settings']),
                         help='comma-separated experiment settings, from %s'
                         % ', '.join(spec['settings']))
     parser.add_argument('--methods', default=','.join(METHODS),
                         help='comma-separated methods, from %s (any case)' % ', '.join(METHODS))
+    if not mnist:
+        # MNIST's settings have a network each; CIFAR-10's two share one, of a choice.
+        parser.add_argument('--model', default=CIFAR10_MODELS[0], type=_model_name,
+                            choices=CIFAR10_MODELS,
+                            help='the network: resnet20_b3 (B.3\'s ResNet-20 as written) or '
+                                 'cifar_resnet20_v1 (GluonCV\'s, without the ReLU after the '
+                                 'first conv+BN; it made the runs in logs/cifar10 and '
+                                 'logs/cifar10-scale0.125, whose logs name it resnet20)')
     parser.add_argument('--seeds', default=None,
                         help='comma-separated random seeds, integers >= 0 (default: %s%s)'
                         % (spec['seeds'], '; 0 on the embedded sample' if mnist else ''))
@@ -145,6 +172,16 @@ def build_parser(experiment):
 
 def parse_args(experiment, argv=None):
     return build_parser(experiment).parse_args(argv)
+
+
+def _model_name(name):
+    """--model's value; an older log's name for a model (e.g. 'resnet20') is refused, naming
+    the model's name now (argparse then checks the choices)."""
+    if name in LOGGED_NAMES:
+        raise argparse.ArgumentTypeError(
+            '%r is what logs of earlier versions call %s: give --model %s'
+            % (name, LOGGED_NAMES[name], LOGGED_NAMES[name]))
+    return name
 
 
 def _split(text, allowed, flag):
@@ -412,8 +449,10 @@ def _main(experiment, argv):
     check_namsg_environment()
     settings = _split(args.settings, EXPERIMENTS[experiment]['settings'], '--settings')
     methods = _split(args.methods, METHODS, '--methods')
+    model = getattr(args, 'model', None)     # CIFAR-10's: else the settings' own networks
     try:
-        protocols = [PROTOCOLS[s].scaled(args.scale) for s in settings]
+        protocols = [PROTOCOLS[s].scaled(args.scale)._replace(
+            model=model or PROTOCOLS[s].model) for s in settings]
     except ValueError as e:
         raise SystemExit('error: --scale: %s' % e)
     check_boost(protocols, methods)
@@ -499,25 +538,23 @@ def _main(experiment, argv):
 
     train_all(runs, train, echo=_echo)
     # Runs on the sample are not compared with reference runs on the full set.
-    reference = None if sample else reference_dir(experiment, args.kvstore)
+    references = [] if sample else reference_dirs(experiment, args.kvstore)
     if sample:
         _echo('reference: runs on the embedded sample are not compared with the committed '
               'runs on the full set')
-    elif reference is None:
-        _echo('reference: no committed reference runs found (%s/%s in the working directory or '
-              'the checkout); the report shows these runs alone'
-              % (REFERENCE_DIR, output_name(experiment, kvstore=args.kvstore)))
-    elif reference.resolve() == Path(log_dir).resolve():
-        reference = None
+    elif not references:
+        _echo(no_reference_note(experiment, args.kvstore))
+    # Runs written into a reference folder are not their own reference.
+    references = [r for r in references if r.resolve() != Path(log_dir).resolve()]
     if distributed or args.kvstore == 'horovod':
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards,
         # and rank 0 alone says how (it wrote the logs).
         if launcher_rank(args.kvstore) == 0:
             _echo('plots: python scripts/plot_results.py --log-dir %s%s'
-                  % (log_dir, '' if reference is None else ' --reference %s' % reference))
+                  % (log_dir, ''.join(' --reference %s' % r for r in references)))
         return
     try:
-        summary = write_report(log_dir, reference_dir=reference)
+        summary = write_report(log_dir, reference_dir=references)
     except LogError as e:
         # The runs are trained and logged; a damaged log of another run in the folder stops
         # only the report, which plot_results.py draws once it is moved away.
@@ -528,14 +565,31 @@ def _main(experiment, argv):
         print('\nplots and summary.md written to %s\n\n%s' % (log_dir, summary))
 
 
-def reference_dir(experiment, kvstore):
-    """The committed reference runs for ``experiment`` run on ``kvstore``: ``logs/<name>``
-    in the working directory, else in the checkout these scripts belong to, else None."""
+def reference_dirs(experiment, kvstore):
+    """The folders of committed reference runs for ``experiment`` run on ``kvstore``:
+    ``logs/<name>`` (``<name>`` is :func:`output_name`'s) and every ``logs/<experiment>-<words>``
+    of the same kind (:func:`folder_kind`; e.g. logs/cifar10-full and
+    logs/cifar10-b3-scale0.125 beside logs/cifar10, never logs/mnist-dist for a single process's
+    runs), ``logs/<name>`` first, then by name. From the working directory's logs/ where it holds
+    any, else from the checkout these scripts belong to; [] where neither does. The report
+    compares each setting with the one holding runs of its protocol
+    (:func:`~namsg.experiments.plots.write_report`)."""
     name = output_name(experiment, kvstore=kvstore)
+    kind = folder_kind(name, experiment)
     for root in (Path(REFERENCE_DIR), _CHECKOUT_REFERENCE):
-        if (root / name).is_dir():
-            return root / name
-    return None
+        found = [folder for folder in root.glob(experiment + '*')
+                 if folder.is_dir() and folder_kind(folder.name, experiment) == kind]
+        if found:
+            return sorted(found, key=lambda folder: (folder.name != name, folder.name))
+    return []
+
+
+def no_reference_note(experiment, kvstore):
+    """The line said after the runs where :func:`reference_dirs` finds no folder."""
+    name = output_name(experiment, kvstore=kvstore)
+    return ('reference: no committed reference runs found (%s/%s or %s/%s-* in the working '
+            'directory or the checkout); the report shows these runs alone'
+            % (REFERENCE_DIR, name, REFERENCE_DIR, name))
 
 
 def _after_interrupt(distributed, log_path, checkpoint_dir):

@@ -3,6 +3,7 @@ and whether a rerun reproduces its reference run as far as a run on another mach
 
 import json
 
+from .models import current_name
 from .runs import config_of
 
 
@@ -45,15 +46,29 @@ def reproduction_criterion(model):
             'training losses over its seeds')
 
 
+def protocol_now(protocol):
+    """A logged ``protocol`` (a dict) as a log written now would record it: its model under
+    its current name (:func:`~namsg.experiments.models.current_name`), so that a rerun of an
+    earlier log's network is of the same protocol."""
+    return dict(protocol, model=current_name(protocol['model']))
+
+
+def config_now(header):
+    """The configuration of a log's ``header`` (:func:`~namsg.experiments.runs.config_of`) as
+    JSON reads it back, its protocol as :func:`protocol_now` gives it."""
+    return json.loads(json.dumps(dict(config_of(header), protocol=protocol_now(
+        header['protocol']))))
+
+
 def same_run(header, other):
     """Whether the logs of ``header`` and ``other`` are of the same run: the same configuration
     (protocol, method, seed, optimizer and hyper-parameters, data fingerprint, contexts,
-    kvstore), whatever the machine, versions, command or data path (as a run is resumed only
-    by its own configuration). A log without a data fingerprint (written before logs held
-    one) is the same run as none: what its data were cannot be told."""
+    kvstore; the model by its current name, see :func:`protocol_now`), whatever the machine,
+    versions, command or data path (as a run is resumed only by its own configuration). A log
+    without a data fingerprint (written before logs held one) is the same run as none: what
+    its data were cannot be told."""
     return (isinstance(header.get('data'), dict) and isinstance(other.get('data'), dict)
-            and json.loads(json.dumps(config_of(header))) ==
-            json.loads(json.dumps(config_of(other))))
+            and config_now(header) == config_now(other))
 
 
 def _verdict(model, worst, change, spread):

@@ -2,7 +2,14 @@
 
 from mxnet.gluon import nn
 
-MODELS = ('logreg', 'mnist_cnn', 'resnet20_b3', 'cifar_resnet20_v1')
+#: The CIFAR-10 networks, the protocols' first: B.3's ResNet-20 as written, and GluonCV's
+#: ``cifar_resnet20_v1``, which made the earlier CIFAR-10 logs (see :func:`gluoncv_resnet20`).
+CIFAR10_MODELS = ('resnet20_b3', 'cifar_resnet20_v1')
+MODELS = ('logreg', 'mnist_cnn') + CIFAR10_MODELS
+#: Names that logs of earlier versions record for a model, by its name now: 'resnet20' was
+#: GluonCV's ``cifar_resnet20_v1`` until B.3's network was built (logs/cifar10/ and
+#: logs/cifar10-scale0.125/ record it so).
+LOGGED_NAMES = {'resnet20': 'cifar_resnet20_v1'}
 
 
 def logistic_regression(classes=10):
@@ -78,7 +85,16 @@ def gluoncv_resnet20(classes=10):
     return get_model('cifar_resnet20_v1', classes=classes)
 
 
+def current_name(name):
+    """The name a model has now (one of MODELS) for ``name`` as a log records it: a name of
+    LOGGED_NAMES is mapped to the model it stood for; any other is returned unchanged."""
+    return LOGGED_NAMES.get(name, name)
+
+
 def build(name, classes=10):
+    """The network ``name`` (one of MODELS, or a name of LOGGED_NAMES) for ``classes``
+    classes, uninitialized. Raises ValueError for an unknown name."""
+    name = current_name(name)
     builders = {'logreg': logistic_regression, 'mnist_cnn': mnist_cnn, 'resnet20_b3': resnet20,
                 'cifar_resnet20_v1': gluoncv_resnet20}
     if name not in builders:

@@ -1,6 +1,7 @@
 """Figures and summary tables, drawn from the analysis or from the JSON-lines logs."""
 
 import json
+import os
 import re
 
 import matplotlib
@@ -13,8 +14,9 @@ import numpy as np  # noqa: E402
 from .. import dynamics  # noqa: E402
 from .files import replacing, write_atomic  # noqa: E402
 from .hparams import METHODS  # noqa: E402
-from .compare import comparison_markdown, reproduction_criterion  # noqa: E402
-from .runs import config_of  # noqa: E402
+from .compare import (comparison_markdown, config_now, protocol_now,  # noqa: E402
+                      reproduction_criterion)
+from .models import current_name  # noqa: E402
 
 FIGURE1_MUS = (0.0, 0.001, 0.05, 0.1, 0.2, 0.4)
 #: One colour per method in every plot (matplotlib's default colours, in METHODS' order); a
@@ -241,7 +243,7 @@ def _not_compared(header, reference_header):
     if reference_header.get('data') != header.get('data'):
         return ('Not compared run by run: the reference runs were trained on other data (%s; '
                 'here: %s).' % (describe_data(reference_header), describe_data(header)))
-    ours, theirs = config_of(header), config_of(reference_header)
+    ours, theirs = config_now(header), config_now(reference_header)
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)
                     and k not in ('run', 'seed', 'method', 'optimizer', 'optimizer_params',
                                   'boost_epoch'))
@@ -265,25 +267,116 @@ def _shown(folder):
 
 
 def _comparable(header, other):
-    """Reference runs are drawn beside new ones only under the same protocol (budget)."""
-    return header['protocol'] == other['protocol']
+    """Reference runs are drawn beside new ones only under the same protocol: the same network
+    (by its current name, see :func:`~namsg.experiments.compare.protocol_now`) and budget."""
+    return protocol_now(header['protocol']) == protocol_now(other['protocol'])
+
+
+#: The fields of a protocol that its scale sets (see hparams.Protocol.scaled): said with it.
+_SCALED = ('epochs', 'boost_epoch', 'lr_drop_iteration')
+
+
+def _epochs(count):
+    return '%d epoch%s' % (count, '' if count == 1 else 's')
+
+
+def _model(name):
+    now = current_name(name)
+    return now if now == name else '%s (logged as %s)' % (now, name)
+
+
+def protocol_differences(theirs, ours):
+    """What differs between the logged protocols ``theirs`` (a reference run's) and ``ours``,
+    in words, e.g. 'model cifar_resnet20_v1 (logged as resnet20) there, resnet20_b3 here; scale
+    0.0375 there (3 epochs), 0.125 here (10 epochs)': the network first, then the budget (the
+    epochs, boost epoch and step-size drop it sets are not said again), then any other field.
+    '' when they are the same protocol."""
+    theirs_now, ours_now = protocol_now(theirs), protocol_now(ours)
+    rescaled = theirs_now.get('scale') != ours_now.get('scale')
+    parts = []
+    for key in ['model', 'scale'] + [k for k in dict(ours_now, **theirs_now)
+                                     if k not in ('model', 'scale')]:
+        there, here = theirs_now.get(key), ours_now.get(key)
+        if there == here or (rescaled and key in _SCALED):
+            continue
+        if key == 'model':
+            parts.append('model %s there, %s here' % (_model(theirs['model']),
+                                                      _model(ours['model'])))
+        elif key == 'scale':
+            parts.append('scale %s there (%s), %s here (%s)' % (
+                _value(there), _epochs(theirs['epochs']), _value(here), _epochs(ours['epochs'])))
+        else:
+            parts.append('%s %s there, %s here' % (key, _value(there), _value(here)))
+    return '; '.join(parts)
+
+
+def _value(value):
+    return '%g' % value if isinstance(value, float) else str(value)
+
+
+def _why_none(header, setting, runs):
+    """Why ``runs`` (load_runs' form: one reference folder's finished runs) hold none of the
+    protocol of ``header``'s run of ``setting``, in words."""
+    protocols = {}
+    for pairs in runs.get(setting, {}).values():
+        for other, _ in pairs:
+            protocols.setdefault(json.dumps(other['protocol'], sort_keys=True),
+                                 other['protocol'])
+    if not protocols:
+        return 'no finished runs of %s there' % setting
+    differences = [protocol_differences(p, header['protocol']) for p in protocols.values()]
+    if len(differences) == 1:
+        return differences[0]
+    return 'runs of %d protocols there, none this one (%s)' % (len(differences),
+                                                               ' | '.join(differences))
+
+
+def _no_reference(header, setting, references):
+    """The report's line for a run of ``setting`` that no reference run (``references``:
+    [(folder, its runs)]) shares the protocol of, saying why for each folder."""
+    if len(references) == 1:
+        folder, runs = references[0]
+        return ['No reference runs of the same protocol in `%s`: %s.'
+                % (_shown(folder), _why_none(header, setting, runs)), '']
+    named = ['`%s`' % _shown(folder) for folder, _ in references]
+    return (['No reference runs of the same protocol in %s or %s:' % (', '.join(named[:-1]),
+                                                                       named[-1]), ''] +
+            ['- `%s`: %s.' % (_shown(folder), _why_none(header, setting, runs))
+             for folder, runs in references] + [''])
+
+
+def _reference_pairs(header, setting, references):
+    """(folder, {method: [(header, records)]}) of the reference folder whose runs of ``setting``
+    share ``header``'s protocol, the one with the most such runs (the first on a tie); None
+    when no folder has any."""
+    best, most = None, 0
+    for folder, runs in references:
+        pairs = {m: [(h, r) for h, r in runs.get(setting, {}).get(m, [])
+                     if _comparable(h, header)] for m in METHODS}
+        count = sum(map(len, pairs.values()))
+        if count > most:
+            best, most = (folder, pairs), count
+    return best
 
 
 def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, data_note=None):
     """For every setting with finished runs under ``log_dir``: ``<setting>.png`` and a section
-    of ``summary.md`` in ``out_dir`` (default: ``log_dir``), with the runs under
-    ``reference_dir`` (e.g. the committed logs/mnist) of the same protocol beside them.
+    of ``summary.md`` in ``out_dir`` (default: ``log_dir``), with reference runs of the same
+    protocol beside them. ``reference_dir``: a folder of reference runs (e.g. the committed
+    logs/mnist) or a list of them; each setting is compared with the folder that holds the most
+    runs of its protocol, and where none holds any the report says what differs.
     Returns the summary text."""
     from pathlib import Path
     out_dir = Path(out_dir or log_dir)
     sections = []
     found = load_runs(log_dir, headers=True)
-    refs = load_runs(reference_dir, headers=True) if reference_dir is not None else {}
+    folders = ([] if reference_dir is None else [reference_dir]
+               if isinstance(reference_dir, (str, os.PathLike)) else list(reference_dir))
+    references = [(folder, load_runs(folder, headers=True)) for folder in folders]
     for setting, method_runs in sorted(found.items()):
         header = next(iter(method_runs.values()))[0][0]
         ordered = {m: [r for _, r in method_runs[m]] for m in METHODS if m in method_runs}
-        ref_pairs = {m: [(h, r) for h, r in refs.get(setting, {}).get(m, [])
-                         if _comparable(h, header)] for m in METHODS}
+        ref_folder, ref_pairs = _reference_pairs(header, setting, references) or (None, {})
         ref_runs = {m: [r for _, r in pairs] for m, pairs in ref_pairs.items() if pairs}
         records = next(iter(ordered.values()))[0]
         title = '%s, %s\ndata: %s' % (setting, describe_budget(header['protocol']),
@@ -294,7 +387,7 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
         if ref_runs:
             ref_header = next(pairs[0][0] for pairs in ref_pairs.values() if pairs)
             caption = '\n'.join(filter(None, [caption, 'dashed: reference runs in %s (data: %s)'
-                                              % (_shown(reference_dir),
+                                              % (_shown(ref_folder),
                                                  describe_data(ref_header))]))
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_setting(ordered, title, out_dir / ('%s.png' % setting), ref_runs,
@@ -304,7 +397,7 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
             describe_budget(header['protocol']), describe_data(header, data_note)), '',
             summary_markdown(ordered, reference)]
         if ref_runs:
-            sections += ['Reference runs of the same protocol in `%s`:' % _shown(reference_dir), '',
+            sections += ['Reference runs of the same protocol in `%s`:' % _shown(ref_folder), '',
                          summary_markdown(ref_runs, reference)]
             same = comparison_markdown(method_runs, ref_pairs)
             if same:
@@ -314,9 +407,8 @@ def write_report(log_dir, out_dir=None, reference='ADAM', reference_dir=None, da
                              same]
             else:
                 sections += [_not_compared(header, ref_header), '']
-        elif reference_dir is not None:
-            sections += ['No reference runs of the same protocol in `%s`.' % _shown(reference_dir),
-                         '']
+        elif references:
+            sections += _no_reference(header, setting, references)
     summary = '\n'.join(sections)
     if sections:
         write_atomic(out_dir / 'summary.md', summary)
@@ -362,7 +454,8 @@ def source_results(log_dir, setting, reference='ADAM'):
     """The results of the runs of ``setting`` under ``log_dir``, runs in progress included:
     (protocol, seed counts, {method: {metric: cell text}}) with the metrics of RESULT_METRICS
     (means over seeds; 'before_drop' where the protocol has a step-size drop, '-' for runs that
-    have not reached it yet). Raises
+    have not reached it yet; 'to_reference' says where the ``reference`` method was not run, or
+    has not finished, so that there is no final loss to reach). Raises
     ValueError when there are no such runs or they were made under different protocols."""
     runs = load_runs(log_dir, headers=True, unfinished=True).get(setting, {})
     if not runs:
@@ -385,8 +478,12 @@ def source_results(log_dir, setting, reference='ADAM'):
             row = rows[method]
             reached = row['epochs_to_reference']
             cell = {key: '%.4f' % row[key] for key in ('final_loss', 'best_acc', 'final_acc')}
-            cell['to_reference'] = ('no %s run' % reference if reference not in rows else
-                                    'never' if reached is None else str(reached))
+            cell['to_reference'] = (str(reached) if reached is not None else
+                                    'never' if reference in rows else
+                                    'no %s run' % reference if reference not in runs else
+                                    # Its run in progress: no final loss to reach yet.
+                                    'no final %s loss yet (%s at %d of %d epochs)'
+                                    % (reference, reference, done[reference], epochs))
         else:               # in progress: what it reached so far
             row = summary_rows({method: [r[:done[method]] for _, r in pairs]})[0]
             cell = {key: '%.4f after %d of %d epochs' % (row[key], done[method], epochs)
