@@ -462,6 +462,60 @@ def test_cifar10_archives_and_gaps_say_what_to_do(tmp_path):
         data.load_cifar10(python)
 
 
+def _flat_images(root):
+    """train/*.png and test/*.png with no class folders, as Kaggle's CIFAR-10 export has them."""
+    from PIL import Image
+    train, _, test, _ = _cifar_arrays()
+    for split, images in (('train', train), ('test', test)):
+        (root / split).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(root / split / ('%d.png' % (i + 1)))
+    (root / 'trainLabels.csv').write_text('id,label\n')
+    return root
+
+
+def test_a_flat_image_folder_is_one_error_not_a_warning_per_file(tmp_path, caplog):
+    """Gluon warned "Ignoring .../train/0.png, which is not a directory." once per file (100,000
+    lines for Kaggle's export) before the error that says what is wrong."""
+    folder = _flat_images(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        with pytest.raises(data.DataError) as refused:
+            data.load_cifar10(folder)
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records] == []
+    assert str(refused.value) == (
+        '%s: class folders (none); CIFAR-10 needs exactly airplane, automobile, bird, cat, deer, '
+        'dog, frog, horse, ship, truck; the 10 images directly in it are not read, as an '
+        'image\'s class is the folder it lies in: put each in the folder of its class (e.g. %s), '
+        'or give the official Python release' % (folder / 'train', folder / 'train' / 'cat' /
+                                                 '0001.png'))
+    (folder / 'train' / 'cat').mkdir()          # a class folder short of the ten: no note
+    with pytest.raises(data.DataError, match=r'train: class folders cat; CIFAR-10 needs exactly '
+                                             r'airplane, .*, truck; the 10 images'):
+        data.load_cifar10(folder)
+
+
+def test_files_an_image_folder_ignores_are_named_in_one_warning(tmp_path, caplog):
+    """Files Gluon leaves out (beside the class folders, or not .png/.jpg/.jpeg in one) are still
+    left out, named in one logged warning instead of one Python warning each."""
+    folder = write_cifar_images(tmp_path)
+    (folder / 'train' / 'README.txt').write_text('CIFAR-10 as PNG')
+    for i in range(6):
+        (folder / 'test' / 'dog' / ('notes-%d.txt' % i)).write_text('')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        dataset = data.load_cifar10(folder)
+    assert [str(w.message) for w in caught] == []
+    np.testing.assert_array_equal(dataset.test.images, _cifar_arrays()[2])
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ('namsg.experiments.data', 'WARNING', '%s: 1 file is not read (only .jpg, .jpeg, .png '
+         'files in the class folders are images): README.txt' % (folder / 'train')),
+        ('namsg.experiments.data', 'WARNING', '%s: 6 files are not read (only .jpg, .jpeg, .png '
+         'files in the class folders are images): %s, ...' % (folder / 'test', ', '.join(
+             'dog/notes-%d.txt' % i for i in range(5))))]
+
+
 def _drop_last_image_of_batch_3(folder):
     """data_batch_3 of the Python release with its last image (and label) left out."""
     import pickle

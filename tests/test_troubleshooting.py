@@ -291,12 +291,36 @@ def script_messages(tmp_path):
     from namsg.experiments.runs import check_config
     from namsg.experiments.train import train_all
     from namsg.experiments.threads import idle_cores_note
+    from test_data import _flat_images, write_cifar_images
     from test_threads import _sysfs
+
+    def _with_a_readme(root):
+        write_cifar_images(root)
+        (root / 'train' / 'README.txt').write_text('')
+        (root / 'train' / 'LICENSE.txt').write_text('')
+        return root
 
     def as_script(call, *args):
         """As ``error: ...``, the form every script gives an exception it refuses with."""
         message = raised(call, *args)
         return message if message.startswith('error: ') else 'error: ' + message.split(': ', 1)[1]
+
+    def logged(call, *args):
+        """As ``warning: ...``, the first warning ``call`` logs on namsg.experiments, as the
+        scripts print it (whatever ``call`` raises after it)."""
+        import logging
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        log = logging.getLogger('namsg.experiments')
+        log.addHandler(handler)
+        try:
+            with contextlib.suppress(datasets.DataError):
+                call(*args)
+        finally:
+            log.removeHandler(handler)
+        assert records, '%r logged nothing' % (call,)
+        return '%s: %s' % (records[0].levelname.lower(), records[0].getMessage())
 
     (tmp_path / 'a-file').write_text('')
     (tmp_path / 'mnist').mkdir()
@@ -321,6 +345,9 @@ def script_messages(tmp_path):
         'CIFAR-10 without data': as_script(cli.load_data, 'cifar10', None),
         'MNIST files missing': raised(datasets.load_mnist, tmp_path / 'mnist', False),
         'not an IDX file': raised(datasets.read_idx, tmp_path / 'not-idx'),
+        'a flat image folder': raised(datasets.load_cifar10, _flat_images(tmp_path / 'flat')),
+        'files an image folder does not read': logged(
+            datasets._image_folder_split, _with_a_readme(tmp_path / 'images') / 'train', 'train'),
         'MNIST files swapped': raised(datasets._check_mnist_sizes, dict(train=10000, test=60000),
                                       {k: Path(k) for k in ('train_images', 'train_labels',
                                                             'test_images', 'test_labels')}),

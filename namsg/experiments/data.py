@@ -15,10 +15,12 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import struct
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -418,15 +420,56 @@ def _python_tarball(path):
     return _python_release(files, path, 'replace %s with an intact copy' % path)
 
 
+#: The files an image folder's class folders may hold: those Gluon's ImageFolderDataset reads.
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+
+def _class_folders(root):
+    """The class folders of ``root`` (its sub-folders, in sorted order), checked to be
+    CIFAR-10's ten before any image is listed: a flat folder (every image directly in it, as
+    in Kaggle's export) would otherwise have Gluon warn once for each of its files."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError as e:
+        raise DataError('%s: cannot list it (%s)' % (root, e.strerror or e)) from e
+    classes = sorted(e.name for e in entries if e.is_dir())
+    if classes != list(CIFAR_CLASSES):
+        images = sum(1 for e in entries if not e.is_dir()
+                      and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        raise DataError('%s: class folders %s; CIFAR-10 needs exactly %s%s'
+                        % (root, ', '.join(classes) or '(none)', ', '.join(CIFAR_CLASSES),
+                           '' if not images else
+                           '; the %s images directly in it are not read, as an image\'s class '
+                           'is the folder it lies in: put each in the folder of its class '
+                           '(e.g. %s), or give the official Python release'
+                           % (format(images, ','), Path(root) / 'cat' / '0001.png')))
+    return classes
+
+
 def _image_folder_split(root, split):
     """``split`` of an image folder through Gluon's ImageFolderDataset: classes are the
-    sub-folders in sorted order (CIFAR-10's label order is alphabetical), images in file-name
-    order; all CIFAR_SIZES[split] of them."""
+    sub-folders in sorted order (CIFAR-10's label order is alphabetical), images (.png, .jpg,
+    .jpeg) in file-name order; all CIFAR_SIZES[split] of them. The files Gluon ignores (any
+    other file, in ``root`` or a class folder) are named in one warning logged on
+    ``namsg.experiments.data``, not one Gluon warning each."""
     from mxnet.gluon.data.vision import ImageFolderDataset
-    dataset = ImageFolderDataset(str(root), flag=1)
-    if list(dataset.synsets) != list(CIFAR_CLASSES):
-        raise DataError('%s: class folders %s; CIFAR-10 needs exactly %s'
-                        % (root, ', '.join(dataset.synsets) or '(none)', ', '.join(CIFAR_CLASSES)))
+    _class_folders(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        dataset = ImageFolderDataset(str(root), flag=1)
+    ignored = []
+    for warning in caught:
+        found = _GLUON_IGNORES.match(str(warning.message))
+        if found and issubclass(warning.category, UserWarning):
+            ignored.append(os.path.relpath(found.group(1), root))
+        else:       # not Gluon's note on a file: passed on as it came
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    if ignored:
+        logger.warning('%s: %s not read (only %s files in the class folders are images): '
+                       '%s', root, '1 file is' if len(ignored) == 1 else
+                       '%s files are' % format(len(ignored), ','), ', '.join(IMAGE_SUFFIXES),
+                       ', '.join(ignored[:5]) + (', ...' if len(ignored) > 5 else ''))
     _check_count(len(dataset), CIFAR_SIZES[split], '%s (its class folders)' % root,
                  'copy the whole split again (a subset is refused, so that a partial copy '
                  'cannot pass for the data set)')
@@ -444,6 +487,11 @@ def _image_folder_split(root, split):
     return Split(images, labels)
 
 
+#: Gluon's warning for each file its ImageFolderDataset leaves out (a file beside the class
+#: folders, or of another type in one), as every MXNet 1.x words it.
+_GLUON_IGNORES = re.compile(r'Ignoring (.*?)(?:, which is not a directory\.| of type .*)$', re.S)
+
+
 def load_cifar10(data_dir):
     """CIFAR-10 from ``data_dir`` in any of its common layouts, as uint8 (N, 32, 32, 3) images
     and int32 labels, 50,000 training and 10,000 validation images in the full set:
@@ -452,7 +500,8 @@ def load_cifar10(data_dir):
       ``cifar-10-batches-py/`` (``data_dir`` may be either, or contain either);
     - the binary release: ``cifar-10-batches-bin/`` with data_batch_1..5.bin, test_batch.bin;
     - an image folder: ``train/<class>/*`` and ``test/<class>/*`` with the ten class folders
-      (read by Gluon's ``ImageFolderDataset``; any format OpenCV decodes).
+      (read by Gluon's ``ImageFolderDataset``: .png, .jpg and .jpeg files; any other file is
+      named in one warning and not read).
 
     The three give identical arrays for identical pixels in the same order. DataError says
     what is missing or damaged, naming the file; a batch file, or an image folder's split, with
