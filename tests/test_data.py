@@ -516,6 +516,61 @@ def test_files_an_image_folder_ignores_are_named_in_one_warning(tmp_path, caplog
              'dog/notes-%d.txt' % i for i in range(5))))]
 
 
+def test_a_folder_of_an_archive_says_what_to_do_with_it(tmp_path):
+    """A folder holding cifar-10-binary.tar.gz had the generic "no CIFAR-10 data found in ...;
+    it takes ..." where the archive given itself says to unpack it."""
+    import tarfile
+    binary = write_cifar_binary(tmp_path / 'unpacked')
+    folder = tmp_path / 'archive'
+    folder.mkdir()
+    with tarfile.open(folder / 'cifar-10-binary.tar.gz', 'w:gz') as tar:
+        tar.add(binary, arcname='cifar-10-batches-bin')
+    only = ('of the archives only cifar-10-python.tar.gz is read as it is: unpack any other '
+            '(e.g. cifar-10-binary.tar.gz) and give its folder')
+    with pytest.raises(data.DataError) as refused:
+        data.load_cifar10(folder)
+    assert str(refused.value) == ('no CIFAR-10 data found in %s, only the archive '
+                                  'cifar-10-binary.tar.gz; %s' % (folder, only))
+    (folder / 'cifar-10-matlab.tar.gz').write_bytes(b'')
+    with pytest.raises(data.DataError, match=re.escape(
+            'only the archives cifar-10-binary.tar.gz, cifar-10-matlab.tar.gz; ' + only)):
+        data.load_cifar10(folder)
+    with tarfile.open(folder / 'cifar-10-binary.tar.gz') as tar:     # unpacked: it is read
+        tar.extractall(folder)
+    assert data.load_cifar10(folder).fingerprint() == data.load_cifar10(binary).fingerprint()
+
+
+@pytest.mark.parametrize('given', ['the archive', 'its folder'])
+def test_a_python_archive_without_its_batches_is_said_to_be_damaged(tmp_path, given):
+    """cifar-10-python.tar.gz holding no batch (damaged, or another file under its name) was
+    told that "only cifar-10-python.tar.gz is read as it is: unpack any other", which it is."""
+    import tarfile
+    (tmp_path / 'readme.txt').write_text('not CIFAR-10')
+    archive = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(tmp_path / 'readme.txt', arcname='cifar-10-batches-py/readme.txt')
+    with pytest.raises(data.DataError) as refused:
+        data.load_cifar10(archive if given == 'the archive' else tmp_path)
+    assert str(refused.value) == (
+        '%s holds no batch of the CIFAR-10 Python release (data_batch_1, data_batch_2, '
+        'data_batch_3, data_batch_4, data_batch_5, test_batch): the archive is damaged or not '
+        'CIFAR-10\'s; download or copy cifar-10-python.tar.gz again' % archive)
+
+
+def test_a_python_archive_short_of_a_batch_is_to_be_replaced_not_unpacked(tmp_path):
+    """An archive lacking a batch was told to "unpack the whole cifar-10-python.tar.gz again"."""
+    import tarfile
+    folder = write_cifar_python(tmp_path / 'unpacked')
+    (folder / 'data_batch_5').unlink()
+    archive = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(folder, arcname='cifar-10-batches-py')
+    with pytest.raises(data.DataError) as refused:
+        data.load_cifar10(archive)
+    assert str(refused.value) == ('the CIFAR-10 Python release in %s lacks data_batch_5; '
+                                  'replace %s with an intact copy' % (archive, archive))
+
+
 def _drop_last_image_of_batch_3(folder):
     """data_batch_3 of the Python release with its last image (and label) left out."""
     import pickle

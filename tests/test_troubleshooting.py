@@ -291,8 +291,26 @@ def script_messages(tmp_path):
     from namsg.experiments.runs import check_config
     from namsg.experiments.train import train_all
     from namsg.experiments.threads import idle_cores_note
-    from test_data import _flat_images, write_cifar_images
+    from test_data import _flat_images, write_cifar_images, write_cifar_python
     from test_threads import _sysfs
+
+    def _holding(root, release):
+        """``root`` holding cifar-10-``release``.tar.gz, an archive of one text file."""
+        import tarfile
+        root.mkdir()
+        (root / 'readme.txt').write_text('')
+        with tarfile.open(root / ('cifar-10-%s.tar.gz' % release), 'w:gz') as tar:
+            tar.add(root / 'readme.txt', arcname='readme.txt')
+        (root / 'readme.txt').unlink()
+        return root
+
+    def _short_python_archive(root):
+        import tarfile
+        folder = write_cifar_python(root / 'short')
+        (folder / 'test_batch').unlink()
+        with tarfile.open(root / 'short.tar.gz', 'w:gz') as tar:
+            tar.add(folder, arcname='cifar-10-batches-py')
+        return root / 'short.tar.gz'
 
     def _with_a_readme(root):
         write_cifar_images(root)
@@ -346,6 +364,12 @@ def script_messages(tmp_path):
         'MNIST files missing': raised(datasets.load_mnist, tmp_path / 'mnist', False),
         'not an IDX file': raised(datasets.read_idx, tmp_path / 'not-idx'),
         'a flat image folder': raised(datasets.load_cifar10, _flat_images(tmp_path / 'flat')),
+        'a folder holding another archive': raised(datasets.load_cifar10,
+                                                   _holding(tmp_path / 'binary', 'binary')),
+        'an empty cifar-10-python.tar.gz': raised(datasets.load_cifar10,
+                                                  _holding(tmp_path / 'python', 'python')),
+        'a cifar-10-python.tar.gz short of a batch': raised(datasets._python_tarball,
+                                                            _short_python_archive(tmp_path)),
         'files an image folder does not read': logged(
             datasets._image_folder_split, _with_a_readme(tmp_path / 'images') / 'train', 'train'),
         'MNIST files swapped': raised(datasets._check_mnist_sizes, dict(train=10000, test=60000),

@@ -325,6 +325,12 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32
 #: boundary reads as valid, and only its count shows it. An image folder must hold all of them
 #: too: a partial copy must not pass for the data set.
 CIFAR_SIZES = dict(train=50000, test=10000)
+#: The one archive read as it is; any other is to be unpacked first.
+PYTHON_ARCHIVE = 'cifar-10-python.tar.gz'
+ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.zip',
+                    '.7z', '.rar')
+_ONLY_PYTHON_ARCHIVE = ('of the archives only %s is read as it is: unpack any other (e.g. '
+                        'cifar-10-binary.tar.gz) and give its folder' % PYTHON_ARCHIVE)
 _UNPACK_BINARY = 'unpack the whole cifar-10-binary.tar.gz again'
 _UNPACK_PYTHON = 'unpack the whole cifar-10-python.tar.gz again'
 
@@ -389,11 +395,11 @@ def _read_cifar_pickle(raw, where, split, again=_UNPACK_PYTHON):
 
 def _python_release(files, where, again=_UNPACK_PYTHON):
     """(train, test) splits from {name: bytes} of the Python release's batches; ``again``:
-    what to do when one is short."""
+    what to do when one is short or missing."""
     missing = [n for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST if n not in files]
     if missing:
-        raise DataError('the CIFAR-10 Python release in %s lacks %s; unpack the whole '
-                        'cifar-10-python.tar.gz again' % (where, ', '.join(missing)))
+        raise DataError('the CIFAR-10 Python release in %s lacks %s; %s'
+                        % (where, ', '.join(missing), again))
     batches = [_read_cifar_pickle(files[n], '%s/%s' % (where, n),
                                   'test' if n in CIFAR_PY_TEST else 'train', again)
                for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST]
@@ -412,12 +418,24 @@ def _python_tarball(path):
         raise DataError('%s: cannot read it as a tar archive (%s); if it is '
                         'cifar-10-python.tar.gz, replace it with an intact copy, else give the '
                         'folder that holds CIFAR-10' % (path, ' '.join(str(e).split()))) from e
+    if not files and Path(path).name.startswith(PYTHON_ARCHIVE.split('.')[0]):
+        # Named as the Python release: the advice for other archives (unpack it) cannot help.
+        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s): the archive is '
+                        'damaged or not CIFAR-10\'s; download or copy %s again'
+                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST), PYTHON_ARCHIVE))
     if not files:
-        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s); of the '
-                        'archives only cifar-10-python.tar.gz is read as it is: unpack any '
-                        'other (e.g. cifar-10-binary.tar.gz) and give its folder'
-                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST)))
+        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s); %s'
+                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST), _ONLY_PYTHON_ARCHIVE))
     return _python_release(files, path, 'replace %s with an intact copy' % path)
+
+
+def _archives(folder):
+    """The names of the archives in ``folder`` (by their suffix), sorted."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.is_file()]
+    except OSError:
+        return []
+    return sorted(n for n in names if n.lower().endswith(ARCHIVE_SUFFIXES))
 
 
 #: The files an image folder's class folders may hold: those Gluon's ImageFolderDataset reads.
@@ -522,8 +540,8 @@ def load_cifar10(data_dir):
                      if (candidate / n).is_file()}
             return Dataset(*_python_release(files, candidate),
                            source='CIFAR-10 Python release in %s' % candidate)
-    if (data_dir / 'cifar-10-python.tar.gz').is_file():
-        path = data_dir / 'cifar-10-python.tar.gz'
+    if (data_dir / PYTHON_ARCHIVE).is_file():
+        path = data_dir / PYTHON_ARCHIVE
         return Dataset(*_python_tarball(path), source='CIFAR-10 Python release %s' % path)
     for candidate in (data_dir / 'cifar-10-batches-bin', data_dir):
         if any((candidate / n).is_file() for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES):
@@ -541,4 +559,9 @@ def load_cifar10(data_dir):
         return Dataset(_image_folder_split(data_dir / 'train', 'train'),
                        _image_folder_split(data_dir / 'test', 'test'),
                        source='CIFAR-10 image folder %s' % data_dir)
+    archives = _archives(data_dir)
+    if archives:
+        raise DataError('no CIFAR-10 data found in %s, only the archive%s %s; %s'
+                        % (data_dir, '' if len(archives) == 1 else 's', ', '.join(archives),
+                           _ONLY_PYTHON_ARCHIVE))
     raise DataError('no CIFAR-10 data found in %s; it takes %s' % (data_dir, CIFAR_LAYOUTS))
