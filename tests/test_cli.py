@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -668,6 +669,42 @@ def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path
     assert 'mnist_logreg/SGD/seed0 epoch 2:' in out
     header, records = read_log(log)
     assert len(records) == 2 and '--methods SGD' in header['command']      # the other's
+    assert list(tmp_path.rglob('.*.lock')) == []
+
+
+def test_stopping_a_process_that_waits_for_another_says_that_one_goes_on(tmp_path,
+                                                                         monkeypatch):
+    """The second copy of a command, waiting for the first (which trains the run), printed on
+    SIGTERM or Ctrl-C "...stopped (waiting for another process, or in an epoch); no epoch was
+    complete: the same command starts it again from the beginning", as if the other's work
+    were lost."""
+    import signal
+    import socket
+    folder = _mnist_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    flags = ['--settings', 'mnist_logreg', '--scale', '0.1', '--methods', 'SGD', '--seeds', '0',
+             '--no-progress', '--data-dir', str(folder)]
+    other, go = _paused(tmp_path, 1, flags)         # holds the run, in its epoch 1
+    lines = []
+
+    def echo(line):
+        lines.append(line)
+        if line.startswith('mnist_logreg/SGD/seed0: waiting for'):     # SIGTERM in the wait
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    monkeypatch.setattr(cli, '_echo', echo)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.main('mnist', flags)
+    finally:
+        go.touch()
+        out = other.communicate(timeout=120)[0]
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert lines[-1] == (
+        'interrupted: mnist_logreg/SGD/seed0 stopped while waiting for pid %d on %s, which '
+        'holds the run: this process trained nothing of it, and that process goes on with it'
+        % (other.pid, socket.gethostname())), lines
+    assert other.returncode == 0 and 'mnist_logreg/SGD/seed0 epoch 2:' in out, out
+    assert len(read_log(Path('runs/mnist/mnist_logreg/SGD/seed0.jsonl'))[1]) == 2
     assert list(tmp_path.rglob('.*.lock')) == []
 
 

@@ -134,6 +134,24 @@ def test_waiting_for_the_other_process_goes_on_from_what_it_left(tmp_path):
     assert records[0] == one[0] and len(records) == 3 and _lock_files(tmp_path) == []
 
 
+def test_ctrl_c_while_waiting_for_the_other_process_says_who_holds_the_run(tmp_path):
+    """Ctrl-C in the wait was a bare KeyboardInterrupt: the caller could not tell a process
+    that waited (and trained nothing) from one stopped in an epoch of its own."""
+    import os
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    expected = locks.WaitInterrupted
+    with Holder(log) as holder:
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(expected) as stopped:
+            train.train_run(PROTOCOL, 'SGD', 0, _tiny_mnist(), log, checkpoints, wait=True)
+        assert (stopped.value.run, stopped.value.holder) == (
+            'mnist_logreg/SGD/seed0', 'pid %d on testhost' % holder.process.pid)
+        assert type(stopped.value.interrupt) is KeyboardInterrupt
+        assert isinstance(stopped.value, KeyboardInterrupt)      # stops as Ctrl-C does
+        assert _lock_files(tmp_path) == [holder.lock_file]       # the other's, untouched
+    assert not log.exists() and not checkpoints.exists()
+
+
 def test_a_distributed_job_ends_when_another_process_trains_its_run(tmp_path, monkeypatch):
     """Its rank 0 cannot wait, as its other ranks would train on: the job ends, saying why."""
     import mxnet as mx

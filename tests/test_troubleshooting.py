@@ -286,7 +286,7 @@ def script_messages(tmp_path):
     del experiments
     from namsg.experiments import cli, data as datasets
     from namsg.experiments.hparams import METHODS, PROTOCOLS
-    from namsg.experiments.locks import RunBusy
+    from namsg.experiments.locks import RunBusy, WaitInterrupted
     from namsg.experiments.resume import run_state
     from namsg.experiments.runs import check_config
     from namsg.experiments.train import train_all
@@ -382,6 +382,8 @@ def script_messages(tmp_path):
             tmp_path / 'checkpoints'),
         'a run locked by another process': lines[0],
         'waiting for it': lines[1],
+        'stopped while waiting for it': cli.waiting_interrupted(WaitInterrupted(
+            'mnist_logreg/ARSG/seed0', 'pid 12 on host', KeyboardInterrupt())),
         'cores MXNet leaves idle': idle_cores_note({}, [0, 1], 'x86_64', _sysfs(tmp_path, 2, 1)),
     }
 

@@ -26,6 +26,25 @@ class RunBusy(Exception):
         self.run, self.path, self.holder = run, path, holder
 
 
+class WaitInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (``interrupt``: the KeyboardInterrupt it raised) while this process
+    waited for the lock of run ``run`` that another process holds (``holder``: 'pid N on HOST',
+    as that process wrote it, or None): this process held none of the run's files and trained
+    nothing of it; the other process goes on with the run."""
+
+    def __init__(self, run, holder, interrupt):
+        super().__init__(run, holder)
+        self.run, self.holder, self.interrupt = run, holder, interrupt
+
+
+def _holder(fd):
+    """'pid N on HOST' as the process holding the lock file open at ``fd`` wrote it, or None."""
+    try:
+        return os.pread(fd, 200, 0).decode('utf-8', 'replace').strip() or None
+    except OSError:
+        return None
+
+
 def _lock_file(path):
     path = Path(path)
     return path.parent / ('.%s.lock' % path.name)
@@ -40,40 +59,47 @@ _CHECK_HOLD = 3.0       # seconds
 
 def _lock(path, run, wait):
     """An open descriptor holding the exclusive flock of ``path``'s lock file (see run_lock),
-    or None where the file system cannot lock."""
+    or None where the file system cannot lock. Ctrl-C or SIGTERM while it waits for another
+    process raises WaitInterrupted."""
     lock_file = _lock_file(path)
     deadline = time.monotonic() + _CHECK_HOLD
-    while True:
-        fd = os.open(str(lock_file), os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode('utf-8', 'replace').strip()
+    holder = None
+    try:
+        while True:
+            fd = os.open(str(lock_file), os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise RunBusy(run, path, holder) from None
+            except OSError as e:        # e.g. ENOLCK on a network file system without locks
+                os.close(fd)
+                logger.warning(
+                    '%s is not locked (%s): make sure no other process trains %s at the same '
+                    'time', path, e.strerror or e, run)
+                return None
+            except BaseException:       # Ctrl-C while waiting
+                holder = _holder(fd)
+                os.close(fd)
+                raise
+            # The last holder removes the file as it lets go: a lock taken on a file opened
+            # just before that protects nothing, as the next process makes a new file. Take it
+            # again.
+            try:
+                current = os.stat(str(lock_file))
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(current, os.fstat(fd)):
+                os.ftruncate(fd, 0)
+                os.write(fd, ('pid %d on %s' % (os.getpid(), socket.gethostname())).encode())
+                return fd
             os.close(fd)
-            if time.monotonic() < deadline:
-                time.sleep(0.05)
-                continue
-            raise RunBusy(run, path, holder) from None
-        except OSError as e:        # e.g. ENOLCK on a network file system without locks
-            os.close(fd)
-            logger.warning(
-                '%s is not locked (%s): make sure no other process trains %s at the same '
-                'time', path, e.strerror or e, run)
-            return None
-        except BaseException:       # Ctrl-C while waiting
-            os.close(fd)
-            raise
-        # The last holder removes the file as it lets go: a lock taken on a file opened just
-        # before that protects nothing, as the next process makes a new file. Take it again.
-        try:
-            current = os.stat(str(lock_file))
-        except FileNotFoundError:
-            current = None
-        if current is not None and os.path.samestat(current, os.fstat(fd)):
-            os.ftruncate(fd, 0)
-            os.write(fd, ('pid %d on %s' % (os.getpid(), socket.gethostname())).encode())
-            return fd
-        os.close(fd)
+    except KeyboardInterrupt as e:
+        raise WaitInterrupted(run, holder, e) from e
 
 
 @contextlib.contextmanager
