@@ -708,6 +708,31 @@ def test_stopping_a_process_that_waits_for_another_says_that_one_goes_on(tmp_pat
     assert list(tmp_path.rglob('.*.lock')) == []
 
 
+def test_processes_stopped_before_their_first_epoch_leave_no_folders_in_a_new_log_dir(
+        tmp_path):
+    """Two processes with other runs (--methods SGD, --methods ADAM) in one new --log-dir, both
+    stopped by SIGTERM before their first epoch, left <log dir>/mnist_logreg/ and
+    <log dir>/checkpoints/mnist_logreg/ empty; one process alone removed the whole log dir."""
+    import signal
+    folder = _mnist_folder(tmp_path)
+    (tmp_path / 'there').mkdir()            # not made by the runs: kept
+    log_dir = tmp_path / 'there' / 'new' / 'runs'
+    flags = ['--settings', 'mnist_logreg', '--scale', '0.1', '--seeds', '0', '--no-progress',
+             '--data-dir', str(folder), '--log-dir', str(log_dir)]
+    processes = []
+    for method in ('SGD', 'ADAM'):          # the first has made the log dir as the second starts
+        (tmp_path / method).mkdir()
+        processes.append(_paused(tmp_path / method, 1, flags + ['--methods', method])[0])
+    assert (log_dir / 'mnist_logreg' / 'SGD').is_dir() and (log_dir / 'mnist_logreg' /
+                                                            'ADAM').is_dir()
+    for process in processes:               # the first out could not remove the shared folders
+        process.send_signal(signal.SIGTERM)
+        out = process.communicate(timeout=120)[0]
+        assert process.returncode == 128 + signal.SIGTERM, out
+        assert 'no epoch was complete' in out.splitlines()[-1], out
+    assert list((tmp_path / 'there').iterdir()) == []
+
+
 def test_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     """SIGTERM (kill, timeout, a batch scheduler's time limit) ended the process at once,
     without a word, leaving its runs' lock files behind."""
