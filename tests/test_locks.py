@@ -248,3 +248,17 @@ def test_training_an_epoch_unmarks_the_run_s_folders(tmp_path):
 
 def assert_no_marks(root):
     assert list(Path(root).rglob(locks.MADE_MARK)) == []
+
+
+def test_a_run_another_process_holds_keeps_the_folder_that_process_made(tmp_path):
+    """A check refused by RunBusy removed the run's checkpoint folder if it was empty and had
+    not existed when the check began: the other process had just made it for its first
+    checkpoint."""
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    with Holder(checkpoints) as holder:
+        threading.Timer(1.0, checkpoints.mkdir).start()     # the other's first checkpoint
+        with pytest.raises(locks.RunBusy):
+            with locks.run_lock([log, checkpoints], 'mnist_logreg/SGD/seed0'):
+                pass
+        assert checkpoints.is_dir()
+        assert _lock_files(tmp_path) == [holder.lock_file]
