@@ -235,8 +235,8 @@ def test_folders_that_hold_a_run_s_files_are_kept_unmarked(tmp_path):
             assert (log_dir / locks.MADE_MARK).is_file()      # until the run's files are written
         assert not (log_dir / locks.MADE_MARK).exists()
         assert (log_dir / 'checkpoints' / locks.MADE_MARK).is_file()     # nothing written there
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*')) == [
-        'runs', 'runs/cifar10_fine', 'runs/cifar10_fine/ARSG', 'runs/cifar10_fine/ARSG/seed0.jsonl']
+    assert sorted(str(p.relative_to(log_dir)) for p in log_dir.rglob('*')) == [
+        'cifar10_fine', 'cifar10_fine/ARSG', 'cifar10_fine/ARSG/seed0.jsonl']
 
 
 def test_training_an_epoch_unmarks_the_run_s_folders(tmp_path):

@@ -327,6 +327,7 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32
 CIFAR_SIZES = dict(train=50000, test=10000)
 #: The one archive read as it is; any other is to be unpacked first.
 PYTHON_ARCHIVE = 'cifar-10-python.tar.gz'
+#: The names of archives (any other than PYTHON_ARCHIVE is named, to be unpacked).
 ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.zip',
                     '.7z', '.rar')
 _ONLY_PYTHON_ARCHIVE = ('of the archives only %s is read as it is: unpack any other (e.g. '
@@ -440,12 +441,15 @@ def _archives(folder):
 
 #: The files an image folder's class folders may hold: those Gluon's ImageFolderDataset reads.
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+#: Gluon's warning for each file its ImageFolderDataset leaves out (a file beside the class
+#: folders, or of another type in one), as every MXNet 1.x words it.
+_GLUON_IGNORES = re.compile(r'Ignoring (.*?)(?:, which is not a directory\.| of type .*)$', re.S)
 
 
-def _class_folders(root):
-    """The class folders of ``root`` (its sub-folders, in sorted order), checked to be
-    CIFAR-10's ten before any image is listed: a flat folder (every image directly in it, as
-    in Kaggle's export) would otherwise have Gluon warn once for each of its files."""
+def _check_class_folders(root):
+    """Refuse ``root`` unless its sub-folders are CIFAR-10's ten classes, before any image is
+    listed: a flat folder (every image directly in it, as in Kaggle's export) would otherwise
+    have Gluon warn once for each of its files."""
     try:
         entries = list(os.scandir(root))
     except OSError as e:
@@ -461,7 +465,6 @@ def _class_folders(root):
                            'is the folder it lies in: put each in the folder of its class '
                            '(e.g. %s), or give the official Python release'
                            % (format(images, ','), Path(root) / 'cat' / '0001.png')))
-    return classes
 
 
 def _image_folder_split(root, split):
@@ -471,7 +474,7 @@ def _image_folder_split(root, split):
     other file, in ``root`` or a class folder) are named in one warning logged on
     ``namsg.experiments.data``, not one Gluon warning each."""
     from mxnet.gluon.data.vision import ImageFolderDataset
-    _class_folders(root)
+    _check_class_folders(root)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         dataset = ImageFolderDataset(str(root), flag=1)
@@ -503,11 +506,6 @@ def _image_folder_split(root, split):
                             % (dataset.items[i][0], 'x'.join(map(str, image.shape))))
         images[i] = image.asnumpy()
     return Split(images, labels)
-
-
-#: Gluon's warning for each file its ImageFolderDataset leaves out (a file beside the class
-#: folders, or of another type in one), as every MXNet 1.x words it.
-_GLUON_IGNORES = re.compile(r'Ignoring (.*?)(?:, which is not a directory\.| of type .*)$', re.S)
 
 
 def load_cifar10(data_dir):
