@@ -755,39 +755,32 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL       # as it was
 
 
-def test_sigterm_stops_a_grid_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
-    import signal
-    module = _load_script('grid_search')
-
-    def terminated(*args, **kwargs):
-        raise cli.Terminated()
-    monkeypatch.setattr(module, 'run_grid', terminated)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stop:
-        module.main(['--methods', 'SGD', '--epochs', '1', '--data-dir',
-                     str(_mnist_folder(tmp_path))])
-    assert stop.value.code == 128 + signal.SIGTERM
-    assert capsys.readouterr().out.splitlines()[-1].startswith('interrupted: the same command')
-
-
-def test_a_grid_search_stopped_while_waiting_for_another_s_point_says_so(tmp_path,
-                                                                        monkeypatch, capsys):
-    """It said it "resumes the interrupted one", though it had trained nothing of that point."""
-    import signal
+def _waiting(*args, **kwargs):
     from namsg.experiments.locks import WaitInterrupted
-    module = _load_script('grid_search')
+    raise WaitInterrupted('mnist_logreg/SGD/seed0', 'pid 12 on host', cli.Terminated())
 
-    def waiting(*args, **kwargs):
-        raise WaitInterrupted('mnist_logreg/SGD/seed0', 'pid 12 on host', cli.Terminated())
-    monkeypatch.setattr(module, 'run_grid', waiting)
+
+def _terminated(*args, **kwargs):
+    raise cli.Terminated()
+
+
+@pytest.mark.parametrize('where,says', [
+    ('in a point', 'interrupted: the same command skips the finished points and resumes the '
+                   'interrupted one from its last complete epoch'),
+    # It said it "resumes the interrupted one", though it had trained nothing of that point.
+    ('waiting for another process', 'interrupted: mnist_logreg/SGD/seed0 stopped while waiting '
+                                    'for pid 12 on host, which holds the run: this process '
+                                    'trained nothing of it, and that process goes on with it')])
+def test_sigterm_stops_a_grid_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys, where, says):
+    import signal
+    module = _load_script('grid_search')
+    monkeypatch.setattr(module, 'run_grid', _terminated if where == 'in a point' else _waiting)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:
         module.main(['--methods', 'SGD', '--epochs', '1', '--data-dir',
                      str(_mnist_folder(tmp_path))])
     assert stop.value.code == 128 + signal.SIGTERM
-    assert capsys.readouterr().out.splitlines()[-1] == (
-        'interrupted: mnist_logreg/SGD/seed0 stopped while waiting for pid 12 on host, which '
-        'holds the run: this process trained nothing of it, and that process goes on with it')
+    assert capsys.readouterr().out.splitlines()[-1] == says
 
 
 def test_ctrl_c_in_a_dist_job_says_its_log_must_be_moved_away(tmp_path):
