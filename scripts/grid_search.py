@@ -13,6 +13,7 @@ from namsg.experiments import data as datasets
 from namsg.experiments.grid import (check_grid, first_stage, run_grid, subset, summary_table,
                                     tuple_name)
 from namsg.experiments.hparams import METHODS, PROTOCOLS
+from namsg.experiments.locks import WaitInterrupted
 from namsg.experiments.files import write_atomic
 from namsg.experiments.prepare import PREPARE
 from namsg.experiments.runs import CheckpointError
@@ -152,6 +153,9 @@ def _main(argv):
                                       'diverged' if not math.isfinite(loss) else '%.5f' % loss))
     except CheckpointError as e:
         raise SystemExit('error: %s' % e)
+    except WaitInterrupted as e:
+        print(cli.waiting_interrupted(e), flush=True)
+        raise SystemExit(cli.interrupted_status(e))
     except KeyboardInterrupt as e:
         # Each point's log and checkpoints are whole epochs, renamed into place.
         print('interrupted: the same command skips the finished points and resumes the '

@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -671,6 +672,67 @@ def test_two_processes_share_out_their_runs_and_never_train_one_at_once(tmp_path
     assert list(tmp_path.rglob('.*.lock')) == []
 
 
+def test_stopping_a_process_that_waits_for_another_says_that_one_goes_on(tmp_path,
+                                                                         monkeypatch):
+    """The second copy of a command, waiting for the first (which trains the run), printed on
+    SIGTERM or Ctrl-C "...stopped (waiting for another process, or in an epoch); no epoch was
+    complete: the same command starts it again from the beginning", as if the other's work
+    were lost."""
+    import signal
+    import socket
+    folder = _mnist_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    flags = ['--settings', 'mnist_logreg', '--scale', '0.1', '--methods', 'SGD', '--seeds', '0',
+             '--no-progress', '--data-dir', str(folder)]
+    other, go = _paused(tmp_path, 1, flags)         # holds the run, in its epoch 1
+    lines = []
+
+    def echo(line):
+        lines.append(line)
+        if line.startswith('mnist_logreg/SGD/seed0: waiting for'):     # SIGTERM in the wait
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    monkeypatch.setattr(cli, '_echo', echo)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.main('mnist', flags)
+    finally:
+        go.touch()
+        out = other.communicate(timeout=120)[0]
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert lines[-1] == (
+        'interrupted: mnist_logreg/SGD/seed0 stopped while waiting for pid %d on %s, which '
+        'holds the run: this process trained nothing of it, and that process goes on with it'
+        % (other.pid, socket.gethostname())), lines
+    assert other.returncode == 0 and 'mnist_logreg/SGD/seed0 epoch 2:' in out, out
+    assert len(read_log(Path('runs/mnist/mnist_logreg/SGD/seed0.jsonl'))[1]) == 2
+    assert list(tmp_path.rglob('.*.lock')) == []
+
+
+def test_processes_stopped_before_their_first_epoch_leave_no_folders_in_a_new_log_dir(
+        tmp_path):
+    """Two processes with other runs (--methods SGD, --methods ADAM) in one new --log-dir, both
+    stopped by SIGTERM before their first epoch, left <log dir>/mnist_logreg/ and
+    <log dir>/checkpoints/mnist_logreg/ empty; one process alone removed the whole log dir."""
+    import signal
+    folder = _mnist_folder(tmp_path)
+    (tmp_path / 'there').mkdir()            # not made by the runs: kept
+    log_dir = tmp_path / 'there' / 'new' / 'runs'
+    flags = ['--settings', 'mnist_logreg', '--scale', '0.1', '--seeds', '0', '--no-progress',
+             '--data-dir', str(folder), '--log-dir', str(log_dir)]
+    processes = []
+    for method in ('SGD', 'ADAM'):          # the first has made the log dir as the second starts
+        (tmp_path / method).mkdir()
+        processes.append(_paused(tmp_path / method, 1, flags + ['--methods', method])[0])
+    assert (log_dir / 'mnist_logreg' / 'SGD').is_dir() and (log_dir / 'mnist_logreg' /
+                                                            'ADAM').is_dir()
+    for process in processes:               # the first out could not remove the shared folders
+        process.send_signal(signal.SIGTERM)
+        out = process.communicate(timeout=120)[0]
+        assert process.returncode == 128 + signal.SIGTERM, out
+        assert 'no epoch was complete' in out.splitlines()[-1], out
+    assert list((tmp_path / 'there').iterdir()) == []
+
+
 def test_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     """SIGTERM (kill, timeout, a batch scheduler's time limit) ended the process at once,
     without a word, leaving its runs' lock files behind."""
@@ -693,19 +755,32 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL       # as it was
 
 
-def test_sigterm_stops_a_grid_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys):
+def _waiting(*args, **kwargs):
+    from namsg.experiments.locks import WaitInterrupted
+    raise WaitInterrupted('mnist_logreg/SGD/seed0', 'pid 12 on host', cli.Terminated())
+
+
+def _terminated(*args, **kwargs):
+    raise cli.Terminated()
+
+
+@pytest.mark.parametrize('where,says', [
+    ('in a point', 'interrupted: the same command skips the finished points and resumes the '
+                   'interrupted one from its last complete epoch'),
+    # It said it "resumes the interrupted one", though it had trained nothing of that point.
+    ('waiting for another process', 'interrupted: mnist_logreg/SGD/seed0 stopped while waiting '
+                                    'for pid 12 on host, which holds the run: this process '
+                                    'trained nothing of it, and that process goes on with it')])
+def test_sigterm_stops_a_grid_search_as_ctrl_c_does(tmp_path, monkeypatch, capsys, where, says):
     import signal
     module = _load_script('grid_search')
-
-    def terminated(*args, **kwargs):
-        raise cli.Terminated()
-    monkeypatch.setattr(module, 'run_grid', terminated)
+    monkeypatch.setattr(module, 'run_grid', _terminated if where == 'in a point' else _waiting)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:
         module.main(['--methods', 'SGD', '--epochs', '1', '--data-dir',
                      str(_mnist_folder(tmp_path))])
     assert stop.value.code == 128 + signal.SIGTERM
-    assert capsys.readouterr().out.splitlines()[-1].startswith('interrupted: the same command')
+    assert capsys.readouterr().out.splitlines()[-1] == says
 
 
 def test_ctrl_c_in_a_dist_job_says_its_log_must_be_moved_away(tmp_path):

@@ -462,6 +462,115 @@ def test_cifar10_archives_and_gaps_say_what_to_do(tmp_path):
         data.load_cifar10(python)
 
 
+def _flat_images(root):
+    """train/*.png and test/*.png with no class folders, as Kaggle's CIFAR-10 export has them."""
+    from PIL import Image
+    train, _, test, _ = _cifar_arrays()
+    for split, images in (('train', train), ('test', test)):
+        (root / split).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(root / split / ('%d.png' % (i + 1)))
+    (root / 'trainLabels.csv').write_text('id,label\n')
+    return root
+
+
+def test_a_flat_image_folder_is_one_error_not_a_warning_per_file(tmp_path, caplog):
+    """Gluon warned "Ignoring .../train/0.png, which is not a directory." once per file (100,000
+    lines for Kaggle's export) before the error that says what is wrong."""
+    folder = _flat_images(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        with pytest.raises(data.DataError) as refused:
+            data.load_cifar10(folder)
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records] == []
+    assert str(refused.value) == (
+        '%s: class folders (none); CIFAR-10 needs exactly airplane, automobile, bird, cat, deer, '
+        'dog, frog, horse, ship, truck; the 10 images directly in it are not read, as an '
+        'image\'s class is the folder it lies in: put each in the folder of its class (e.g. %s), '
+        'or give the official Python release' % (folder / 'train', folder / 'train' / 'cat' /
+                                                 '0001.png'))
+    (folder / 'train' / 'cat').mkdir()          # a class folder short of the ten: no note
+    with pytest.raises(data.DataError, match=r'train: class folders cat; CIFAR-10 needs exactly '
+                                             r'airplane, .*, truck; the 10 images'):
+        data.load_cifar10(folder)
+
+
+def test_files_an_image_folder_ignores_are_named_in_one_warning(tmp_path, caplog):
+    """Files Gluon leaves out (beside the class folders, or not .png/.jpg/.jpeg in one) are still
+    left out, named in one logged warning instead of one Python warning each."""
+    folder = write_cifar_images(tmp_path)
+    (folder / 'train' / 'README.txt').write_text('CIFAR-10 as PNG')
+    for i in range(6):
+        (folder / 'test' / 'dog' / ('notes-%d.txt' % i)).write_text('')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        dataset = data.load_cifar10(folder)
+    assert [str(w.message) for w in caught] == []
+    np.testing.assert_array_equal(dataset.test.images, _cifar_arrays()[2])
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ('namsg.experiments.data', 'WARNING', '%s: 1 file is not read (only .jpg, .jpeg, .png '
+         'files in the class folders are images): README.txt' % (folder / 'train')),
+        ('namsg.experiments.data', 'WARNING', '%s: 6 files are not read (only .jpg, .jpeg, .png '
+         'files in the class folders are images): %s, ...' % (folder / 'test', ', '.join(
+             'dog/notes-%d.txt' % i for i in range(5))))]
+
+
+def test_a_folder_of_an_archive_says_what_to_do_with_it(tmp_path):
+    """A folder holding cifar-10-binary.tar.gz had the generic "no CIFAR-10 data found in ...;
+    it takes ..." where the archive given itself says to unpack it."""
+    import tarfile
+    binary = write_cifar_binary(tmp_path / 'unpacked')
+    folder = tmp_path / 'archive'
+    folder.mkdir()
+    with tarfile.open(folder / 'cifar-10-binary.tar.gz', 'w:gz') as tar:
+        tar.add(binary, arcname='cifar-10-batches-bin')
+    only = ('of the archives only cifar-10-python.tar.gz is read as it is: unpack any other '
+            '(e.g. cifar-10-binary.tar.gz) and give its folder')
+    with pytest.raises(data.DataError) as refused:
+        data.load_cifar10(folder)
+    assert str(refused.value) == ('no CIFAR-10 data found in %s, only the archive '
+                                  'cifar-10-binary.tar.gz; %s' % (folder, only))
+    (folder / 'cifar-10-matlab.tar.gz').write_bytes(b'')
+    with pytest.raises(data.DataError, match=re.escape(
+            'only the archives cifar-10-binary.tar.gz, cifar-10-matlab.tar.gz; ' + only)):
+        data.load_cifar10(folder)
+    with tarfile.open(folder / 'cifar-10-binary.tar.gz') as tar:     # unpacked: it is read
+        tar.extractall(folder)
+    assert data.load_cifar10(folder).fingerprint() == data.load_cifar10(binary).fingerprint()
+
+
+@pytest.mark.parametrize('given', ['the archive', 'its folder'])
+def test_a_python_archive_without_its_batches_is_said_to_be_damaged(tmp_path, given):
+    """cifar-10-python.tar.gz holding no batch (damaged, or another file under its name) was
+    told that "only cifar-10-python.tar.gz is read as it is: unpack any other", which it is."""
+    import tarfile
+    (tmp_path / 'readme.txt').write_text('not CIFAR-10')
+    archive = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(tmp_path / 'readme.txt', arcname='cifar-10-batches-py/readme.txt')
+    with pytest.raises(data.DataError) as refused:
+        data.load_cifar10(archive if given == 'the archive' else tmp_path)
+    assert str(refused.value) == (
+        '%s holds no batch of the CIFAR-10 Python release (data_batch_1, data_batch_2, '
+        'data_batch_3, data_batch_4, data_batch_5, test_batch): the archive is damaged or not '
+        'CIFAR-10\'s; download or copy cifar-10-python.tar.gz again' % archive)
+
+
+def test_a_python_archive_short_of_a_batch_is_to_be_replaced_not_unpacked(tmp_path):
+    """An archive lacking a batch was told to "unpack the whole cifar-10-python.tar.gz again"."""
+    import tarfile
+    folder = write_cifar_python(tmp_path / 'unpacked')
+    (folder / 'data_batch_5').unlink()
+    archive = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(folder, arcname='cifar-10-batches-py')
+    with pytest.raises(data.DataError) as refused:
+        data.load_cifar10(archive)
+    assert str(refused.value) == ('the CIFAR-10 Python release in %s lacks data_batch_5; '
+                                  'replace %s with an intact copy' % (archive, archive))
+
+
 def _drop_last_image_of_batch_3(folder):
     """data_batch_3 of the Python release with its last image (and label) left out."""
     import pickle

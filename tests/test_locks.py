@@ -134,6 +134,24 @@ def test_waiting_for_the_other_process_goes_on_from_what_it_left(tmp_path):
     assert records[0] == one[0] and len(records) == 3 and _lock_files(tmp_path) == []
 
 
+def test_ctrl_c_while_waiting_for_the_other_process_says_who_holds_the_run(tmp_path):
+    """Ctrl-C in the wait was a bare KeyboardInterrupt: the caller could not tell a process
+    that waited (and trained nothing) from one stopped in an epoch of its own."""
+    import os
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    expected = locks.WaitInterrupted
+    with Holder(log) as holder:
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(expected) as stopped:
+            train.train_run(PROTOCOL, 'SGD', 0, _tiny_mnist(), log, checkpoints, wait=True)
+        assert (stopped.value.run, stopped.value.holder) == (
+            'mnist_logreg/SGD/seed0', 'pid %d on testhost' % holder.process.pid)
+        assert type(stopped.value.interrupt) is KeyboardInterrupt
+        assert isinstance(stopped.value, KeyboardInterrupt)      # stops as Ctrl-C does
+        assert _lock_files(tmp_path) == [holder.lock_file]       # the other's, untouched
+    assert not log.exists() and not checkpoints.exists()
+
+
 def test_a_distributed_job_ends_when_another_process_trains_its_run(tmp_path, monkeypatch):
     """Its rank 0 cannot wait, as its other ranks would train on: the job ends, saying why."""
     import mxnet as mx
@@ -175,3 +193,72 @@ def test_a_run_stopped_before_its_first_epoch_leaves_no_folders_behind(tmp_path)
         log.write_text('{}\n')                    # what the run wrote stays, with its folder
     assert log.read_text() == '{}\n'
     assert not (tmp_path / 'runs' / 'cifar10' / 'checkpoints').exists()
+
+
+def _run_paths(log_dir, method):
+    return (log_dir / 'cifar10_fine' / method / 'seed0.jsonl',
+            log_dir / 'checkpoints' / 'cifar10_fine' / method / 'seed0')
+
+
+@pytest.mark.parametrize('first_out', ['the first in', 'the last in'])
+def test_runs_of_several_processes_stopped_before_their_first_epoch_leave_no_folders(
+        tmp_path, first_out):
+    """Two processes with other runs in one new log dir, both stopped before their first epoch,
+    left <log dir>/cifar10_fine/ and <log dir>/checkpoints/cifar10_fine/ empty: each removed only
+    the folders it had made, and the first one out could not remove those the other used."""
+    import contextlib
+    (tmp_path / 'there').mkdir()                  # empty, but not made by the runs: kept
+    log_dir = tmp_path / 'there' / 'runs'
+    sgd, arsg = _run_paths(log_dir, 'SGD'), _run_paths(log_dir, 'ARSG')
+    first, second = contextlib.ExitStack(), contextlib.ExitStack()
+    first.enter_context(locks.run_lock(sgd, 'cifar10_fine/SGD/seed0'))
+    second.enter_context(locks.run_lock(arsg, 'cifar10_fine/ARSG/seed0'))
+    sgd[1].mkdir()                                # as a checkpoint is begun
+    out, last, still = ((first, second, arsg) if first_out == 'the first in' else
+                        (second, first, sgd))
+    out.close()
+    assert still[0].parent.is_dir() and still[1].parent.is_dir()   # the other's, in use
+    last.close()
+    assert list((tmp_path / 'there').iterdir()) == []
+
+
+def test_folders_that_hold_a_run_s_files_are_kept_unmarked(tmp_path):
+    """The mark that lets any process remove a folder it leaves empty goes once a run's files
+    are written below it, whichever process made it."""
+    import contextlib
+    log_dir = tmp_path / 'runs'
+    sgd, arsg = _run_paths(log_dir, 'SGD'), _run_paths(log_dir, 'ARSG')
+    with contextlib.ExitStack() as first:
+        first.enter_context(locks.run_lock(sgd, 'cifar10_fine/SGD/seed0'))
+        with locks.run_lock(arsg, 'cifar10_fine/ARSG/seed0'):
+            arsg[0].write_text('{}\n')
+            assert (log_dir / locks.MADE_MARK).is_file()      # until the run's files are written
+        assert not (log_dir / locks.MADE_MARK).exists()
+        assert (log_dir / 'checkpoints' / locks.MADE_MARK).is_file()     # nothing written there
+    assert sorted(str(p.relative_to(log_dir)) for p in log_dir.rglob('*')) == [
+        'cifar10_fine', 'cifar10_fine/ARSG', 'cifar10_fine/ARSG/seed0.jsonl']
+
+
+def test_training_an_epoch_unmarks_the_run_s_folders(tmp_path):
+    log, checkpoints = _run_paths(tmp_path / 'runs', 'SGD')
+    train.train_run(PROTOCOL._replace(epochs=1), 'SGD', 0, _tiny_mnist(), log, checkpoints,
+                    echo=lambda line: assert_no_marks(tmp_path) if 'epoch 1:' in line else None)
+    assert_no_marks(tmp_path)
+
+
+def assert_no_marks(root):
+    assert list(Path(root).rglob(locks.MADE_MARK)) == []
+
+
+def test_a_run_another_process_holds_keeps_the_folder_that_process_made(tmp_path):
+    """A check refused by RunBusy removed the run's checkpoint folder if it was empty and had
+    not existed when the check began: the other process had just made it for its first
+    checkpoint."""
+    log, checkpoints = tmp_path / 'run.jsonl', tmp_path / 'ck'
+    with Holder(checkpoints) as holder:
+        threading.Timer(1.0, checkpoints.mkdir).start()     # the other's first checkpoint
+        with pytest.raises(locks.RunBusy):
+            with locks.run_lock([log, checkpoints], 'mnist_logreg/SGD/seed0'):
+                pass
+        assert checkpoints.is_dir()
+        assert _lock_files(tmp_path) == [holder.lock_file]

@@ -189,3 +189,59 @@ def test_a_whole_log_of_another_configuration_beside_a_checkpoint_is_never_overw
                                                    r'configuration of this run \(run: '):
         train.train_run(PROTOCOL._replace(epochs=1), 'ADAM', 0, data, log, checkpoints)
     assert log.read_bytes() == before
+
+
+def _checkpoint(folder, header, epoch=1):
+    """A checkpoint of ``header``'s run after ``epoch`` that reads as whole: what run_state
+    reads of it (an empty network and Trainer state)."""
+    import pickle
+    import mxnet as mx
+    folder.mkdir(parents=True)
+    records = [dict(type='epoch', epoch=e) for e in range(1, epoch + 1)]
+    (folder / 'state.json').write_text(json.dumps(dict(
+        config=runs.config_of(header), epoch=epoch, iteration=epoch, records=records,
+        policy=None)))
+    mx.nd.save(str(folder / 'net.params'), {})
+    (folder / 'trainer.states').write_bytes(pickle.dumps({}))
+
+
+@pytest.mark.parametrize('found', ['checkpoint', 'log', 'log beside a checkpoint'])
+def test_another_configuration_names_each_value_that_changed_not_whole_dicts(tmp_path, found):
+    """A resume at --scale 0.0375 of a run made at 0.025 printed both protocol dicts whole
+    ("protocol: {'setting': ..., 'scale': 0.025} then, {...} now"), the changed keys left to the
+    reader to find."""
+    from namsg.experiments.hparams import PROTOCOLS
+    data = _tiny_mnist()
+    then, now = (runs.run_header(PROTOCOLS['cifar10_fine'].scaled(scale), 'ARSGB', 0, data)
+                 for scale in (0.025, 0.0375))
+    log, checkpoints = tmp_path / 'seed0.jsonl', tmp_path / 'ck'
+    if found == 'checkpoint':
+        _checkpoint(checkpoints / 'epoch-0001', then)
+    else:
+        write_log(log, then, [])
+    if found == 'log beside a checkpoint':
+        _checkpoint(checkpoints / 'epoch-0001', now)
+    with pytest.raises(runs.CheckpointError) as refused:
+        resume.run_state(now, log, checkpoints)
+    message = str(refused.value)
+    assert message.startswith(
+        '%s by another configuration of this run (boost_epoch: 2 then, 3 now; '
+        'protocol.boost_epoch: 2 then, 3 now; protocol.epochs: 2 then, 3 now; '
+        'protocol.lr_drop_iteration: 300 then, 450 now; protocol.scale: 0.025 then, 0.0375 '
+        'now). Its files are kept' % ('checkpoint %s was made' % (checkpoints / 'epoch-0001')
+                                      if found == 'checkpoint' else
+                                      'log %s was written' % log)), message
+
+
+def test_a_changed_value_is_named_by_its_path_inside_the_configuration():
+    then = dict(kvstore='device', optimizer_params=dict(learning_rate=0.1, wd=0.0),
+                protocol=dict(scale=1.0, epochs=20), contexts=['cpu(0)'])
+    now = dict(kvstore='local', optimizer_params=dict(learning_rate=0.05, wd=0.0, mu=0.9),
+               protocol=dict(scale=1.0, epochs=20), contexts=['cpu(0)', 'cpu(1)'], workers=2)
+    with pytest.raises(runs.CheckpointError) as refused:
+        runs.check_config(then, now, 'log x was written', 'x', None)
+    assert str(refused.value).startswith(
+        "log x was written by another configuration of this run (contexts: ['cpu(0)'] then, "
+        "['cpu(0)', 'cpu(1)'] now; kvstore: 'device' then, 'local' now; "
+        "optimizer_params.learning_rate: 0.1 then, 0.05 now; optimizer_params.mu: absent then, "
+        "0.9 now; workers: absent then, 2 now). Its files are kept"), str(refused.value)

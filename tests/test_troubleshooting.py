@@ -286,17 +286,59 @@ def script_messages(tmp_path):
     del experiments
     from namsg.experiments import cli, data as datasets
     from namsg.experiments.hparams import METHODS, PROTOCOLS
-    from namsg.experiments.locks import RunBusy
+    from namsg.experiments.locks import RunBusy, WaitInterrupted
     from namsg.experiments.resume import run_state
     from namsg.experiments.runs import check_config
     from namsg.experiments.train import train_all
     from namsg.experiments.threads import idle_cores_note
+    from test_data import _flat_images, write_cifar_images, write_cifar_python
     from test_threads import _sysfs
+
+    def _holding(root, release):
+        """``root`` holding cifar-10-``release``.tar.gz, an archive of one text file."""
+        import tarfile
+        root.mkdir()
+        (root / 'readme.txt').write_text('')
+        with tarfile.open(root / ('cifar-10-%s.tar.gz' % release), 'w:gz') as tar:
+            tar.add(root / 'readme.txt', arcname='readme.txt')
+        (root / 'readme.txt').unlink()
+        return root
+
+    def _short_python_archive(root):
+        import tarfile
+        folder = write_cifar_python(root / 'short')
+        (folder / 'test_batch').unlink()
+        with tarfile.open(root / 'short.tar.gz', 'w:gz') as tar:
+            tar.add(folder, arcname='cifar-10-batches-py')
+        return root / 'short.tar.gz'
+
+    def _with_a_readme(root):
+        write_cifar_images(root)
+        (root / 'train' / 'README.txt').write_text('')
+        (root / 'train' / 'LICENSE.txt').write_text('')
+        return root
 
     def as_script(call, *args):
         """As ``error: ...``, the form every script gives an exception it refuses with."""
         message = raised(call, *args)
         return message if message.startswith('error: ') else 'error: ' + message.split(': ', 1)[1]
+
+    def logged(call, *args):
+        """As ``warning: ...``, the first warning ``call`` logs on namsg.experiments, as the
+        scripts print it (whatever ``call`` raises after it)."""
+        import logging
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        log = logging.getLogger('namsg.experiments')
+        log.addHandler(handler)
+        try:
+            with contextlib.suppress(datasets.DataError):
+                call(*args)
+        finally:
+            log.removeHandler(handler)
+        assert records, '%r logged nothing' % (call,)
+        return '%s: %s' % (records[0].levelname.lower(), records[0].getMessage())
 
     (tmp_path / 'a-file').write_text('')
     (tmp_path / 'mnist').mkdir()
@@ -325,6 +367,15 @@ def script_messages(tmp_path):
         'CIFAR-10 without data': as_script(cli.load_data, 'cifar10', None),
         'MNIST files missing': raised(datasets.load_mnist, tmp_path / 'mnist', False),
         'not an IDX file': raised(datasets.read_idx, tmp_path / 'not-idx'),
+        'a flat image folder': raised(datasets.load_cifar10, _flat_images(tmp_path / 'flat')),
+        'a folder holding another archive': raised(datasets.load_cifar10,
+                                                   _holding(tmp_path / 'binary', 'binary')),
+        'an empty cifar-10-python.tar.gz': raised(datasets.load_cifar10,
+                                                  _holding(tmp_path / 'python', 'python')),
+        'a cifar-10-python.tar.gz short of a batch': raised(datasets._python_tarball,
+                                                            _short_python_archive(tmp_path)),
+        'files an image folder does not read': logged(
+            datasets._image_folder_split, _with_a_readme(tmp_path / 'images') / 'train', 'train'),
         'MNIST files swapped': raised(datasets._check_mnist_sizes, dict(train=10000, test=60000),
                                       {k: Path(k) for k in ('train_images', 'train_labels',
                                                             'test_images', 'test_labels')}),
@@ -335,6 +386,8 @@ def script_messages(tmp_path):
             tmp_path / 'checkpoints'),
         'a run locked by another process': lines[0],
         'waiting for it': lines[1],
+        'stopped while waiting for it': cli.waiting_interrupted(WaitInterrupted(
+            'mnist_logreg/ARSG/seed0', 'pid 12 on host', KeyboardInterrupt())),
         'cores MXNet leaves idle': idle_cores_note({}, [0, 1], 'x86_64', _sysfs(tmp_path, 2, 1)),
         'an older log\'s name for a model': _argparse_error(cli.build_parser('cifar10'),
                                                             ['--model', 'resnet20']),

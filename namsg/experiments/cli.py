@@ -27,6 +27,7 @@ from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .checkpoints import Checkpoints
+from .locks import WaitInterrupted
 from .logs import LogError
 from .models import CIFAR10_MODELS, LOGGED_NAMES
 from .plots import write_report
@@ -425,7 +426,17 @@ def sigterm_as_ctrl_c():
 def interrupted_status(error):
     """The exit status after ``error`` (a KeyboardInterrupt): 128 + the signal, as a shell
     reports a process the signal ended (130 for Ctrl-C, 143 for SIGTERM)."""
+    if isinstance(error, WaitInterrupted):
+        error = error.interrupt
     return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
+
+
+def waiting_interrupted(error):
+    """The line said for ``error``, a WaitInterrupted: the process that waited trained nothing
+    of the run, and the process it waited for (named where it wrote its name) goes on with it."""
+    return ('interrupted: %s stopped while waiting for %s, which holds the run: this process '
+            'trained nothing of it, and that process goes on with it'
+            % (error.run, error.holder or 'the other process'))
 
 
 def check_namsg_environment():
@@ -528,12 +539,13 @@ def _main(experiment, argv):
                                  data_fingerprint=fingerprint, echo=_echo, wait=wait, **paths)
         except CheckpointError as e:
             raise SystemExit('error: %s' % e)
+        except WaitInterrupted as e:
+            _echo(waiting_interrupted(e))
+            raise SystemExit(interrupted_status(e))
         except KeyboardInterrupt as e:
             # Checkpoints are whole epochs, renamed into place: nothing is half-written.
-            _echo('interrupted: %s stopped %s; %s'
-                  % (run_name(protocol, method, seed),
-                     '(waiting for another process, or in an epoch)' if wait else 'in an epoch',
-                     _after_interrupt(distributed, **paths)))
+            _echo('interrupted: %s stopped in an epoch; %s'
+                  % (run_name(protocol, method, seed), _after_interrupt(distributed, **paths)))
             raise SystemExit(interrupted_status(e))
 
     train_all(runs, train, echo=_echo)

@@ -15,10 +15,12 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import struct
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -323,6 +325,13 @@ _CIFAR_RECORD = 1 + 3 * 32 * 32
 #: boundary reads as valid, and only its count shows it. An image folder must hold all of them
 #: too: a partial copy must not pass for the data set.
 CIFAR_SIZES = dict(train=50000, test=10000)
+#: The one archive read as it is; any other is to be unpacked first.
+PYTHON_ARCHIVE = 'cifar-10-python.tar.gz'
+#: The names of archives (any other than PYTHON_ARCHIVE is named, to be unpacked).
+ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.zip',
+                    '.7z', '.rar')
+_ONLY_PYTHON_ARCHIVE = ('of the archives only %s is read as it is: unpack any other (e.g. '
+                        'cifar-10-binary.tar.gz) and give its folder' % PYTHON_ARCHIVE)
 _UNPACK_BINARY = 'unpack the whole cifar-10-binary.tar.gz again'
 _UNPACK_PYTHON = 'unpack the whole cifar-10-python.tar.gz again'
 
@@ -387,11 +396,11 @@ def _read_cifar_pickle(raw, where, split, again=_UNPACK_PYTHON):
 
 def _python_release(files, where, again=_UNPACK_PYTHON):
     """(train, test) splits from {name: bytes} of the Python release's batches; ``again``:
-    what to do when one is short."""
+    what to do when one is short or missing."""
     missing = [n for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST if n not in files]
     if missing:
-        raise DataError('the CIFAR-10 Python release in %s lacks %s; unpack the whole '
-                        'cifar-10-python.tar.gz again' % (where, ', '.join(missing)))
+        raise DataError('the CIFAR-10 Python release in %s lacks %s; %s'
+                        % (where, ', '.join(missing), again))
     batches = [_read_cifar_pickle(files[n], '%s/%s' % (where, n),
                                   'test' if n in CIFAR_PY_TEST else 'train', again)
                for n in CIFAR_PY_TRAIN + CIFAR_PY_TEST]
@@ -410,23 +419,78 @@ def _python_tarball(path):
         raise DataError('%s: cannot read it as a tar archive (%s); if it is '
                         'cifar-10-python.tar.gz, replace it with an intact copy, else give the '
                         'folder that holds CIFAR-10' % (path, ' '.join(str(e).split()))) from e
+    if not files and Path(path).name.startswith(PYTHON_ARCHIVE.split('.')[0]):
+        # Named as the Python release: the advice for other archives (unpack it) cannot help.
+        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s): the archive is '
+                        'damaged or not CIFAR-10\'s; download or copy %s again'
+                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST), PYTHON_ARCHIVE))
     if not files:
-        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s); of the '
-                        'archives only cifar-10-python.tar.gz is read as it is: unpack any '
-                        'other (e.g. cifar-10-binary.tar.gz) and give its folder'
-                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST)))
+        raise DataError('%s holds no batch of the CIFAR-10 Python release (%s); %s'
+                        % (path, ', '.join(CIFAR_PY_TRAIN + CIFAR_PY_TEST), _ONLY_PYTHON_ARCHIVE))
     return _python_release(files, path, 'replace %s with an intact copy' % path)
+
+
+def _archives(folder):
+    """The names of the archives in ``folder`` (by their suffix), sorted."""
+    try:
+        names = [e.name for e in os.scandir(folder) if e.is_file()]
+    except OSError:
+        return []
+    return sorted(n for n in names if n.lower().endswith(ARCHIVE_SUFFIXES))
+
+
+#: The files an image folder's class folders may hold: those Gluon's ImageFolderDataset reads.
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+#: Gluon's warning for each file its ImageFolderDataset leaves out (a file beside the class
+#: folders, or of another type in one), as every MXNet 1.x words it.
+_GLUON_IGNORES = re.compile(r'Ignoring (.*?)(?:, which is not a directory\.| of type .*)$', re.S)
+
+
+def _check_class_folders(root):
+    """Refuse ``root`` unless its sub-folders are CIFAR-10's ten classes, before any image is
+    listed: a flat folder (every image directly in it, as in Kaggle's export) would otherwise
+    have Gluon warn once for each of its files."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError as e:
+        raise DataError('%s: cannot list it (%s)' % (root, e.strerror or e)) from e
+    classes = sorted(e.name for e in entries if e.is_dir())
+    if classes != list(CIFAR_CLASSES):
+        images = sum(1 for e in entries if not e.is_dir()
+                      and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        raise DataError('%s: class folders %s; CIFAR-10 needs exactly %s%s'
+                        % (root, ', '.join(classes) or '(none)', ', '.join(CIFAR_CLASSES),
+                           '' if not images else
+                           '; the %s images directly in it are not read, as an image\'s class '
+                           'is the folder it lies in: put each in the folder of its class '
+                           '(e.g. %s), or give the official Python release'
+                           % (format(images, ','), Path(root) / 'cat' / '0001.png')))
 
 
 def _image_folder_split(root, split):
     """``split`` of an image folder through Gluon's ImageFolderDataset: classes are the
-    sub-folders in sorted order (CIFAR-10's label order is alphabetical), images in file-name
-    order; all CIFAR_SIZES[split] of them."""
+    sub-folders in sorted order (CIFAR-10's label order is alphabetical), images (.png, .jpg,
+    .jpeg) in file-name order; all CIFAR_SIZES[split] of them. The files Gluon ignores (any
+    other file, in ``root`` or a class folder) are named in one warning logged on
+    ``namsg.experiments.data``, not one Gluon warning each."""
     from mxnet.gluon.data.vision import ImageFolderDataset
-    dataset = ImageFolderDataset(str(root), flag=1)
-    if list(dataset.synsets) != list(CIFAR_CLASSES):
-        raise DataError('%s: class folders %s; CIFAR-10 needs exactly %s'
-                        % (root, ', '.join(dataset.synsets) or '(none)', ', '.join(CIFAR_CLASSES)))
+    _check_class_folders(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        dataset = ImageFolderDataset(str(root), flag=1)
+    ignored = []
+    for warning in caught:
+        found = _GLUON_IGNORES.match(str(warning.message))
+        if found and issubclass(warning.category, UserWarning):
+            ignored.append(os.path.relpath(found.group(1), root))
+        else:       # not Gluon's note on a file: passed on as it came
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    if ignored:
+        logger.warning('%s: %s not read (only %s files in the class folders are images): '
+                       '%s', root, '1 file is' if len(ignored) == 1 else
+                       '%s files are' % format(len(ignored), ','), ', '.join(IMAGE_SUFFIXES),
+                       ', '.join(ignored[:5]) + (', ...' if len(ignored) > 5 else ''))
     _check_count(len(dataset), CIFAR_SIZES[split], '%s (its class folders)' % root,
                  'copy the whole split again (a subset is refused, so that a partial copy '
                  'cannot pass for the data set)')
@@ -452,7 +516,8 @@ def load_cifar10(data_dir):
       ``cifar-10-batches-py/`` (``data_dir`` may be either, or contain either);
     - the binary release: ``cifar-10-batches-bin/`` with data_batch_1..5.bin, test_batch.bin;
     - an image folder: ``train/<class>/*`` and ``test/<class>/*`` with the ten class folders
-      (read by Gluon's ``ImageFolderDataset``; any format OpenCV decodes).
+      (read by Gluon's ``ImageFolderDataset``: .png, .jpg and .jpeg files; any other file is
+      named in one warning and not read).
 
     The three give identical arrays for identical pixels in the same order. DataError says
     what is missing or damaged, naming the file; a batch file, or an image folder's split, with
@@ -473,8 +538,8 @@ def load_cifar10(data_dir):
                      if (candidate / n).is_file()}
             return Dataset(*_python_release(files, candidate),
                            source='CIFAR-10 Python release in %s' % candidate)
-    if (data_dir / 'cifar-10-python.tar.gz').is_file():
-        path = data_dir / 'cifar-10-python.tar.gz'
+    if (data_dir / PYTHON_ARCHIVE).is_file():
+        path = data_dir / PYTHON_ARCHIVE
         return Dataset(*_python_tarball(path), source='CIFAR-10 Python release %s' % path)
     for candidate in (data_dir / 'cifar-10-batches-bin', data_dir):
         if any((candidate / n).is_file() for n in CIFAR_TRAIN_FILES + CIFAR_TEST_FILES):
@@ -492,4 +557,9 @@ def load_cifar10(data_dir):
         return Dataset(_image_folder_split(data_dir / 'train', 'train'),
                        _image_folder_split(data_dir / 'test', 'test'),
                        source='CIFAR-10 image folder %s' % data_dir)
+    archives = _archives(data_dir)
+    if archives:
+        raise DataError('no CIFAR-10 data found in %s, only the archive%s %s; %s'
+                        % (data_dir, '' if len(archives) == 1 else 's', ', '.join(archives),
+                           _ONLY_PYTHON_ARCHIVE))
     raise DataError('no CIFAR-10 data found in %s; it takes %s' % (data_dir, CIFAR_LAYOUTS))

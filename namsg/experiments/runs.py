@@ -100,6 +100,28 @@ def _describe_data(data):
         ' of the embedded MNIST sample' if is_embedded_sample(data) else '', data.get('sha256'))
 
 
+class _Absent:
+    """What a key holds in a configuration that lacks it (an older log's header)."""
+
+    def __repr__(self):
+        return 'absent'
+
+
+_ABSENT = _Absent()
+
+
+def _changes(key, then, now):
+    """``'KEY: THEN then, NOW now'`` for each value that differs between ``then`` and ``now``,
+    named by its path inside them (``protocol.scale``): a nested dict (the protocol, the
+    optimizer's parameters) is not printed whole for the one value that changed."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        return [change for k in sorted(set(then) | set(now), key=str)
+                if then.get(k, _ABSENT) != now.get(k, _ABSENT)
+                for change in _changes('%s.%s' % (key, k), then.get(k, _ABSENT),
+                                       now.get(k, _ABSENT))]
+    return ['%s: %r then, %r now' % (key, then, now)]
+
+
 def check_config(saved, header, what, log_path, checkpoint_dir):
     """Raise CheckpointError unless ``saved`` (a config read back from JSON) is this run's,
     saying what differs and how to keep both: the run's log and checkpoints go together, so
@@ -107,7 +129,8 @@ def check_config(saved, header, what, log_path, checkpoint_dir):
     now = json.loads(json.dumps(config_of(header)))
     if saved == now:
         return
-    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    keys = sorted(k for k in set(saved) | set(now)
+                  if saved.get(k, _ABSENT) != now.get(k, _ABSENT))
     differences = []
     for k in keys:
         if k == 'data':
@@ -119,7 +142,7 @@ def check_config(saved, header, what, log_path, checkpoint_dir):
                                % (_describe_data(saved.get(k)), _describe_data(now.get(k)),
                                   header.get('data_source', 'unknown source'), advice))
         else:
-            differences.append('%s: %r then, %r now' % (k, saved.get(k), now.get(k)))
+            differences += _changes(k, saved.get(k, _ABSENT), now.get(k, _ABSENT))
     kept = [(flag, files) for flag, files, path in [
         ('--log-dir', 'the log %s' % log_path, log_path),
         ('--checkpoint-dir', 'the checkpoints in %s' % checkpoint_dir, checkpoint_dir)]

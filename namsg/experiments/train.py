@@ -22,7 +22,7 @@ from ..horovod_store import create_kvstore
 from . import models
 from .checkpoints import Checkpoints
 from .hparams import optimizer_kwargs
-from .locks import RunBusy, run_lock
+from .locks import RunBusy, keep_folders, run_lock
 from .logs import log_holds, write_log
 from .progress import Progress, Tally, format_record
 from .resume import run_state
@@ -188,8 +188,10 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
                 checkpoints.save(epoch, net, trainer, dict(
                     config=config_of(header), epoch=epoch, iteration=iteration, records=records,
                     policy=policy.state_dict() if policy is not None else None))
+                keep_folders(checkpoint_dir)
             if log_path is not None:
                 write_log(log_path, header, records)
+                keep_folders(log_path)
             if echo is not None:
                 echo(format_record(header['run'], records[-1]))
         if first_epoch > protocol.epochs and log_path is not None and \
