@@ -15,7 +15,6 @@ from namsg.experiments.grid import (check_grid, first_stage, run_grid, subset, s
 from namsg.experiments.hparams import METHODS, PROTOCOLS
 from namsg.experiments.locks import WaitInterrupted
 from namsg.experiments.files import write_atomic
-from namsg.experiments.prepare import PREPARE
 from namsg.experiments.runs import CheckpointError
 
 #: Default folders of a search's logs, as reproduce_mnist.py keeps runs on the embedded MNIST
@@ -108,8 +107,7 @@ def _main(argv):
     cli.check_data_dir(protocol.dataset, args.data_dir)
     cli.check_writable('--log-dir', log_dir)
     cli.check_writable('--checkpoint-dir', checkpoint_dir)
-    dataset = cli.load_data_or_exit(protocol.dataset, args.data_dir)
-    prepared = PREPARE[protocol.dataset](dataset)
+    dataset, prepared = cli.load_data_or_exit(protocol.dataset, args.data_dir)
     available = len(prepared.train_y)
     if args.subset is not None and args.subset > available:
         # Else the whole data would be trained on, under a subset's name.

@@ -993,15 +993,23 @@ def test_grid_search_names_a_damaged_log_and_says_how_to_resume(workdir, monkeyp
         capsys.readouterr().out
 
 
+@pytest.mark.parametrize('step', ['load', 'prepare'])
 @pytest.mark.parametrize('script', ['reproduce_mnist', 'reproduce_cifar10', 'grid_search'])
-def test_ctrl_c_while_the_data_loads_is_one_line(workdir, monkeypatch, capsys, script):
-    """Ctrl-C during the data's download or decoding ended in a KeyboardInterrupt traceback."""
+def test_ctrl_c_while_the_data_loads_is_one_line(workdir, monkeypatch, capsys, script, step):
+    """Ctrl-C during the data's download or decoding, or its preparation for training (CIFAR-10's
+    normalisation takes seconds), ended in a KeyboardInterrupt traceback."""
     (workdir / 'd').mkdir()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    for name in ('load_mnist', 'load_cifar10'):
-        monkeypatch.setattr(data, name, interrupted)
+    if step == 'load':
+        for name in ('load_mnist', 'load_cifar10'):
+            monkeypatch.setattr(data, name, interrupted)
+    else:
+        monkeypatch.setattr(data, 'load_mnist', lambda *a, **k: None)
+        monkeypatch.setattr(data, 'load_cifar10', lambda *a, **k: None)
+        monkeypatch.setitem(prepare.PREPARE, 'mnist', interrupted)
+        monkeypatch.setitem(prepare.PREPARE, 'cifar10', interrupted)
     with pytest.raises(SystemExit) as stop:
         try:
             _run_script(script, ['--data-dir', 'd'], monkeypatch)

@@ -384,12 +384,14 @@ def load_data(experiment, data_dir_flag):
 
 
 def load_data_or_exit(experiment, data_dir_flag, kvstore='device'):
-    """load_data for a script: its log lines set up (said on rank 0 alone in a job), a data
-    error turned into ``error: ...`` and exit status 1."""
+    """load_data for a script, and the data prepared for training: (dataset, prepared). Its
+    log lines set up (said on rank 0 alone in a job), a data error turned into ``error: ...``
+    and exit status 1, Ctrl-C or SIGTERM into one line and 130 or 143."""
     setup_logging()
     try:
         with _quiet(launcher_rank(kvstore) != 0):
-            return load_data(experiment, data_dir_flag)
+            dataset = load_data(experiment, data_dir_flag)
+        return dataset, PREPARE[experiment](dataset)
     except datasets.DataError as e:
         raise SystemExit('error: %s' % e)
     except KeyboardInterrupt as e:
@@ -496,8 +498,7 @@ def _main(experiment, argv):
     check_writable('--log-dir', log_dir)
     check_writable('--checkpoint-dir', checkpoint_dir)
 
-    dataset = load_data_or_exit(experiment, args.data_dir, args.kvstore)
-    prepared = PREPARE[experiment](dataset)
+    dataset, prepared = load_data_or_exit(experiment, args.data_dir, args.kvstore)
     fingerprint = dataset.fingerprint()
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
