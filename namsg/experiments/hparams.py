@@ -174,7 +174,6 @@ def mxnet_arguments_markdown(setting):
     return '\n'.join(lines) + '\n'
 
 
-
 def grid_tuples(method):
     """Every paper tuple of B.5's grid for ``method``."""
     import itertools
