@@ -120,14 +120,16 @@ def _main(argv):
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
     fingerprint = dataset.fingerprint()
-    for method in methods:
-        # Every point's log and checkpoint, before the first-stage search or any training.
-        try:
-            check_grid(protocol, method, prepared, log_dir, checkpoint_dir,
-                       contexts=contexts, command=command, data_source=dataset.source,
-                       data_fingerprint=fingerprint)
-        except CheckpointError as e:
-            raise SystemExit('error: %s' % e)
+    with cli.interrupt_says('interrupted before the first point: nothing was written; the '
+                            'same command starts again'):
+        for method in methods:
+            # Every point's log and checkpoint, before the first-stage search or any training.
+            try:
+                check_grid(protocol, method, prepared, log_dir, checkpoint_dir,
+                           contexts=contexts, command=command, data_source=dataset.source,
+                           data_fingerprint=fingerprint)
+            except CheckpointError as e:
+                raise SystemExit('error: %s' % e)
     print('data: %s; %d epochs per point; logs in %s' % (dataset.source, epochs, log_dir))
     results = {}
     try:

@@ -580,6 +580,62 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
         'complete epoch (checkpoint %s)' % (run, _run_files(experiment)[1] / 'epoch-0001'))
 
 
+@pytest.mark.parametrize('script', ['reproduce_mnist', 'reproduce_cifar10', 'grid_search'])
+def test_ctrl_c_while_the_runs_are_checked_is_one_line(tmp_path, monkeypatch, capsys, script):
+    """Ctrl-C after the data was prepared, while every run's log and checkpoints were read
+    before the first run trained, ended in a KeyboardInterrupt traceback."""
+    monkeypatch.chdir(tmp_path)
+    folder = TWO_EPOCHS['cifar10' if 'cifar10' in script else 'mnist'][1](tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    argv = ['--data-dir', str(folder), '--methods', 'SGD']
+    if script == 'grid_search':
+        module = _grid_search(monkeypatch)
+        monkeypatch.setattr(module, 'check_grid', interrupted)
+        run = lambda: module.main(['--setting', 'mnist_logreg'] + argv)   # noqa: E731
+    else:
+        monkeypatch.setattr(cli, 'check_run', interrupted)
+        run = lambda: cli.main(script.split('_')[1], argv)   # noqa: E731
+    listing = _tree(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        try:
+            run()
+        except KeyboardInterrupt:
+            pytest.fail('a KeyboardInterrupt traceback')
+    assert stop.value.code == 130
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        'interrupted before the first %s: nothing was written; the same command starts again'
+        % ('point' if script == 'grid_search' else 'run'))
+    assert _tree(tmp_path) == listing
+
+
+@pytest.mark.parametrize('experiment', sorted(TWO_EPOCHS))
+def test_sigterm_while_the_report_is_drawn_says_how_to_draw_it(tmp_path, monkeypatch, capsys,
+                                                               experiment):
+    """SIGTERM or Ctrl-C while the plots were drawn after the last run ended in a
+    KeyboardInterrupt traceback, not saying that the runs were done or how to draw the plots."""
+    import shlex
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise cli.Terminated
+    monkeypatch.setattr(cli, 'write_report', interrupted)
+    with pytest.raises(SystemExit) as stop:
+        try:
+            _two_epochs(experiment, tmp_path, monkeypatch)
+        except KeyboardInterrupt:
+            pytest.fail('a KeyboardInterrupt traceback')
+    assert stop.value.code == 143
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith('interrupted while drawing the report: the runs are done and logged')
+    command = line.split('draw them with ')[1]
+    assert command.startswith('python scripts/plot_results.py --log-dir runs/%s' % experiment)
+    assert not (tmp_path / 'runs' / experiment / 'summary.md').exists()
+    _load_script('plot_results').main(shlex.split(command)[2:])
+    assert (tmp_path / 'runs' / experiment / 'summary.md').is_file()
+
+
 # Another process, running the command of argv[4:], paused as epoch argv[3] begins (it makes
 # the file argv[1]) until the file argv[2] exists.
 _PAUSED = r"""

@@ -388,16 +388,27 @@ def load_data_or_exit(experiment, data_dir_flag, kvstore='device'):
     log lines set up (said on rank 0 alone in a job), a data error turned into ``error: ...``
     and exit status 1, Ctrl-C or SIGTERM into one line and 130 or 143."""
     setup_logging()
+    # A download is renamed into place only whole: nothing is half-written.
+    with interrupt_says('interrupted while loading the data; nothing was written (files '
+                        'already downloaded are kept); the same command starts again'):
+        try:
+            with _quiet(launcher_rank(kvstore) != 0):
+                dataset = load_data(experiment, data_dir_flag)
+            return dataset, PREPARE[experiment](dataset)
+        except datasets.DataError as e:
+            raise SystemExit('error: %s' % e)
+
+
+@contextlib.contextmanager
+def interrupt_says(line):
+    """Ctrl-C or SIGTERM within the block ends the command with ``line`` (what was written and
+    what the same command will do) and exit status 130 or 143 (:func:`interrupted_status`),
+    not a KeyboardInterrupt traceback. Blocks that wait for another process's run handle
+    WaitInterrupted themselves, inside."""
     try:
-        with _quiet(launcher_rank(kvstore) != 0):
-            dataset = load_data(experiment, data_dir_flag)
-        return dataset, PREPARE[experiment](dataset)
-    except datasets.DataError as e:
-        raise SystemExit('error: %s' % e)
+        yield
     except KeyboardInterrupt as e:
-        # A download is renamed into place only whole: nothing is half-written.
-        _echo('interrupted while loading the data; nothing was written (files already '
-              'downloaded are kept); the same command starts again')
+        _echo(line)
         raise SystemExit(interrupted_status(e))
 
 
@@ -503,29 +514,15 @@ def _main(experiment, argv):
     command = ' '.join(shlex.quote(a) for a in [sys.argv[0]] + list(
         sys.argv[1:] if argv is None else argv))
     distributed = args.kvstore.startswith('dist')
-    runs = []
-    for protocol in protocols:
-        for method in methods:
-            for seed in seeds:
-                name = run_name(protocol, method, seed)
-                paths = dict(log_path=Path(log_dir) / (name + '.jsonl'),
-                             checkpoint_dir=Path(checkpoint_dir) / name)
-                # Every worker of a job checks with the job's size, as train_run will.
-                header = run_header(protocol, method, seed, prepared, contexts, args.kvstore,
-                                    command=command, data_source=dataset.source,
-                                    data_fingerprint=fingerprint,
-                                    workers=job_workers(args.kvstore))
-                try:
-                    check_run(header, **paths)
-                except CheckpointError as e:
-                    raise SystemExit('error: %s' % e)
-                runs.append((protocol, method, seed, paths))
-
-    _echo('data: %s (%d training, %d validation images); logs in %s'
-          % (dataset.source, len(prepared.train_y), len(prepared.test_y), log_dir))
-    note = idle_cores_note()
-    if note:
-        _echo(note)
+    with interrupt_says('interrupted before the first run: nothing was written; the same '
+                        'command starts again'):
+        runs = _checked_runs(protocols, methods, seeds, prepared, contexts, args.kvstore,
+                             command, dataset.source, fingerprint, log_dir, checkpoint_dir)
+        _echo('data: %s (%d training, %d validation images); logs in %s'
+              % (dataset.source, len(prepared.train_y), len(prepared.test_y), log_dir))
+        note = idle_cores_note()
+        if note:
+            _echo(note)
     bar = not args.no_progress and sys.stderr.isatty()
     every = None if args.no_progress or bar else args.progress_every
 
@@ -550,30 +547,65 @@ def _main(experiment, argv):
             raise SystemExit(interrupted_status(e))
 
     train_all(runs, train, echo=_echo)
+    _report(experiment, args.kvstore, sample, log_dir)
+
+
+def _checked_runs(protocols, methods, seeds, prepared, contexts, kvstore, command, data_source,
+                  data_fingerprint, log_dir, checkpoint_dir):
+    """Every run of the command as (protocol, method, seed, paths), each checked against its
+    log and checkpoints (:func:`~namsg.experiments.resume.check_run`) before any trains: a
+    refusal is ``error: ...``, exit 1."""
+    runs = []
+    for protocol in protocols:
+        for method in methods:
+            for seed in seeds:
+                name = run_name(protocol, method, seed)
+                paths = dict(log_path=Path(log_dir) / (name + '.jsonl'),
+                             checkpoint_dir=Path(checkpoint_dir) / name)
+                # Every worker of a job checks with the job's size, as train_run will.
+                header = run_header(protocol, method, seed, prepared, contexts, kvstore,
+                                    command=command, data_source=data_source,
+                                    data_fingerprint=data_fingerprint,
+                                    workers=job_workers(kvstore))
+                try:
+                    check_run(header, **paths)
+                except CheckpointError as e:
+                    raise SystemExit('error: %s' % e)
+                runs.append((protocol, method, seed, paths))
+    return runs
+
+
+def _report(experiment, kvstore, sample, log_dir):
+    """After the runs: the report of ``log_dir`` beside the committed reference runs, drawn
+    and printed (or, in a distributed job, the command that draws it)."""
     # Runs on the sample are not compared with reference runs on the full set.
-    references = [] if sample else reference_dirs(experiment, args.kvstore)
+    references = [] if sample else reference_dirs(experiment, kvstore)
     if sample:
         _echo('reference: runs on the embedded sample are not compared with the committed '
               'runs on the full set')
     elif not references:
-        _echo(no_reference_note(experiment, args.kvstore))
+        _echo(no_reference_note(experiment, kvstore))
     # Runs written into a reference folder are not their own reference.
     references = [r for r in references if r.resolve() != Path(log_dir).resolve()]
-    if distributed or args.kvstore == 'horovod':
+    draw = 'python scripts/plot_results.py --log-dir %s%s' % (
+        log_dir, ''.join(' --reference %s' % r for r in references))
+    if kvstore.startswith('dist') or kvstore == 'horovod':
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards,
         # and rank 0 alone says how (it wrote the logs).
-        if launcher_rank(args.kvstore) == 0:
-            _echo('plots: python scripts/plot_results.py --log-dir %s%s'
-                  % (log_dir, ''.join(' --reference %s' % r for r in references)))
+        if launcher_rank(kvstore) == 0:
+            _echo('plots: ' + draw)
         return
-    try:
-        summary = write_report(log_dir, reference_dir=references)
-    except LogError as e:
-        # The runs are trained and logged; a damaged log of another run in the folder stops
-        # only the report, which plot_results.py draws once it is moved away.
-        raise SystemExit('error: the runs are done, but the report cannot be drawn: %s; move '
-                         'that log away and draw it with python scripts/plot_results.py '
-                         '--log-dir %s' % (e, log_dir))
+    # The plots and summary.md are each replaced whole (namsg.experiments.files).
+    with interrupt_says('interrupted while drawing the report: the runs are done and logged, '
+                        'the plots and summary.md are as they were or redrawn, each whole; '
+                        'draw them with %s' % draw):
+        try:
+            summary = write_report(log_dir, reference_dir=references)
+        except LogError as e:
+            # The runs are trained and logged; a damaged log of another run in the folder
+            # stops only the report, which plot_results.py draws once it is moved away.
+            raise SystemExit('error: the runs are done, but the report cannot be drawn: %s; '
+                             'move that log away and draw it with %s' % (e, draw))
     if summary:
         print('\nplots and summary.md written to %s\n\n%s' % (log_dir, summary))
 
