@@ -6,6 +6,7 @@ import pickle
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mxnet as mx
@@ -183,13 +184,28 @@ def test_a_box_assigned_later_must_not_be_empty():
 def test_learning_rate_none_follows_mxnets_optimizer():
     """MXNet's Optimizer turns learning_rate=None without an lr_scheduler into 0.01 (with one,
     the scheduler's base_lr); set_learning_rate(None) would leave no step size: refused. MXNet
-    1.5's Optimizer left lr (and the scheduler's base_lr) None: the 1.6 rule holds there too."""
-    for name in ('arsg', 'rsg', 'amsgrad', 'radam', 'ranger'):
-        assert mx.optimizer.create(name, learning_rate=None).learning_rate == 0.01
+    1.5's Optimizer left lr (and the scheduler's base_lr) None: the 1.6 rule holds there too.
+    The 0.01 is not the optimizer's own default (ARSG's 0.001): said in a warning, which MXNet
+    does not give (a None from a configuration file trained at ten times ARSG's default)."""
+    for name, inner in [('arsg', {}), ('rsg', {}), ('amsgrad', {}), ('radam', {}),
+                        ('ranger', {}), ('lookahead', {'optimizer': 'arsg'})]:
+        if name == 'rsg':       # its own default is 0.01: nothing to say
+            with warnings.catch_warnings():
+                warnings.simplefilter('error')
+                assert mx.optimizer.create(name, learning_rate=None).learning_rate == 0.01
+        else:
+            with pytest.warns(UserWarning, match=r"learning_rate=None and no lr_scheduler: the "
+                                                 r"step size is 0.01, .* not \w+'s own default "
+                                                 r"0.001"):
+                assert mx.optimizer.create(name, learning_rate=None,
+                                           **inner).learning_rate == 0.01
         schedule = mx.lr_scheduler.FactorScheduler(10, base_lr=0.3)
-        assert mx.optimizer.create(name, learning_rate=None,
-                                   lr_scheduler=schedule).learning_rate == 0.3
-        opt = mx.optimizer.create(name, learning_rate=0.002)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            assert mx.optimizer.create(name, learning_rate=None, lr_scheduler=schedule,
+                                       **inner).learning_rate == 0.3
+            mx.optimizer.create(name, **inner)
+        opt = mx.optimizer.create(name, learning_rate=0.002, **inner)
         with pytest.raises(ValueError, match='learning_rate=None without an lr_scheduler'):
             opt.set_learning_rate(None)
         assert opt.learning_rate == 0.002
