@@ -356,3 +356,61 @@ def test_a_policy_state_from_another_point_of_the_run_is_refused(tmp_path):
                                          r'optimizer carries boosts at epochs \[2\]'):
         restarted.load_state_dict(before)
     assert restarted.losses == [] and [b['epoch'] for b in restarted.boosts] == [2]
+
+
+def _module(fused, params=None, load=None):
+    """A Module of one FullyConnected layer from fixed weights (or ``load``: (prefix, epoch) of
+    a checkpoint with optimizer states), its ARSG optimizer made with ``params``."""
+    if load is None:
+        out = mx.sym.LinearRegressionOutput(mx.sym.FullyConnected(
+            mx.sym.Variable('data'), num_hidden=2, name='fc'), name='lro')
+        mod = mx.mod.Module(out, context=mx.cpu(), label_names=['lro_label'])
+    else:
+        mod = mx.mod.Module.load(*load, load_optimizer_states=True, context=mx.cpu(),
+                                 label_names=['lro_label'])
+    mod.bind([('data', (4, 3))], [('lro_label', (4, 2))])
+    if load is None:
+        mod.init_params(arg_params={'fc_weight': mx.nd.full((2, 3), 0.5),
+                                    'fc_bias': mx.nd.zeros((2,))})
+    mod.init_optimizer(kvstore=None, optimizer='arsg', optimizer_params=dict(
+        params or dict(learning_rate=0.1, mu=0.05), fused=fused, rescale_grad=0.25))
+    return mod
+
+
+def _module_epochs(policy, mod, epochs):
+    boosted = []
+    for epoch in epochs:
+        if policy.epoch_begin(epoch):
+            boosted.append(epoch)
+        mod.forward_backward(mx.io.DataBatch([mx.nd.ones((4, 3)) * epoch], [mx.nd.ones((4, 2))]))
+        mod.update()
+        policy.epoch_end(epoch, 1.0)
+    return boosted
+
+
+@pytest.mark.parametrize('fused', [False, True], ids=['ndarray', 'fused'])
+def test_a_module_resumed_with_the_boosted_settings_and_the_policy_state_ends_as_uninterrupted(
+        tmp_path, fused):
+    """Module checkpoints hold the states without the optimizer (MXNet's
+    Module.save_optimizer_states), so neither the boosted mu and step size nor the record:
+    given the last record's new_mu and new_lr, and the policy's state (docs/guide/resuming.md),
+    the resumed Module is not boosted again and ends where the uninterrupted one does."""
+    mod = _module(fused)
+    assert _module_epochs(ObservationBoost(mod._optimizer, boost_epochs=[2]), mod,
+                          [1, 2, 3, 4]) == [2]
+    uninterrupted = mod.get_params()[0]['fc_weight'].asnumpy()
+
+    mod = _module(fused)
+    policy = ObservationBoost(mod._optimizer, boost_epochs=[2])
+    _module_epochs(policy, mod, [1, 2])
+    mod.save_checkpoint(str(tmp_path / 'model'), 2, save_optimizer_states=True)
+    state = json.loads(json.dumps(policy.state_dict()))
+
+    last = state['boosts'][-1]
+    mod = _module(fused, dict(learning_rate=last['new_lr'], mu=last['new_mu']),
+                  load=(str(tmp_path / 'model'), 2))
+    assert getattr(mod._optimizer, 'obsb_boosts', None) is None
+    policy = ObservationBoost(mod._optimizer, boost_epochs=[2])
+    policy.load_state_dict(state)
+    assert _module_epochs(policy, mod, [3, 4]) == []
+    assert (mod.get_params()[0]['fc_weight'].asnumpy() == uninterrupted).all()
