@@ -35,6 +35,20 @@ class TwoLayers(gluon.HybridBlock):
         return self.b(self.a(x))
 
 
+def train(kv, net, trainer, boost_after=None):
+    """$STEPS steps on this rank's batch, after sync_initial_weights; ObservationBoost (factor
+    0.25) after step ``boost_after``."""
+    namsg.sync_initial_weights(trainer, 4)
+    x = mx.nd.array(np.random.default_rng(kv.rank).normal(size=(4, 4)))
+    for step in range(1, int(os.environ['STEPS']) + 1):
+        with autograd.record():
+            loss = (net(x) ** 2).sum()
+        loss.backward()
+        trainer.step(4)
+        if step == boost_after:
+            ObservationBoost(trainer, factor=0.25).boost(step)
+
+
 def main():
     kv = mx.kv.create('dist_sync')
     net = TwoLayers(os.environ['PREFIXES'].split(','), int(os.environ['UNITS']))
@@ -44,13 +58,7 @@ def main():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         trainer.load_states(os.environ['STATES'])
-    namsg.sync_initial_weights(trainer, 4)
-    x = mx.nd.array(np.random.default_rng(kv.rank).normal(size=(4, 4)))
-    for _ in range(int(os.environ['STEPS'])):
-        with autograd.record():
-            loss = (net(x) ** 2).sum()
-        loss.backward()
-        trainer.step(4)
+    train(kv, net, trainer)
     counts = [int(state[-1][0].asscalar()) for _, state in
               sorted(trainer._updaters[0].states.items())]
     with open(os.path.join(os.environ['OUT'], 'rank%d.json' % kv.rank), 'w') as f:
@@ -68,15 +76,7 @@ def save():
     trainer = gluon.Trainer(net.collect_params(), 'arsg', {'fused': os.environ['FUSED'] == '1',
                                                            'mu': 0.05},
                             kvstore=kv, update_on_kvstore=os.environ['UPDATE_ON_KVSTORE'] == '1')
-    namsg.sync_initial_weights(trainer, 4)
-    x = mx.nd.array(np.random.default_rng(kv.rank).normal(size=(4, 4)))
-    for step in range(int(os.environ['STEPS'])):
-        with autograd.record():
-            loss = (net(x) ** 2).sum()
-        loss.backward()
-        trainer.step(4)
-        if step == 0:
-            ObservationBoost(trainer, factor=0.25).boost(1)
+    train(kv, net, trainer, boost_after=1)
     if kv.rank == 0:
         trainer.save_states(os.path.join(os.environ['OUT'], 'trainer.states'))
 
