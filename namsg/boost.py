@@ -227,8 +227,9 @@ class ObservationBoost:
 
     # -- the boost itself ------------------------------------------------------------------
     def boost(self, epoch, trigger='manual'):
-        """Double mu and scale the step size now. Returns the record appended to ``boosts``:
-        epoch, trigger, old and new mu and learning rate, and the factor."""
+        """Double mu and scale the step size now, and record the boost on the optimizer
+        (:data:`RECORD`, read back as ``boosts``). Returns the record: epoch, trigger, old and
+        new mu and learning rate, and the factor."""
         opt = self.optimizer
         old_mu = opt.mu
         if not old_mu > 0:
