@@ -19,6 +19,11 @@ It works with any optimizer that has ``mu`` and ``beta1`` (ARSG with any precond
 With updates on parameter servers the boost is sent to them (servers started by
 ``python -m namsg_dist``; elsewhere it raises RuntimeError): see :mod:`namsg.kvstore_sync`.
 
+The boosts done are recorded on the optimizer they changed (:data:`RECORD`), so they travel
+with its boosted mu and step size wherever MXNet pickles it (``Trainer.save_states`` /
+``load_states``, ``pickle``), and a policy made later on that optimizer counts them: a run
+resumed with a new policy is not boosted again.
+
 The policy's first stage, the short step-size search with a small mu, is
 :func:`search_step_size`.
 """
@@ -40,10 +45,17 @@ from . import dynamics, kvstore_sync
 logger = logging.getLogger(__name__)
 
 __all__ = ['ObservationBoost', 'ScaledScheduler', 'search_step_size', 'StepSizeSearch',
-           'STEP_SIZES']
+           'STEP_SIZES', 'RECORD']
 
 #: ARSG's step-size grid (supplementary B.5), the candidates :func:`search_step_size` tries.
 STEP_SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+#: The optimizer attribute in which :class:`ObservationBoost` records the boosts it made on that
+#: optimizer: a list of the records :meth:`ObservationBoost.boost` returns, oldest first. An
+#: optimizer that was never boosted, or was pickled before namsg recorded boosts there, has
+#: none. It is plain data in the optimizer's ``__dict__`` (on Lookahead, its inner optimizer's,
+#: where mu lives), so MXNet's pickling keeps it; it is not a setting sent to parameter servers.
+RECORD = 'obsb_boosts'
 
 
 class ScaledScheduler(LRScheduler):
@@ -80,10 +92,23 @@ class ObservationBoost:
     threshold : float, default 0.02
         Average per-epoch decrease of log(loss) below which the loss counts as flat, > 0.
     max_boosts : int, default 1
-        Boosts at most this many times in all (mu must stay below 1).
+        Boosts at most this many times in all (mu must stay below 1), counting those already
+        recorded on the optimizer.
     factor : float or None, default None
         Step-size factor per boost; None computes tau*(2 mu)/tau*(mu) from the optimizer's
         beta1 and mu at the time of the boost.
+
+    Attributes
+    ----------
+    boosts : list of dict
+        The boosts done on the optimizer, oldest first (the records :meth:`boost` returns):
+        those recorded on it (:data:`RECORD`), which came with it from ``Trainer.load_states``
+        or ``pickle`` when it was boosted before it was saved; for an optimizer that carries no
+        record (saved before namsg kept one), those given to :meth:`load_state_dict`. A boost
+        epoch already in it is not boosted again.
+    losses : list of tuple
+        (epoch, mean training loss) pairs as given to :meth:`epoch_end` or
+        :meth:`load_state_dict`, for the ``auto`` trigger.
 
     Raises
     ------
@@ -91,8 +116,9 @@ class ObservationBoost:
         At construction, for arguments out of range and for an optimizer the policy could not
         boost when due: one without ``mu`` (ARSG with any preconditioner and RSG have it, MXNet's
         own optimizers and Ranger do not), or whose mu does not stay in (0, 1) through the
-        boosts the policy can make (``max_boosts`` with ``auto``, else at most one per entry of
-        ``boost_epochs``): mu must lie in (0, 2**-boosts), e.g. (0, 0.5) for one boost.
+        boosts the policy can still make (``max_boosts`` with ``auto``, else at most one per
+        entry of ``boost_epochs``, less those recorded on the optimizer): mu must lie in
+        (0, 2**-boosts), e.g. (0, 0.5) for one boost.
     """
 
     def __init__(self, target, boost_epochs=(), auto=False, window=3, threshold=0.02,
@@ -114,12 +140,14 @@ class ObservationBoost:
         self.threshold = float(threshold)
         self.max_boosts = int(max_boosts)
         self.factor = factor
-        # A boost is due hours into training: refuse an optimizer it cannot boost now.
-        self._check_boostable(self.optimizer, self.max_boosts if self.auto
-                              else min(self.max_boosts, len(self.boost_epochs)))
-        self.boosts = []          # one dict per boost done: see boost()
+        self._loaded = []         # boosts from load_state_dict, for an optimizer without RECORD
         self.losses = []          # (epoch, mean training loss) as reported to epoch_end
         self._auto_due = None     # the epoch an automatic boost is due at
+        # A boost is due hours into training: refuse an optimizer it cannot boost now.
+        done = self.boosts
+        pending = [e for e in self.boost_epochs if e not in {b['epoch'] for b in done}]
+        left = max(0, self.max_boosts - len(done))
+        self._check_boostable(self.optimizer, left if self.auto else min(left, len(pending)))
 
     def _check_boostable(self, opt, boosts):
         """Raise ValueError unless ``opt`` can take ``boosts`` boosts in a row: it has the
@@ -161,6 +189,13 @@ class ObservationBoost:
         target = self._target
         return target.optimizer if hasattr(target, 'optimizer') else target
 
+    @property
+    def boosts(self):
+        # Read from the optimizer each time: Trainer.load_states replaces it by the one saved,
+        # which carries the boosts that made its mu and step size.
+        carried = getattr(self.optimizer, RECORD, None)
+        return [dict(b) for b in (self._loaded if carried is None else carried)]
+
     # -- the training loop's calls ---------------------------------------------------------
     def epoch_begin(self, epoch):
         """Boost if one is due at ``epoch`` and none was done for it yet. Returns the boost's
@@ -192,8 +227,9 @@ class ObservationBoost:
 
     # -- the boost itself ------------------------------------------------------------------
     def boost(self, epoch, trigger='manual'):
-        """Double mu and scale the step size now. Returns the record appended to ``boosts``:
-        epoch, trigger, old and new mu and learning rate, and the factor."""
+        """Double mu and scale the step size now, and record the boost on the optimizer
+        (:data:`RECORD`, read back as ``boosts``). Returns the record: epoch, trigger, old and
+        new mu and learning rate, and the factor."""
         opt = self.optimizer
         old_mu = opt.mu
         if not old_mu > 0:
@@ -215,22 +251,78 @@ class ObservationBoost:
                                                opt.lr_scheduler.scale * factor)
         else:
             opt.lr_scheduler = ScaledScheduler(opt.lr_scheduler, factor)
+        done = self.boosts
         opt.mu = 2 * old_mu
         record = dict(epoch=int(epoch), trigger=trigger, old_mu=old_mu, new_mu=opt.mu,
                       old_lr=old_lr, new_lr=opt.learning_rate, factor=factor)
-        self.boosts.append(record)
+        # With mu and the step size, on the optimizer: saved and loaded with them.
+        setattr(opt, RECORD, done + [dict(record)])
         return record
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self):
-        """JSON-serialisable state. The optimizer's own mu and step size are saved with the
-        optimizer (``Trainer.save_states``); this records which boosts were done."""
-        return dict(boosts=[dict(b) for b in self.boosts],
-                    losses=[list(x) for x in self.losses], auto_due=self._auto_due)
+        """JSON-serialisable state: the boosts done, the losses reported to :meth:`epoch_end`
+        and the epoch an automatic boost is due at. The optimizer's mu and step size, and the
+        record of its boosts (:data:`RECORD`), are saved with the optimizer
+        (``Trainer.save_states``); the losses only here."""
+        return dict(boosts=self.boosts, losses=[list(x) for x in self.losses],
+                    auto_due=self._auto_due)
 
     def load_state_dict(self, state):
-        self.boosts = [dict(b) for b in state['boosts']]
-        self.losses = [(int(e), float(v)) for e, v in state['losses']]
+        """Restore what :meth:`state_dict` returned, on resuming a run.
+
+        The ``auto`` trigger needs the losses of the epochs before the resume; the boosts done
+        come with the optimizer (``Trainer.load_states`` restores the record) where it was saved
+        with one. For an optimizer that carries none (saved before namsg recorded boosts on
+        it), the boosts of ``state`` are taken, and recorded on it from here on.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned, as is or through JSON: ``boosts`` (list of the
+            records :meth:`boost` returns), ``losses`` (list of [epoch, loss]) and, optionally,
+            ``auto_due`` (int or None).
+
+        Raises
+        ------
+        ValueError
+            The optimizer carries a record of other boosts than ``state`` (compared by epoch):
+            the policy state and the optimizer states were saved at different points of the run.
+            Nothing is changed.
+        KeyError
+            ``state`` lacks ``boosts`` or ``losses``.
+
+        Examples
+        --------
+        >>> import json, namsg
+        >>> from namsg.boost import ObservationBoost
+        >>> first = ObservationBoost(namsg.ARSG(mu=0.05), boost_epochs=[2])
+        >>> for epoch, loss in [(1, 1.0), (2, 0.8)]:
+        ...     _ = first.epoch_begin(epoch)
+        ...     first.epoch_end(epoch, loss)
+        >>> saved = json.dumps(first.state_dict())
+        >>> resumed = ObservationBoost(first.optimizer, boost_epochs=[2])
+        >>> [b['epoch'] for b in resumed.boosts]       # carried by the optimizer
+        [2]
+        >>> resumed.load_state_dict(json.loads(saved))
+        >>> resumed.losses
+        [(1, 1.0), (2, 0.8)]
+        """
+        boosts = [dict(b) for b in state['boosts']]
+        losses = [(int(e), float(v)) for e, v in state['losses']]
+        opt = self.optimizer
+        carried = getattr(opt, RECORD, None)
+        if carried is not None and [b['epoch'] for b in carried] != [b['epoch'] for b in boosts]:
+            raise ValueError(
+                'ObservationBoost.load_state_dict: the policy state records boosts at epochs %s '
+                'but the optimizer carries boosts at epochs %s: they were saved at different '
+                'points of the run; load the policy state saved with these optimizer states'
+                % ([b['epoch'] for b in boosts], [b['epoch'] for b in carried]))
+        if carried is None:
+            # Saved before the record existed: it travels with the optimizer from now on.
+            setattr(opt, RECORD, [dict(b) for b in boosts])
+        self._loaded = boosts
+        self.losses = losses
         self._auto_due = state.get('auto_due')
 
 

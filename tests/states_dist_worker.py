@@ -6,6 +6,10 @@ loads the Trainer states in $STATES (written by the test, from another model) an
 $STEPS steps. Writes $OUT/rank<r>.json: the warnings of load_states about other names (their
 messages and categories) and each state's update count at the end. A load_states that raises ends the worker with status 1
 (namsg's exit hooks).
+
+With MODE=save it saves instead (:func:`save`): the model of prefixes first_/second_ on a
+dist_sync kvstore updating as $UPDATE_ON_KVSTORE says (0 or 1), boosted after its first step,
+trains $STEPS steps, and rank 0 calls ``Trainer.save_states('$OUT/trainer.states')``.
 """
 
 import json
@@ -17,6 +21,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 import namsg
+from namsg.boost import ObservationBoost
 
 
 class TwoLayers(gluon.HybridBlock):
@@ -30,6 +35,20 @@ class TwoLayers(gluon.HybridBlock):
         return self.b(self.a(x))
 
 
+def train(kv, net, trainer, boost_after=None):
+    """$STEPS steps on this rank's batch, after sync_initial_weights; ObservationBoost (factor
+    0.25) after step ``boost_after``."""
+    namsg.sync_initial_weights(trainer, 4)
+    x = mx.nd.array(np.random.default_rng(kv.rank).normal(size=(4, 4)))
+    for step in range(1, int(os.environ['STEPS']) + 1):
+        with autograd.record():
+            loss = (net(x) ** 2).sum()
+        loss.backward()
+        trainer.step(4)
+        if step == boost_after:
+            ObservationBoost(trainer, factor=0.25).boost(step)
+
+
 def main():
     kv = mx.kv.create('dist_sync')
     net = TwoLayers(os.environ['PREFIXES'].split(','), int(os.environ['UNITS']))
@@ -39,13 +58,7 @@ def main():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         trainer.load_states(os.environ['STATES'])
-    namsg.sync_initial_weights(trainer, 4)
-    x = mx.nd.array(np.random.default_rng(kv.rank).normal(size=(4, 4)))
-    for _ in range(int(os.environ['STEPS'])):
-        with autograd.record():
-            loss = (net(x) ** 2).sum()
-        loss.backward()
-        trainer.step(4)
+    train(kv, net, trainer)
     counts = [int(state[-1][0].asscalar()) for _, state in
               sorted(trainer._updaters[0].states.items())]
     with open(os.path.join(os.environ['OUT'], 'rank%d.json' % kv.rank), 'w') as f:
@@ -56,5 +69,17 @@ def main():
                    'counts': counts}, f)
 
 
+def save():
+    kv = mx.kv.create('dist_sync')
+    net = TwoLayers(['first_', 'second_'], 4)
+    net.initialize(mx.init.Xavier())
+    trainer = gluon.Trainer(net.collect_params(), 'arsg', {'fused': os.environ['FUSED'] == '1',
+                                                           'mu': 0.05},
+                            kvstore=kv, update_on_kvstore=os.environ['UPDATE_ON_KVSTORE'] == '1')
+    train(kv, net, trainer, boost_after=1)
+    if kv.rank == 0:
+        trainer.save_states(os.path.join(os.environ['OUT'], 'trainer.states'))
+
+
 if __name__ == '__main__':
-    main()
+    save() if os.environ.get('MODE') == 'save' else main()

@@ -84,6 +84,40 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     assert again == resumed                                  # a finished run is not rerun
 
 
+@pytest.mark.parametrize('checkpoint', ['with the record', 'without it, as before'])
+def test_a_run_resumed_after_its_boost_is_not_boosted_again(tmp_path, monkeypatch, checkpoint):
+    """ARSGB interrupted in epoch 3, after its boost at epoch 2: resumed from the epoch-2
+    checkpoint it ends as the uninterrupted run, whether the optimizer in trainer.states carries
+    the record of its boosts or, as checkpoints written before the record existed, not (the
+    policy's state.json then says which boosts were done)."""
+    import pickle
+    data = _tiny_mnist()
+    expected = train.train_run(PROTOCOL, 'ARSGB', 3, data, tmp_path / 'a.jsonl', tmp_path / 'a')
+    original = prepare.Prepared.train_batches
+    calls = {'n': 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls['n'] += 1
+        for i, batch in enumerate(original(self, *args, **kwargs)):
+            if calls['n'] == 3 and i == 1:
+                raise KeyboardInterrupt
+            yield batch
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_run(PROTOCOL, 'ARSGB', 3, data, tmp_path / 'b.jsonl', tmp_path / 'b')
+    monkeypatch.setattr(prepare.Prepared, 'train_batches', original)
+    states = tmp_path / 'b' / 'epoch-0002' / 'trainer.states'
+    saved, optimizer = pickle.loads(states.read_bytes())
+    assert [b['epoch'] for b in optimizer.obsb_boosts] == [2] and optimizer.mu == 0.1
+    if checkpoint != 'with the record':
+        del optimizer.obsb_boosts
+        states.write_bytes(pickle.dumps((saved, optimizer)))
+
+    resumed = train.train_run(PROTOCOL, 'ARSGB', 3, data, tmp_path / 'b.jsonl', tmp_path / 'b')
+    assert _strip_times(resumed) == _strip_times(expected)
+    assert [r['mu'] for r in resumed] == [0.05, 0.1, 0.1]
+
+
 def test_logged_step_size_follows_the_schedule_on_a_worker_that_never_updates():
     """On a parameter-server worker the optimizer's own count stays 0: the log must still show
     the step-size drop the servers apply."""

@@ -168,6 +168,13 @@ def _boost_of(optimizer, params, **policy):
     return ObservationBoost(gluon.Trainer(net.collect_params(), optimizer, params), **policy)
 
 
+def _policy_state_of_another_point_of_the_run():
+    opt = mx.optimizer.create('arsg', mu=0.05)
+    before = ObservationBoost(opt, boost_epochs=[2]).state_dict()
+    ObservationBoost(opt, boost_epochs=[2]).epoch_begin(2)
+    ObservationBoost(opt, boost_epochs=[2]).load_state_dict(before)
+
+
 def _search_on_too_few_batches():
     net = _dense('searched_', 2, 3)
     net.initialize()
@@ -235,6 +242,8 @@ def messages(tmp_path, monkeypatch):
         'a boost of an optimizer without mu': raised(_boost_of, 'adam', {}, boost_epochs=[6]),
         'a mu that two boosts would double past 1': raised(_boost_of, 'arsg', {'mu': 0.3},
                                                            boost_epochs=[6, 9], max_boosts=2),
+        'a policy state of another point of the run': raised(
+            _policy_state_of_another_point_of_the_run),
         'a search with too few minibatches': raised(_search_on_too_few_batches),
         'a setting the servers cannot take': raised(_setting_changed_on_servers),
         'a parameter-server job without workers': raised(namsg_dist.main,
