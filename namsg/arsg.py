@@ -12,7 +12,7 @@ from ._checks import (ADAPTIVE_CHECKS, check_bounds, check_choice, check_unit_in
 
 __all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
 
-#: The preconditioners of eq. (7) that ARSG offers, see the class docstring.
+#: The values of :class:`ARSG`'s ``preconditioner``: the preconditioners of eq. (7) it offers.
 PRECONDITIONERS = ('amsgrad', 'adam', 'none')
 
 #: The arrays of a state tuple (before its update count) under each preconditioner of eq. (7):

@@ -2,7 +2,9 @@
 site builds with warnings as errors (every cross-reference resolves), and its HTML has no broken
 internal link or missing image."""
 
+import builtins
 import doctest
+import html
 import html.parser
 import importlib
 import pkgutil
@@ -148,3 +150,34 @@ def test_no_internal_link_is_broken_and_no_image_is_missing(site):
     assert not broken, '\n'.join(broken)
     images = [i for parsed in pages.values() for i in parsed.images]
     assert any(i.endswith('.png') for i in images)
+
+
+# -- the API reference ---------------------------------------------------------------------
+
+def _api_pages(site):
+    return sorted((site / 'api').glob('*.html'))
+
+
+def _article_text(page):
+    """The text of a page's article (its content, without the navigation), quotes unsmartened."""
+    source = page.read_text()
+    article = re.search(r'<article[^>]*>(.*)</article>', source, re.S)
+    text = html.unescape(re.sub(r'<[^>]+>', '', article.group(1) if article else source))
+    return text.translate(str.maketrans('‘’“”', "''\"\""))
+
+
+#: What autodoc shows for a name without a description of its own: the docstring of its
+#: value's type (``str(object='') -> str``, "Built-in immutable sequence.") or of a NamedTuple
+#: field's accessor.
+BORROWED = sorted({doc.strip().splitlines()[0] for doc in (
+    getattr(builtins, name).__doc__ for name in dir(builtins)
+    if isinstance(getattr(builtins, name), type)) if doc and doc.strip()} | {
+    'Alias for field number'})
+
+
+def test_every_api_entry_has_its_own_description(site):
+    """``namsg.__version__`` showed str's docstring, ``namsg.PRECONDITIONERS`` tuple's (its
+    ``#:`` comment is in namsg/arsg.py) and 36 NamedTuple fields "Alias for field number N"."""
+    found = ['%s: %r' % (page.name, line) for page in _api_pages(site)
+             for line in BORROWED if line in _article_text(page)]
+    assert found == []

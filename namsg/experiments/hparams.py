@@ -71,11 +71,15 @@ GRIDS: Dict[str, Dict[str, Tuple]] = {
 
 
 class OptimizerSpec(NamedTuple):
-    """What to hand to MXNet: a registered optimizer name and its keyword arguments.
-    ``boost`` is True for ARSGB, whose observation-boost policy the training loop applies."""
+    """What to hand to MXNet: a registered optimizer name and its keyword arguments."""
+    #: The paper's method, one of ``METHODS``.
     method: str
+    #: The registered MXNet optimizer name (``'sgd'``, ``'arsg'``, ...).
     name: str
+    #: Its keyword arguments, from the paper's tuple (the protocol adds ``wd`` and the
+    #: step-size drop: :func:`optimizer_kwargs`).
     kwargs: Dict
+    #: True for ARSGB, whose observation-boost policy the training loop applies.
     boost: bool = False
 
 
@@ -183,16 +187,26 @@ def grid_tuples(method):
 
 class Protocol(NamedTuple):
     """One experiment of Appendix B, as run here."""
+    #: Its name, one of ``SETTINGS`` (its column of Table A1).
     setting: str
-    dataset: str                    # 'mnist' or 'cifar10'
-    model: str                      # see models.MODELS
+    #: The data, 'mnist' or 'cifar10'.
+    dataset: str
+    #: The network, one of :data:`namsg.experiments.models.MODELS`.
+    model: str
+    #: Epochs of training, >= 1.
     epochs: int
+    #: Examples per minibatch of each worker, split over its devices (B.1, B.3: 256).
     batch_size: int
+    #: Weight decay (L2, as MXNet's ``wd``).
     wd: float
-    boost_epoch: int                # ARSGB's boost applies from the start of this epoch
-    lr_drop_iteration: Optional[int] = None   # step size divided by lr_drop_factor after it
+    #: ARSGB's boost applies from the start of this epoch (1-based).
+    boost_epoch: int
+    #: The step size is divided by ``lr_drop_factor`` after this many iterations; None: never.
+    lr_drop_iteration: Optional[int] = None
+    #: What the step size is divided by after ``lr_drop_iteration`` (B.3: 10), > 0.
     lr_drop_factor: float = 10.0
-    scale: float = 1.0              # budget: 1.0 is the paper's protocol
+    #: The budget, in (0, 1]: 1.0 is the paper's protocol, less is :meth:`scaled`'s.
+    scale: float = 1.0
 
     def scaled(self, scale):
         """The protocol shrunk to ``scale`` of its epochs, keeping its shape: the boost epoch and
