@@ -72,8 +72,10 @@ class ARSG(ElementwiseOptimizer):
         The preconditioner of eq. (7). The states' layout follows it, so it is fixed once this
         optimizer has made states: changing it then raises ValueError, as does a state of
         another preconditioner's layout (e.g. loaded by ``Module.load_optimizer_states``).
-    lower_bound, upper_bound : float or None, default None
-        Bounds of the feasible box F; None means unbounded on that side.
+    lower_bound : float or None, default None
+        The lower bound of the feasible box F (every element); None: unbounded below.
+    upper_bound : float or None, default None
+        The upper bound of the feasible box F, >= ``lower_bound``; None: unbounded above.
     lazy_update : bool, default True
         For ``row_sparse`` gradients: update only the rows present in the gradient (their m, v,
         vhat and weights), like MXNet's ``adam(lazy_update=True)``. If False, the gradient is

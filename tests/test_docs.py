@@ -181,3 +181,34 @@ def test_every_api_entry_has_its_own_description(site):
     found = ['%s: %r' % (page.name, line) for page in _api_pages(site)
              for line in BORROWED if line in _article_text(page)]
     assert found == []
+
+
+def _numpydoc_entries(docstring):
+    """The entry lines (``name : type``) of a docstring's Parameters, Other Parameters and
+    Attributes sections."""
+    lines = textwrap.dedent('\n'.join(docstring.splitlines()[1:])).splitlines()
+    section, entries = None, []
+    for i, line in enumerate(lines):
+        if i + 1 < len(lines) and re.fullmatch(r'-{3,}', lines[i + 1].strip()):
+            section = line.strip()
+        elif section and re.match(r'(Other )?Parameters|Attributes', section) and \
+                line and not line[0].isspace() and not set(line) <= {'-'}:
+            entries.append(line)
+    return entries
+
+
+def test_every_parameter_has_its_own_entry():
+    """``beta, mu : float`` gave napoleon two parameters with one description ("The momentum
+    decay rate and the observation factor") each: one entry per name, with its own type,
+    range and default."""
+    import ast
+    sources = sorted((ROOT / 'namsg').rglob('*.py')) + [ROOT / 'namsg_dist.py']
+    shared = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+                docstring = ast.get_docstring(node, clean=False)
+                for entry in _numpydoc_entries(docstring or ''):
+                    if re.match(r'\**\w+\s*,', entry):
+                        shared.append('%s: %s' % (path.relative_to(ROOT), entry))
+    assert shared == []
