@@ -88,7 +88,7 @@ class ARSG(ElementwiseOptimizer):
         NaN and infinite values). Anything but a bool or None raises ValueError.
     skip_nonfinite_grad : bool, default False
         Leave a parameter alone (weight, master copy, m, v, vhat, update count) at a step
-        whose gradient has a NaN or infinite element, count it in ``nonfinite_skips``
+        whose gradient has a NaN or infinite element, count it in :attr:`nonfinite_skips`
         ({parameter name or index: skips}) and warn once per parameter (RuntimeWarning).
         Costs one ``multi_all_finite`` operator and one wait for the gradients per update
         call. Anything but True or False raises ValueError. Without it, see Notes.

@@ -61,7 +61,10 @@ class RSG(ARSG):
     :class:`namsg.ARSG`). Registered as ``'rsg'``.
     """
 
-    #: The ARSG arguments that RSG refuses: it has one decay rate and no preconditioner.
+    #: The ARSG arguments that RSG refuses: it has one decay rate and no preconditioner (the
+    #: repr leaves them out: namsg._base).
+    #:
+    #: :meta private:
     NOT_TAKEN = ('beta1', 'beta2', 'epsilon', 'preconditioner')
 
     # beta is stored as beta1: name it as the user does.

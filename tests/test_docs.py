@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -181,6 +182,31 @@ def test_every_api_entry_has_its_own_description(site):
     found = ['%s: %r' % (page.name, line) for page in _api_pages(site)
              for line in BORROWED if line in _article_text(page)]
     assert found == []
+
+
+def _api_ids(site):
+    return set().union(*(_parse(page).ids for page in _api_pages(site)))
+
+
+def test_api_pages_show_no_internals(site):
+    """Class attributes that only the package's code and old pickles use were documented
+    (``Lookahead.STATE_LENGTH`` "see split_count", a private function)."""
+    ids = _api_ids(site)
+    assert {'namsg.PRECONDITIONERS', 'namsg.__version__', 'namsg.RSG.beta'} <= ids
+    internals = {'namsg.Lookahead.STATE_LENGTH', 'namsg.Lookahead.skip_nonfinite_grad',
+                 'namsg.RSG.NOT_TAKEN', 'namsg.ARSG.STATE_LENGTH'}
+    assert ids & internals == set()
+
+
+def test_every_optimizer_documents_its_skip_counts(site):
+    """``nonfinite_skips`` was documented on Lookahead only, not on the optimizers that inherit
+    it from the package's base class (ARSG and the others)."""
+    import namsg
+    from mxnet.optimizer import Optimizer
+    optimizers = {value for value in map(partial(getattr, namsg), namsg.__all__)
+                  if isinstance(value, type) and issubclass(value, Optimizer)}
+    assert len(optimizers) == 6     # Arsg is ARSG
+    assert {'namsg.%s.nonfinite_skips' % cls.__name__ for cls in optimizers} <= _api_ids(site)
 
 
 def _numpydoc_entries(docstring):
