@@ -209,6 +209,18 @@ def test_every_optimizer_documents_its_skip_counts(site):
     assert {'namsg.%s.nonfinite_skips' % cls.__name__ for cls in optimizers} <= _api_ids(site)
 
 
+@pytest.mark.parametrize('package', ['namsg.experiments', 'namsg.kernels'])
+def test_a_package_page_lists_each_of_its_modules_once(site, package):
+    """namsg.experiments's page listed its modules twice (its docstring's list, which left out
+    ``threads``, and the page's own)."""
+    module = importlib.import_module(package)
+    names = [m.name for m in pkgutil.iter_modules(module.__path__, package + '.')
+             if not m.name.endswith('__main__')]
+    page = (site / 'api' / ('%s.html' % package)).read_text()
+    counts = {name: page.count('#module-%s"' % name) for name in names}
+    assert counts == dict.fromkeys(names, 1)
+
+
 def _numpydoc_entries(docstring):
     """The entry lines (``name : type``) of a docstring's Parameters, Other Parameters and
     Attributes sections."""
