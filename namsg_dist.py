@@ -356,9 +356,9 @@ def _pslite_verbosity(env):
     return dict(env, PS_VERBOSE='1'), True
 
 
-#: Signals that end a job (batch schedulers, ``timeout`` and containers send SIGTERM; a closed
-#: terminal SIGHUP); the launcher then exits with 128 + the signal's number.
-#: The signals that end a job and every process of it: SIGINT (Ctrl-C), SIGTERM, SIGHUP.
+#: The signals that end a job and every process of it: SIGINT (Ctrl-C), SIGTERM (batch
+#: schedulers, ``timeout`` and containers send it) and SIGHUP (a closed terminal); the launcher
+#: then exits with 128 + the signal's number.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 

@@ -209,6 +209,17 @@ def test_every_optimizer_documents_its_skip_counts(site):
     assert {'namsg.%s.nonfinite_skips' % cls.__name__ for cls in optimizers} <= _api_ids(site)
 
 
+def test_no_value_is_shown_whole_where_it_is_long(site):
+    """TABLE_A1 was shown as one dict of 1,300 characters: it links to the table instead."""
+    for page in _api_pages(site):
+        for signature in re.findall(r'<dt class="sig[^>]*>(.*?)</dt>', page.read_text(), re.S):
+            text = html.unescape(re.sub(r'<[^>]+>', '', signature)).strip()
+            assert len(text) < 500, (page.name, text[:100])
+    hparams = _article_text(site / 'api' / 'namsg.experiments.hparams.html')
+    assert 'TABLE_A1 =' not in hparams
+    assert re.search(r'drawn as a table in\s+the hyper-parameters guide', hparams)
+
+
 @pytest.mark.parametrize('package', ['namsg.experiments', 'namsg.kernels'])
 def test_a_package_page_lists_each_of_its_modules_once(site, package):
     """namsg.experiments's page listed its modules twice (its docstring's list, which left out
