@@ -4,7 +4,8 @@ Each function is one equation of the paper, written from the paper and nothing e
 nothing of MXNet. Arrays are updated out of place (new arrays are returned) and computed in the
 dtype of the inputs (tests pass float64).
 
-Equation numbers are those of the paper (``shared/paper/arsg-paper.txt``):
+Equation numbers are those of Section 2 ("Method") of the paper: Y. Chen et al., *An Adaptive
+Remote Stochastic Gradient Method for Training Neural Networks*, arXiv:1905.01422 (2019):
 
 * eq. (1)  heavy ball (HB):              :func:`hb_step`
 * eq. (2)  RSG, original two-sequence:   :func:`rsg_original_step`
