@@ -186,7 +186,7 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
     upper_bound : float or None
         The projection's upper bound; None: unbounded above.
     preconditioner_index : int
-        The index of the preconditioner in ``namsg.arsg.PRECONDITIONERS`` (0 'amsgrad', 1
+        The index of the preconditioner in :data:`namsg.PRECONDITIONERS` (0 'amsgrad', 1
         'adam', 2 'none').
 
     Raises
