@@ -356,9 +356,9 @@ def _pslite_verbosity(env):
     return dict(env, PS_VERBOSE='1'), True
 
 
-#: Signals that end a job (batch schedulers, ``timeout`` and containers send SIGTERM; a closed
-#: terminal SIGHUP); the launcher then exits with 128 + the signal's number.
-#: The signals that end a job and every process of it: SIGINT (Ctrl-C), SIGTERM, SIGHUP.
+#: The signals that end a job and every process of it: SIGINT (Ctrl-C), SIGTERM (batch
+#: schedulers, ``timeout`` and containers send it) and SIGHUP (a closed terminal); the launcher
+#: then exits with 128 + the signal's number.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -650,8 +650,10 @@ def launch_ssh(command, hosts, num_workers, num_servers=1, timeout=3600, host_ip
     hosts : list of tuple
         (host, ssh port) pairs of str, e.g. from :func:`read_hosts`; each host's address as this machine
         resolves it is the node's ``DMLC_NODE_HOST`` (ps-lite binds to it).
-    num_workers, num_servers : int
-        Processes of each role, >= 1.
+    num_workers : int
+        Worker processes (the ranks of the job), >= 1.
+    num_servers : int, default 1
+        Server processes, >= 1 (each holds a share of the parameters).
     timeout : float, default 3600
         Seconds before the job is ended (status 124), > 0.
     host_ip : str or None, default None

@@ -27,6 +27,8 @@ from ._checks import check_environment
 if _mxnet.has_kvstore_base():
     from . import horovod_store  # noqa: F401 (registers the 'horovod' kvstore; see its doc)
 
+#: The package's version (PEP 440): setup.py reads it from here, and each run log's header
+#: records it (``versions``).
 __version__ = '0.2.0'
 
 __all__ = ['ARSG', 'Arsg', 'RSG', 'PRECONDITIONERS', 'AMSGrad', 'RAdam', 'Lookahead', 'Ranger',

@@ -275,9 +275,14 @@ class ElementwiseOptimizer(Optimizer):
     _CHECKS = BASE_CHECKS
     #: The length of a state saved without its count where the state's last element cannot
     #: tell (see namsg._states.split_count): not needed here, unlike for Lookahead.
+    #:
+    #: :meta private:
     STATE_LENGTH = None
 
-    #: Default for optimizers pickled before the option existed.
+    #: Default for optimizers pickled before the option existed (the constructor's argument is
+    #: the documented one).
+    #:
+    #: :meta private:
     skip_nonfinite_grad = False
 
     def __init__(self, learning_rate=DefaultStepSize(0.001), lazy_update=True,

@@ -12,7 +12,7 @@ from ._checks import (ADAPTIVE_CHECKS, check_bounds, check_choice, check_unit_in
 
 __all__ = ['ARSG', 'Arsg', 'PRECONDITIONERS']
 
-#: The preconditioners of eq. (7) that ARSG offers, see the class docstring.
+#: The values of :class:`ARSG`'s ``preconditioner``: the preconditioners of eq. (7) it offers.
 PRECONDITIONERS = ('amsgrad', 'adam', 'none')
 
 #: The arrays of a state tuple (before its update count) under each preconditioner of eq. (7):
@@ -72,8 +72,10 @@ class ARSG(ElementwiseOptimizer):
         The preconditioner of eq. (7). The states' layout follows it, so it is fixed once this
         optimizer has made states: changing it then raises ValueError, as does a state of
         another preconditioner's layout (e.g. loaded by ``Module.load_optimizer_states``).
-    lower_bound, upper_bound : float or None, default None
-        Bounds of the feasible box F; None means unbounded on that side.
+    lower_bound : float or None, default None
+        The lower bound of the feasible box F (every element); None: unbounded below.
+    upper_bound : float or None, default None
+        The upper bound of the feasible box F, >= ``lower_bound``; None: unbounded above.
     lazy_update : bool, default True
         For ``row_sparse`` gradients: update only the rows present in the gradient (their m, v,
         vhat and weights), like MXNet's ``adam(lazy_update=True)``. If False, the gradient is
@@ -86,7 +88,7 @@ class ARSG(ElementwiseOptimizer):
         NaN and infinite values). Anything but a bool or None raises ValueError.
     skip_nonfinite_grad : bool, default False
         Leave a parameter alone (weight, master copy, m, v, vhat, update count) at a step
-        whose gradient has a NaN or infinite element, count it in ``nonfinite_skips``
+        whose gradient has a NaN or infinite element, count it in :attr:`nonfinite_skips`
         ({parameter name or index: skips}) and warn once per parameter (RuntimeWarning).
         Costs one ``multi_all_finite`` operator and one wait for the gradients per update
         call. Anything but True or False raises ValueError. Without it, see Notes.

@@ -329,14 +329,13 @@ class ObservationBoost:
 # -- OBSB's first stage ------------------------------------------------------------------------
 
 class StepSizeSearch(NamedTuple):
-    """What :func:`search_step_size` found.
-
-    ``best`` is the chosen step size; ``ranking`` lists (step size, score) best first, where the
-    score is the mean training loss over the last ``window`` iterations (``inf`` for a run
-    that diverged); ``losses`` maps each step size to its per-iteration mean minibatch losses.
-    """
+    """What :func:`search_step_size` found."""
+    #: The chosen step size: the first of ``ranking``.
     best: float
+    #: (step size, score) for every candidate, best first, where the score is the mean training
+    #: loss over the last ``window`` iterations of the search (``inf`` for a run that diverged).
     ranking: List[Tuple[float, float]]
+    #: {step size: its per-iteration mean minibatch losses}, in the order of the iterations.
     losses: Dict[float, List[float]]
 
     @property

@@ -69,8 +69,10 @@ def eigenvalues(tau, beta, mu):
     ----------
     tau : float or numpy.ndarray
         alpha * lambda, any shape.
-    beta, mu : float
-        The momentum decay rate and the observation factor, in [0, 1).
+    beta : float
+        The momentum decay rate, in [0, 1).
+    mu : float
+        The observation factor, in [0, 1).
 
     Returns
     -------
@@ -91,8 +93,10 @@ def gain_factor(tau, beta, mu):
     ----------
     tau : float or numpy.ndarray
         alpha * lambda, any shape.
-    beta, mu : float
-        The momentum decay rate and the observation factor, in [0, 1).
+    beta : float
+        The momentum decay rate, in [0, 1).
+    mu : float
+        The observation factor, in [0, 1).
 
     Returns
     -------
@@ -111,8 +115,10 @@ def error_variance_limit(tau, beta, mu):
     ----------
     tau : float or numpy.ndarray
         alpha * lambda, any shape.
-    beta, mu : float
-        The momentum decay rate and the observation factor, in [0, 1).
+    beta : float
+        The momentum decay rate, in [0, 1).
+    mu : float
+        The observation factor, in [0, 1).
 
     Returns
     -------
@@ -158,8 +164,10 @@ def error_variance_limit_lyapunov(tau, beta, mu):
     ----------
     tau : float
         alpha * lambda.
-    beta, mu : float
-        The momentum decay rate and the observation factor, in [0, 1).
+    beta : float
+        The momentum decay rate, in [0, 1).
+    mu : float
+        The observation factor, in [0, 1).
 
     Returns
     -------
@@ -179,8 +187,10 @@ def tau_star(beta, mu):
 
     Parameters
     ----------
-    beta, mu : float
-        The momentum decay rate and the observation factor, each in (0, 1).
+    beta : float
+        The momentum decay rate, in (0, 1).
+    mu : float
+        The observation factor, in (0, 1).
 
     Returns
     -------
@@ -250,8 +260,10 @@ def theorem1_rate(kappa, c_alpha, c_beta):
     ----------
     kappa : float
         The condition number lambda_max / lambda_min, > 1.
-    c_alpha, c_beta : float
-        The theorem's constants, > 0.
+    c_alpha : float
+        The step size's constant (alpha = c_alpha sqrt(kappa) / lambda_max), > 0.
+    c_beta : float
+        The momentum decay's constant (beta = 1 - c_beta / sqrt(kappa)), > 0.
 
     Returns
     -------
@@ -271,8 +283,12 @@ def worst_case_rate(kappa, c_alpha, c_beta, c_mu, points=20001):
     ----------
     kappa : float
         The condition number, > 1.
-    c_alpha, c_beta, c_mu : float
-        The theorem's constants, > 0.
+    c_alpha : float
+        The step size's constant (alpha = c_alpha sqrt(kappa), lambda_max being 1), > 0.
+    c_beta : float
+        The momentum decay's constant (beta = 1 - c_beta / sqrt(kappa)), > 0.
+    c_mu : float
+        The observation factor's constant (mu = c_mu / sqrt(kappa)), > 0.
     points : int, default 20001
         Grid points over the eigenvalues.
 

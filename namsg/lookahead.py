@@ -76,8 +76,13 @@ class Lookahead(Optimizer):
                   alpha=of_value(check_number_in, 'alpha', 0.0, 1.0, True),
                   skip_nonfinite_grad=of_value(check_bool, 'skip_nonfinite_grad'))
     #: (slow, inner_state): a state of namsg 0.1.0, without its count (see split_count).
+    #:
+    #: :meta private:
     STATE_LENGTH = 2
-    #: Default for wrappers pickled before the option existed.
+    #: Default for wrappers pickled before the option existed (the constructor's argument is
+    #: the documented one).
+    #:
+    #: :meta private:
     skip_nonfinite_grad = False
     # The property documents itself (namsg._nonfinite).
     nonfinite_skips = _nonfinite.NONFINITE_SKIPS

@@ -49,7 +49,7 @@ class RAdam(ElementwiseOptimizer):
         For ``row_sparse`` gradients, update only the rows present.
     skip_nonfinite_grad : bool, default False
         Leave a parameter (weight, states, update count) untouched at a step whose gradient has
-        a NaN or infinite element; counted in ``nonfinite_skips``, warned about once per
+        a NaN or infinite element; counted in :attr:`nonfinite_skips`, warned about once per
         parameter. Without it NaN and infinities follow the equations (IEEE arithmetic) and
         poison the elements they reach, as in MXNet's optimizers (see :class:`namsg.ARSG`).
 

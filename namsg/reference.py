@@ -4,7 +4,8 @@ Each function is one equation of the paper, written from the paper and nothing e
 nothing of MXNet. Arrays are updated out of place (new arrays are returned) and computed in the
 dtype of the inputs (tests pass float64).
 
-Equation numbers are those of the paper (``shared/paper/arsg-paper.txt``):
+Equation numbers are those of Section 2 ("Method") of the paper: Y. Chen et al., *An Adaptive
+Remote Stochastic Gradient Method for Training Neural Networks*, arXiv:1905.01422 (2019):
 
 * eq. (1)  heavy ball (HB):              :func:`hb_step`
 * eq. (2)  RSG, original two-sequence:   :func:`rsg_original_step`
@@ -69,9 +70,14 @@ def rsg_fast_step(x, m_tilde, g, alpha, beta, mu):
 
 class ARSGState(NamedTuple):
     """Algorithm 1's state: momentum m, second moment v, its running maximum vhat, step count t."""
+    #: The momentum m_t, of x's shape and dtype (0 after :func:`arsg_init`).
     m: np.ndarray
+    #: The second-moment estimate v_t, the average of g^2, of x's shape and dtype.
     v: np.ndarray
+    #: The running maximum of v_t, of x's shape and dtype, started at epsilon (Algorithm 1,
+    #: line 1); its square root is the 'amsgrad' preconditioner.
     vhat: np.ndarray
+    #: The steps taken, t (0 after :func:`arsg_init`).
     t: int
 
 
@@ -116,9 +122,14 @@ def arsg_step(x, state, g, alpha, beta1, beta2, mu, epsilon, preconditioner='ams
 
 class AdaptiveState(NamedTuple):
     """First and second moments, AMSGRAD's running maximum, and the step count."""
+    #: The first moment m_t, of x's shape and dtype (0 after :func:`adaptive_init`).
     m: np.ndarray
+    #: The second moment v_t, the average of g^2, of x's shape and dtype.
     v: np.ndarray
+    #: AMSGRAD's running maximum of v_t (0 after :func:`adaptive_init`); RAdam and NAdam keep
+    #: it unchanged.
     vhat: np.ndarray
+    #: The steps taken, t (0 after :func:`adaptive_init`).
     t: int
 
 

@@ -36,8 +36,10 @@ class RSG(ARSG):
         Decay rate of the momentum m, in [0, 1).
     mu : float, default 0.1
         Observation factor, in [0, 1); may be changed between steps.
-    lower_bound, upper_bound : float or None, default None
-        Bounds of the feasible box; None means unbounded on that side.
+    lower_bound : float or None, default None
+        The lower bound of the feasible box (every element); None: unbounded below.
+    upper_bound : float or None, default None
+        The upper bound of the feasible box, >= ``lower_bound``; None: unbounded above.
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
     fused : bool or None, default None
@@ -59,7 +61,10 @@ class RSG(ARSG):
     :class:`namsg.ARSG`). Registered as ``'rsg'``.
     """
 
-    #: The ARSG arguments that RSG refuses: it has one decay rate and no preconditioner.
+    #: The ARSG arguments that RSG refuses: it has one decay rate and no preconditioner (the
+    #: repr leaves them out: namsg._base).
+    #:
+    #: :meta private:
     NOT_TAKEN = ('beta1', 'beta2', 'epsilon', 'preconditioner')
 
     # beta is stored as beta1: name it as the user does.

@@ -2,7 +2,9 @@
 site builds with warnings as errors (every cross-reference resolves), and its HTML has no broken
 internal link or missing image."""
 
+import builtins
 import doctest
+import html
 import html.parser
 import importlib
 import pkgutil
@@ -11,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -148,3 +151,113 @@ def test_no_internal_link_is_broken_and_no_image_is_missing(site):
     assert not broken, '\n'.join(broken)
     images = [i for parsed in pages.values() for i in parsed.images]
     assert any(i.endswith('.png') for i in images)
+
+
+# -- the API reference ---------------------------------------------------------------------
+
+def _api_pages(site):
+    return sorted((site / 'api').glob('*.html'))
+
+
+def _article_text(page):
+    """The text of a page's article (its content, without the navigation), quotes unsmartened."""
+    source = page.read_text()
+    article = re.search(r'<article[^>]*>(.*)</article>', source, re.S)
+    text = html.unescape(re.sub(r'<[^>]+>', '', article.group(1) if article else source))
+    return text.translate(str.maketrans('‘’“”', "''\"\""))
+
+
+#: What autodoc shows for a name without a description of its own: the docstring of its
+#: value's type (``str(object='') -> str``, "Built-in immutable sequence.") or of a NamedTuple
+#: field's accessor.
+BORROWED = sorted({doc.strip().splitlines()[0] for doc in (
+    getattr(builtins, name).__doc__ for name in dir(builtins)
+    if isinstance(getattr(builtins, name), type)) if doc and doc.strip()} | {
+    'Alias for field number'})
+
+
+def test_every_api_entry_has_its_own_description(site):
+    """``namsg.__version__`` showed str's docstring, ``namsg.PRECONDITIONERS`` tuple's (its
+    ``#:`` comment is in namsg/arsg.py) and 36 NamedTuple fields "Alias for field number N"."""
+    found = ['%s: %r' % (page.name, line) for page in _api_pages(site)
+             for line in BORROWED if line in _article_text(page)]
+    assert found == []
+
+
+def _api_ids(site):
+    return set().union(*(_parse(page).ids for page in _api_pages(site)))
+
+
+def test_api_pages_show_no_internals(site):
+    """Class attributes that only the package's code and old pickles use were documented
+    (``Lookahead.STATE_LENGTH`` "see split_count", a private function)."""
+    ids = _api_ids(site)
+    assert {'namsg.PRECONDITIONERS', 'namsg.__version__', 'namsg.RSG.beta'} <= ids
+    internals = {'namsg.Lookahead.STATE_LENGTH', 'namsg.Lookahead.skip_nonfinite_grad',
+                 'namsg.RSG.NOT_TAKEN', 'namsg.ARSG.STATE_LENGTH'}
+    assert ids & internals == set()
+
+
+def test_every_optimizer_documents_its_skip_counts(site):
+    """``nonfinite_skips`` was documented on Lookahead only, not on the optimizers that inherit
+    it from the package's base class (ARSG and the others)."""
+    import namsg
+    from mxnet.optimizer import Optimizer
+    optimizers = {value for value in map(partial(getattr, namsg), namsg.__all__)
+                  if isinstance(value, type) and issubclass(value, Optimizer)}
+    assert len(optimizers) == 6     # Arsg is ARSG
+    assert {'namsg.%s.nonfinite_skips' % cls.__name__ for cls in optimizers} <= _api_ids(site)
+
+
+def test_no_value_is_shown_whole_where_it_is_long(site):
+    """TABLE_A1 was shown as one dict of 1,300 characters: it links to the table instead."""
+    for page in _api_pages(site):
+        for signature in re.findall(r'<dt class="sig[^>]*>(.*?)</dt>', page.read_text(), re.S):
+            text = html.unescape(re.sub(r'<[^>]+>', '', signature)).strip()
+            assert len(text) < 500, (page.name, text[:100])
+    hparams = _article_text(site / 'api' / 'namsg.experiments.hparams.html')
+    assert 'TABLE_A1 =' not in hparams
+    assert re.search(r'drawn as a table in\s+the hyper-parameters guide', hparams)
+
+
+@pytest.mark.parametrize('package', ['namsg.experiments', 'namsg.kernels'])
+def test_a_package_page_lists_each_of_its_modules_once(site, package):
+    """namsg.experiments's page listed its modules twice (its docstring's list, which left out
+    ``threads``, and the page's own)."""
+    module = importlib.import_module(package)
+    names = [m.name for m in pkgutil.iter_modules(module.__path__, package + '.')
+             if not m.name.endswith('__main__')]
+    page = (site / 'api' / ('%s.html' % package)).read_text()
+    counts = {name: page.count('#module-%s"' % name) for name in names}
+    assert counts == dict.fromkeys(names, 1)
+
+
+def _numpydoc_entries(docstring):
+    """The entry lines (``name : type``) of a docstring's Parameters, Other Parameters and
+    Attributes sections."""
+    lines = textwrap.dedent('\n'.join(docstring.splitlines()[1:])).splitlines()
+    section, entries = None, []
+    for i, line in enumerate(lines):
+        if i + 1 < len(lines) and re.fullmatch(r'-{3,}', lines[i + 1].strip()):
+            section = line.strip()
+        elif section and re.match(r'(Other )?Parameters|Attributes', section) and \
+                line and not line[0].isspace() and not set(line) <= {'-'}:
+            entries.append(line)
+    return entries
+
+
+def test_every_parameter_has_its_own_entry():
+    """``beta, mu : float`` gave napoleon two parameters with one description ("The momentum
+    decay rate and the observation factor") each: one entry per name, with its own type,
+    range and default."""
+    import ast
+    sources = sorted((ROOT / 'namsg').rglob('*.py')) + [ROOT / 'namsg_dist.py']
+    shared = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+                docstring = ast.get_docstring(node, clean=False)
+                for entry in _numpydoc_entries(docstring or ''):
+                    if re.match(r'\**\w+\s*,', entry):
+                        shared.append('%s: %s' % (path.relative_to(ROOT), entry))
+    assert shared == []

@@ -212,7 +212,7 @@ def test_runs_on_other_data_are_never_compared_as_the_same_runs():
     assert compare.comparison_markdown(rerun, {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25])]}) == ''
     # A log without a fingerprint (written before logs held one) cannot be shown to be the same.
     old_header, records = _run('ARSG', 0, [1.0, 0.5, 0.25])
-    old_header['data'] = 'MNIST files in /work/somewhere'
+    old_header['data'] = 'MNIST files in /data/somewhere'
     del old_header['data_source']
     same = {'ARSG': [_run('ARSG', 0, [1.0, 0.5, 0.25])]}
     assert compare.comparison_markdown(same, {'ARSG': [(old_header, records)]}) == ''

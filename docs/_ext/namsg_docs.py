@@ -21,16 +21,26 @@ Directives (in MyST pages, as ```` ```{results-table} ````):
     (:func:`namsg.experiments.hparams.mxnet_arguments_markdown`).
 
 A source that holds no runs fails the build (an error, not a warning), naming the source.
+
+The API pages' descriptions: a value that a package re-exports takes its ``#:`` comment from the
+module that defines it, and a value or NamedTuple field without a description of its own is a
+warning (:func:`describe_own_values`), where autodoc would show its type's docstring.
 """
 
+import sys
 import zlib
 from pathlib import Path
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx.errors import PycodeError
+from sphinx.pycode import ModuleAnalyzer
+from sphinx.util import logging
+from sphinx.util.docstrings import prepare_docstring
 from sphinx.util.docutils import SphinxDirective
 
 ROOT = Path(__file__).resolve().parents[2]
+LOGGER = logging.getLogger(__name__)
 
 #: Names from outside the package that the pages and docstrings refer to, by inventory:
 #: {inventory: [(name, domain:role, page#anchor)]}. Offline builds cannot fetch the projects'
@@ -146,10 +156,52 @@ def _prose_attribute_docstring(self):
                                                      self._config).lines())
 
 
+def _defining_module_comment(package, name, value):
+    """The ``#:`` comment of ``name`` in the submodule of ``package`` that defines it (the
+    package re-exports it), or None."""
+    for module_name, module in sorted(sys.modules.items()):
+        if not module_name.startswith(package + '.') or getattr(module, name, None) is not value:
+            continue
+        try:
+            analyzer = ModuleAnalyzer.for_module(module_name)
+            analyzer.analyze()
+        except PycodeError:
+            continue
+        comment = analyzer.attr_docs.get(('', name))
+        if comment:
+            return list(comment)
+    return None
+
+
+def describe_own_values(app, what, name, obj, options, lines):
+    """A module-level value's description is its ``#:`` comment, which autodoc reads in the
+    module it documents the value under; where that module has none it shows the docstring of
+    the value's type (``str(object='') -> str``, "Built-in immutable sequence."). For a value a
+    package re-exports (``namsg.PRECONDITIONERS``) the comment is read where the value is
+    defined (``namsg/arsg.py``); a value without one, and a NamedTuple field without one
+    ("Alias for field number N"), is a warning, so the build (-W) names it."""
+    type_doc = type(obj).__doc__
+    if what == 'data' and type_doc and lines[:len(prepare_docstring(type_doc))] == \
+            prepare_docstring(type_doc):
+        package, _, attribute = name.rpartition('.')
+        comment = _defining_module_comment(package, attribute, obj)
+        lines[:] = comment or []
+        if comment is None:
+            LOGGER.warning('%s has no description: give it a "#:" comment where it is '
+                           'assigned', name, type='namsg', subtype='undocumented')
+    elif what in ('attribute', 'property') and lines and \
+            lines[0].startswith('Alias for field number'):
+        lines[:] = []
+        LOGGER.warning('%s has no description: give the NamedTuple field a "#:" comment',
+                       name, type='namsg', subtype='undocumented')
+
+
 def setup(app):
     from sphinx.ext.napoleon import docstring
     docstring.GoogleDocstring._parse_attribute_docstring = _prose_attribute_docstring
     app.connect('config-inited', write_inventories)
+    # Before napoleon (priority 500), which parses the description this sets.
+    app.connect('autodoc-process-docstring', describe_own_values, priority=400)
     app.add_directive('results-table', ResultsTable)
     app.add_directive('grid-table', GridTable)
     app.add_directive('table-a1', TableA1)

@@ -20,6 +20,8 @@ One concern per module, from the paper's numbers to the figures:
   whether they reproduce them;
 - :mod:`~namsg.experiments.plots`: figures and summary tables from the logs;
 - :mod:`~namsg.experiments.cli`: the command line of the reproduction scripts;
+- :mod:`~namsg.experiments.threads`: the threads MXNet runs its CPU operators on, against the
+  cores this process may use;
 - :mod:`~namsg.experiments.files`: files written whole or not at all.
 
 They need more than the optimizers do: the packages of the ``experiments`` extra (``pip install

@@ -36,15 +36,22 @@ class DataError(Exception):
 
 
 class Split(NamedTuple):
-    """Images as uint8 (N, H, W) or (N, H, W, C) and labels as int32 (N,)."""
+    """The images and labels of a training or test set."""
+    #: uint8, (N, H, W) (MNIST) or (N, H, W, C) (CIFAR-10, C = 3), pixel values 0 to 255.
     images: np.ndarray
+    #: int32, (N,), the classes 0 to 9.
     labels: np.ndarray
 
 
 class Dataset(NamedTuple):
+    """A data set as read from disk: its training and test splits and where they came from."""
+    #: The training set.
     train: Split
+    #: The test set, on which the logs' validation loss and accuracy are measured.
     test: Split
-    source: str          # where the data came from, for the logs
+    #: Where the data came from, in words, with the path of its files ("MNIST files in ...")
+    #: where it was read from files; the logs' headers record it.
+    source: str
 
     def fingerprint(self):
         """What identifies the data, independent of where it lies: the split sizes and a

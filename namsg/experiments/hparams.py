@@ -15,10 +15,16 @@ import mxnet as mx
 
 from ..boost import STEP_SIZES as _STEP_SIZES_ARSG
 
+#: The methods the paper compares, in the order of its tables.
 METHODS = ('SGD', 'ADAM', 'NADAM', 'AMSGRAD', 'RANGER', 'RSG', 'ARSG', 'ARSGB')
+#: The experiments of Appendix B (:data:`PROTOCOLS`), the columns of Table A1.
 SETTINGS = ('mnist_logreg', 'mnist_cnn', 'cifar10_fast', 'cifar10_fine')
 
-#: Table A1 of the supplementary: the hyper-parameters the paper selected.
+#: Table A1 of the supplementary: the hyper-parameters the paper selected, as {method:
+#: {setting: the method's tuple}} (its fields: :data:`TUPLE_FIELDS`); drawn as a table in
+#: :ref:`the hyper-parameters guide <paper-table-a1>`.
+#:
+#: :meta hide-value:
 TABLE_A1: Dict[str, Dict[str, Tuple]] = {
     'SGD': {'mnist_logreg': (2.0, 0.99), 'mnist_cnn': (1.0, 0.9),
             'cifar10_fast': (0.1, 0.9), 'cifar10_fine': (0.5, 0.9)},
@@ -55,8 +61,11 @@ EPSILON = 1e-8
 #: ... except ARSG and ARSGB in CIFAR-10's fine mode (B.3).
 FINE_MODE_EPSILON = 1e-3
 
-#: B.5: the grids searched for each method (image classification).
 _STEP_SIZES_ADAPTIVE = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+#: B.5: the grids searched for each method (image classification), as {method: {field of its
+#: tuple: the values tried}}; :func:`grid_tuples` lists a method's tuples.
+#:
+#: :meta hide-value:
 GRIDS: Dict[str, Dict[str, Tuple]] = {
     'ADAM': {'a': _STEP_SIZES_ADAPTIVE, 'b1': (0.0, 0.9, 0.99, 0.999), 'b2': (0.99, 0.999)},
     'NADAM': {'a': _STEP_SIZES_ADAPTIVE, 'b1': (0.9, 0.99, 0.999), 'b2': (0.99, 0.999)},
@@ -71,11 +80,15 @@ GRIDS: Dict[str, Dict[str, Tuple]] = {
 
 
 class OptimizerSpec(NamedTuple):
-    """What to hand to MXNet: a registered optimizer name and its keyword arguments.
-    ``boost`` is True for ARSGB, whose observation-boost policy the training loop applies."""
+    """What to hand to MXNet: a registered optimizer name and its keyword arguments."""
+    #: The paper's method, one of ``METHODS``.
     method: str
+    #: The registered MXNet optimizer name (``'sgd'``, ``'arsg'``, ...).
     name: str
+    #: Its keyword arguments, from the paper's tuple (the protocol adds ``wd`` and the
+    #: step-size drop: :func:`optimizer_kwargs`).
     kwargs: Dict
+    #: True for ARSGB, whose observation-boost policy the training loop applies.
     boost: bool = False
 
 
@@ -183,16 +196,26 @@ def grid_tuples(method):
 
 class Protocol(NamedTuple):
     """One experiment of Appendix B, as run here."""
+    #: Its name, one of ``SETTINGS`` (its column of Table A1).
     setting: str
-    dataset: str                    # 'mnist' or 'cifar10'
-    model: str                      # see models.MODELS
+    #: The data, 'mnist' or 'cifar10'.
+    dataset: str
+    #: The network, one of :data:`namsg.experiments.models.MODELS`.
+    model: str
+    #: Epochs of training, >= 1.
     epochs: int
+    #: Examples per minibatch of each worker, split over its devices (B.1, B.3: 256).
     batch_size: int
+    #: Weight decay (L2, as MXNet's ``wd``).
     wd: float
-    boost_epoch: int                # ARSGB's boost applies from the start of this epoch
-    lr_drop_iteration: Optional[int] = None   # step size divided by lr_drop_factor after it
+    #: ARSGB's boost applies from the start of this epoch (1-based).
+    boost_epoch: int
+    #: The step size is divided by ``lr_drop_factor`` after this many iterations; None: never.
+    lr_drop_iteration: Optional[int] = None
+    #: What the step size is divided by after ``lr_drop_iteration`` (B.3: 10), > 0.
     lr_drop_factor: float = 10.0
-    scale: float = 1.0              # budget: 1.0 is the paper's protocol
+    #: The budget, in (0, 1]: 1.0 is the paper's protocol, less is :meth:`scaled`'s.
+    scale: float = 1.0
 
     def scaled(self, scale):
         """The protocol shrunk to ``scale`` of its epochs, keeping its shape: the boost epoch and
@@ -209,6 +232,9 @@ class Protocol(NamedTuple):
 
 # MNIST: no weight decay is stated (B.1), so none is used. "Boosts at the 6th epoch" is read as
 # "from the start of the 6th epoch" (five epochs at mu0), likewise 21st / 51st on CIFAR-10.
+#: {setting: its Protocol}, for every setting of ``SETTINGS``.
+#:
+#: :meta hide-value:
 PROTOCOLS: Dict[str, Protocol] = {
     'mnist_logreg': Protocol('mnist_logreg', 'mnist', 'logreg', epochs=20, batch_size=256,
                              wd=0.0, boost_epoch=6),

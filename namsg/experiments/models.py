@@ -5,6 +5,7 @@ from mxnet.gluon import nn
 #: The CIFAR-10 networks, the protocols' first: B.3's ResNet-20 as written, and GluonCV's
 #: ``cifar_resnet20_v1``, which made the earlier CIFAR-10 logs (see :func:`gluoncv_resnet20`).
 CIFAR10_MODELS = ('resnet20_b3', 'cifar_resnet20_v1')
+#: The names :func:`build` takes: MNIST's logistic regression and CNN (B.1), then CIFAR10_MODELS.
 MODELS = ('logreg', 'mnist_cnn') + CIFAR10_MODELS
 #: Names that logs of earlier versions record for a model, by its name now: 'resnet20' was
 #: GluonCV's ``cifar_resnet20_v1`` until B.3's network was built (logs/cifar10/ and

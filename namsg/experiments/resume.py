@@ -13,15 +13,21 @@ from .runs import CheckpointError, check_config, config_of
 
 
 class RunState(NamedTuple):
-    """Where a run stands: ``kind`` is 'new', 'finished' (``records`` from its log) or 'resume'
-    (from ``checkpoint``, after ``epoch``); ``note`` says so, for the user, and what will be
-    repaired. ``header``: the header to write when the log is rebuilt from the checkpoint (its
-    own, where it is whole, with the command that trained the run), else None."""
+    """Where a run stands (:func:`run_state`)."""
+    #: 'new' (nothing of it on disk), 'finished' (its log is whole; its checkpoints are gone)
+    #: or 'resume' (from ``checkpoint``; nothing left to train if ``epoch`` is the last).
     kind: str
+    #: The epoch records so far: the log's ('finished') or the checkpoint's ('resume'); empty
+    #: for 'new'.
     records: list = []
+    #: The newest checkpoint ('resume'); else None.
     checkpoint: Optional[Path] = None
+    #: The epochs that ``checkpoint`` holds (training goes on with the next); else 0.
     epoch: int = 0
+    #: What will happen, for the user, and what will be repaired.
     note: str = ''
+    #: The header to write when the log is rebuilt from the checkpoint (its own, where it is
+    #: whole, with the command that trained the run); else None.
     header: Optional[dict] = None
 
 

@@ -151,9 +151,11 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
 
     Parameters
     ----------
-    weights, grads : list of NDArray
-        Dense arrays on one CPU context, all weights of one dtype (float16, float32 or
-        float64), each gradient of its weight's shape and dtype.
+    weights : list of NDArray
+        The weights, updated in place: dense arrays on one CPU context, all of one dtype
+        (float16, float32 or float64).
+    grads : list of NDArray
+        Weight j's gradient, dense, of its weight's shape, dtype and context.
     states : list of tuple of NDArray
         Weight j's states, ``(m, v, vhat)``, ``(m, v)`` or ``(m,)`` by the preconditioner,
         float32 for float16 weights, else of the weight's dtype; updated in place.
@@ -165,14 +167,26 @@ def arsg_update(weights, grads, states, masters, lrs, wds, denominator_scales, *
         Each weight's weight decay.
     denominator_scales : list of float
         Each weight's ``1 / sqrt(1 - beta2^t)``, read by the 'adam' preconditioner only.
-    beta1, beta2, epsilon, mu, rescale_grad : float
-        As :class:`namsg.ARSG`'s.
+    beta1 : float
+        The momentum's decay rate, in [0, 1) (:class:`namsg.ARSG`'s ``beta1``).
+    beta2 : float
+        The second moment's decay rate, in [0, 1) (:class:`namsg.ARSG`'s ``beta2``).
+    epsilon : float
+        vhat's initial value ('amsgrad') or the denominator's offset ('adam'), > 0
+        (:class:`namsg.ARSG`'s ``epsilon``).
+    mu : float
+        The observation factor, in [0, 1) (:class:`namsg.ARSG`'s ``mu``).
+    rescale_grad : float
+        The gradients' factor, g = clip(rescale_grad * grad + wd * w, clip_gradient)
+        (:class:`mxnet.optimizer.Optimizer`'s).
     clip_gradient : float or None
         The clipping threshold; None or 0: none.
-    lower_bound, upper_bound : float or None
-        The projection's bounds; None: unbounded.
+    lower_bound : float or None
+        The projection's lower bound; None: unbounded below.
+    upper_bound : float or None
+        The projection's upper bound; None: unbounded above.
     preconditioner_index : int
-        The index of the preconditioner in ``namsg.arsg.PRECONDITIONERS`` (0 'amsgrad', 1
+        The index of the preconditioner in :data:`namsg.PRECONDITIONERS` (0 'amsgrad', 1
         'adam', 2 'none').
 
     Raises
