@@ -148,9 +148,11 @@ def build_parser(experiment):
     parser.add_argument('--data-dir', default=None, help=data_help)
     parser.add_argument('--log-dir', default=None,
                         help='where the JSON-lines logs go, one file per run, with the plots and '
-                             'summary.md (default: %s%s; %s-dist with a dist_* kvstore)'
+                             'summary.md (default: %s%s; in a job, -dist appended for a dist_* '
+                             'kvstore and -horovod for horovod, e.g. %s and %s)'
                         % (logs, '; %s on the embedded sample' % sample_logs if mnist else '',
-                           logs))
+                           output_dirs(experiment, False, 'dist_sync')[0],
+                           output_dirs(experiment, False, 'horovod')[0]))
     parser.add_argument('--checkpoint-dir', default=None,
                         help='where checkpoints go, read on resume (default: the log dir\'s '
                              'checkpoints/ sub-folder, e.g. %s)' % checkpoints)
