@@ -10,7 +10,9 @@
 # (test_the_path_taken_and_why_is_said_once checks it), and 1.7 and 1.8 run the parity, build,
 # cache and isolation tests of their extension operator too (built against their own
 # lib_api.h); the install tests that need no extra; and one 2-worker parameter-server job
-# (namsg_dist; its processes take the clone's namsg). Each run says which path ARSG took.
+# (namsg_dist; its processes take the clone's namsg). Each run says which path ARSG took. Last,
+# in the same venv once those checks are done, the experiments extra and the paper's scripts
+# (check_experiments; about 45 s a release).
 # pip's cache (~/.cache/pip) is reused; each venv is made anew. MXNet 1.9.1 runs the whole suite
 # in `make test`. NAMSG_COMPAT_MXNET="1.6.0 ..." picks the releases.
 set -euo pipefail
@@ -47,6 +49,41 @@ install_leaves_the_rest() {
     echo "compat: $what into $(basename "$venv"): nothing changed, added $added"
 }
 
+# The paper's scripts on this release (issue 12's `pip install namsg[experiments]`), in venv $1
+# once the install checks above are done with it: the extra added (pip's cache; --no-compile
+# saves most of its time) without a change to MXNet or numpy; the training loop's tests (resume
+# included), the networks' and those of MXNet 1.5 and 1.6's missing names (--kvstore horovod
+# refused); then the clone's scripts on the installed package: reproduce_mnist.py on the
+# embedded sample (every method, 3 epochs of mnist_logreg), plot_results.py on its logs, a tiny
+# grid_search.py and reproduce_cifar10.py --help (no CIFAR-10 data or training).
+check_experiments() {
+    local venv=$1 version=$2 start=$SECONDS kept runs=$WORK/runs-$2
+    kept=$("$venv/bin/pip" freeze | grep -E '^(mxnet|numpy)==')
+    "$venv/bin/pip" install --quiet --no-compile "$WHEEL[experiments]"
+    [[ $("$venv/bin/pip" freeze | grep -E '^(mxnet|numpy)==') == "$kept" ]] ||
+        fail 'the experiments extra changed mxnet or numpy'
+    (cd tests && "$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" \
+        test_old_mxnet.py test_models.py test_train.py)
+    (cd "$WORK" && env -u NAMSG_DATA_DIR "$venv/bin/python" "$ROOT/scripts/reproduce_mnist.py" \
+        --settings mnist_logreg --scale 0.15 --no-progress --log-dir "$runs/mnist" &&
+     "$venv/bin/python" -c 'import sys
+from pathlib import Path
+import mxnet
+from namsg.experiments.hparams import METHODS
+from namsg.experiments.logs import read_log
+for method in METHODS:
+    header, records = read_log(Path(sys.argv[1]) / "mnist_logreg" / method / "seed0.jsonl")
+    assert header["versions"]["mxnet"] == mxnet.__version__, header["versions"]
+    assert [r["epoch"] for r in records] == [1, 2, 3], (method, records)' "$runs/mnist" &&
+     "$venv/bin/python" "$ROOT/scripts/plot_results.py" --log-dir "$runs/mnist" \
+        --out-dir "$runs/plots" && [[ -s $runs/plots/mnist_logreg.png ]] &&
+     env -u NAMSG_DATA_DIR "$venv/bin/python" "$ROOT/scripts/grid_search.py" --methods ARSG \
+        --epochs 1 --subset 512 --search-iterations 4 --log-dir "$runs/grid" &&
+     "$venv/bin/python" "$ROOT/scripts/reproduce_cifar10.py" --help) > "$runs.log" 2>&1 ||
+        { tail -n 30 "$runs.log"; fail "mxnet $version: the experiment scripts failed"; }
+    echo "compat: mxnet $version: the experiments extra, its tests and scripts: $((SECONDS - start)) s"
+}
+
 for version in $VERSIONS; do
     venv=$WORK/mxnet-$version
     "$PYTHON" -m venv "$venv"
@@ -81,5 +118,6 @@ print(namsg.kernels.use_fused(None))' 2>&1 | grep -E 'operator path|direct-call 
     (cd "$WORK" && "$venv/bin/python" -c \
         'import namsg, sys; sys.exit(namsg.__file__.startswith(sys.argv[1]))' "$ROOT/") ||
         fail 'the tests would import the clone, not the installed package'
+    check_experiments "$venv" "$version"
     rm -rf "$venv"
 done

@@ -14,17 +14,20 @@ and ``mu`` are the same everywhere, and rank 0 can save them for all
 (``Trainer.save_states``, ``Module.save_optimizer_states``). One device per process, one store
 per Trainer or Module. ``hvd.DistributedTrainer(params, 'arsg', ...)`` is the other way and
 needs nothing from here.
+
+On MXNet 1.5 and 1.6, which have no ``KVStoreBase``, this module cannot be imported and ``import
+namsg`` leaves it out: there ``kvstore='horovod'`` stays MXNet's own silent local store (or none)
+and every rank trains alone; use ``hvd.DistributedTrainer``.
 """
 
 import itertools
-import os
 
 import mxnet as mx
 from mxnet.gluon import trainer as _trainer
 from mxnet.module import module as _module
 from mxnet.kvstore import KVStoreBase
 
-__all__ = ['Horovod', 'create_kvstore', 'job_workers']
+__all__ = ['Horovod']
 
 
 @KVStoreBase.register
@@ -156,20 +159,3 @@ for _namespace in (mx.model, _module, _trainer):
 for _namespace in (mx.model, _module):
     _namespace._initialize_kvstore = _initialize_kvstore
 
-
-def create_kvstore(kvstore):
-    """The training scripts' store for ``--kvstore``: a :class:`Horovod` store for
-    ``horovod`` (run under ``horovodrun``), MXNet's for ``dist_*``, else the name itself."""
-    if kvstore == 'horovod':
-        return Horovod()
-    if kvstore.startswith('dist'):
-        return mx.kv.create(kvstore)
-    return kvstore
-
-
-def job_workers(kvstore):
-    """The job's number of processes for ``--kvstore``, from what its launcher set before any
-    kvstore exists: horovodrun's HOROVOD_SIZE, dmlc_tracker's DMLC_NUM_WORKER, else 1."""
-    if kvstore == 'horovod':
-        return int(os.environ.get('HOROVOD_SIZE', 1))
-    return int(os.environ.get('DMLC_NUM_WORKER', 1))

@@ -93,6 +93,20 @@ def test_the_docs_flag_defaults_are_the_helps():
                 flag, value, shown)
 
 
+def test_the_log_dir_of_every_kind_of_run_is_named_in_the_help_and_the_table():
+    """The help and the table named runs/mnist-dist alone for a job; a horovod job's runs go to
+    runs/mnist-horovod."""
+    row = re.search(r'^\| `--log-dir` \| ([^|]*) \|', _flag_table(), re.M).group(1)
+    for experiment in cli.EXPERIMENTS:
+        action, = [a for a in cli.build_parser(experiment)._actions
+                   if '--log-dir' in a.option_strings]
+        for kvstore in ('device', 'dist_sync', 'horovod'):
+            folder, _ = cli.output_dirs(experiment, False, kvstore)
+            assert folder in ' '.join(action.help.split()), (experiment, kvstore, action.help)
+            if experiment == 'mnist':
+                assert '`%s`' % folder in row, (kvstore, row)
+
+
 #: A path outside the repository, of the machine the project was made on: the folder beside
 #: the clone with the paper and the data, or that machine's work tree. (The brackets keep this
 #: file from matching itself.)

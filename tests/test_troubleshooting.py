@@ -16,6 +16,7 @@ import threading
 import types
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import mxnet as mx
 import pytest
@@ -298,7 +299,7 @@ def script_messages(tmp_path):
     from namsg.experiments.locks import RunBusy, WaitInterrupted
     from namsg.experiments.resume import run_state
     from namsg.experiments.runs import check_config
-    from namsg.experiments.train import train_all
+    from namsg.experiments.train import check_kvstore, train_all
     from namsg.experiments.threads import idle_cores_note
     from test_data import _flat_images, write_cifar_images, write_cifar_python
     from test_threads import _sysfs
@@ -364,8 +365,13 @@ def script_messages(tmp_path):
     ours = dict(protocol=PROTOCOLS['cifar10_fine']._asdict())
     theirs = {'cifar10_fine': {'ARSG': [(dict(protocol=dict(ours['protocol'], model='resnet20')),
                                          [])]}}
+    with mock.patch.object(namsg._mxnet, 'has_kvstore_base', lambda: False):    # MXNet 1.5, 1.6
+        horovod_on_mxnet_1_5 = (raised(cli.main, 'mnist', ['--kvstore', 'horovod']),
+                                raised(check_kvstore, 'horovod'))
     return {
         'an unknown method': raised(cli._split, 'ARSG,FOO', METHODS, '--methods'),
+        '--kvstore horovod on MXNet 1.5': horovod_on_mxnet_1_5[0],
+        'the horovod kvstore of train_run on MXNet 1.5': horovod_on_mxnet_1_5[1],
         'an empty seed': raised(cli.parse_seeds, '0,,1'),
         'a scale that boosts ARSGB from epoch 1': raised(
             cli.check_boost, [PROTOCOLS['mnist_logreg'].scaled(0.05)], ['ARSGB']),

@@ -23,7 +23,6 @@ from pathlib import Path
 import mxnet as mx
 
 from .._checks import check_environment
-from ..horovod_store import job_workers
 from . import data as datasets
 from .hparams import METHODS, PROTOCOLS
 from .checkpoints import Checkpoints
@@ -35,7 +34,7 @@ from .prepare import PREPARE
 from .resume import check_run
 from .runs import CheckpointError, run_header, run_name
 from .threads import idle_cores_note
-from .train import train_all, train_run
+from .train import check_kvstore, train_all, train_run
 
 EXPERIMENTS = {
     'mnist': dict(settings=('mnist_logreg', 'mnist_cnn'), seeds='0,1,2,3,4', section='B.1'),
@@ -149,9 +148,11 @@ def build_parser(experiment):
     parser.add_argument('--data-dir', default=None, help=data_help)
     parser.add_argument('--log-dir', default=None,
                         help='where the JSON-lines logs go, one file per run, with the plots and '
-                             'summary.md (default: %s%s; %s-dist with a dist_* kvstore)'
+                             'summary.md (default: %s%s; in a job, -dist appended for a dist_* '
+                             'kvstore and -horovod for horovod, e.g. %s and %s)'
                         % (logs, '; %s on the embedded sample' % sample_logs if mnist else '',
-                           logs))
+                           output_dirs(experiment, False, 'dist_sync')[0],
+                           output_dirs(experiment, False, 'horovod')[0]))
     parser.add_argument('--checkpoint-dir', default=None,
                         help='where checkpoints go, read on resume (default: the log dir\'s '
                              'checkpoints/ sub-folder, e.g. %s)' % checkpoints)
@@ -314,6 +315,15 @@ def launcher_rank(kvstore):
         if os.environ.get(name, '').strip().isdigit():
             return int(os.environ[name])
     return 0
+
+
+def job_workers(kvstore):
+    """The job's number of processes for ``kvstore`` (``--kvstore``), from what its launcher set
+    before any kvstore exists: horovodrun's HOROVOD_SIZE, dmlc_tracker's DMLC_NUM_WORKER, else
+    1."""
+    if kvstore == 'horovod':
+        return int(os.environ.get('HOROVOD_SIZE', 1))
+    return int(os.environ.get('DMLC_NUM_WORKER', 1))
 
 
 @contextlib.contextmanager
@@ -484,6 +494,10 @@ def _main(experiment, argv):
         raise SystemExit('error: --progress-every takes seconds >= 0, got %g'
                          % args.progress_every)
     contexts = contexts_from(args.gpus)
+    try:
+        check_kvstore(args.kvstore)
+    except ValueError as e:
+        raise SystemExit('error: --kvstore %s: %s' % (args.kvstore, e))
     if args.kvstore == 'horovod' and importlib.util.find_spec('horovod') is None:
         # Else the first run's store would fail, after the data and every run were checked.
         raise SystemExit('error: --kvstore horovod: Horovod is not installed here; install it '

@@ -17,8 +17,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from .. import _mxnet
 from ..boost import ObservationBoost
-from ..horovod_store import create_kvstore
 from . import models
 from .checkpoints import Checkpoints
 from .hparams import optimizer_kwargs
@@ -29,12 +29,46 @@ from .resume import run_state
 from .runs import CheckpointError, config_of, run_header
 
 
+def check_kvstore(kvstore):
+    """Refuse a ``kvstore`` (a name of ``--kvstore``) that this MXNet cannot train with, before
+    any work: ``horovod`` is namsg's Horovod store (:class:`namsg.horovod_store.Horovod`), a
+    subclass of ``mxnet.kvstore.KVStoreBase``, which MXNet has from 1.7 on.
+
+    Raises
+    ------
+    ValueError
+        For ``horovod`` on MXNet 1.5 or 1.6, naming the release it needs and the alternative.
+    """
+    if kvstore == 'horovod' and not _mxnet.has_kvstore_base():
+        raise ValueError(
+            'namsg\'s horovod kvstore needs MXNet 1.7 or later (mxnet.kvstore.KVStoreBase) and '
+            'this is MXNet %s: train on parameter servers with --kvstore dist_sync (started by '
+            'python -m namsg_dist launch, docs/scaling/parameter-servers.md), or install MXNet '
+            '1.7 to 1.9 for Horovod (docs/scaling/horovod.md)' % mx.__version__)
+
+
+def create_kvstore(kvstore):
+    """The store for ``kvstore``, a name of ``--kvstore``: a
+    :class:`~namsg.horovod_store.Horovod` store for ``horovod`` (every rank a process of
+    ``horovodrun``), MXNet's for ``dist_*``, else the name itself. Raises ValueError for
+    ``horovod`` on MXNet 1.5 and 1.6 (:func:`check_kvstore`)."""
+    check_kvstore(kvstore)
+    if kvstore == 'horovod':
+        from ..horovod_store import Horovod      # MXNet 1.7 and later only: not imported above
+        return Horovod()
+    if kvstore.startswith('dist'):
+        return mx.kv.create(kvstore)
+    return kvstore
+
+
 def make_trainer(net, protocol, method, kvstore, overrides=None):
     """The Trainer for ``method`` (see :func:`~namsg.experiments.hparams.optimizer_kwargs`). A
     distributed ``kvstore`` (an mx.kv.KVStore) updates on the servers."""
     spec, kwargs = optimizer_kwargs(protocol, method, overrides)
-    on_servers = not isinstance(kvstore, str) and kvstore is not None and \
-        kvstore.is_capable(mx.kv.KVStoreBase.OPTIMIZER)
+    # MXNet 1.5 and 1.6 have only their own stores, which all run an optimizer, and no
+    # is_capable; from 1.7 a Python store such as Horovod's may run none.
+    on_servers = not isinstance(kvstore, str) and kvstore is not None and (
+        not hasattr(kvstore, 'is_capable') or kvstore.is_capable('optimizer'))
     trainer = gluon.Trainer(net.collect_params(), spec.name, kwargs, kvstore=kvstore,
                             update_on_kvstore=True if on_servers else None)
     return trainer, spec, kwargs
@@ -104,8 +138,10 @@ def train_run(protocol, method, seed, prepared, log_path, checkpoint_dir, contex
     checkpoints (MXNet cannot save optimizer states that live on servers). With ``horovod``
     (every rank a process of ``horovodrun``) the gradients are averaged by allreduce and every
     rank updates alike: each trains on its shard, rank 0 logs and checkpoints, and every rank
-    resumes from rank 0's checkpoint.
+    resumes from rank 0's checkpoint; it needs MXNet 1.7 or later, and raises ValueError before
+    any work on 1.5 and 1.6 (:func:`check_kvstore`).
     """
+    check_kvstore(kvstore)
     contexts = contexts or [mx.cpu()]
     mx.random.seed(seed)
     net = models.build(protocol.model)
