@@ -580,6 +580,27 @@ def test_ctrl_c_says_what_the_same_command_does(tmp_path, monkeypatch, capsys, e
         'complete epoch (checkpoint %s)' % (run, _run_files(experiment)[1] / 'epoch-0001'))
 
 
+@pytest.mark.parametrize('kvstore', ['dist_sync', 'dist_device_sync', 'dist_async'])
+@pytest.mark.parametrize('flags,count', [
+    (['--methods', 'ARSG,SGD'], '2 (1 of --settings, 2 of --methods, 1 of --seeds)'),
+    (['--methods', 'ARSG', '--seeds', '0,1'], '2 (1 of --settings, 1 of --methods, 2 of --seeds)'),
+    (['--methods', 'ARSG', '--settings', 'mnist_logreg,mnist_cnn'],
+     '2 (2 of --settings, 1 of --methods, 1 of --seeds)')])
+def test_a_parameter_server_job_of_several_runs_is_refused_before_any_work(workdir, monkeypatch,
+                                                                          kvstore, flags, count):
+    """Each run created a store of its own: in a dist_* job the second waited for ever, so the
+    job trained its first run and hung until namsg_dist's --timeout ended it (status 124)."""
+    monkeypatch.setattr(data, 'load_mnist_sample', lambda: pytest.fail('data loaded'))
+    argv = ['--kvstore', kvstore, '--settings', 'mnist_logreg', '--seeds', '0'] + flags
+    with pytest.raises(SystemExit, match=r'^error: --kvstore %s: a parameter-server job trains '
+                                         r'one run .* this command has %s: give one of each'
+                                         % (kvstore, re.escape(count))):
+        cli.main('mnist', argv)
+    assert _tree(workdir) == []
+    cli.check_one_run_per_job(kvstore, ['mnist_logreg'], ['ARSG'], [0])
+    cli.check_one_run_per_job('device', ['mnist_logreg'], ['ARSG', 'SGD'], [0, 1])
+
+
 @pytest.mark.parametrize('script', ['reproduce_mnist', 'reproduce_cifar10', 'grid_search'])
 def test_ctrl_c_while_the_runs_are_checked_is_one_line(tmp_path, monkeypatch, capsys, script):
     """Ctrl-C after the data was prepared, while every run's log and checkpoints were read

@@ -462,6 +462,22 @@ def waiting_interrupted(error):
             % (error.run, error.holder or 'the other process'))
 
 
+def check_one_run_per_job(kvstore, settings, methods, seeds):
+    """Exit with ``error: ...`` where a ``dist_*`` job is given more than one run: each run
+    creates its own store, and a second parameter-server store in one process waits for ever
+    (MXNet's servers and scheduler serve one per job), so such a job trained its first run and
+    then hung until the launcher's timeout."""
+    runs = len(settings) * len(methods) * len(seeds)
+    if kvstore.startswith('dist') and runs > 1:
+        raise SystemExit(
+            'error: --kvstore %s: a parameter-server job trains one run (a second store in '
+            'the same processes waits for ever), and this command has %d (%d of --settings, '
+            '%d of --methods, %d of --seeds): give one of each, e.g. --settings %s --methods '
+            '%s --seeds %d, and launch a job for each run' % (
+                kvstore, runs, len(settings), len(methods), len(seeds), settings[0],
+                methods[0], seeds[0]))
+
+
 def check_namsg_environment():
     """The environment variables namsg's optimizers read (:func:`namsg.check_environment`),
     checked before any run: a bad value would otherwise stop the first run of a namsg
@@ -520,6 +536,7 @@ def _main(experiment, argv):
         checkpoint_dir = args.checkpoint_dir
     seeds = parse_seeds(args.seeds if args.seeds is not None
                         else '0' if sample else EXPERIMENTS[experiment]['seeds'])
+    check_one_run_per_job(args.kvstore, settings, methods, seeds)
     check_writable('--log-dir', log_dir)
     check_writable('--checkpoint-dir', checkpoint_dir)
 
