@@ -635,9 +635,14 @@ def test_ctrl_c_while_the_runs_are_checked_is_one_line(tmp_path, monkeypatch, ca
 def test_sigterm_while_the_report_is_drawn_says_how_to_draw_it(tmp_path, monkeypatch, capsys,
                                                                experiment):
     """SIGTERM or Ctrl-C while the plots were drawn after the last run ended in a
-    KeyboardInterrupt traceback, not saying that the runs were done or how to draw the plots."""
+    KeyboardInterrupt traceback, not saying that the runs were done or how to draw the plots.
+    The command it names runs as given where a folder's path holds a space (CI's clone does)."""
     import shlex
     monkeypatch.chdir(tmp_path)
+    references = [tmp_path / 'reference runs', tmp_path / 'more']
+    for folder in references:
+        folder.mkdir()
+    monkeypatch.setattr(cli, 'reference_dirs', lambda experiment, kvstore: references)
 
     def interrupted(*args, **kwargs):
         raise cli.Terminated
@@ -651,7 +656,10 @@ def test_sigterm_while_the_report_is_drawn_says_how_to_draw_it(tmp_path, monkeyp
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith('interrupted while drawing the report: the runs are done and logged')
     command = line.split('draw them with ')[1]
-    assert command.startswith('python scripts/plot_results.py --log-dir runs/%s' % experiment)
+    assert shlex.split(command)[:4] == ['python', 'scripts/plot_results.py', '--log-dir',
+                                        'runs/%s' % experiment]
+    assert shlex.split(command)[4:] == ['--reference', str(references[0]),
+                                        '--reference', str(references[1])]
     assert not (tmp_path / 'runs' / experiment / 'summary.md').exists()
     _load_script('plot_results').main(shlex.split(command)[2:])
     assert (tmp_path / 'runs' / experiment / 'summary.md').is_file()

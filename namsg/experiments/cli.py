@@ -618,8 +618,9 @@ def _report(experiment, kvstore, sample, log_dir):
         _echo(no_reference_note(experiment, kvstore))
     # Runs written into a reference folder are not their own reference.
     references = [r for r in references if r.resolve() != Path(log_dir).resolve()]
-    draw = 'python scripts/plot_results.py --log-dir %s%s' % (
-        log_dir, ''.join(' --reference %s' % r for r in references))
+    # Quoted: a path with a space is common (a clone in "My Projects").
+    draw = ' '.join(['python', 'scripts/plot_results.py', '--log-dir', shlex.quote(str(log_dir))]
+                    + ['--reference %s' % shlex.quote(str(r)) for r in references])
     if kvstore.startswith('dist') or kvstore == 'horovod':
         # Every worker of the job runs this; drawing is left to plot_results.py afterwards,
         # and rank 0 alone says how (it wrote the logs).
