@@ -44,24 +44,29 @@ class DefaultStepSize(float):
 MXNET_DEFAULT_LR = 0.01
 
 
-def step_size(learning_rate, lr_scheduler, optimizer, default=None):
+def step_size(learning_rate, lr_scheduler, optimizer):
     """The ``learning_rate`` to hand MXNet's Optimizer: the scheduler's ``base_lr`` when only
     ``lr_scheduler`` set it (``learning_rate`` left out or None); with both, ``learning_rate``,
     as in MXNet, which overwrites the scheduler's ``base_lr`` (warned here when they differ;
-    MXNet only prints); None alone is MXNet's 0.01, with a warning where the optimizer's own
-    ``default`` step size differs (MXNet says nothing). The number is handed on, not None, because
-    MXNet 1.5's Optimizer assigns ``learning_rate`` to the scheduler's ``base_lr`` and to ``lr``
-    as it comes (1.6 and later skip None). Raises ValueError for a ``learning_rate`` that is
-    not a step size, before the scheduler is changed."""
+    MXNet only prints); None alone is MXNet's 0.01, with a warning where the default
+    ``learning_rate`` of ``optimizer`` (the class being built) differs (MXNet says nothing).
+    The number is handed on, not None, because MXNet 1.5's Optimizer assigns ``learning_rate``
+    to the scheduler's ``base_lr`` and to ``lr`` as it comes (1.6 and later skip None). Raises
+    ValueError for a ``learning_rate`` that is not a step size, before the scheduler is
+    changed."""
     if isinstance(learning_rate, DefaultStepSize) or learning_rate is None:
         if lr_scheduler is None:
             if learning_rate is None:
+                # Read here, not at every construction: only this branch needs it.
+                given = inspect.signature(optimizer.__init__).parameters.get('learning_rate')
+                default = None if given is None or given.default is given.empty else given.default
                 if default is not None and float(default) != MXNET_DEFAULT_LR:
                     # A None from a configuration file most likely meant "the default".
                     warnings.warn('%s got learning_rate=None and no lr_scheduler: the step '
                                   'size is %g, what MXNet\'s Optimizer makes of None, not %s\'s '
                                   'own default %g; leave learning_rate out for that, or give a '
-                                  'number.' % (optimizer, MXNET_DEFAULT_LR, optimizer, default),
+                                  'number.' % (optimizer.__name__, MXNET_DEFAULT_LR,
+                                               optimizer.__name__, default),
                                   stacklevel=4)
                 return MXNET_DEFAULT_LR
             return float(learning_rate)
@@ -75,7 +80,8 @@ def step_size(learning_rate, lr_scheduler, optimizer, default=None):
         warnings.warn('%s got learning_rate=%r and an lr_scheduler with base_lr=%r: '
                       'learning_rate wins, as in MXNet (the scheduler now starts from %r). To '
                       'take the scheduler\'s step size, leave learning_rate out.'
-                      % (optimizer, learning_rate, base_lr, learning_rate), stacklevel=4)
+                      % (optimizer.__name__, learning_rate, base_lr, learning_rate),
+                      stacklevel=4)
         lr_scheduler.base_lr = learning_rate
     return learning_rate
 
@@ -291,10 +297,8 @@ class ElementwiseOptimizer(Optimizer):
         aggregate_num = aggregation_size()
         # learning_rate reaches the check as MXNet's Optimizer assigns it (self.lr): None
         # without an lr_scheduler has become MXNet's default 0.01 there.
-        given = inspect.signature(type(self).__init__).parameters.get('learning_rate')
-        default = None if given is None or given.default is given.empty else given.default
         super().__init__(learning_rate=step_size(learning_rate, kwargs.get('lr_scheduler'),
-                                                 type(self).__name__, default), **kwargs)
+                                                 type(self)), **kwargs)
         self.lazy_update = lazy_update
         self.skip_nonfinite_grad = skip_nonfinite_grad
         # The Updater hands up to this many parameters of one device and dtype to one
