@@ -52,9 +52,16 @@ def check_unit_interval(name, value):
     return float(value)
 
 
-def check_positive(name, value):
-    """Accept a finite number > 0 (epsilon)."""
-    return check_finite_above(name, value, 0.0, True)
+#: The range of ``epsilon``: float32's normal numbers. The states of float16 and float32 weights
+#: are float32 and MXNet's operators take their scalars as float32, where a smaller epsilon is 0
+#: (vhat or sqrt(v) + epsilon is then 0 for a zero gradient, whose update is 0/0 = NaN) or is
+#: refused inside the update (``Out of range value for epsilon``), and a larger one is inf.
+EPSILON_RANGE = (float(numpy.finfo(numpy.float32).tiny), float(numpy.finfo(numpy.float32).max))
+
+
+def check_epsilon(value):
+    """Accept an ``epsilon`` in :data:`EPSILON_RANGE`, [1.17549e-38, 3.40282e+38]."""
+    return check_number_in('epsilon', value, *EPSILON_RANGE, False)
 
 
 def check_learning_rate(value, scheduled):
@@ -214,4 +221,4 @@ BASE_CHECKS = {
 ADAPTIVE_CHECKS = dict(BASE_CHECKS,
                        beta1=of_value(check_unit_interval, 'beta1'),
                        beta2=of_value(check_unit_interval, 'beta2'),
-                       epsilon=of_value(check_positive, 'epsilon'))
+                       epsilon=lambda optimizer, value: check_epsilon(value))

@@ -32,7 +32,7 @@ class AMSGrad(ElementwiseOptimizer):
     beta2 : float, default 0.999
         Decay rate of v, in [0, 1).
     epsilon : float, default 1e-8
-        Added to the denominator, > 0.
+        Added to the denominator, in [1.17549e-38, 3.40282e+38] (as for :class:`namsg.ARSG`).
     lazy_update : bool, default True
         For ``row_sparse`` gradients, update only the rows present.
     skip_nonfinite_grad : bool, default False

@@ -65,7 +65,9 @@ class ARSG(ElementwiseOptimizer):
     beta2 : float, default 0.99
         Decay rate of the second-moment estimate v, in [0, 1).
     epsilon : float, default 1e-8
-        Initial value of vhat ('amsgrad'), or the denominator's offset ('adam'); > 0.
+        Initial value of vhat ('amsgrad'), or the denominator's offset ('adam'); in
+        [1.17549e-38, 3.40282e+38], float32's normal numbers (the states and MXNet's operators
+        hold it in float32, where a smaller one is 0 and a zero gradient's update 0/0 = NaN).
     mu : float, default 0.1
         Observation factor, in [0, 1).
     preconditioner : {'amsgrad', 'adam', 'none'}, default 'amsgrad'

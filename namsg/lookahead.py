@@ -274,7 +274,8 @@ class Ranger(Lookahead):
     beta2 : float, default 0.999
         RAdam's decay rate of v, in [0, 1).
     epsilon : float, default 1e-5
-        Added to sqrt(v), > 0 (Ranger's default).
+        Added to sqrt(v), in [1.17549e-38, 3.40282e+38] (as for :class:`namsg.ARSG`; 1e-5 is
+        Ranger's default).
     k : int, default 6
         Inner steps between two slow-weight steps, >= 1 (Ranger's default).
     alpha : float, default 0.5

@@ -41,7 +41,7 @@ class RAdam(ElementwiseOptimizer):
     beta2 : float, default 0.999
         Decay rate of v, in [0, 1).
     epsilon : float, default 1e-8
-        Added to sqrt(v), > 0.
+        Added to sqrt(v), in [1.17549e-38, 3.40282e+38] (as for :class:`namsg.ARSG`).
     rectify_threshold : float, default 5
         The rectified step is taken once rho_t exceeds this; the paper's algorithm says 4, its
         released code (and Ranger) 5. Must be >= 4 (r_t is undefined below).

@@ -97,6 +97,39 @@ def test_invalid_arguments_raise_value_error_naming_them(name, kwargs, parameter
         mx.optimizer.create(name, **kwargs)
 
 
+# (optimizer, its extra arguments): every optimizer of namsg with an epsilon, on each path.
+WITH_EPSILON = [('arsg', {'fused': False}), ('arsg', {'fused': True}),
+                ('arsg', {'preconditioner': 'adam', 'fused': False}),
+                ('arsg', {'preconditioner': 'adam', 'fused': True}),
+                ('amsgrad', {}), ('radam', {'rectify_threshold': 4}), ('ranger', {'k': 1})]
+
+
+@pytest.mark.parametrize('name,kwargs', WITH_EPSILON,
+                         ids=['%s-%s' % (n, '-'.join(map(str, k.values()))) for n, k in
+                              WITH_EPSILON])
+def test_an_epsilon_that_float32_cannot_hold_is_refused(name, kwargs):
+    """The states and MXNet's operators hold epsilon in float32. Before the fix a positive
+    epsilon below float32's smallest normal number was taken: 1e-46 became 0 and turned every
+    weight element with a zero gradient into NaN without a word (ARSG, AMSGrad), 1e-39 failed
+    inside AMSGrad's update (where a kvstore callback only prints it); MXNet's adam refuses
+    both in its operator. The smallest number float32 holds works, zero gradients included."""
+    for bad in (1e-46, 1e-39, 1e39):
+        with pytest.raises(ValueError, match=r'^epsilon=%s is out of range: it must be a '
+                                             r'number in \[1\.17549e-38, 3\.40282e\+38\]'
+                                             % re.escape(repr(bad))):
+            mx.optimizer.create(name, epsilon=bad, **kwargs)
+        opt = mx.optimizer.create(name, **kwargs)
+        with pytest.raises(ValueError, match='^epsilon='):
+            opt.epsilon = bad
+    tiny = float(np.finfo(np.float32).tiny)
+    updater = mx.optimizer.get_updater(mx.optimizer.create(name, epsilon=tiny, **kwargs))
+    weight = mx.nd.ones((3,))
+    for _ in range(6):
+        updater(0, mx.nd.array([0.0, 1e-3, 1.0]), weight)
+    assert np.isfinite(weight.asnumpy()).all()
+    assert weight.asnumpy()[0] == 1.0
+
+
 def test_invalid_mu_and_lr_set_later_are_refused():
     opt = namsg.ARSG()
     with pytest.raises(ValueError, match='mu'):
