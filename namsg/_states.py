@@ -106,13 +106,42 @@ def split_count(state, length=None):
     None for a state that has neither (saved by namsg 0.1.0). ``length``: the number of slots of
     the optimizer's states, for one whose 0.1.0 states may end in a tuple of two arrays
     (Lookahead's ``(slow, inner_state)``): a state of that length has no count."""
-    if isinstance(state, tuple) and state and len(state) != length:
-        last = state[-1]
-        if isinstance(last, UpdateCount) or (type(last) is tuple and len(last) == 2
-                                             and isinstance(last[0], NDArray)
-                                             and isinstance(last[1], NDArray)):
-            return state[:-1], last
+    if isinstance(state, tuple) and state and len(state) != length and _is_count(state[-1]):
+        return state[:-1], state[-1]
     return state, None
+
+
+def _is_count(last):
+    """Whether ``last``, a state's last element, is its count: the pair ``(t, name)`` or an
+    :class:`UpdateCount`."""
+    return isinstance(last, UpdateCount) or (type(last) is tuple and len(last) == 2
+                                             and isinstance(last[0], NDArray)
+                                             and isinstance(last[1], NDArray))
+
+
+def check_master_copy(optimizer, owner, index, dtype, state):
+    """Raise ValueError for a loaded ``state`` of parameter ``index`` (weight ``dtype``) whose
+    float32 master copy is there where ``optimizer`` keeps none, or missing where it keeps one
+    (MXNet's ``multi_precision``: ``(master, state)`` for float16 weights only): states saved
+    with the other ``multi_precision``, or for a weight of another dtype. Unchecked, they failed
+    in the update with a message about something else (a layout, a shape, a ``TypeError``) or,
+    for Lookahead around MXNet's sgd, took the master copy for the slow weights. States of
+    namsg 0.1.0, which end in no count, cannot tell and pass. ``owner``: the optimizer that
+    knows the parameters' names (Lookahead's inner one)."""
+    wrapped = (type(state) is tuple and len(state) == 2 and isinstance(state[0], NDArray)
+               and type(state[1]) is tuple and bool(state[1]) and _is_count(state[1][-1]))
+    keeps = bool(optimizer.multi_precision) and numpy.dtype(dtype) == numpy.float16
+    if wrapped == keeps or not (wrapped or (type(state) is tuple and state
+                                            and _is_count(state[-1]))):
+        return
+    raise ValueError(
+        'the optimizer state of parameter %r (index %r) %s a float32 master copy of its '
+        'weight, which %s(multi_precision=%r) %s for a %s weight (MXNet keeps one with '
+        'multi_precision=True for float16 weights only): load the states with the '
+        'multi_precision and parameter dtype they were saved with, or start without them'
+        % (param_name(owner, index), index, 'holds' if wrapped else 'lacks',
+           type(optimizer).__name__, optimizer.multi_precision,
+           'keeps' if keeps else 'does not keep', numpy.dtype(dtype).name))
 
 
 def encode_name(name):
@@ -376,6 +405,7 @@ def adopt_states(optimizer, indices, weights, states, owner=None, length=None):
         return
     unknown = []
     for index, weight, state in zip(indices, weights, states):
+        check_master_copy(optimizer, owner, index, weight.dtype, state)
         master = ()
         if multi_precision:
             master, state = state[:1], state[1]
@@ -524,7 +554,8 @@ def check_trainer_states(optimizer, params):
     updaters = [trainer._kvstore._updater] if trainer._update_on_kvstore else trainer._updaters
     length = getattr(type(optimizer), 'STATE_LENGTH', None)
 
-    def parts(state, param):
+    def parts(index, state, param):
+        check_master_copy(optimizer, optimizer, index, param.dtype, state)
         master = ()
         if optimizer.multi_precision and numpy.dtype(param.dtype) == numpy.float16:
             master, state = state[:1], state[1]
@@ -533,12 +564,12 @@ def check_trainer_states(optimizer, params):
 
     def rename(index, _, name):
         for updater in updaters:
-            _write_name(*parts(updater.states[index], params[index]), name)
+            _write_name(*parts(index, updater.states[index], params[index]), name)
 
     states = []
     for index, state in updaters[0].states.items():
         param = params.get(index)
         if param is not None:
             shape = param.shape if param.shape and all(d > 0 for d in param.shape) else None
-            states.append((index, shape) + parts(state, param))
+            states.append((index, shape) + parts(index, state, param))
     _inspect(optimizer, states, rename)

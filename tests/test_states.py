@@ -342,3 +342,108 @@ def test_module_warns_when_names_swap_places(tmp_path, name, kwargs, fused):
     swapped.load_optimizer_states(str(tmp_path / 'states'))
     with pytest.warns(UserWarning, match="'fc1_weight' -> 'fc2_weight'"):
         _module_step(swapped)
+
+
+# -- states saved with the other multi_precision, or for a weight of another dtype -------------
+
+def _float16_module(name, kwargs, fused, multi_precision):
+    """A Module of float16 weights (element-wise operators, which MXNet runs in float16 on a
+    CPU) whose optimizer has ``multi_precision``."""
+    data = mx.sym.Variable('data', dtype='float16')
+    scale = mx.sym.Variable('scale', shape=(1, 4), dtype='float16')
+    shift = mx.sym.Variable('shift', shape=(1, 4), dtype='float16')
+    out = mx.sym.broadcast_add(mx.sym.broadcast_mul(data, scale), shift)
+    mod = mx.mod.Module(mx.sym.MakeLoss(mx.sym.sum(mx.sym.square(out))), data_names=['data'],
+                        label_names=None)
+    mod.bind(data_shapes=[mx.io.DataDesc('data', (2, 4), dtype='float16')])
+    mod.init_params(arg_params={'scale': mx.nd.ones((1, 4), dtype='float16'),
+                                'shift': mx.nd.zeros((1, 4), dtype='float16')})
+    mod.init_optimizer(optimizer=name, optimizer_params=dict(
+        kwargs, multi_precision=multi_precision, learning_rate=0.01,
+        **({'fused': fused} if fused is not None else {})))
+    return mod
+
+
+def _float16_step(mod):
+    mod.forward_backward(mx.io.DataBatch([mx.nd.ones((2, 4), dtype='float16')], None))
+    mod.update()
+
+
+@pytest.mark.parametrize('saved_with', [True, False], ids=['saved-with', 'saved-without'])
+@pytest.mark.parametrize('name,kwargs,fused', OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_module_refuses_states_saved_with_the_other_multi_precision(tmp_path, name, kwargs,
+                                                                    fused, saved_with):
+    """Module.save_optimizer_states keeps no optimizer: a resumed run that sets multi_precision
+    otherwise got the states of float16 weights with (or without) the float32 master copy in
+    front. Before the fix its first update failed with a message about something else (a
+    state of another preconditioner's layout, a shape, a TypeError) or, for Lookahead around
+    MXNet's sgd, took the master copy for the slow weights without a word; MXNet's adam fails
+    with an AssertionError or 'too many values to unpack'. Now the first update names the
+    setting, before any weight changes."""
+    mod = _float16_module(name, kwargs, fused, saved_with)
+    _float16_step(mod)
+    mod.save_optimizer_states(str(tmp_path / 'states'))
+    resumed = _float16_module(name, kwargs, fused, not saved_with)
+    resumed.load_optimizer_states(str(tmp_path / 'states'))
+    before = {k: v.asnumpy() for k, v in resumed.get_params()[0].items()}
+    with pytest.raises(ValueError, match=r"^the optimizer state of parameter '(scale|shift)' "
+                                         r"\(index \d\) %s a float32 master copy of its weight, "
+                                         r"which %s\(multi_precision=%s\) %s for a float16 "
+                                         r"weight" % ('holds' if saved_with else 'lacks',
+                                                      type(resumed._optimizer).__name__,
+                                                      not saved_with,
+                                                      'does not keep' if saved_with else
+                                                      'keeps')):
+        _float16_step(resumed)
+        mx.nd.waitall()
+    resumed._params_dirty = True
+    for k, v in resumed.get_params()[0].items():
+        np.testing.assert_array_equal(v.asnumpy(), before[k], err_msg=k)
+
+
+class _Scale(gluon.HybridBlock):
+    """y = x * scale + shift, element-wise (which MXNet runs in float16 on a CPU)."""
+
+    def __init__(self):
+        super().__init__(prefix='scaled_')
+        with self.name_scope():
+            self.scale = self.params.get('scale', shape=(4,), init=mx.init.One())
+            self.shift = self.params.get('shift', shape=(4,), init=mx.init.Zero())
+
+    def hybrid_forward(self, F, x, scale, shift):
+        return F.broadcast_add(F.broadcast_mul(x, scale), shift)
+
+
+@pytest.mark.parametrize('setup', range(len(TRAINER_SETUPS)), ids=TRAINER_IDS)
+@pytest.mark.parametrize('name,kwargs,fused', OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_trainer_refuses_states_saved_for_weights_of_another_dtype(tmp_path, name, kwargs,
+                                                                   fused, setup):
+    """Trainer.load_states restores the optimizer with its multi_precision, but the model may
+    have been cast since: states saved for float16 weights (with master copies) loaded onto
+    the model in float32, and back. Refused in load_states (on a kvstore the update runs in a
+    callback whose exceptions MXNet only prints)."""
+    ctxs, kvstore, update_on_kvstore = TRAINER_SETUPS[setup]
+    for saved, loaded in (('float16', 'float32'), ('float32', 'float16')):
+        trainers = []
+        for dtype in (saved, loaded):
+            net = _Scale()
+            net.initialize(ctx=ctxs)
+            net.cast(dtype)
+            trainers.append(gluon.Trainer(net.collect_params(), name, dict(
+                kwargs, multi_precision=True, **({'fused': fused} if fused is not None else {})),
+                kvstore=kvstore, update_on_kvstore=update_on_kvstore))
+            if dtype == saved:
+                x = mx.nd.ones((2, 4), dtype=dtype)
+                with autograd.record():
+                    losses = [net(xi).sum() for xi in gluon.utils.split_and_load(x, ctxs)]
+                autograd.backward(losses)
+                trainers[0].step(2)
+                trainers[0].save_states(str(tmp_path / saved))
+        with pytest.raises(ValueError, match=r"^the optimizer state of parameter "
+                                             r"'scaled_s\w+' \(index \d\) %s a float32 master "
+                                             r"copy of its weight, which \w+\(multi_precision="
+                                             r"True\) %s for a %s weight"
+                                             % ('holds' if saved == 'float16' else 'lacks',
+                                                'does not keep' if saved == 'float16' else
+                                                'keeps', loaded)):
+            trainers[1].load_states(str(tmp_path / saved))

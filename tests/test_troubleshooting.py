@@ -158,6 +158,16 @@ def _state_of_another_preconditioner():
     loaded(0, mx.nd.ones((2,)), mx.nd.ones((2,)))
 
 
+def _states_saved_with_multi_precision():
+    saved = mx.optimizer.get_updater(mx.optimizer.create('arsg', multi_precision=True,
+                                                         fused=False))
+    weight = mx.nd.ones((2,), dtype='float16')
+    saved(0, mx.nd.ones((2,), dtype='float16'), weight)
+    loaded = mx.optimizer.get_updater(mx.optimizer.create('arsg', fused=False))
+    loaded.set_states(saved.get_states(dump_optimizer=False))
+    loaded(0, mx.nd.ones((2,), dtype='float16'), weight)
+
+
 def _first_update(name, **kwargs):
     opt = mx.optimizer.create(name, **kwargs)
     mx.optimizer.get_updater(opt)(0, mx.nd.ones((2,)), mx.nd.ones((2,)))
@@ -239,6 +249,8 @@ def messages(tmp_path, monkeypatch):
             lr_scheduler=mx.lr_scheduler.FactorScheduler(10, base_lr=0.1)),
         'an integer parameter': raised(gluon.Trainer, [_integer_parameter()], 'arsg'),
         'a state of another preconditioner': raised(_state_of_another_preconditioner),
+        'states saved with the other multi_precision': raised(
+            _states_saved_with_multi_precision),
         'a skipped non-finite gradient': warned(RuntimeWarning, _step_with_nan_gradient),
         'a boost of an optimizer without mu': raised(_boost_of, 'adam', {}, boost_epochs=[6]),
         'a mu that two boosts would double past 1': raised(_boost_of, 'arsg', {'mu': 0.3},
