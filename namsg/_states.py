@@ -119,29 +119,42 @@ def _is_count(last):
                                              and isinstance(last[1], NDArray))
 
 
-def check_master_copy(optimizer, owner, index, dtype, state):
-    """Raise ValueError for a loaded ``state`` of parameter ``index`` (weight ``dtype``) whose
-    float32 master copy is there where ``optimizer`` keeps none, or missing where it keeps one
-    (MXNet's ``multi_precision``: ``(master, state)`` for float16 weights only): states saved
-    with the other ``multi_precision``, or for a weight of another dtype. Unchecked, they failed
-    in the update with a message about something else (a layout, a shape, a ``TypeError``) or,
-    for Lookahead around MXNet's sgd, took the master copy for the slow weights. States of
-    namsg 0.1.0, which end in no count, cannot tell and pass. ``owner``: the optimizer that
-    knows the parameters' names (Lookahead's inner one)."""
+def check_precision(optimizer, owner, index, dtype, state):
+    """Raise ValueError for a loaded ``state`` of parameter ``index`` (weight ``dtype``) saved
+    for another precision: a float32 master copy there where ``optimizer`` keeps none, or
+    missing where it keeps one (MXNet's ``multi_precision``: ``(master, state)`` for float16
+    weights only), or arrays of another dtype than the weight's (float16 or float32 for a
+    float16 weight). Such states come from the other ``multi_precision``, or from the model in
+    another dtype. Unchecked, they failed in the update with a message about something else (a
+    layout, a shape, a ``TypeError``, MXNet's ``Incompatible attr``) or, for Lookahead around
+    MXNet's sgd, took the master copy for the slow weights. States of namsg 0.1.0, which end in
+    no count, cannot tell whether they hold a master copy and pass that check. ``owner``: the
+    optimizer that knows the parameters' names (Lookahead's inner one)."""
+    dtype = numpy.dtype(dtype)
     wrapped = (type(state) is tuple and len(state) == 2 and isinstance(state[0], NDArray)
                and type(state[1]) is tuple and bool(state[1]) and _is_count(state[1][-1]))
-    keeps = bool(optimizer.multi_precision) and numpy.dtype(dtype) == numpy.float16
-    if wrapped == keeps or not (wrapped or (type(state) is tuple and state
-                                            and _is_count(state[-1]))):
-        return
-    raise ValueError(
-        'the optimizer state of parameter %r (index %r) %s a float32 master copy of its '
-        'weight, which %s(multi_precision=%r) %s for a %s weight (MXNet keeps one with '
-        'multi_precision=True for float16 weights only): load the states with the '
-        'multi_precision and parameter dtype they were saved with, or start without them'
-        % (param_name(owner, index), index, 'holds' if wrapped else 'lacks',
-           type(optimizer).__name__, optimizer.multi_precision,
-           'keeps' if keeps else 'does not keep', numpy.dtype(dtype).name))
+    keeps = bool(optimizer.multi_precision) and dtype == numpy.float16
+    if wrapped != keeps and (wrapped or (type(state) is tuple and state
+                                         and _is_count(state[-1]))):
+        raise ValueError(
+            'the optimizer state of parameter %r (index %r) %s a float32 master copy of its '
+            'weight, which %s(multi_precision=%r) %s for a %s weight (MXNet keeps one with '
+            'multi_precision=True for float16 weights only): load the states with the '
+            'multi_precision and parameter dtype they were saved with, or start without them'
+            % (param_name(owner, index), index, 'holds' if wrapped else 'lacks',
+               type(optimizer).__name__, optimizer.multi_precision,
+               'keeps' if keeps else 'does not keep', dtype.name))
+    # float16 weights have float32 states and master copies (and float16 states in MXNet's
+    # own optimizers, inside Lookahead); every other weight has states of its own dtype.
+    fits = (numpy.float16, numpy.float32) if dtype == numpy.float16 else (dtype,)
+    other = next((a.dtype for a in _arrays(state) if numpy.issubdtype(a.dtype, numpy.floating)
+                  and a.dtype not in fits), None)
+    if other is not None:
+        raise ValueError(
+            'the optimizer state of parameter %r (index %r) holds %s arrays, saved for a weight '
+            'of another dtype: this weight is %s. Load the states onto the model in the dtype '
+            'it was saved in (cast it before loading), or start without them'
+            % (param_name(owner, index), index, numpy.dtype(other).name, dtype.name))
 
 
 def encode_name(name):
@@ -405,16 +418,18 @@ def adopt_states(optimizer, indices, weights, states, owner=None, length=None):
         return
     unknown = []
     for index, weight, state in zip(indices, weights, states):
-        check_master_copy(optimizer, owner, index, weight.dtype, state)
-        master = ()
-        if multi_precision:
-            master, state = state[:1], state[1]
         # The usual case, at every step: a state this optimizer made or saw, known by its t.
-        last = state[-1] if type(state) is tuple and state else None
+        inner = state[1] if multi_precision and type(state) is tuple and len(state) == 2 \
+            else state
+        last = inner[-1] if type(inner) is tuple and inner else None
         if type(last) is tuple and len(last) == 2:
             entry = known.get(id(last[0]))
             if entry is not None and entry[0] is last[0]:
                 continue
+        check_precision(optimizer, owner, index, weight.dtype, state)
+        master = ()
+        if multi_precision:
+            master, state = state[:1], state[1]
         arrays, count = split_count(state, length)
         arrays = master + arrays
         marker = _marker(arrays, count)
@@ -555,7 +570,7 @@ def check_trainer_states(optimizer, params):
     length = getattr(type(optimizer), 'STATE_LENGTH', None)
 
     def parts(index, state, param):
-        check_master_copy(optimizer, optimizer, index, param.dtype, state)
+        check_precision(optimizer, optimizer, index, param.dtype, state)
         master = ()
         if optimizer.multi_precision and numpy.dtype(param.dtype) == numpy.float16:
             master, state = state[:1], state[1]

@@ -346,27 +346,39 @@ def test_module_warns_when_names_swap_places(tmp_path, name, kwargs, fused):
 
 # -- states saved with the other multi_precision, or for a weight of another dtype -------------
 
-def _float16_module(name, kwargs, fused, multi_precision):
-    """A Module of float16 weights (element-wise operators, which MXNet runs in float16 on a
+def _elementwise_module(name, kwargs, fused, multi_precision, dtype='float16'):
+    """A Module of ``dtype`` weights (element-wise operators, which MXNet runs in float16 on a
     CPU) whose optimizer has ``multi_precision``."""
-    data = mx.sym.Variable('data', dtype='float16')
-    scale = mx.sym.Variable('scale', shape=(1, 4), dtype='float16')
-    shift = mx.sym.Variable('shift', shape=(1, 4), dtype='float16')
+    data = mx.sym.Variable('data', dtype=dtype)
+    scale = mx.sym.Variable('scale', shape=(1, 4), dtype=dtype)
+    shift = mx.sym.Variable('shift', shape=(1, 4), dtype=dtype)
     out = mx.sym.broadcast_add(mx.sym.broadcast_mul(data, scale), shift)
     mod = mx.mod.Module(mx.sym.MakeLoss(mx.sym.sum(mx.sym.square(out))), data_names=['data'],
                         label_names=None)
-    mod.bind(data_shapes=[mx.io.DataDesc('data', (2, 4), dtype='float16')])
-    mod.init_params(arg_params={'scale': mx.nd.ones((1, 4), dtype='float16'),
-                                'shift': mx.nd.zeros((1, 4), dtype='float16')})
+    mod.bind(data_shapes=[mx.io.DataDesc('data', (2, 4), dtype=dtype)])
+    mod.init_params(arg_params={'scale': mx.nd.ones((1, 4), dtype=dtype),
+                                'shift': mx.nd.zeros((1, 4), dtype=dtype)})
     mod.init_optimizer(optimizer=name, optimizer_params=dict(
         kwargs, multi_precision=multi_precision, learning_rate=0.01,
         **({'fused': fused} if fused is not None else {})))
     return mod
 
 
-def _float16_step(mod):
-    mod.forward_backward(mx.io.DataBatch([mx.nd.ones((2, 4), dtype='float16')], None))
+def _elementwise_step(mod):
+    dtype = mod.data_shapes[0].dtype
+    mod.forward_backward(mx.io.DataBatch([mx.nd.ones((2, 4), dtype=dtype)], None))
     mod.update()
+
+
+def _refused_before_any_weight_changes(mod, message):
+    """The first update of ``mod`` raises ValueError matching ``message``; no weight changed."""
+    before = {k: v.asnumpy() for k, v in mod.get_params()[0].items()}
+    with pytest.raises(ValueError, match=message):
+        _elementwise_step(mod)
+        mx.nd.waitall()
+    mod._params_dirty = True
+    for k, v in mod.get_params()[0].items():
+        np.testing.assert_array_equal(v.asnumpy(), before[k], err_msg=k)
 
 
 @pytest.mark.parametrize('saved_with', [True, False], ids=['saved-with', 'saved-without'])
@@ -380,25 +392,36 @@ def test_module_refuses_states_saved_with_the_other_multi_precision(tmp_path, na
     MXNet's sgd, took the master copy for the slow weights without a word; MXNet's adam fails
     with an AssertionError or 'too many values to unpack'. Now the first update names the
     setting, before any weight changes."""
-    mod = _float16_module(name, kwargs, fused, saved_with)
-    _float16_step(mod)
+    mod = _elementwise_module(name, kwargs, fused, saved_with)
+    _elementwise_step(mod)
     mod.save_optimizer_states(str(tmp_path / 'states'))
-    resumed = _float16_module(name, kwargs, fused, not saved_with)
+    resumed = _elementwise_module(name, kwargs, fused, not saved_with)
     resumed.load_optimizer_states(str(tmp_path / 'states'))
-    before = {k: v.asnumpy() for k, v in resumed.get_params()[0].items()}
-    with pytest.raises(ValueError, match=r"^the optimizer state of parameter '(scale|shift)' "
-                                         r"\(index \d\) %s a float32 master copy of its weight, "
-                                         r"which %s\(multi_precision=%s\) %s for a float16 "
-                                         r"weight" % ('holds' if saved_with else 'lacks',
-                                                      type(resumed._optimizer).__name__,
-                                                      not saved_with,
-                                                      'does not keep' if saved_with else
-                                                      'keeps')):
-        _float16_step(resumed)
-        mx.nd.waitall()
-    resumed._params_dirty = True
-    for k, v in resumed.get_params()[0].items():
-        np.testing.assert_array_equal(v.asnumpy(), before[k], err_msg=k)
+    _refused_before_any_weight_changes(
+        resumed, r"^the optimizer state of parameter '(scale|shift)' \(index \d\) %s a float32 "
+                 r"master copy of its weight, which %s\(multi_precision=%s\) %s for a float16 "
+                 r"weight" % ('holds' if saved_with else 'lacks',
+                              type(resumed._optimizer).__name__, not saved_with,
+                              'does not keep' if saved_with else 'keeps'))
+
+
+@pytest.mark.parametrize('saved,loaded', [('float32', 'float64'), ('float64', 'float32')])
+@pytest.mark.parametrize('name,kwargs,fused', OPTIMIZERS, ids=OPTIMIZER_IDS)
+def test_module_refuses_states_saved_for_weights_of_another_dtype(tmp_path, name, kwargs, fused,
+                                                                  saved, loaded):
+    """The states of float32 weights loaded onto the model in float64, and back. Before the
+    fix the fused path raised 'arsg_update: the state m of weight 0 is float32, not float64',
+    which the docs call a bug of namsg, the NDArray path MXNet's 'Incompatible attr in node';
+    Lookahead around MXNet's sgd went on with slow weights of the other precision."""
+    mod = _elementwise_module(name, kwargs, fused, False, saved)
+    _elementwise_step(mod)
+    mod.save_optimizer_states(str(tmp_path / 'states'))
+    resumed = _elementwise_module(name, kwargs, fused, False, loaded)
+    resumed.load_optimizer_states(str(tmp_path / 'states'))
+    _refused_before_any_weight_changes(
+        resumed, r"^the optimizer state of parameter '(scale|shift)' \(index \d\) holds %s "
+                 r"arrays, saved for a weight of another dtype: this weight is %s\. Load the "
+                 r"states onto the model in the dtype it was saved in" % (saved, loaded))
 
 
 class _Scale(gluon.HybridBlock):
@@ -420,10 +443,11 @@ def test_trainer_refuses_states_saved_for_weights_of_another_dtype(tmp_path, nam
                                                                    fused, setup):
     """Trainer.load_states restores the optimizer with its multi_precision, but the model may
     have been cast since: states saved for float16 weights (with master copies) loaded onto
-    the model in float32, and back. Refused in load_states (on a kvstore the update runs in a
-    callback whose exceptions MXNet only prints)."""
+    the model in float32, and back; float32 and float64 likewise. Refused in load_states (on a
+    kvstore the update runs in a callback whose exceptions MXNet only prints)."""
     ctxs, kvstore, update_on_kvstore = TRAINER_SETUPS[setup]
-    for saved, loaded in (('float16', 'float32'), ('float32', 'float16')):
+    for saved, loaded in (('float16', 'float32'), ('float32', 'float16'),
+                          ('float32', 'float64'), ('float64', 'float32')):
         trainers = []
         for dtype in (saved, loaded):
             net = _Scale()
@@ -439,11 +463,14 @@ def test_trainer_refuses_states_saved_for_weights_of_another_dtype(tmp_path, nam
                 autograd.backward(losses)
                 trainers[0].step(2)
                 trainers[0].save_states(str(tmp_path / saved))
+        if 'float16' in (saved, loaded):
+            expected = (r"a float32 master copy of its weight, which \w+\(multi_precision=True\) "
+                        r"%s for a %s weight" % ('does not keep' if saved == 'float16' else
+                                                 'keeps', loaded))
+            expected = ('holds ' if saved == 'float16' else 'lacks ') + expected
+        else:
+            expected = (r"holds %s arrays, saved for a weight of another dtype: this weight is "
+                        r"%s\." % (saved, loaded))
         with pytest.raises(ValueError, match=r"^the optimizer state of parameter "
-                                             r"'scaled_s\w+' \(index \d\) %s a float32 master "
-                                             r"copy of its weight, which \w+\(multi_precision="
-                                             r"True\) %s for a %s weight"
-                                             % ('holds' if saved == 'float16' else 'lacks',
-                                                'does not keep' if saved == 'float16' else
-                                                'keeps', loaded)):
+                                             r"'scaled_s\w+' \(index \d\) " + expected):
             trainers[1].load_states(str(tmp_path / saved))

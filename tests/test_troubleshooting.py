@@ -168,6 +168,14 @@ def _states_saved_with_multi_precision():
     loaded(0, mx.nd.ones((2,), dtype='float16'), weight)
 
 
+def _states_of_float32_weights_on_float64_ones():
+    saved = mx.optimizer.get_updater(mx.optimizer.create('amsgrad'))
+    saved(0, mx.nd.ones((2,)), mx.nd.ones((2,)))
+    loaded = mx.optimizer.get_updater(mx.optimizer.create('amsgrad'))
+    loaded.set_states(saved.get_states(dump_optimizer=False))
+    loaded(0, mx.nd.ones((2,), dtype='float64'), mx.nd.ones((2,), dtype='float64'))
+
+
 def _first_update(name, **kwargs):
     opt = mx.optimizer.create(name, **kwargs)
     mx.optimizer.get_updater(opt)(0, mx.nd.ones((2,)), mx.nd.ones((2,)))
@@ -251,6 +259,8 @@ def messages(tmp_path, monkeypatch):
         'a state of another preconditioner': raised(_state_of_another_preconditioner),
         'states saved with the other multi_precision': raised(
             _states_saved_with_multi_precision),
+        'states saved for weights of another dtype': raised(
+            _states_of_float32_weights_on_float64_ones),
         'a skipped non-finite gradient': warned(RuntimeWarning, _step_with_nan_gradient),
         'a boost of an optimizer without mu': raised(_boost_of, 'adam', {}, boost_epochs=[6]),
         'a mu that two boosts would double past 1': raised(_boost_of, 'arsg', {'mu': 0.3},
