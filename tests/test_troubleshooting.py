@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import io
 import re
+import sys
 import threading
 import types
 import warnings
@@ -28,7 +29,8 @@ from namsg import kernels, kvstore_sync
 from namsg.boost import ObservationBoost, search_step_size
 from namsg.horovod_store import Horovod
 
-PAGE = Path(__file__).resolve().parent.parent / 'docs' / 'troubleshooting.md'
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / 'docs' / 'troubleshooting.md'
 #: The words the page uses for the variable parts of a message (its introduction lists them).
 PLACEHOLDERS = ('NAME', 'VALUE', 'N', 'FILE', 'FOLDER', 'OPTIMIZER', 'RUN', 'REASON', 'LIST',
                 'RANGE', 'TYPE', 'SHAPE', 'INDEX', 'VERSION', 'HOST', 'FLAG', 'DIFFERENCES',
@@ -233,12 +235,18 @@ def _direct_call_reason(monkeypatch, version, mkldnn):
         return kernels.library.direct_unavailable_reason()
 
 
-def _parser_error(argv):
-    """What ``python -m namsg_dist ARGV`` prints last on stderr for a refused command line."""
+def _last_error_line(call, *args):
+    """The last line ``call`` prints on stderr as it exits (an argument parser refusing its
+    command line)."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
-        namsg_dist.main(argv)
+        call(*args)
     return err.getvalue().strip().splitlines()[-1]
+
+
+def _parser_error(argv):
+    """What ``python -m namsg_dist ARGV`` prints last on stderr for a refused command line."""
+    return _last_error_line(namsg_dist.main, argv)
 
 
 # -- the optimizers, states, the fused operator, the boost, namsg_dist, Horovod -------------------
@@ -438,10 +446,53 @@ def script_messages(tmp_path):
 
 def _argparse_error(parser, argv):
     """The last line the argument parser prints refusing ``argv``."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
-        parser.parse_args(argv)
-    return err.getvalue().strip().splitlines()[-1]
+    return _last_error_line(parser.parse_args, argv)
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / (name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def printed(call, *args):
+    """The lines ``call`` prints on stdout."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        call(*args)
+    return [line.strip() for line in out.getvalue().splitlines() if line.strip()]
+
+
+def benchmark_messages(monkeypatch):
+    """What scripts/benchmark_optimizers.py prints where the fused update cannot be had, and
+    its refusals of a bad command line (as ``benchmark_optimizers.py: error: ...``)."""
+    pytest.importorskip('namsg.experiments', reason='needs namsg[experiments]')   # ResNet-20
+    bench = _load_script('benchmark_optimizers')
+    # A reason that no quote matches by itself, so that the lines around it are what is found.
+    _kernel_state(monkeypatch, 'no fused update in this test')
+    assert not catalogued('no fused update in this test')
+    rows, missing = bench.available_optimizers()
+    assert 'arsg fused' not in rows and missing
+    dispatch = printed(bench.main, ['--only', 'dispatch'])
+    table = printed(bench.report, 'a table', {'adam': [1.0], 'sgd': [1.0]}, missing)
+    monkeypatch.setattr(sys, 'argv', [str(ROOT / 'scripts' / 'benchmark_optimizers.py')])
+    return {
+        'the benchmark without the fused update': dispatch[0],
+        'its timing tables without it': table[-1],
+        'its dispatch measurement without it': dispatch[-1],
+        'an unknown benchmark measurement': _last_error_line(bench.parse_args,
+                                                             ['--only', 'calls,speed']),
+        'no benchmark rounds': _last_error_line(bench.parse_args, ['--rounds', '0']),
+        'a negative benchmark warm-up': _last_error_line(bench.parse_args, ['--warmup', '-1']),
+    }
+
+
+def test_the_benchmarks_messages_are_on_the_page(monkeypatch):
+    missing = {what: message for what, message in benchmark_messages(monkeypatch).items()
+               if not catalogued(message)}
+    assert not missing, 'not on %s:\n%s' % (PAGE.name, '\n'.join(
+        '- %s: %s' % item for item in missing.items()))
 
 
 def test_the_scripts_messages_are_on_the_page(tmp_path):
