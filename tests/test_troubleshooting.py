@@ -25,7 +25,7 @@ from mxnet import autograd, gluon
 
 import namsg
 import namsg_dist
-from namsg import kernels, kvstore_sync
+from namsg import kernels, kvstore_sync, reference
 from namsg.boost import ObservationBoost, search_step_size
 from namsg.horovod_store import Horovod
 
@@ -249,6 +249,12 @@ def _parser_error(argv):
     return _last_error_line(namsg_dist.main, argv)
 
 
+def _reference_with_unknown_preconditioner():
+    x = reference.np.ones(2)
+    reference.arsg_step(x, reference.arsg_init(x, 1e-8), x, 0.1, 0.9, 0.99, 0.1, 1e-8,
+                        preconditioner='rmsprop')
+
+
 # -- the optimizers, states, the fused operator, the boost, namsg_dist, Horovod -------------------
 
 def messages(tmp_path, monkeypatch):
@@ -282,6 +288,9 @@ def messages(tmp_path, monkeypatch):
         'a bad --timeout': _parser_error(['launch', '-n', '1', '--timeout', '0', '--', 'true']),
         'gradient compression on the horovod kvstore': raised(
             Horovod.set_gradient_compression, None, {'type': '2bit'}),
+        'an ssh job without hosts': raised(namsg_dist.launch_ssh, ['true'], [], 1),
+        'the NumPy reference given an unknown preconditioner': raised(
+            _reference_with_unknown_preconditioner),
     }
     states = _trained_states(tmp_path / 'first-second.states')
     found['states of another shape'] = raised(_load_onto, states, ('wider_', 5, 4),
