@@ -404,6 +404,18 @@ def script_messages(tmp_path):
     ours = dict(protocol=PROTOCOLS['cifar10_fine']._asdict())
     theirs = {'cifar10_fine': {'ARSG': [(dict(protocol=dict(ours['protocol'], model='resnet20')),
                                          [])]}}
+    with mock.patch.object(cli, 'write_report', lambda *args, **kwargs: ''):
+        on_the_sample = printed(cli._report, 'mnist', 'device', True, tmp_path / 'sample-runs')
+    data = dict(train=10, test=5, sha256='0' * 64)
+    here = dict(ours, run='mnist_logreg/ARSG/seed0', method='ARSG', seed=0, data=data,
+                data_source='a folder', train_size=10, test_size=5, contexts=['cpu(0)'],
+                kvstore='device')
+    not_compared = {
+        'reference logs without a data fingerprint': dict(here, data='an older log'),
+        'reference runs on other data': dict(here, data=dict(data, sha256='1' * 64)),
+        'reference runs of another configuration': dict(here, kvstore='local'),
+        'reference runs of other seeds': dict(here, seed=1),
+    }
     with mock.patch.object(namsg._mxnet, 'has_kvstore_base', lambda: False):    # MXNet 1.5, 1.6
         horovod_on_mxnet_1_5 = (raised(cli.main, 'mnist', ['--kvstore', 'horovod']),
                                 raised(check_kvstore, 'horovod'))
@@ -450,6 +462,9 @@ def script_messages(tmp_path):
                                                                 [('logs/x', theirs)])[0],
         'none in several folders': plots._no_reference(ours, 'cifar10_fine',
                                                        [('logs/x', theirs), ('logs/y', {})])[0],
+        'runs on the sample, not compared': on_the_sample[0],
+        **{'not compared run by run: ' + why: plots._not_compared(here, theirs)
+           for why, theirs in not_compared.items()},
     }
 
 
