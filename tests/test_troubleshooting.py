@@ -406,6 +406,8 @@ def script_messages(tmp_path):
                                          [])]}}
     with mock.patch.object(cli, 'write_report', lambda *args, **kwargs: ''):
         on_the_sample = printed(cli._report, 'mnist', 'device', True, tmp_path / 'sample-runs')
+    from namsg.experiments import grid, models
+    from namsg.experiments.hparams import epsilon_for, to_mxnet
     data = dict(train=10, test=5, sha256='0' * 64)
     here = dict(ours, run='mnist_logreg/ARSG/seed0', method='ARSG', seed=0, data=data,
                 data_source='a folder', train_size=10, test_size=5, contexts=['cpu(0)'],
@@ -465,6 +467,11 @@ def script_messages(tmp_path):
         'runs on the sample, not compared': on_the_sample[0],
         **{'not compared run by run: ' + why: plots._not_compared(here, theirs)
            for why, theirs in not_compared.items()},
+        'an unknown method from Python': raised(to_mxnet, 'arsg', (0.1, 0.9, 0.99, 0.1)),
+        'an unknown setting from Python': raised(epsilon_for, 'ARSG', 'mnist'),
+        'an unknown model from Python': raised(models.build, 'resnet18'),
+        "a step-size search for SGD's grid": raised(grid.first_stage, PROTOCOLS['mnist_logreg'],
+                                                    'SGD', None, 10),
     }
 
 
