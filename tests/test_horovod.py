@@ -221,6 +221,59 @@ def test_several_stores_and_devices(tmp_path):
                         'start one process per device') == 4, output[-5000:]
 
 
+# A Trainer and a Module on 'horovod' stores, whose broadcasts and allreduce are queued in
+# MXNet's engine when the script ends. Rank 0 comes late to them (after hvd.init(), which waits
+# for every rank), so that rank 1's are still waiting for rank 0's when rank 1 reaches its exit.
+# With SGD, whose step() returns at once: ARSG's fused step waits for the averaged gradients,
+# which would line the ranks up again. Each rank's Python stderr (where an exception at exit
+# is printed) goes to a file of its own: horovodrun may not pass on all of a rank that ends early.
+QUEUED_AT_EXIT = """
+import os
+import sys
+import time
+import mxnet as mx
+from mxnet import autograd, gluon
+import horovod.mxnet as hvd
+import namsg
+
+hvd.init()
+rank = hvd.rank()
+sys.stderr = open(os.path.join(sys.argv[1], 'rank%d.txt' % rank), 'w', buffering=1)
+if rank == 0:
+    time.sleep(3)
+net = gluon.nn.Dense(2, in_units=3)
+net.initialize()
+trainer = gluon.Trainer(net.collect_params(), 'sgd', kvstore='horovod')
+with autograd.record():
+    loss = net(mx.nd.ones((1, 3))).sum()
+loss.backward()
+trainer.step(1)
+data = mx.sym.Variable('data')
+out = mx.sym.LinearRegressionOutput(mx.sym.FullyConnected(data, num_hidden=2), name='lro')
+mod = mx.mod.Module(out, label_names=['lro_label'])
+mod.bind([('data', (4, 3))], [('lro_label', (4, 2))])
+mod.init_params()
+mod.init_optimizer(kvstore='horovod', optimizer='sgd')
+print('rank %d ends' % rank, file=sys.stderr)
+"""
+
+
+def test_operations_queued_at_exit_run_before_horovod_shuts_down(tmp_path):
+    """A script whose last broadcasts and allreduce (a Trainer's first step, a Module's
+    init_optimizer) are still queued when it ends: they run before Horovod shuts down. Before
+    the fix, hvd.init()'s shutdown ran first at exit and each rank printed an MXNetError
+    traceback ("Horovod has been shut down") after a job that had succeeded."""
+    script = tmp_path / 'queued_at_exit.py'
+    script.write_text(QUEUED_AT_EXIT)
+    result = subprocess.run([str(HOROVODRUN), '--gloo', '-np', '2', '-H', 'localhost:2',
+                             sys.executable, str(script), str(tmp_path)], capture_output=True,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    for rank in range(2):
+        said = (tmp_path / ('rank%d.txt' % rank)).read_text()
+        assert said == 'rank %d ends\n' % rank, said[-5000:]
+
+
 def test_gradient_compression_is_refused_with_what_to_do():
     """A Trainer with compression_params on the horovod store (one process, Horovod of size 1)
     fails before its first update with what to use instead (was an AttributeError:

@@ -11,6 +11,7 @@ quote reworded away from the code, fails.
 import contextlib
 import importlib.util
 import io
+import logging
 import re
 import threading
 import types
@@ -24,7 +25,7 @@ from mxnet import autograd, gluon
 
 import namsg
 import namsg_dist
-from namsg import kernels, kvstore_sync
+from namsg import horovod_store, kernels, kvstore_sync
 from namsg.boost import ObservationBoost, search_step_size
 from namsg.horovod_store import Horovod
 
@@ -215,6 +216,25 @@ def _direct_call_reason(monkeypatch, version, mkldnn):
         return kernels.library.direct_unavailable_reason()
 
 
+def _queued_at_exit_that_could_not_run():
+    """What the horovod kvstore logs at exit when the operations still queued fail (another
+    rank stopped first), as a program without logging set up prints it."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger('namsg.horovod_store')
+    log.addHandler(handler)
+    shut_down = mx.base.MXNetError('MXNetError: Horovod has been shut down. This was caused by '
+                                   'an exception on one of the ranks')
+    try:
+        with mock.patch.object(mx.nd, 'waitall', side_effect=shut_down):
+            horovod_store._finish_queued_operations()
+    finally:
+        log.removeHandler(handler)
+    assert [r.levelname for r in records] == ['ERROR'], records
+    return records[0].getMessage()
+
+
 def _parser_error(argv):
     """What ``python -m namsg_dist ARGV`` prints last on stderr for a refused command line."""
     err = io.StringIO()
@@ -252,6 +272,8 @@ def messages(tmp_path, monkeypatch):
         'a bad --timeout': _parser_error(['launch', '-n', '1', '--timeout', '0', '--', 'true']),
         'gradient compression on the horovod kvstore': raised(
             Horovod.set_gradient_compression, None, {'type': '2bit'}),
+        'operations of the horovod kvstore that could not run at exit':
+            _queued_at_exit_that_could_not_run(),
     }
     states = _trained_states(tmp_path / 'first-second.states')
     found['states of another shape'] = raised(_load_onto, states, ('wider_', 5, 4),
@@ -336,7 +358,6 @@ def script_messages(tmp_path):
     def logged(call, *args):
         """As ``warning: ...``, the first warning ``call`` logs on namsg.experiments, as the
         scripts print it (whatever ``call`` raises after it)."""
-        import logging
         records = []
         handler = logging.Handler()
         handler.emit = records.append
