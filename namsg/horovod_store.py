@@ -12,7 +12,9 @@ kvstore='horovod')`` average the gradients over the ranks with Horovod's allredu
 optimizer runs on every rank on the same averaged gradients, so its states, the learning rate
 and ``mu`` are the same everywhere, and rank 0 can save them for all
 (``Trainer.save_states``, ``Module.save_optimizer_states``). One device per process, one store
-per Trainer or Module. ``hvd.DistributedTrainer(params, 'arsg', ...)`` is the other way and
+per Trainer or Module; a process may make several, one after the other (the training scripts
+make one per run), and what they queued runs at its exit, before Horovod shuts down.
+``hvd.DistributedTrainer(params, 'arsg', ...)`` is the other way and
 needs nothing from here.
 
 On MXNet 1.5 and 1.6, which have no ``KVStoreBase``, this module cannot be imported and ``import
@@ -20,7 +22,9 @@ namsg`` leaves it out: there ``kvstore='horovod'`` stays MXNet's own silent loca
 and every rank trains alone; use ``hvd.DistributedTrainer``.
 """
 
+import atexit
 import itertools
+import logging
 
 import mxnet as mx
 from mxnet.gluon import trainer as _trainer
@@ -28,6 +32,25 @@ from mxnet.module import module as _module
 from mxnet.kvstore import KVStoreBase
 
 __all__ = ['Horovod']
+
+logger = logging.getLogger(__name__)
+
+
+def _finish_queued_operations():
+    """At exit, before Horovod shuts down: wait for the operations still in MXNet's engine.
+
+    A store's broadcasts and allreduces are queued, not run, when called (a Trainer broadcasts
+    its weights at its first step or ``load_states``, a Module at ``init_optimizer``), and
+    every ``hvd.init()`` registers Horovod's ``shutdown`` with :mod:`atexit`, to run before
+    MXNet's own wait at exit: an operation still queued then failed, and the ranks of a job that
+    had succeeded printed an MXNetError traceback ("Horovod has been shut down"). If they fail
+    here (another rank stopped before taking part), that is logged in one line, the error.
+    """
+    try:
+        mx.nd.waitall()
+    except mx.base.MXNetError as e:
+        logger.error('the horovod kvstore: operations still queued at exit could not run: %s',
+                     e)
 
 
 @KVStoreBase.register
@@ -52,6 +75,10 @@ class Horovod(KVStoreBase):
                 'with what a path holding a space needs: docs/scaling/horovod.md, or bash '
                 '.ci/horovod.sh in a clone) (%s)' % e) from e
         hvd.init()
+        # Registered again after each hvd.init(), whose shutdown it must precede (atexit runs
+        # the last registered first).
+        atexit.unregister(_finish_queued_operations)
+        atexit.register(_finish_queued_operations)
         self._hvd = hvd
         self._prefix = 'namsg.%d.' % next(Horovod._created)
 

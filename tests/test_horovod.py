@@ -125,24 +125,39 @@ def test_states_saved_on_rank_0_resume_exactly_on_every_rank(launch, scenario):
         assert r[scenario]['resumed_history'] == r[scenario]['history']
 
 
+def reproduce_mnist(folder, methods, seeds='0'):
+    """reproduce_mnist.py --kvstore horovod on 2 ranks under horovodrun, 3 epochs of the MNIST
+    logistic regression on the embedded sample, its logs and checkpoints under ``folder``;
+    returns its output, after checking that every rank ended with status 0."""
+    command = [str(HOROVODRUN), '--gloo', '-np', '2', '-H', 'localhost:2', sys.executable,
+               str(HERE.parent / 'scripts' / 'reproduce_mnist.py'), '--settings',
+               'mnist_logreg', '--methods', methods, '--seeds', seeds, '--scale', '0.15',
+               '--kvstore', 'horovod', '--log-dir', str(folder / 'logs'),
+               '--checkpoint-dir', str(folder / 'checkpoints'), '--no-progress']
+    env = {k: v for k, v in os.environ.items() if k != 'NAMSG_DATA_DIR'}
+    folder.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
+                            cwd=str(folder))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return output
+
+
+def read_log(path):
+    """(header, epoch records without their wall-clock seconds) of a run's log."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return lines[0], [{k: v for k, v in e.items() if k != 'seconds'} for e in lines[1:]]
+
+
 def test_training_script_in_horovod_mode(tmp_path):
     """reproduce_mnist.py --kvstore horovod under horovodrun, on the embedded MNIST sample: rank
     0 alone logs and checkpoints, each rank makes the steps of its half, and the same command
     again finds the run finished on every rank (none is left waiting in an allreduce)."""
-    command = [str(HOROVODRUN), '--gloo', '-np', '2', '-H', 'localhost:2', sys.executable,
-               str(HERE.parent / 'scripts' / 'reproduce_mnist.py'), '--settings',
-               'mnist_logreg', '--methods', 'ARSGB', '--seeds', '0', '--scale', '0.15',
-               '--kvstore', 'horovod', '--log-dir', str(tmp_path / 'logs'),
-               '--checkpoint-dir', str(tmp_path / 'checkpoints'), '--no-progress']
-    env = {k: v for k, v in os.environ.items() if k != 'NAMSG_DATA_DIR'}
     for attempt in range(2):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600,
-                                cwd=str(tmp_path))
-        assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+        reproduce_mnist(tmp_path, 'ARSGB')
     logs = list((tmp_path / 'logs').rglob('*.jsonl'))
     assert len(logs) == 1
-    lines = [json.loads(line) for line in logs[0].read_text().splitlines()]
-    header, epochs = lines[0], lines[1:]
+    header, epochs = read_log(logs[0])
     assert header['kvstore'] == 'horovod' and header['workers'] == 2
     assert [e['epoch'] for e in epochs] == [1, 2, 3]
     per_rank = header['train_size'] // 2 // header['protocol']['batch_size']
@@ -150,6 +165,45 @@ def test_training_script_in_horovod_mode(tmp_path):
     assert epochs[1]['boost'] is not None          # ARSGB boosts at epoch 2 at this scale
     assert epochs[-1]['val_acc'] > 0.6
     assert [p.name for p in (tmp_path / 'checkpoints').rglob('epoch-*')] == ['epoch-0003']
+
+
+def test_training_script_job_of_two_runs(tmp_path):
+    """A horovodrun job of two runs (each makes its own store, as a dist_* job's could not):
+    each run's log equals the same run's in a job of its own, to the bit, so nothing of the
+    first run's store reaches the second. The same command again skips both on every rank and
+    ends cleanly: before the fix, the broadcasts of the skipped runs' weights (Trainer.
+    load_states) could still be queued when Horovod shut down at exit, and the ranks printed an
+    MXNetError traceback ("Horovod has been shut down") after a successful job (in most such
+    jobs, as the ranks' timing falls; test_operations_queued_at_exit_... forces it). With the
+    second run's files moved away, the job skips the first and trains the second again,
+    alike."""
+    runs = ['mnist_logreg/ARSGB/seed0.jsonl', 'mnist_logreg/SGD/seed0.jsonl']
+    reproduce_mnist(tmp_path / 'job', 'ARSGB,SGD')
+    logs = {run: read_log(tmp_path / 'job' / 'logs' / run) for run in runs}
+    assert sorted(str(p.relative_to(tmp_path / 'job' / 'logs'))
+                  for p in (tmp_path / 'job' / 'logs').rglob('*.jsonl')) == runs
+    for method, run in zip(['ARSGB', 'SGD'], runs):
+        reproduce_mnist(tmp_path / method, method)
+        header, epochs = logs[run]
+        alone_header, alone = read_log(tmp_path / method / 'logs' / run)
+        assert header['kvstore'] == 'horovod' and header['workers'] == 2
+        per_rank = header['train_size'] // 2 // header['protocol']['batch_size']
+        assert [e['iteration'] for e in epochs] == [per_rank, 2 * per_rank, 3 * per_rank]
+        assert {k: v for k, v in header.items() if k != 'command'} == \
+            {k: v for k, v in alone_header.items() if k != 'command'}
+        assert epochs == alone, run
+
+    again = reproduce_mnist(tmp_path / 'job', 'ARSGB,SGD')
+    for run in runs:
+        assert again.count('%s: finished earlier' % run[:-len('.jsonl')]) == 1, again[-5000:]
+    assert 'Traceback' not in again and 'shut down' not in again, again[-5000:]
+    assert {run: read_log(tmp_path / 'job' / 'logs' / run) for run in runs} == logs
+
+    (tmp_path / 'job' / 'logs' / runs[1]).rename(tmp_path / 'moved.jsonl')
+    (tmp_path / 'job' / 'checkpoints' / 'mnist_logreg' / 'SGD').rename(tmp_path / 'moved')
+    retrained = reproduce_mnist(tmp_path / 'job', 'ARSGB,SGD')
+    assert 'Traceback' not in retrained, retrained[-5000:]
+    assert read_log(tmp_path / 'job' / 'logs' / runs[1])[1] == logs[runs[1]][1]
 
 
 # Two Trainers on 'horovod' stores stepping one after the other (as a GAN's generator and
@@ -219,6 +273,59 @@ def test_several_stores_and_devices(tmp_path):
     assert output.count('weights [-4.5, -45.0]') == 2, output[-5000:]
     assert output.count('refused: the horovod kvstore takes one device per process, got 2: '
                         'start one process per device') == 4, output[-5000:]
+
+
+# A Trainer and a Module on 'horovod' stores, whose broadcasts and allreduce are queued in
+# MXNet's engine when the script ends. Rank 0 comes late to them (after hvd.init(), which waits
+# for every rank), so that rank 1's are still waiting for rank 0's when rank 1 reaches its exit.
+# With SGD, whose step() returns at once: ARSG's fused step waits for the averaged gradients,
+# which would line the ranks up again. Each rank's Python stderr (where an exception at exit
+# is printed) goes to a file of its own: horovodrun may not pass on all of a rank that ends early.
+QUEUED_AT_EXIT = """
+import os
+import sys
+import time
+import mxnet as mx
+from mxnet import autograd, gluon
+import horovod.mxnet as hvd
+import namsg
+
+hvd.init()
+rank = hvd.rank()
+sys.stderr = open(os.path.join(sys.argv[1], 'rank%d.txt' % rank), 'w', buffering=1)
+if rank == 0:
+    time.sleep(3)
+net = gluon.nn.Dense(2, in_units=3)
+net.initialize()
+trainer = gluon.Trainer(net.collect_params(), 'sgd', kvstore='horovod')
+with autograd.record():
+    loss = net(mx.nd.ones((1, 3))).sum()
+loss.backward()
+trainer.step(1)
+data = mx.sym.Variable('data')
+out = mx.sym.LinearRegressionOutput(mx.sym.FullyConnected(data, num_hidden=2), name='lro')
+mod = mx.mod.Module(out, label_names=['lro_label'])
+mod.bind([('data', (4, 3))], [('lro_label', (4, 2))])
+mod.init_params()
+mod.init_optimizer(kvstore='horovod', optimizer='sgd')
+print('rank %d ends' % rank, file=sys.stderr)
+"""
+
+
+def test_operations_queued_at_exit_run_before_horovod_shuts_down(tmp_path):
+    """A script whose last broadcasts and allreduce (a Trainer's first step, a Module's
+    init_optimizer) are still queued when it ends: they run before Horovod shuts down. Before
+    the fix, hvd.init()'s shutdown ran first at exit and each rank printed an MXNetError
+    traceback ("Horovod has been shut down") after a job that had succeeded."""
+    script = tmp_path / 'queued_at_exit.py'
+    script.write_text(QUEUED_AT_EXIT)
+    result = subprocess.run([str(HOROVODRUN), '--gloo', '-np', '2', '-H', 'localhost:2',
+                             sys.executable, str(script), str(tmp_path)], capture_output=True,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    for rank in range(2):
+        said = (tmp_path / ('rank%d.txt' % rank)).read_text()
+        assert said == 'rank %d ends\n' % rank, said[-5000:]
 
 
 def test_gradient_compression_is_refused_with_what_to_do():

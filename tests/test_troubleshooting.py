@@ -11,6 +11,7 @@ quote reworded away from the code, fails.
 import contextlib
 import importlib.util
 import io
+import logging
 import re
 import sys
 import threading
@@ -25,7 +26,7 @@ from mxnet import autograd, gluon
 
 import namsg
 import namsg_dist
-from namsg import kernels, kvstore_sync, reference
+from namsg import horovod_store, kernels, kvstore_sync, reference
 from namsg.boost import ObservationBoost, search_step_size
 from namsg.horovod_store import Horovod
 
@@ -235,6 +236,25 @@ def _direct_call_reason(monkeypatch, version, mkldnn):
         return kernels.library.direct_unavailable_reason()
 
 
+def _queued_at_exit_that_could_not_run():
+    """What the horovod kvstore logs at exit when the operations still queued fail (another
+    rank stopped first), as a program without logging set up prints it."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger('namsg.horovod_store')
+    log.addHandler(handler)
+    shut_down = mx.base.MXNetError('MXNetError: Horovod has been shut down. This was caused by '
+                                   'an exception on one of the ranks')
+    try:
+        with mock.patch.object(mx.nd, 'waitall', side_effect=shut_down):
+            horovod_store._finish_queued_operations()
+    finally:
+        log.removeHandler(handler)
+    assert [r.levelname for r in records] == ['ERROR'], records
+    return records[0].getMessage()
+
+
 def _last_error_line(call, *args):
     """The last line ``call`` prints on stderr as it exits (an argument parser refusing its
     command line)."""
@@ -291,6 +311,8 @@ def messages(tmp_path, monkeypatch):
         'an ssh job without hosts': raised(namsg_dist.launch_ssh, ['true'], [], 1),
         'the NumPy reference given an unknown preconditioner': raised(
             _reference_with_unknown_preconditioner),
+        'operations of the horovod kvstore that could not run at exit':
+            _queued_at_exit_that_could_not_run(),
     }
     states = _trained_states(tmp_path / 'first-second.states')
     found['states of another shape'] = raised(_load_onto, states, ('wider_', 5, 4),
@@ -375,7 +397,6 @@ def script_messages(tmp_path):
     def logged(call, *args):
         """As ``warning: ...``, the first warning ``call`` logs on namsg.experiments, as the
         scripts print it (whatever ``call`` raises after it)."""
-        import logging
         records = []
         handler = logging.Handler()
         handler.emit = records.append
